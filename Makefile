@@ -1,0 +1,80 @@
+# rackscale: run `make help` for the targets.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROFILE ?= default
+STAMP := $(VENV)/.installed
+
+##@ General
+
+.PHONY: help
+help: ## Show the targets.
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n"} /^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+.PHONY: venv
+venv: $(STAMP) ## Create the virtual environment with everything the project needs.
+
+##@ Development
+
+.PHONY: test
+test: lint test-unit test-e2e ## Everything CI runs: lint, fast tests, then e2e tests on the local control plane.
+
+.PHONY: test-unit
+test-unit: $(STAMP) ## Fast tests: models, CRDs, snapshot, engine, rendering, CLI (no cluster).
+	$(PY) -m pytest tests
+
+.PHONY: test-e2e
+test-e2e: $(STAMP) e2e-binaries ## End-to-end tests on the local control plane (or $$RACKSCALE_E2E_KUBECONFIG).
+	$(PY) -m pytest e2e
+
+.PHONY: lint
+lint: $(STAMP) ## ruff, mypy (strict on the pure layers), import-linter contracts.
+	$(VENV)/bin/ruff check operator tests e2e bench
+	$(VENV)/bin/ruff format --check operator tests e2e bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+.PHONY: fmt
+fmt: $(STAMP) ## Format and fix what ruff can.
+	$(VENV)/bin/ruff format operator tests e2e bench
+	$(VENV)/bin/ruff check --fix operator tests e2e bench
+
+.PHONY: crds
+crds: $(STAMP) ## Generate crds/ from the pydantic models.
+	$(PY) -m rackscale.api.crd crds
+
+##@ Running
+
+.PHONY: plan
+plan: $(STAMP) ## Offline what-if: make plan CLUSTER=examples/cluster.yaml DEPLOYMENTS="examples/..."
+	$(VENV)/bin/rackscale plan --cluster $(or $(CLUSTER),examples/cluster.yaml) -o table $(or $(DEPLOYMENTS),examples/deepseek-r1.yaml examples/llama-8b-hgx.yaml)
+
+##@ Local control plane
+
+.PHONY: e2e-binaries
+e2e-binaries: ## Build etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubectl and kwok (cached by version).
+	bash e2e/controlplane/build.sh
+
+.PHONY: cluster-up
+cluster-up: $(STAMP) e2e-binaries ## Start the local control plane with fake GPU racks (PROFILE=default).
+	$(PY) -m e2e.cluster up --profile $(PROFILE)
+
+.PHONY: cluster-down
+cluster-down: $(STAMP) ## Stop the local control plane and remove its state.
+	$(PY) -m e2e.cluster down
+
+##@ Benchmarks
+
+.PHONY: bench-placement
+bench-placement: $(STAMP) ## Placement engine speed at 100 and 1,000 racks; figures to bench/out/.
+	$(PY) -m bench.placement

@@ -1,0 +1,196 @@
+"""CustomResourceDefinitions generated from the models: `python -m rackscale.api.crd DIR`."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from rackscale.api.common import DNS_1035, DNS_1123, GROUP, VERSION
+from rackscale.api.inferencedeployment import (
+    MAX_NAME_LENGTH,
+    InferenceDeploymentSpec,
+    InferenceDeploymentStatus,
+)
+from rackscale.api.rackpool import RackPoolSpec, RackPoolStatus
+
+_DROP = {"title"}
+
+
+def structural(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema as a Kubernetes structural schema: no `$ref`, no `type: null`."""
+    schema = model.model_json_schema(by_alias=True)
+    defs = schema.pop("$defs", {})
+    return _convert(schema, defs)
+
+
+def _convert(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_convert(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = copy.deepcopy(defs[node["$ref"].rsplit("/", 1)[-1]])
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _convert(merged, defs)
+    if "anyOf" in node:
+        variants = [v for v in node["anyOf"] if v.get("type") != "null"]
+        nullable = len(variants) < len(node["anyOf"])
+        if len(variants) != 1:
+            raise ValueError(f"cannot express anyOf {node['anyOf']} structurally")
+        rest = {k: v for k, v in node.items() if k != "anyOf"}
+        merged = {**_convert(variants[0], defs), **_convert(rest, defs)}
+        if nullable:
+            merged["nullable"] = True
+        if merged.get("default", ...) is None:
+            del merged["default"]
+        return merged
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP:
+            continue
+        if key == "properties":
+            out[key] = {name: _convert(prop, defs) for name, prop in value.items()}
+        elif key == "additionalProperties" and isinstance(value, bool):
+            continue  # structural schemas allow neither `false` beside properties nor `true`
+        elif key == "exclusiveMinimum":
+            out["minimum"] = value
+            out["exclusiveMinimum"] = True
+        elif key == "const":
+            out["enum"] = [value]
+        else:
+            out[key] = _convert(value, defs)
+    return out
+
+
+def _name_rule(max_length: int, pattern: str) -> dict[str, Any]:
+    return {
+        "rule": f"self.metadata.name.size() <= {max_length} && "
+        f"self.metadata.name.matches('{pattern}')",
+        "message": f"metadata.name must be at most {max_length} lower-case letters, digits and "
+        "'-', starting with a letter and ending with a letter or digit",
+    }
+
+
+def _crd(
+    *,
+    kind: str,
+    plural: str,
+    short: str,
+    scope: str,
+    spec: type[BaseModel],
+    status: type[BaseModel],
+    columns: list[dict[str, Any]],
+    name_rule: dict[str, Any],
+    scale: bool = False,
+) -> dict[str, Any]:
+    subresources: dict[str, Any] = {"status": {}}
+    if scale:
+        subresources["scale"] = {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+        }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": [short],
+                "categories": ["rackscale"],
+            },
+            "scope": scope,
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": subresources,
+                    "additionalPrinterColumns": [
+                        *columns,
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": structural(spec),
+                                "status": structural(status),
+                            },
+                            "x-kubernetes-validations": [name_rule],
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def definitions() -> dict[str, dict[str, Any]]:
+    """File name -> CRD, for both resources."""
+    rackpools = _crd(
+        kind="RackPool",
+        plural="rackpools",
+        short="rp",
+        scope="Cluster",
+        spec=RackPoolSpec,
+        status=RackPoolStatus,
+        name_rule=_name_rule(63, DNS_1123),
+        columns=[
+            {"name": "Racks", "type": "integer", "jsonPath": ".status.racks"},
+            {"name": "Healthy", "type": "integer", "jsonPath": ".status.healthyRacks"},
+            {"name": "Free-Racks", "type": "integer", "jsonPath": ".status.freeRacks"},
+            {"name": "GPUs-Free", "type": "integer", "jsonPath": ".status.gpus.free"},
+        ],
+    )
+    deployments = _crd(
+        kind="InferenceDeployment",
+        plural="inferencedeployments",
+        short="idep",
+        scope="Namespaced",
+        spec=InferenceDeploymentSpec,
+        status=InferenceDeploymentStatus,
+        name_rule=_name_rule(MAX_NAME_LENGTH, DNS_1035),
+        scale=True,
+        columns=[
+            {"name": "Ready", "type": "string", "jsonPath": ".status.ready"},
+            {"name": "GPUs", "type": "integer", "jsonPath": ".status.gpus"},
+            {"name": "Mode", "type": "string", "jsonPath": ".status.mode"},
+            {"name": "Racks", "type": "string", "jsonPath": ".status.racks"},
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        ],
+    )
+    return {
+        f"{GROUP}_rackpools.yaml": rackpools,
+        f"{GROUP}_inferencedeployments.yaml": deployments,
+    }
+
+
+def render(crd: dict[str, Any]) -> str:
+    header = "# Generated from operator/rackscale/api by `make crds`; do not edit.\n"
+    return header + yaml.safe_dump(crd, sort_keys=False, width=100)
+
+
+def main(argv: list[str]) -> int:
+    target = Path(argv[0] if argv else "crds")
+    target.mkdir(parents=True, exist_ok=True)
+    for name, crd in definitions().items():
+        (target / name).write_text(render(crd))
+        print(f"wrote {target / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

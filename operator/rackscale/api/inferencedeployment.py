@@ -1,0 +1,233 @@
+"""InferenceDeployment: a model server whose replicas are placed whole inside NVLink domains."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from rackscale.api.common import (
+    API_VERSION,
+    DNS_1035,
+    Condition,
+    FieldError,
+    Spec,
+    Status,
+    check_name,
+)
+
+# `<name>-shards` must stay a DNS label and `<name>-<replica>-<shard>` a hostname (63 characters).
+MAX_NAME_LENGTH = 48
+
+Scope = Literal["Node", "Rack", "Block", "Any"]
+
+
+class Parallelism(Spec):
+    """How one replica is cut: GPUs per replica = tensor x pipeline x data; expert divides it."""
+
+    model_config = Spec.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "(self.tensor * self.pipeline * self.data) % self.expert == 0",
+                    "message": "expert must divide tensor x pipeline x data "
+                    "(the GPUs of one replica)",
+                    "fieldPath": ".expert",
+                }
+            ]
+        }
+    }
+
+    tensor: int = Field(default=1, ge=1, le=1024, description="Tensor-parallel group size.")
+    pipeline: int = Field(default=1, ge=1, le=1024, description="Pipeline stages.")
+    data: int = Field(default=1, ge=1, le=1024, description="Data-parallel ranks inside a replica.")
+    expert: int = Field(default=1, ge=1, le=4096, description="Expert-parallel group size.")
+
+    @property
+    def gpus(self) -> int:
+        """GPUs of one replica: its world size."""
+        return self.tensor * self.pipeline * self.data
+
+    @model_validator(mode="after")
+    def _expert_divides(self) -> Parallelism:
+        if self.gpus % self.expert:
+            raise FieldError(
+                "expert",
+                f"{self.expert} must divide tensor x pipeline x data = {self.gpus} "
+                "(the GPUs of one replica)",
+            )
+        return self
+
+
+class Placement(Spec):
+    """Where replicas may go and what happens when they do not fit."""
+
+    rack_pool: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        description="The RackPool to place into; absent: device-plugin mode on ordinary nodes.",
+    )
+    replica_scope: Scope = Field(
+        default="Rack",
+        description="The unit that must hold a whole replica: Node, Rack, Block (needs the "
+        "pool's blockLabel) or Any.",
+    )
+    exclusive: bool = Field(
+        default=False, description="Each replica takes whole racks that nothing else shares."
+    )
+    spread: Literal["Spread", "Pack"] = Field(
+        default="Spread",
+        description="Spread: replicas on distinct racks where possible. Pack: best fit only.",
+    )
+    fallback: Literal["DevicePlugin", "Never"] = Field(
+        default="DevicePlugin",
+        description="When the pool cannot hold a replica: run it in device-plugin mode on "
+        "ordinary nodes, or leave it pending.",
+    )
+
+
+class Model(Spec):
+    """What is served; informational."""
+
+    name: str = Field(min_length=1, max_length=253)
+    parameters_billions: float | None = Field(default=None, gt=0)
+    precision: Literal["fp4", "fp8", "int4", "int8", "bf16", "fp16", "fp32"] | None = None
+
+
+class InferenceDeploymentSpec(Spec):
+    """What the user asks for."""
+
+    model_config = Spec.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.gpusPerPod) || (self.parallelism.tensor * "
+                    "self.parallelism.pipeline * self.parallelism.data) % self.gpusPerPod == 0",
+                    "message": "gpusPerPod must divide tensor x pipeline x data "
+                    "(the GPUs of one replica)",
+                    "fieldPath": ".gpusPerPod",
+                },
+                {
+                    "rule": "!has(self.placement) || !has(self.placement.exclusive) || "
+                    "!self.placement.exclusive || has(self.placement.rackPool)",
+                    "message": "exclusive needs placement.rackPool: only racks can be exclusive",
+                    "fieldPath": ".placement.exclusive",
+                },
+            ]
+        }
+    }
+
+    replicas: int = Field(default=1, ge=0, le=10000, description="Model replicas.")
+    parallelism: Parallelism = Field(default_factory=Parallelism, json_schema_extra={"default": {}})
+    gpus_per_pod: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="GPUs per pod (shard); default: the GPUs of one node of the chosen nodes.",
+    )
+    placement: Placement = Field(default_factory=Placement, json_schema_extra={"default": {}})
+    model: Model | None = None
+    port: int = Field(default=8000, ge=1, le=65535, description="The port the leader serves on.")
+    template: dict[str, Any] = Field(
+        default_factory=dict,
+        description="A PodTemplateSpec: the user's containers.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+    @property
+    def gpus_per_replica(self) -> int:
+        return self.parallelism.gpus
+
+    @model_validator(mode="after")
+    def _pods_divide_replica(self) -> InferenceDeploymentSpec:
+        gpus = self.parallelism.gpus
+        if self.gpus_per_pod is not None and gpus % self.gpus_per_pod:
+            raise FieldError(
+                "gpusPerPod",
+                f"{self.gpus_per_pod} must divide tensor x pipeline x data = {gpus} "
+                "(the GPUs of one replica)",
+            )
+        if self.placement.exclusive and self.placement.rack_pool is None:
+            raise FieldError(
+                "placement.exclusive", "needs placement.rackPool: only racks can be exclusive"
+            )
+        return self
+
+    @field_validator("template")
+    @classmethod
+    def _template_has_containers(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not value:
+            return value
+        containers = (value.get("spec") or {}).get("containers")
+        if not isinstance(containers, list) or not containers:
+            raise FieldError("spec.containers", "a pod template needs at least one container")
+        return value
+
+
+class ReplicaPod(Status):
+    """One shard of a placed replica."""
+
+    name: str
+    node: str | None = None
+    gpus: int
+    first_rank: int
+
+
+class ReplicaPlacement(Status):
+    """Where one replica went."""
+
+    replica: int
+    mode: Literal["Rack", "DevicePlugin"]
+    racks: list[str] = Field(default_factory=list)
+    pods: list[ReplicaPod] = Field(default_factory=list)
+
+
+Phase = Literal["Pending", "Placing", "Placed", "Ready", "Degraded", "Failed"]
+Mode = Literal["Rack", "DevicePlugin", "Mixed"]
+
+
+class InferenceDeploymentStatus(Status):
+    """What the operator did and sees."""
+
+    observed_generation: int | None = None
+    phase: Phase = "Pending"
+    mode: Mode | None = None
+    replicas: int = 0
+    placed_replicas: int = 0
+    ready_replicas: int = 0
+    ready: str = Field(default="0/0", description="readyReplicas/replicas, for kubectl get.")
+    gpus: int = 0
+    racks: list[str] = Field(default_factory=list)
+    placements: list[ReplicaPlacement] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class InferenceDeployment(BaseModel):
+    """An InferenceDeployment object: namespaced, short name `idep`."""
+
+    model_config = {"populate_by_name": True, "extra": "ignore"}
+
+    api_version: Literal["rackscale.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: Literal["InferenceDeployment"] = "InferenceDeployment"
+    metadata: dict[str, Any]
+    spec: InferenceDeploymentSpec = Field(default_factory=InferenceDeploymentSpec)
+    status: InferenceDeploymentStatus | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _named(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_name(value, max_length=MAX_NAME_LENGTH, pattern=DNS_1035)
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata["name"])
+
+    @property
+    def namespace(self) -> str:
+        return str(self.metadata.get("namespace") or "default")
+
+    @property
+    def key(self) -> str:
+        """`namespace/name`: how reasons and pool status name the deployment."""
+        return f"{self.namespace}/{self.name}"

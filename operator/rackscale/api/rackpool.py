@@ -1,0 +1,169 @@
+"""RackPool: the racks of one NVLink fabric, discovered from node labels."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from rackscale.api.common import (
+    API_VERSION,
+    LABEL_KEY,
+    Condition,
+    FieldError,
+    GpuCounts,
+    Spec,
+    Status,
+    check_name,
+)
+
+DEFAULT_RACK_LABEL = "nvidia.com/gpu.clique"
+DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
+POOL_TAINT_KEY = "rackscale.dev/pool"
+
+
+class LabelSelectorRequirement(Spec):
+    """One `matchExpressions` entry of a standard label selector."""
+
+    model_config = Spec.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.operator in ['In', 'NotIn'] ? "
+                    "(has(self.values) && size(self.values) > 0) : "
+                    "(!has(self.values) || size(self.values) == 0)",
+                    "message": "values must be non-empty for In and NotIn, "
+                    "and empty for Exists and DoesNotExist",
+                    "fieldPath": ".values",
+                }
+            ]
+        }
+    }
+
+    key: str = Field(min_length=1, max_length=317)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] = Field(default_factory=list, max_length=256)
+
+    @model_validator(mode="after")
+    def _values_match_operator(self) -> LabelSelectorRequirement:
+        if self.operator in ("In", "NotIn") and not self.values:
+            raise FieldError("values", f"must be non-empty for operator {self.operator}")
+        if self.operator in ("Exists", "DoesNotExist") and self.values:
+            raise FieldError("values", f"must be empty for operator {self.operator}")
+        return self
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        present = self.key in labels
+        if self.operator == "Exists":
+            return present
+        if self.operator == "DoesNotExist":
+            return not present
+        inside = present and labels[self.key] in self.values
+        return inside if self.operator == "In" else not inside
+
+
+class LabelSelector(Spec):
+    """A standard Kubernetes LabelSelector; empty selects every node."""
+
+    match_labels: dict[str, str] = Field(default_factory=dict)
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, max_length=32)
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in self.match_labels.items()) and all(
+            e.matches(labels) for e in self.match_expressions
+        )
+
+
+class RackPoolSpec(Spec):
+    """Which nodes form the pool, how racks and NVLink domains are named, and the GPU resource."""
+
+    node_selector: LabelSelector = Field(
+        default_factory=LabelSelector,
+        description="The nodes of the pool (a LabelSelector).",
+        json_schema_extra={"default": {}},
+    )
+    rack_label: str = Field(
+        default=DEFAULT_RACK_LABEL,
+        min_length=1,
+        max_length=317,
+        description="Node label whose value names the rack (its NVLink domain on NVL72).",
+    )
+    block_label: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=317,
+        description="Optional node label naming the block: racks behind one spine.",
+    )
+    nvlink_domain: Literal["Rack", "Node"] = Field(
+        default="Rack",
+        description="Rack: all GPUs of a rack share NVLink (NVL72). Node: NVLink ends at the node.",
+    )
+    gpu_resource: str = Field(
+        default=DEFAULT_GPU_RESOURCE,
+        min_length=1,
+        max_length=317,
+        description="The extended resource the device plugin advertises.",
+    )
+    gpus_per_rack: int = Field(
+        default=72,
+        ge=1,
+        le=100000,
+        description="GPUs a healthy rack offers; a rack with fewer schedulable is Degraded.",
+    )
+    tenancy: Literal["Shared", "Exclusive"] = Field(
+        default="Shared",
+        description="Exclusive: a rack holds pods of one namespace at a time.",
+    )
+
+    @field_validator("rack_label", "block_label", "gpu_resource")
+    @classmethod
+    def _valid_label_key(cls, value: str | None) -> str | None:
+        if value is not None and not LABEL_KEY.match(value):
+            raise ValueError(f"{value!r} is not a valid label key or resource name")
+        return value
+
+
+class RackStatus(Status):
+    """One rack as the pool sees it."""
+
+    name: str
+    block: str | None = None
+    nodes: int = 0
+    health: Literal["Healthy", "Degraded", "Unavailable"] = "Healthy"
+    gpus: GpuCounts = Field(default_factory=GpuCounts)
+    held_by: str | None = None
+    deployments: list[str] = Field(default_factory=list)
+
+
+class RackPoolStatus(Status):
+    """What the operator last saw of the pool."""
+
+    observed_generation: int | None = None
+    racks: int = 0
+    healthy_racks: int = 0
+    free_racks: int = 0
+    nodes: int = 0
+    gpus: GpuCounts = Field(default_factory=GpuCounts)
+    rack_statuses: list[RackStatus] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class RackPool(BaseModel):
+    """A RackPool object: cluster-scoped, short name `rp`."""
+
+    model_config = {"populate_by_name": True, "extra": "ignore"}
+
+    api_version: Literal["rackscale.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: Literal["RackPool"] = "RackPool"
+    metadata: dict[str, Any]
+    spec: RackPoolSpec = Field(default_factory=RackPoolSpec)
+    status: RackPoolStatus | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _named(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_name(value, max_length=63)
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata["name"])

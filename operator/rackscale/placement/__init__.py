@@ -1,0 +1,26 @@
+"""The pure placement engine: snapshot and deployment in, placements or explained reasons out."""
+
+from rackscale.placement.engine import (
+    Decision,
+    DeploymentPlan,
+    PodPlan,
+    ReplicaPlan,
+    place,
+    place_deployment,
+    place_replica,
+)
+from rackscale.placement.ledger import Reservation
+from rackscale.placement.shape import Shape, shape_of
+
+__all__ = [
+    "Decision",
+    "DeploymentPlan",
+    "PodPlan",
+    "ReplicaPlan",
+    "Reservation",
+    "Shape",
+    "place",
+    "place_deployment",
+    "place_replica",
+    "shape_of",
+]

@@ -1,0 +1,369 @@
+"""The placement engine: (snapshot, deployment) -> where each replica's shards go, or why not.
+
+Pure and deterministic. For each replica it filters racks (health, exclusivity, tenancy, room),
+picks by best fit (least free GPUs first, so empty racks stay whole), spreads replicas of one
+deployment over racks when asked, splits a replica over the fewest racks only when its scope
+allows, and reserves what it chose in the snapshot so the next decision sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rackscale.api.inferencedeployment import InferenceDeployment
+from rackscale.placement.ledger import Reservation
+from rackscale.placement.reasons import Problem, summarize
+from rackscale.placement.shape import Shape, shape_of
+from rackscale.topology.snapshot import Node, Pool, Rack, Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class PodPlan:
+    shard: int
+    node: str | None  # None: kube-scheduler decides (device-plugin mode)
+    gpus: int
+    first_rank: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaPlan:
+    replica: int
+    mode: Literal["Rack", "DevicePlugin"]
+    racks: tuple[str, ...]
+    pods: tuple[PodPlan, ...]
+
+
+@dataclass(slots=True)
+class Decision:
+    """One replica: its plan (None: left pending), why it is not in the pool, and its reservation."""
+
+    replica: int
+    plan: ReplicaPlan | None
+    reason: str | None = None
+    reservation: Reservation | None = None
+
+
+@dataclass(slots=True)
+class DeploymentPlan:
+    deployment: str
+    decisions: list[Decision] = field(default_factory=list)
+    intended: Literal["Rack", "DevicePlugin"] = "Rack"
+
+    @property
+    def replicas(self) -> list[ReplicaPlan]:
+        return [d.plan for d in self.decisions if d.plan is not None]
+
+    @property
+    def mode(self) -> str:
+        modes = {r.mode for r in self.replicas}
+        if not self.decisions:
+            return self.intended
+        if not modes:
+            return "Unplaced"
+        return modes.pop() if len(modes) == 1 else "Mixed"
+
+    @property
+    def reason(self) -> str | None:
+        reasons = [f"replica {d.replica}: {d.reason}" for d in self.decisions if d.reason]
+        return "; ".join(reasons) or None
+
+    def undo(self) -> None:
+        for d in reversed(self.decisions):
+            if d.reservation:
+                d.reservation.undo()
+
+
+class NoRoom(Exception):
+    """The pool cannot hold the replica; the message says why."""
+
+
+@dataclass(slots=True)
+class _Request:
+    deployment: InferenceDeployment
+    replica: int
+    pool: Pool
+    shape: Shape
+    tolerations: tuple[dict[str, Any], ...]
+
+    @property
+    def key(self) -> str:
+        return self.deployment.key
+
+    @property
+    def exclusive(self) -> bool:
+        return self.deployment.spec.placement.exclusive
+
+    @property
+    def slot(self) -> int:
+        """GPUs that must sit on one node: a pod, or a whole NVLink group when NVLink ends there."""
+        if self.pool.spec.nvlink_domain == "Node":
+            return self.shape.domain_gpus
+        return self.shape.pod_gpus
+
+    @property
+    def slow(self) -> bool:
+        """Tolerations may open tainted nodes that the free-GPU index does not count."""
+        return bool(self.tolerations) and self.pool.tainted_nodes > 0
+
+
+def place(snapshot: Snapshot, deployments: Iterable[InferenceDeployment]) -> list[DeploymentPlan]:
+    """Plan deployments in order, each seeing the reservations of those before it."""
+    return [place_deployment(snapshot, d) for d in deployments]
+
+
+def place_deployment(
+    snapshot: Snapshot, deployment: InferenceDeployment, replicas: Iterable[int] | None = None
+) -> DeploymentPlan:
+    """Place the given replica indexes (default: all of them), reserving as it goes."""
+    intended: Literal["Rack", "DevicePlugin"] = (
+        "Rack" if deployment.spec.placement.rack_pool else "DevicePlugin"
+    )
+    result = DeploymentPlan(deployment.key, intended=intended)
+    for index in range(deployment.spec.replicas) if replicas is None else replicas:
+        result.decisions.append(place_replica(snapshot, deployment, index))
+    return result
+
+
+def place_replica(snapshot: Snapshot, deployment: InferenceDeployment, replica: int) -> Decision:
+    """One replica, whole or not at all; falls back to device-plugin mode when asked to."""
+    placement = deployment.spec.placement
+    if placement.rack_pool is None:
+        return Decision(replica, _device_plugin(snapshot, deployment, replica))
+    try:
+        request = _request(snapshot, deployment, replica, placement.rack_pool)
+        plan, reservation = _place_in_pool(request)
+        return Decision(replica, plan, None, reservation)
+    except NoRoom as why:
+        if placement.fallback == "DevicePlugin":
+            plan = _device_plugin(snapshot, deployment, replica)
+            return Decision(replica, plan, f"{why}; running in device-plugin mode")
+        return Decision(replica, None, str(why))
+
+
+def _device_plugin(
+    snapshot: Snapshot, deployment: InferenceDeployment, replica: int
+) -> ReplicaPlan:
+    shape = shape_of(deployment.spec, snapshot.ordinary_node_gpus)
+    pods = tuple(PodPlan(i, None, shape.pod_gpus, i * shape.pod_gpus) for i in range(shape.pods))
+    return ReplicaPlan(replica, "DevicePlugin", (), pods)
+
+
+def _request(
+    snapshot: Snapshot, deployment: InferenceDeployment, replica: int, pool_name: str
+) -> _Request:
+    pool = snapshot.pools.get(pool_name)
+    if pool is None:
+        raise NoRoom(f"RackPool {pool_name} does not exist")
+    if not pool.racks:
+        raise NoRoom(
+            f"RackPool {pool_name} has no racks: no node matches its nodeSelector "
+            f"and carries the label {pool.spec.rack_label}"
+        )
+    scope = deployment.spec.placement.replica_scope
+    if scope == "Block" and not pool.spec.block_label:
+        raise NoRoom(
+            f"replicaScope Block needs spec.blockLabel on RackPool {pool_name}; "
+            "set it, or use replicaScope Rack or Any"
+        )
+    shape = shape_of(deployment.spec, pool.node_gpus())
+    template_spec = deployment.spec.template.get("spec") or {}
+    request = _Request(
+        deployment, replica, pool, shape, tuple(template_spec.get("tolerations") or ())
+    )
+    largest = max((n.allocatable for r in pool.racks.values() for n in r.nodes), default=0)
+    if request.slot > largest:
+        what = (
+            f"{shape.domain_gpus} GPUs that must share NVLink (tensor {shape.tensor}, expert "
+            f"{shape.expert}, gpusPerPod {shape.pod_gpus})"
+            if pool.spec.nvlink_domain == "Node"
+            else f"a pod of {shape.pod_gpus} GPUs"
+        )
+        raise NoRoom(f"{what} cannot fit one node of RackPool {pool_name} (at most {largest} GPUs)")
+    return request
+
+
+def _place_in_pool(request: _Request) -> tuple[ReplicaPlan, Reservation]:
+    scope = request.deployment.spec.placement.replica_scope
+    if scope == "Node":
+        node = _best_node(request)
+        assert node.rack is not None
+        return _reserve(request, [(node.rack, request.shape.gpus // request.slot)], nodes=[node])
+    rack = _best_rack(request, request.shape.gpus // request.slot)
+    if rack is not None:
+        return _reserve(request, [(rack, request.shape.gpus // request.slot)])
+    if scope == "Rack" or request.shape.parts < 2:
+        problems = [
+            _problem(request, r, request.shape.gpus // request.slot) for r in _racks(request)
+        ]
+        raise NoRoom(
+            f"no rack holds {request.shape.gpus} free GPUs in one NVLink domain: "
+            + summarize([p for p in problems if p])
+            + (
+                ""
+                if scope == "Rack"
+                else "; the replica has one pipeline stage, so it cannot span racks"
+            )
+        )
+    return _reserve(request, _best_racks(request))
+
+
+def _racks(request: _Request) -> Iterator[Rack]:
+    return iter(request.pool.racks.values())
+
+
+def _slots(request: _Request, rack: Rack) -> int:
+    if request.slow:
+        tol = request.tolerations
+        return sum(n.free // request.slot for n in rack.nodes if n.schedulable(tol))
+    return rack.slots(request.slot)
+
+
+def _problem(request: _Request, rack: Rack, need: int) -> Problem | None:
+    """Filter: why `rack` cannot take `need` slots for this request (None: it can)."""
+    if rack.held_by is not None:
+        return Problem("held", rack.held_by[0])
+    if request.pool.spec.tenancy == "Exclusive":
+        others = sorted(ns for ns in rack.namespaces if ns != request.deployment.namespace)
+        if others:
+            return Problem("tenant", others[0] + " (tenancy Exclusive)")
+    if request.exclusive and rack.used:
+        return Problem("in-use")
+    if rack.health == "Unavailable" and not request.slow:
+        return Problem("unavailable")
+    if _slots(request, rack) >= need:
+        return None
+    if rack.health == "Degraded":
+        return Problem("degraded", str(rack.free))
+    if rack.free >= need * request.slot:
+        return Problem("split", f"{rack.free}")
+    return Problem("too-few", str(rack.free))
+
+
+def _candidates(request: _Request, min_free: int) -> Iterator[Rack]:
+    """Racks in best-fit order (least free first) that have at least `min_free` free GPUs."""
+    pool = request.pool
+    if request.slow:
+        yield from sorted(pool.racks.values(), key=lambda r: r.key)
+        return
+    index = pool.empty_by_free if request.exclusive else pool.by_free
+    for _, name in index.irange((min_free, "")):
+        yield pool.racks[name]
+
+
+def _passes(request: _Request) -> list[bool]:
+    """Spread: first avoid racks that already hold this deployment, then allow them."""
+    return [True, False] if request.deployment.spec.placement.spread == "Spread" else [False]
+
+
+def _best_rack(request: _Request, need: int) -> Rack | None:
+    for avoid_own in _passes(request):
+        for rack in _candidates(request, need * request.slot):
+            if avoid_own and rack.deployments.get(request.key):
+                continue
+            if _problem(request, rack, need) is None:
+                return rack
+    return None
+
+
+def _best_node(request: _Request) -> Node:
+    need = request.shape.gpus
+    for avoid_own in _passes(request):
+        for rack in _candidates(request, need):
+            if avoid_own and rack.deployments.get(request.key):
+                continue
+            if _problem(request, rack, need // request.slot) is not None:
+                continue
+            fits = [n for n in rack.nodes if n.free >= need and n.schedulable(request.tolerations)]
+            if fits:
+                return min(fits, key=lambda n: (n.free, n.name))
+    free = max((n.free for r in _racks(request) for n in r.nodes if n.healthy), default=0)
+    raise NoRoom(
+        f"no node holds {need} free GPUs (replicaScope Node); the most free on one node is {free}"
+    )
+
+
+def _best_racks(request: _Request) -> list[tuple[Rack, int]]:
+    """Fewest racks of one block (or of the pool, scope Any) that share the pipeline stages evenly."""
+    shape, pool = request.shape, request.pool
+    per_part = shape.part_gpus // request.slot
+    scope = request.deployment.spec.placement.replica_scope
+    groups = pool.blocks() if scope == "Block" else {None: list(pool.racks.values())}
+    best: tuple[tuple[int, int, str], list[tuple[Rack, int]]] | None = None
+    problems: list[Problem] = []
+    for block, racks in sorted(groups.items(), key=lambda g: g[0] or ""):
+        capacity = []
+        for rack in racks:
+            problem = _problem(request, rack, per_part)
+            if problem:
+                problems.append(problem)
+            else:
+                capacity.append((rack, _slots(request, rack) // per_part))
+        chosen = _split(request, capacity)
+        if chosen:
+            rank = (len(chosen), sum(r.free for r, _ in chosen), block or "")
+            if best is None or rank < best[0]:
+                best = (rank, chosen)
+    if best is None:
+        where = "block" if scope == "Block" else "set of racks in the pool"
+        raise NoRoom(
+            f"no {where} holds {shape.gpus} free GPUs as {shape.parts} parts of "
+            f"{shape.part_gpus} (whole pipeline stages): "
+            + summarize(problems or [Problem("too-few", "0")])
+        )
+    return [(rack, parts * per_part) for rack, parts in best[1]]
+
+
+def _split(request: _Request, capacity: list[tuple[Rack, int]]) -> list[tuple[Rack, int]] | None:
+    """The fewest racks whose parts differ by at most one, chosen by best fit; None if none."""
+    parts = request.shape.parts
+    own = request.key
+    spread = request.deployment.spec.placement.spread == "Spread"
+    order = sorted(
+        capacity, key=lambda c: (spread and bool(c[0].deployments.get(own)), c[0].free, c[0].name)
+    )
+    for count in range(2, min(parts, len(order)) + 1):
+        small, larger = divmod(parts, count)
+        if small == 0:
+            break
+        big_racks = [c for c in order if c[1] >= small + 1][:larger]
+        if len(big_racks) < larger:
+            continue
+        taken = {id(r) for r, _ in big_racks}
+        rest = [c for c in order if id(c[0]) not in taken and c[1] >= small][: count - larger]
+        if len(rest) < count - larger:
+            continue
+        chosen = [(r, small + 1) for r, _ in big_racks] + [(r, small) for r, _ in rest]
+        return sorted(chosen, key=lambda c: c[0].name)
+    return None
+
+
+def _reserve(
+    request: _Request, shares: list[tuple[Rack, int]], nodes: list[Node] | None = None
+) -> tuple[ReplicaPlan, Reservation]:
+    """Take `slots` slots on each rack (best-fit nodes inside it) and number the pods in order."""
+    reservation = Reservation(request.deployment.namespace, request.key)
+    shape, slot = request.shape, request.slot
+    pods: list[PodPlan] = []
+    for rack, slots in shares:
+        if request.exclusive:
+            reservation.hold(rack, (request.key, request.replica))
+        usable = nodes or sorted(
+            (n for n in rack.nodes if n.free >= slot and n.schedulable(request.tolerations)),
+            key=lambda n: (n.free, n.name),
+        )
+        left = slots
+        for node in usable:
+            take = min(node.free // slot, left)
+            for _ in range(take * slot // shape.pod_gpus):
+                shard = len(pods)
+                pods.append(PodPlan(shard, node.name, shape.pod_gpus, shard * shape.pod_gpus))
+            if take:
+                reservation.take(node, take * slot)
+            left -= take
+            if not left:
+                break
+        assert not left, f"rack {rack.name} lost room while placing"
+    plan = ReplicaPlan(request.replica, "Rack", tuple(r.name for r, _ in shares), tuple(pods))
+    return plan, reservation

@@ -1,0 +1,16 @@
+"""The cluster as placement sees it: nodes, racks, blocks, free GPUs, health and tenancy."""
+
+from rackscale.topology.objects import gpu_request, pinned_node, terminated
+from rackscale.topology.snapshot import Node, Pool, Rack, Snapshot, Taint, build_snapshot
+
+__all__ = [
+    "Node",
+    "Pool",
+    "Rack",
+    "Snapshot",
+    "Taint",
+    "build_snapshot",
+    "gpu_request",
+    "pinned_node",
+    "terminated",
+]

@@ -1,0 +1,297 @@
+"""The snapshot: racks of each pool with per-node usage, kept indexed for fast best-fit lookups.
+
+Built once from plain Node, Pod and RackPool objects. Usage is mutable so the placement engine can
+reserve and undo; every change goes through `Rack.use`, which keeps the indexes true.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sortedcontainers import SortedList
+
+from rackscale.api.rackpool import DEFAULT_GPU_RESOURCE, POOL_TAINT_KEY, RackPool, RackPoolSpec
+from rackscale.topology.objects import count, gpu_request, node_ready, pinned_node, terminated
+
+DEPLOYMENT_LABEL = "rackscale.dev/deployment"
+REPLICA_LABEL = "rackscale.dev/replica"
+EXCLUSIVE_LABEL = "rackscale.dev/exclusive"
+
+
+@dataclass(frozen=True, slots=True)
+class Taint:
+    key: str
+    value: str
+    effect: str
+
+    def tolerated_by(self, tolerations: Iterable[dict[str, Any]]) -> bool:
+        for t in tolerations:
+            if t.get("effect") and t.get("effect") != self.effect:
+                continue
+            if t.get("operator") == "Exists" and (not t.get("key") or t.get("key") == self.key):
+                return True
+            if t.get("key") == self.key and (t.get("value") or "") == self.value:
+                return True
+        return False
+
+
+@dataclass(slots=True)
+class Node:
+    """A node (an NVL72 tray, an HGX server): its GPUs and whether it takes new work."""
+
+    name: str
+    labels: dict[str, str]
+    allocatable: int
+    used: int = 0
+    ready: bool = True
+    cordoned: bool = False
+    taints: tuple[Taint, ...] = ()  # NoSchedule/NoExecute taints, the pool's own excepted
+    pool: str | None = None
+    rack: Rack | None = None
+
+    @property
+    def free(self) -> int:
+        return max(self.allocatable - self.used, 0)
+
+    @property
+    def healthy(self) -> bool:
+        return self.ready and not self.cordoned and not self.taints
+
+    def schedulable(self, tolerations: tuple[dict[str, Any], ...] = ()) -> bool:
+        if not self.ready or self.cordoned:
+            return False
+        return all(t.tolerated_by(tolerations) for t in self.taints)
+
+    def problem(self) -> str | None:
+        if not self.ready:
+            return "NotReady"
+        if self.cordoned:
+            return "cordoned"
+        if self.taints:
+            return "tainted " + ",".join(f"{t.key}:{t.effect}" for t in self.taints)
+        return None
+
+
+@dataclass(eq=False, slots=True)
+class Rack:
+    """One NVLink domain of racks (`nvlinkDomain: Rack`) or a group of nodes under one rack label."""
+
+    name: str
+    block: str | None
+    pool: Pool
+    nodes: list[Node] = field(default_factory=list)
+    free: int = 0  # free GPUs on healthy nodes
+    used: int = 0  # GPUs held on any node of the rack
+    schedulable: int = 0  # allocatable GPUs on healthy nodes
+    allocatable: int = 0
+    free_histogram: Counter[int] = field(default_factory=Counter)  # healthy nodes by free GPUs
+    namespaces: Counter[str] = field(default_factory=Counter)  # GPU pods by namespace
+    deployments: Counter[str] = field(default_factory=Counter)  # rackscale pods by deployment
+    held_by: tuple[str, int] | None = None  # (deployment, replica) holding it exclusively
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return (self.free, self.name)
+
+    @property
+    def health(self) -> str:
+        if self.schedulable == 0:
+            return "Unavailable"
+        return "Healthy" if self.schedulable >= self.pool.spec.gpus_per_rack else "Degraded"
+
+    @property
+    def empty(self) -> bool:
+        return self.used == 0 and self.held_by is None
+
+    def slots(self, size: int) -> int:
+        """How many groups of `size` GPUs, each on one healthy node, the rack can still take."""
+        return sum(n * (free // size) for free, n in self.free_histogram.items())
+
+    def _index(self, add: bool) -> None:
+        indexes = [self.pool.by_free] if self.held_by is None else []
+        if self.empty:
+            indexes.append(self.pool.empty_by_free)
+        for index in indexes:
+            (index.add if add else index.remove)(self.key)
+
+    def use(self, node: Node, gpus: int, namespace: str | None, deployment: str | None) -> None:
+        """Add `gpus` (negative to release) held on `node` by a pod, keeping the indexes true."""
+        self._index(add=False)
+        if node.healthy:
+            self.free_histogram[node.free] -= 1
+            if not self.free_histogram[node.free]:
+                del self.free_histogram[node.free]
+        before = node.free
+        node.used += gpus
+        self.used += gpus
+        if node.healthy:
+            self.free += node.free - before
+            self.free_histogram[node.free] += 1
+        step = 1 if gpus > 0 else -1
+        for counter, name in ((self.namespaces, namespace), (self.deployments, deployment)):
+            if name is not None:
+                counter[name] += step
+                if counter[name] <= 0:
+                    del counter[name]
+        self._index(add=True)
+
+    def hold(self, holder: tuple[str, int] | None) -> None:
+        self._index(add=False)
+        self.held_by = holder
+        self._index(add=True)
+
+
+@dataclass(eq=False, slots=True)
+class Pool:
+    """A RackPool's racks, indexed by free GPUs for best fit."""
+
+    name: str
+    spec: RackPoolSpec
+    generation: int | None = None
+    racks: dict[str, Rack] = field(default_factory=dict)
+    # (free GPUs, rack name) of every rack, and of the racks nothing uses: best fit is a bisect.
+    by_free: SortedList = field(default_factory=SortedList)
+    empty_by_free: SortedList = field(default_factory=SortedList)
+    tainted_nodes: int = 0  # ready, uncordoned nodes kept out by a taint someone may tolerate
+
+    def blocks(self) -> dict[str | None, list[Rack]]:
+        grouped: dict[str | None, list[Rack]] = {}
+        for rack in self.racks.values():
+            grouped.setdefault(rack.block, []).append(rack)
+        return grouped
+
+    def node_gpus(self) -> int:
+        """The usual GPUs of one node in the pool (most common allocatable, the larger on a tie)."""
+        counts = Counter(n.allocatable for r in self.racks.values() for n in r.nodes)
+        counts.pop(0, None)
+        if not counts:
+            return 0
+        return max(counts.items(), key=lambda item: (item[1], item[0]))[0]
+
+
+@dataclass(eq=False, slots=True)
+class Snapshot:
+    """Every pool and node at one moment, with mutable usage."""
+
+    pools: dict[str, Pool]
+    nodes: dict[str, Node]
+    conflicts: dict[str, list[str]]  # node name -> the pools that all select it
+    ordinary_node_gpus: int = 0  # the usual GPUs of a GPU node outside every pool
+
+    def rack_of(self, node_name: str) -> Rack | None:
+        node = self.nodes.get(node_name)
+        return node.rack if node else None
+
+
+def _taints(node: dict[str, Any], pool: str | None) -> tuple[Taint, ...]:
+    taints = []
+    for t in (node.get("spec") or {}).get("taints") or []:
+        if t.get("effect") not in ("NoSchedule", "NoExecute"):
+            continue
+        if t.get("key") == POOL_TAINT_KEY and (pool is None or t.get("value") == pool):
+            continue
+        taints.append(Taint(str(t.get("key", "")), str(t.get("value") or ""), str(t["effect"])))
+    return tuple(taints)
+
+
+def _pod_deployment(pod: dict[str, Any]) -> tuple[str | None, tuple[str, int] | None]:
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    name = labels.get(DEPLOYMENT_LABEL)
+    if not name:
+        return None, None
+    key = f"{meta.get('namespace') or 'default'}/{name}"
+    holder = None
+    if labels.get(EXCLUSIVE_LABEL) == "true":
+        holder = (key, int(labels.get(REPLICA_LABEL, "0")))
+    return key, holder
+
+
+def build_snapshot(
+    nodes: Iterable[dict[str, Any]],
+    pods: Iterable[dict[str, Any]],
+    pools: Iterable[RackPool],
+) -> Snapshot:
+    """Racks from node labels, usage from every non-terminated GPU pod, rackscale's or not."""
+    pool_list = sorted(pools, key=lambda p: p.name)
+    by_name: dict[str, Node] = {}
+    conflicts: dict[str, list[str]] = {}
+    built = {
+        p.name: Pool(p.name, p.spec, generation=(p.metadata or {}).get("generation"))
+        for p in pool_list
+    }
+    ordinary: Counter[int] = Counter()
+    for raw in sorted(nodes, key=lambda n: str(n["metadata"]["name"])):
+        meta = raw["metadata"]
+        labels = dict(meta.get("labels") or {})
+        matching = [
+            p
+            for p in pool_list
+            if p.spec.rack_label in labels and p.spec.node_selector.matches(labels)
+        ]
+        if len(matching) > 1:
+            conflicts[meta["name"]] = [p.name for p in matching]
+        pool = matching[0] if len(matching) == 1 else None
+        resource = pool.spec.gpu_resource if pool else DEFAULT_GPU_RESOURCE
+        status = raw.get("status") or {}
+        gpus = count((status.get("allocatable") or {}).get(resource, 0))
+        node = Node(
+            name=meta["name"],
+            labels=labels,
+            allocatable=gpus,
+            ready=node_ready(raw),
+            cordoned=bool((raw.get("spec") or {}).get("unschedulable")),
+            taints=_taints(raw, pool.name if pool else None),
+            pool=pool.name if pool else None,
+        )
+        by_name[node.name] = node
+        if pool is None:
+            if gpus and not matching:
+                ordinary[gpus] += 1
+            continue
+        target = built[pool.name]
+        block = labels.get(pool.spec.block_label) if pool.spec.block_label else None
+        rack_name = (
+            f"{block}/{labels[pool.spec.rack_label]}" if block else labels[pool.spec.rack_label]
+        )
+        rack = target.racks.get(rack_name)
+        if rack is None:
+            rack = target.racks[rack_name] = Rack(rack_name, block, target)
+        rack.nodes.append(node)
+        node.rack = rack
+        rack.allocatable += node.allocatable
+        if node.healthy:
+            rack.schedulable += node.allocatable
+            rack.free += node.allocatable
+            rack.free_histogram[node.allocatable] += 1
+        elif node.ready and not node.cordoned:
+            target.tainted_nodes += 1
+
+    for target in built.values():
+        target.racks = dict(sorted(target.racks.items()))
+        for rack in target.racks.values():
+            rack._index(add=True)
+
+    for pod in pods:
+        node_name = pinned_node(pod)
+        node = by_name.get(node_name) if node_name else None
+        if node is None or terminated(pod):
+            continue
+        resource = built[node.pool].spec.gpu_resource if node.pool else DEFAULT_GPU_RESOURCE
+        gpus = gpu_request(pod, resource)
+        if not gpus:
+            continue
+        if node.rack is None:
+            node.used += gpus
+            continue
+        deployment, holder = _pod_deployment(pod)
+        namespace = (pod.get("metadata") or {}).get("namespace") or "default"
+        node.rack.use(node, gpus, namespace, deployment)
+        if holder and node.rack.held_by is None:
+            node.rack.hold(holder)
+
+    common = max(ordinary.items(), key=lambda item: (item[1], item[0]), default=(0, 0))[0]
+    return Snapshot(built, by_name, conflicts, ordinary_node_gpus=common)

@@ -1,0 +1,1 @@
+"""The `rackscale` command: `run` the operator, `plan` offline, show `racks`."""

@@ -1,0 +1,142 @@
+"""`rackscale plan`: the offline what-if, with the same engine the operator runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from rackscale.api import InferenceDeployment, RackPool
+from rackscale.cli.manifests import InputError, objects, parse
+from rackscale.placement import DeploymentPlan, ReplicaPlan, place
+from rackscale.topology import Snapshot, build_snapshot
+
+
+def register(commands: Any) -> None:
+    cmd = commands.add_parser(
+        "plan",
+        help="place deployments on a cluster described in files, without touching a cluster",
+        description="Place InferenceDeployments, in the order given, on the Nodes, RackPools and "
+        "Pods of CLUSTER.yaml, and print where every shard would go or why it cannot.",
+    )
+    cmd.add_argument("--cluster", required=True, type=Path, metavar="CLUSTER.yaml",
+                     help="Nodes, RackPools and (optionally) running Pods")  # fmt: skip
+    cmd.add_argument("-o", "--output", choices=("json", "table"), default="table")
+    cmd.add_argument("deployments", nargs="+", type=Path, metavar="DEPLOYMENT.yaml")
+    cmd.set_defaults(handler=run)
+
+
+def load(cluster: Path, deployment_files: list[Path]) -> tuple[Snapshot, list[InferenceDeployment]]:
+    nodes, pods, pools = [], [], []
+    for obj in objects(cluster, ("Node", "Pod", "RackPool")):
+        if obj["kind"] == "Node":
+            nodes.append(obj)
+        elif obj["kind"] == "Pod":
+            pods.append(obj)
+        else:
+            pools.append(parse(RackPool, obj, cluster))
+    names = Counter(p.name for p in pools)
+    if twice := [n for n, c in names.items() if c > 1]:
+        raise InputError(f"{cluster}: RackPool {twice[0]} is defined twice")
+    deployments = [
+        parse(InferenceDeployment, obj, path)
+        for path in deployment_files
+        for obj in objects(path, ("InferenceDeployment",))
+    ]
+    return build_snapshot(nodes, pods, pools), deployments
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        snapshot, deployments = load(args.cluster, args.deployments)
+    except InputError as error:
+        print(f"rackscale plan: {error}", file=sys.stderr)
+        return 2
+    plans = place(snapshot, deployments)
+    if args.output == "json":
+        print(json.dumps(as_json(snapshot, plans), indent=2))
+    else:
+        print(as_table(snapshot, plans, deployments))
+    return 0
+
+
+def replica_json(replica: ReplicaPlan) -> dict[str, Any]:
+    return {
+        "replica": replica.replica,
+        "mode": replica.mode,
+        "racks": list(replica.racks),
+        "pods": [
+            {"shard": p.shard, "node": p.node, "gpus": p.gpus, "firstRank": p.first_rank}
+            for p in replica.pods
+        ],
+    }
+
+
+def as_json(snapshot: Snapshot, plans: list[DeploymentPlan]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "placements": [
+            {
+                "deployment": plan.deployment,
+                "mode": plan.mode,
+                "replicas": [replica_json(r) for r in plan.replicas],
+                "reason": plan.reason,
+            }
+            for plan in plans
+        ]
+    }
+    if snapshot.conflicts:
+        out["warnings"] = conflict_warnings(snapshot)
+    return out
+
+
+def conflict_warnings(snapshot: Snapshot) -> list[str]:
+    return [
+        f"node {node} is selected by RackPools {', '.join(pools)} and belongs to none"
+        for node, pools in sorted(snapshot.conflicts.items())
+    ]
+
+
+def _pods_per_node(replica: ReplicaPlan) -> str:
+    if replica.mode == "DevicePlugin":
+        gpus = replica.pods[0].gpus if replica.pods else 0
+        return f"{len(replica.pods)} pods x {gpus} GPUs, kube-scheduler decides"
+    per_node = Counter(p.node for p in replica.pods)
+    gpus = replica.pods[0].gpus if replica.pods else 0
+    return f"{gpus} GPUs/pod: " + " ".join(
+        f"{node}" + (f"x{n}" if n > 1 else "") for node, n in per_node.items()
+    )
+
+
+def as_table(
+    snapshot: Snapshot, plans: list[DeploymentPlan], deployments: list[InferenceDeployment]
+) -> str:
+    rows = [("DEPLOYMENT", "MODE", "PLACED", "GPUS", "RACKS")]
+    for plan, dep in zip(plans, deployments, strict=True):
+        racks = sorted({r for rep in plan.replicas for r in rep.racks})
+        gpus = sum(p.gpus for rep in plan.replicas for p in rep.pods)
+        rows.append(
+            (
+                plan.deployment,
+                plan.mode,
+                f"{len(plan.replicas)}/{dep.spec.replicas}",
+                str(gpus),
+                ",".join(racks) or "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+    for plan in plans:
+        lines.append("")
+        lines.append(f"{plan.deployment}:")
+        for rep in plan.replicas:
+            where = ",".join(rep.racks) or "ordinary GPU nodes"
+            lines.append(f"  replica {rep.replica}  {rep.mode:<12} {where}  {_pods_per_node(rep)}")
+        if plan.reason:
+            lines.append(f"  reason: {plan.reason}")
+    lines.extend(f"warning: {w}" for w in conflict_warnings(snapshot))
+    return "\n".join(lines)

@@ -7,6 +7,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= default
+CLUSTER ?= examples/cluster.yaml examples/rackpool-gb200.yaml
+DEPLOYMENTS ?= examples/deepseek-r1.yaml examples/kimi-k2-exclusive.yaml examples/llama-405b-block.yaml examples/llama-8b.yaml
 STAMP := $(VENV)/.installed
 
 ##@ General
@@ -56,8 +58,8 @@ crds: $(STAMP) ## Generate crds/ from the pydantic models.
 ##@ Running
 
 .PHONY: plan
-plan: $(STAMP) ## Offline what-if: make plan CLUSTER=examples/cluster.yaml DEPLOYMENTS="examples/..."
-	$(VENV)/bin/rackscale plan --cluster $(or $(CLUSTER),examples/cluster.yaml) -o table $(or $(DEPLOYMENTS),examples/deepseek-r1.yaml examples/llama-8b-hgx.yaml)
+plan: $(STAMP) ## Offline what-if on the example cluster (or CLUSTER=... DEPLOYMENTS=...).
+	$(VENV)/bin/rackscale plan $(addprefix --cluster ,$(CLUSTER)) -o table $(DEPLOYMENTS)
 
 ##@ Local control plane
 

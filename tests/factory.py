@@ -36,7 +36,7 @@ def node(
 def nvl72(
     racks: int, *, trays: int = 18, gpus: int = 4, blocks: int = 0, prefix: str = "gb200"
 ) -> list[dict[str, Any]]:
-    """`racks` NVL72 racks of `trays` nodes; with `blocks`, racks are dealt round-robin into blocks."""
+    """NVL72 racks of `trays` nodes each; with `blocks`, racks are dealt round-robin to blocks."""
     out = []
     for r in range(racks):
         labels = {CLIQUE: f"clique-{r:04d}", PRODUCT: "NVIDIA-GB200"}

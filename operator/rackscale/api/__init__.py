@@ -1,6 +1,6 @@
 """The two custom resources, RackPool and InferenceDeployment: models, validation, CRDs."""
 
-from rackscale.api.common import GROUP, VERSION, API_VERSION, Condition, FieldError, format_errors
+from rackscale.api.common import API_VERSION, GROUP, VERSION, Condition, FieldError, format_errors
 from rackscale.api.inferencedeployment import (
     InferenceDeployment,
     InferenceDeploymentSpec,

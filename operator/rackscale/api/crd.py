@@ -25,7 +25,8 @@ def structural(model: type[BaseModel]) -> dict[str, Any]:
     """The model's JSON schema as a Kubernetes structural schema: no `$ref`, no `type: null`."""
     schema = model.model_json_schema(by_alias=True)
     defs = schema.pop("$defs", {})
-    return _convert(schema, defs)
+    converted: dict[str, Any] = _convert(schema, defs)
+    return converted
 
 
 def _convert(node: Any, defs: dict[str, Any]) -> Any:

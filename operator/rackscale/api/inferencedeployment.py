@@ -7,7 +7,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from rackscale.api.common import (
-    API_VERSION,
     DNS_1035,
     Condition,
     FieldError,
@@ -208,7 +207,9 @@ class InferenceDeployment(BaseModel):
 
     model_config = {"populate_by_name": True, "extra": "ignore"}
 
-    api_version: Literal["rackscale.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    api_version: Literal["rackscale.dev/v1alpha1"] = Field(
+        default="rackscale.dev/v1alpha1", alias="apiVersion"
+    )
     kind: Literal["InferenceDeployment"] = "InferenceDeployment"
     metadata: dict[str, Any]
     spec: InferenceDeploymentSpec = Field(default_factory=InferenceDeploymentSpec)

@@ -7,7 +7,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from rackscale.api.common import (
-    API_VERSION,
     LABEL_KEY,
     Condition,
     FieldError,
@@ -153,7 +152,9 @@ class RackPool(BaseModel):
 
     model_config = {"populate_by_name": True, "extra": "ignore"}
 
-    api_version: Literal["rackscale.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    api_version: Literal["rackscale.dev/v1alpha1"] = Field(
+        default="rackscale.dev/v1alpha1", alias="apiVersion"
+    )
     kind: Literal["RackPool"] = "RackPool"
     metadata: dict[str, Any]
     spec: RackPoolSpec = Field(default_factory=RackPoolSpec)

@@ -22,25 +22,36 @@ def register(commands: Any) -> None:
         description="Place InferenceDeployments, in the order given, on the Nodes, RackPools and "
         "Pods of CLUSTER.yaml, and print where every shard would go or why it cannot.",
     )
-    cmd.add_argument("--cluster", required=True, type=Path, metavar="CLUSTER.yaml",
-                     help="Nodes, RackPools and (optionally) running Pods")  # fmt: skip
+    cmd.add_argument(
+        "--cluster",
+        required=True,
+        type=Path,
+        action="append",
+        metavar="CLUSTER.yaml",
+        help="Nodes, RackPools and (optionally) running Pods; may be repeated",
+    )
     cmd.add_argument("-o", "--output", choices=("json", "table"), default="table")
     cmd.add_argument("deployments", nargs="+", type=Path, metavar="DEPLOYMENT.yaml")
     cmd.set_defaults(handler=run)
 
 
-def load(cluster: Path, deployment_files: list[Path]) -> tuple[Snapshot, list[InferenceDeployment]]:
-    nodes, pods, pools = [], [], []
-    for obj in objects(cluster, ("Node", "Pod", "RackPool")):
-        if obj["kind"] == "Node":
-            nodes.append(obj)
-        elif obj["kind"] == "Pod":
-            pods.append(obj)
-        else:
-            pools.append(parse(RackPool, obj, cluster))
-    names = Counter(p.name for p in pools)
-    if twice := [n for n, c in names.items() if c > 1]:
-        raise InputError(f"{cluster}: RackPool {twice[0]} is defined twice")
+def load(
+    cluster_files: list[Path], deployment_files: list[Path]
+) -> tuple[Snapshot, list[InferenceDeployment]]:
+    nodes: list[dict[str, Any]] = []
+    pods: list[dict[str, Any]] = []
+    pools: list[RackPool] = []
+    for cluster in cluster_files:
+        for obj in objects(cluster, ("Node", "Pod", "RackPool")):
+            if obj["kind"] == "Node":
+                nodes.append(obj)
+            elif obj["kind"] == "Pod":
+                pods.append(obj)
+            else:
+                pool = parse(RackPool, obj, cluster)
+                if any(p.name == pool.name for p in pools):
+                    raise InputError(f"{cluster}: RackPool {pool.name} is defined twice")
+                pools.append(pool)
     deployments = [
         parse(InferenceDeployment, obj, path)
         for path in deployment_files
@@ -99,15 +110,21 @@ def conflict_warnings(snapshot: Snapshot) -> list[str]:
     ]
 
 
-def _pods_per_node(replica: ReplicaPlan) -> str:
-    if replica.mode == "DevicePlugin":
-        gpus = replica.pods[0].gpus if replica.pods else 0
-        return f"{len(replica.pods)} pods x {gpus} GPUs, kube-scheduler decides"
-    per_node = Counter(p.node for p in replica.pods)
+def _pods(replica: ReplicaPlan) -> str:
+    """`8 pods x 4 GPUs, 1 per node: gb200-r00-t00 .. gb200-r00-t07`."""
+    pods = len(replica.pods)
     gpus = replica.pods[0].gpus if replica.pods else 0
-    return f"{gpus} GPUs/pod: " + " ".join(
-        f"{node}" + (f"x{n}" if n > 1 else "") for node, n in per_node.items()
-    )
+    head = f"{pods} pod{'s' if pods != 1 else ''} x {gpus} GPUs"
+    if replica.mode == "DevicePlugin":
+        return f"{head}, kube-scheduler decides"
+    per_node = Counter(p.node for p in replica.pods)
+    spread = sorted(set(per_node.values()))
+    density = f"{spread[0]} per node" if len(spread) == 1 else f"{spread[0]}-{spread[-1]} per node"
+    nodes = list(per_node)
+    listed = nodes[0] if len(nodes) == 1 else f"{nodes[0]} .. {nodes[-1]}"
+    if len(nodes) == 2:
+        listed = f"{nodes[0]}, {nodes[1]}"
+    return f"{head}, {density}: {listed}"
 
 
 def as_table(
@@ -135,7 +152,7 @@ def as_table(
         lines.append(f"{plan.deployment}:")
         for rep in plan.replicas:
             where = ",".join(rep.racks) or "ordinary GPU nodes"
-            lines.append(f"  replica {rep.replica}  {rep.mode:<12} {where}  {_pods_per_node(rep)}")
+            lines.append(f"  replica {rep.replica}  {rep.mode:<12} {where}  {_pods(rep)}")
         if plan.reason:
             lines.append(f"  reason: {plan.reason}")
     lines.extend(f"warning: {w}" for w in conflict_warnings(snapshot))

@@ -37,7 +37,7 @@ class ReplicaPlan:
 
 @dataclass(slots=True)
 class Decision:
-    """One replica: its plan (None: left pending), why it is not in the pool, and its reservation."""
+    """One replica: its plan (None: pending), why it is not in the pool, its reservation."""
 
     replica: int
     plan: ReplicaPlan | None
@@ -285,13 +285,14 @@ def _best_node(request: _Request) -> Node:
 
 
 def _best_racks(request: _Request) -> list[tuple[Rack, int]]:
-    """Fewest racks of one block (or of the pool, scope Any) that share the pipeline stages evenly."""
+    """Fewest racks of one block (of the pool for scope Any) sharing the pipeline stages evenly."""
     shape, pool = request.shape, request.pool
     per_part = shape.part_gpus // request.slot
     scope = request.deployment.spec.placement.replica_scope
     groups = pool.blocks() if scope == "Block" else {None: list(pool.racks.values())}
     best: tuple[tuple[int, int, str], list[tuple[Rack, int]]] | None = None
     problems: list[Problem] = []
+    short: list[str] = []
     for block, racks in sorted(groups.items(), key=lambda g: g[0] or ""):
         capacity = []
         for rack in racks:
@@ -305,12 +306,17 @@ def _best_racks(request: _Request) -> list[tuple[Rack, int]]:
             rank = (len(chosen), sum(r.free for r, _ in chosen), block or "")
             if best is None or rank < best[0]:
                 best = (rank, chosen)
+        elif capacity:
+            room = sum(c for _, c in capacity)
+            frees = ", ".join(str(r.free) for r, _ in capacity)
+            where = f"block {block}" if block is not None else "the pool"
+            short.append(f"{where} has room for {room} parts (racks with {frees} free)")
     if best is None:
         where = "block" if scope == "Block" else "set of racks in the pool"
+        details = "; ".join(short + ([summarize(problems)] if problems else []))
         raise NoRoom(
             f"no {where} holds {shape.gpus} free GPUs as {shape.parts} parts of "
-            f"{shape.part_gpus} (whole pipeline stages): "
-            + summarize(problems or [Problem("too-few", "0")])
+            f"{shape.part_gpus} (whole pipeline stages): {details or 'the pool has no racks'}"
         )
     return [(rack, parts * per_part) for rack, parts in best[1]]
 

@@ -22,7 +22,7 @@ _PHRASES = {
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """Why one rack cannot take a replica: a cause and a detail (free GPUs, a namespace, a holder)."""
+    """Why one rack cannot take a replica: a cause and a detail (free GPUs, namespace, holder)."""
 
     cause: str
     detail: str = ""
@@ -35,7 +35,7 @@ def summarize(problems: list[Problem]) -> str:
         label = "" if p.cause in ("too-few", "split", "degraded") else p.detail
         grouped[(p.cause, label)].append(p.detail)
     order = list(_PHRASES)
-    parts = []
+    parts: list[str] = []
     for (cause, label), details in sorted(
         grouped.items(), key=lambda i: (order.index(i[0][0]), i[0][1])
     ):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-_SUFFIXES = {
+_SUFFIXES: dict[str, int | Decimal] = {
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
     "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "m": Decimal("0.001"),
 }  # fmt: skip
@@ -78,7 +78,18 @@ def pinned_node(pod: dict[str, Any]) -> str | None:
 
 
 def node_ready(node: dict[str, Any]) -> bool:
+    """Ready unless its Ready condition says otherwise: hand-written cluster files often omit it."""
     for condition in (node.get("status") or {}).get("conditions") or []:
         if condition.get("type") == "Ready":
-            return condition.get("status") == "True"
-    return False
+            return bool(condition.get("status") == "True")
+    return True
+
+
+def node_gpus(node: dict[str, Any], resource: str) -> int:
+    """GPUs the node offers to pods: allocatable, or capacity where allocatable is not given."""
+    status = node.get("status") or {}
+    for part in ("allocatable", "capacity"):
+        amounts = status.get(part)
+        if amounts is not None and resource in amounts:
+            return count(amounts[resource])
+    return 0

@@ -14,7 +14,7 @@ from typing import Any
 from sortedcontainers import SortedList
 
 from rackscale.api.rackpool import DEFAULT_GPU_RESOURCE, POOL_TAINT_KEY, RackPool, RackPoolSpec
-from rackscale.topology.objects import count, gpu_request, node_ready, pinned_node, terminated
+from rackscale.topology.objects import gpu_request, node_gpus, node_ready, pinned_node, terminated
 
 DEPLOYMENT_LABEL = "rackscale.dev/deployment"
 REPLICA_LABEL = "rackscale.dev/replica"
@@ -77,7 +77,7 @@ class Node:
 
 @dataclass(eq=False, slots=True)
 class Rack:
-    """One NVLink domain of racks (`nvlinkDomain: Rack`) or a group of nodes under one rack label."""
+    """The nodes under one rack label: one NVLink domain when the pool says `nvlinkDomain: Rack`."""
 
     name: str
     block: str | None
@@ -236,8 +236,7 @@ def build_snapshot(
             conflicts[meta["name"]] = [p.name for p in matching]
         pool = matching[0] if len(matching) == 1 else None
         resource = pool.spec.gpu_resource if pool else DEFAULT_GPU_RESOURCE
-        status = raw.get("status") or {}
-        gpus = count((status.get("allocatable") or {}).get(resource, 0))
+        gpus = node_gpus(raw, resource)
         node = Node(
             name=meta["name"],
             labels=labels,
@@ -277,9 +276,10 @@ def build_snapshot(
 
     for pod in pods:
         node_name = pinned_node(pod)
-        node = by_name.get(node_name) if node_name else None
-        if node is None or terminated(pod):
+        pinned = by_name.get(node_name) if node_name else None
+        if pinned is None or terminated(pod):
             continue
+        node = pinned
         resource = built[node.pool].spec.gpu_resource if node.pool else DEFAULT_GPU_RESOURCE
         gpus = gpu_request(pod, resource)
         if not gpus:

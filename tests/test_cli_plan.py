@@ -1,0 +1,203 @@
+"""`rackscale plan`: the documented JSON, a readable table, and one clear line for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from rackscale.cli.main import main
+from tests.factory import BLOCK, hgx, nvl72
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def write(path: Path, *docs: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump_all(docs))
+    return path
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Path:
+    pool = yaml.safe_load((EXAMPLES / "rackpool-gb200.yaml").read_text())
+    nodes = {"apiVersion": "v1", "kind": "List", "items": nvl72(2, blocks=1) + hgx(2)}
+    for item in nodes["items"]:
+        if "nvidia.com/gpu.clique" in item["metadata"]["labels"]:
+            item["metadata"]["labels"][BLOCK] = "b0"
+    return write(tmp_path / "cluster.yaml", nodes, pool)
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_output_is_the_documented_shape(
+    cluster: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(
+        capsys, "plan", "--cluster", cluster, "-o", "json", EXAMPLES / "deepseek-r1.yaml"
+    )
+    assert code == 0
+    result = json.loads(out)
+    [placement] = result["placements"]
+    assert set(placement) == {"deployment", "mode", "replicas", "reason"}
+    assert (placement["deployment"], placement["mode"], placement["reason"]) == (
+        "llm/deepseek-r1",
+        "Rack",
+        None,
+    )
+    assert [r["replica"] for r in placement["replicas"]] == [0, 1]
+    first = placement["replicas"][0]
+    assert set(first) == {"replica", "mode", "racks", "pods"}
+    assert first["mode"] == "Rack"
+    assert len(first["pods"]) == 8
+    assert first["pods"][0] == {"shard": 0, "node": "gb200-0000-00", "gpus": 4, "firstRank": 0}
+    assert [p["firstRank"] for p in first["pods"]] == list(range(0, 32, 4))
+    # Spread: the two replicas on distinct racks.
+    assert placement["replicas"][0]["racks"] != placement["replicas"][1]["racks"]
+
+
+def test_deployments_see_the_ones_before_them(
+    cluster: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(
+        capsys, "plan", "--cluster", cluster, "-o", "json",
+        EXAMPLES / "kimi-k2-exclusive.yaml",
+        EXAMPLES / "llama-405b-block.yaml",
+        EXAMPLES / "llama-8b.yaml",
+    )  # fmt: skip
+    assert code == 0
+    kimi, llama405, llama8 = json.loads(out)["placements"]
+    assert kimi["mode"] == "Rack"
+    assert llama405["mode"] == "Unplaced"
+    assert llama405["replicas"] == []
+    assert "held exclusively by research/kimi-k2" in llama405["reason"]
+    assert llama8["mode"] == "DevicePlugin"
+    assert all(p["node"] is None for r in llama8["replicas"] for p in r["pods"])
+
+
+def test_table_names_modes_racks_and_reasons(
+    cluster: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(
+        capsys,
+        "plan",
+        "--cluster",
+        cluster,
+        EXAMPLES / "deepseek-r1.yaml",
+        EXAMPLES / "llama-405b-block.yaml",
+    )
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["DEPLOYMENT", "MODE", "PLACED", "GPUS", "RACKS"]
+    assert lines[1].split()[:4] == ["llm/deepseek-r1", "Rack", "2/2", "64"]
+    assert lines[2].split()[:4] == ["llm/llama-405b", "Unplaced", "0/1", "0"]
+    assert "8 pods x 4 GPUs, 1 per node: gb200-0000-00 .. gb200-0000-07" in out
+    assert "reason: replica 0: no block holds 144 free GPUs" in out
+
+
+def test_cluster_may_come_in_several_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nodes = write(tmp_path / "nodes.yaml", *nvl72(1))
+    code, out, _ = run(
+        capsys, "plan", "--cluster", nodes, "--cluster", EXAMPLES / "rackpool-gb200.yaml",
+        "-o", "json", EXAMPLES / "kimi-k2-exclusive.yaml",
+    )  # fmt: skip
+    assert code == 0
+    assert json.loads(out)["placements"][0]["mode"] == "Rack"
+
+
+BAD_DEPLOYMENT = {
+    "apiVersion": "rackscale.dev/v1alpha1",
+    "kind": "InferenceDeployment",
+    "metadata": {"name": "bad", "namespace": "llm"},
+    "spec": {"parallelism": {"tensor": 8, "expert": 3}},
+}
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("a: [unclosed", "not valid YAML (line 1)"),
+        ("- just\n- a list\n", "document 1 is not a Kubernetes object (no kind)"),
+        (yaml.safe_dump({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}}),
+         "Service s: unexpected kind 'Service' (expected InferenceDeployment)"),
+        (yaml.safe_dump(BAD_DEPLOYMENT),
+         "InferenceDeployment llm/bad: spec.parallelism.expert: 3 must divide"),
+        (yaml.safe_dump({**BAD_DEPLOYMENT, "apiVersion": "rackscale.dev/v1"}),
+         "InferenceDeployment llm/bad: apiVersion: expected rackscale.dev/v1alpha1"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_naming_file_object_and_field(
+    cluster: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, expected: str
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(content)
+    code, out, err = run(capsys, "plan", "--cluster", cluster, bad)
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith(f"rackscale plan: {bad}: ")
+    assert expected in err
+
+
+def test_a_bad_pool_in_the_cluster_file_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pool = {"apiVersion": "rackscale.dev/v1alpha1", "kind": "RackPool", "metadata": {"name": "p"},
+            "spec": {"gpusPerRack": 0}}  # fmt: skip
+    cluster = write(tmp_path / "c.yaml", *nvl72(1), pool)
+    code, _, err = run(capsys, "plan", "--cluster", cluster, EXAMPLES / "deepseek-r1.yaml")
+    assert code == 2
+    assert (
+        f"{cluster}: RackPool p: spec.gpusPerRack: Input should be greater than or equal to 1"
+        in err
+    )
+
+
+def test_a_missing_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(
+        capsys, "plan", "--cluster", tmp_path / "nope.yaml", EXAMPLES / "deepseek-r1.yaml"
+    )
+    assert code == 2
+    assert f"{tmp_path / 'nope.yaml'}: cannot read" in err
+
+
+def test_nodes_selected_by_two_pools_are_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pools = [
+        {
+            "apiVersion": "rackscale.dev/v1alpha1",
+            "kind": "RackPool",
+            "metadata": {"name": name},
+            "spec": {},
+        }
+        for name in ("gb200", "other")
+    ]
+    cluster = write(tmp_path / "c.yaml", *nvl72(1), *pools)
+    code, out, _ = run(
+        capsys, "plan", "--cluster", cluster, "-o", "json", EXAMPLES / "deepseek-r1.yaml"
+    )
+    assert code == 0
+    result = json.loads(out)
+    assert (
+        "node gb200-0000-00 is selected by RackPools gb200, other and belongs to none"
+        in result["warnings"]
+    )
+    assert result["placements"][0]["mode"] == "Unplaced"
+    assert "RackPool gb200 has no racks" in result["placements"][0]["reason"]
+
+
+def test_python_dash_m_works_like_the_console_script(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("rackscale ")

@@ -1,0 +1,109 @@
+"""The CRDs in crds/ are what the models generate, are structural, and accept the examples."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from rackscale.api import crd
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def walk(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    if isinstance(node, dict):
+        yield path, node
+        for key, value in node.items():
+            yield from walk(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from walk(value, f"{path}[{i}]")
+
+
+def schema_of(kind: str) -> dict[str, Any]:
+    for definition in crd.definitions().values():
+        if definition["spec"]["names"]["kind"] == kind:
+            return dict(definition["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    raise KeyError(kind)
+
+
+def as_json_schema(node: Any) -> Any:
+    """OpenAPI v3 (`nullable`) to JSON Schema draft 4, for validating objects offline."""
+    if isinstance(node, list):
+        return [as_json_schema(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: as_json_schema(v) for k, v in node.items() if k != "nullable"}
+    if node.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    return out
+
+
+def test_crds_on_disk_match_the_models() -> None:
+    for name, definition in crd.definitions().items():
+        on_disk = (ROOT / "crds" / name).read_text()
+        assert on_disk == crd.render(definition), f"crds/{name} is stale: run `make crds`"
+
+
+def test_crds_are_structural() -> None:
+    for name, definition in crd.definitions().items():
+        for path, node in walk(definition):
+            assert "$ref" not in node, f"{name}{path} has $ref"
+            assert node.get("type") != "null", f"{name}{path} has type null"
+            assert not any(k in node for k in ("anyOf", "oneOf", "allOf")), f"{name}{path}"
+            if "properties" in node:
+                assert node.get("type") == "object", f"{name}{path} has properties but no type"
+                assert "additionalProperties" not in node, f"{name}{path}"
+
+
+def test_names_columns_and_subresources() -> None:
+    defs = {d["spec"]["names"]["kind"]: d["spec"] for d in crd.definitions().values()}
+    rp, idep = defs["RackPool"], defs["InferenceDeployment"]
+    assert (rp["scope"], rp["names"]["shortNames"]) == ("Cluster", ["rp"])
+    assert (idep["scope"], idep["names"]["shortNames"]) == ("Namespaced", ["idep"])
+    columns = {
+        kind: [c["name"].upper() for c in d["versions"][0]["additionalPrinterColumns"]]
+        for kind, d in defs.items()
+    }
+    assert columns["InferenceDeployment"] == ["READY", "GPUS", "MODE", "RACKS", "PHASE", "AGE"]
+    assert columns["RackPool"] == ["RACKS", "HEALTHY", "FREE-RACKS", "GPUS-FREE", "AGE"]
+    assert "status" in rp["versions"][0]["subresources"]
+    assert idep["versions"][0]["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
+
+
+def test_cross_field_rules_name_their_field() -> None:
+    rules = {
+        r.get("fieldPath"): r["rule"]
+        for _, node in walk(schema_of("InferenceDeployment"))
+        for r in node.get("x-kubernetes-validations", [])
+    }
+    assert ".expert" in rules
+    assert ".gpusPerPod" in rules
+    assert ".placement.exclusive" in rules
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_validate_against_the_crd_schemas(path: Path) -> None:
+    for doc in yaml.safe_load_all(path.read_text()):
+        if not doc or doc.get("kind") not in ("RackPool", "InferenceDeployment"):
+            continue
+        schema = as_json_schema(schema_of(doc["kind"]))
+        jsonschema.Draft4Validator(schema).validate(doc)
+
+
+def test_the_crd_schema_refuses_what_the_models_refuse() -> None:
+    schema = as_json_schema(schema_of("InferenceDeployment"))
+    bad = {
+        "apiVersion": "rackscale.dev/v1alpha1",
+        "kind": "InferenceDeployment",
+        "metadata": {"name": "x"},
+        "spec": {"replicas": -1, "placement": {"replicaScope": "Row"}},
+    }
+    messages = sorted(e.message for e in jsonschema.Draft4Validator(schema).iter_errors(bad))
+    assert any("-1 is less than the minimum of 0" in m for m in messages), messages
+    assert any("'Row' is not one of" in m for m in messages), messages

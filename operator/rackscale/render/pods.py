@@ -1,0 +1,234 @@
+"""One replica's Pods: the user's template with rackscale's pins, GPUs, env and identity added."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rackscale.api.inferencedeployment import InferenceDeployment
+from rackscale.api.rackpool import DEFAULT_GPU_RESOURCE, DEFAULT_RACK_LABEL, POOL_TAINT_KEY
+from rackscale.placement.engine import PodPlan, ReplicaPlan
+from rackscale.render.names import (
+    DEPLOYMENT_LABEL,
+    EXCLUSIVE_LABEL,
+    FIRST_RANK_ANNOTATION,
+    LEADER_LABEL,
+    MODE_ANNOTATION,
+    RACK_ANNOTATION,
+    RACK_LABEL,
+    RACKS_ANNOTATION,
+    REPLICA_LABEL,
+    SHARD_LABEL,
+    SHARDS_ANNOTATION,
+    TEMPLATE_HASH_ANNOTATION,
+    headless_service_name,
+    label_value,
+    leader_address,
+    owner_reference,
+    pod_name,
+)
+
+_AFFINITY_REQUIRED = "requiredDuringSchedulingIgnoredDuringExecution"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolFacts:
+    """What rendering needs to know of the cluster besides the plan."""
+
+    pool: str | None = None  # the RackPool of rack-mode replicas
+    gpu_resource: str = DEFAULT_GPU_RESOURCE  # the pool's; device-plugin pods use the default
+    rack_labels: tuple[str, ...] = (DEFAULT_RACK_LABEL,)  # device-plugin pods avoid these nodes
+    node_racks: Mapping[str, str] | None = None  # node name -> rack name, for rack-mode pods
+
+
+def template_hash(deployment: InferenceDeployment) -> str:
+    """A digest of everything in the spec that shapes a pod; `replicas` and `model` excluded."""
+    spec = deployment.spec
+    shaping = {
+        "template": spec.template,
+        "parallelism": spec.parallelism.model_dump(mode="json"),
+        "gpusPerPod": spec.gpus_per_pod,
+        "placement": spec.placement.model_dump(mode="json", by_alias=True),
+        "port": spec.port,
+    }
+    text = json.dumps(shaping, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def render_replica(
+    deployment: InferenceDeployment, plan: ReplicaPlan, facts: PoolFacts
+) -> list[dict[str, Any]]:
+    """Every Pod of one placed replica, shard 0 (the leader) first."""
+    digest = template_hash(deployment)
+    return [_pod(deployment, plan, pod, facts, digest) for pod in plan.pods]
+
+
+def _pod(
+    deployment: InferenceDeployment,
+    plan: ReplicaPlan,
+    pod: PodPlan,
+    facts: PoolFacts,
+    digest: str,
+) -> dict[str, Any]:
+    template = copy.deepcopy(deployment.spec.template)
+    meta_in: dict[str, Any] = template.get("metadata") or {}
+    spec: dict[str, Any] = template.get("spec") or {}
+    rack_mode = plan.mode == "Rack"
+    rack = _rack_of(pod, plan, facts) if rack_mode else ""
+    name = pod_name(deployment.name, plan.replica, pod.shard)
+
+    labels = dict(meta_in.get("labels") or {})
+    labels.update(
+        {
+            DEPLOYMENT_LABEL: deployment.name,
+            REPLICA_LABEL: str(plan.replica),
+            SHARD_LABEL: str(pod.shard),
+        }
+    )
+    labels.pop(LEADER_LABEL, None)
+    if pod.shard == 0:
+        labels[LEADER_LABEL] = "true"
+    if rack_mode:
+        labels[RACK_LABEL] = label_value(rack)
+        if deployment.spec.placement.exclusive:
+            labels[EXCLUSIVE_LABEL] = "true"
+
+    annotations = dict(meta_in.get("annotations") or {})
+    annotations.update(
+        {
+            TEMPLATE_HASH_ANNOTATION: digest,
+            SHARDS_ANNOTATION: str(len(plan.pods)),
+            FIRST_RANK_ANNOTATION: str(pod.first_rank),
+            MODE_ANNOTATION: plan.mode,
+        }
+    )
+    if rack_mode:
+        annotations[RACK_ANNOTATION] = rack
+        annotations[RACKS_ANNOTATION] = ",".join(plan.racks)
+
+    resource = facts.gpu_resource if rack_mode else DEFAULT_GPU_RESOURCE
+    spec["containers"] = _containers(
+        spec.get("containers") or [], _env(deployment, plan, pod, rack), resource, pod.gpus
+    )
+    if spec.get("initContainers"):
+        env = _env(deployment, plan, pod, rack)
+        spec["initContainers"] = [_with_env(c, env) for c in spec["initContainers"]]
+    spec["hostname"] = name
+    spec["subdomain"] = headless_service_name(deployment.name)
+    spec.pop("nodeName", None)  # kube-scheduler binds; the operator only pins
+    if rack_mode:
+        assert pod.node is not None, "a rack-mode pod is pinned to a node"
+        _pin(spec, pod.node)
+        spec["tolerations"] = _tolerations(spec.get("tolerations") or [], facts.pool)
+    else:
+        _avoid_racks(spec, facts.rack_labels)
+
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": deployment.namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(deployment)],
+        },
+        "spec": spec,
+    }
+
+
+def _rack_of(pod: PodPlan, plan: ReplicaPlan, facts: PoolFacts) -> str:
+    if facts.node_racks and pod.node is not None and pod.node in facts.node_racks:
+        return facts.node_racks[pod.node]
+    return plan.racks[0] if plan.racks else ""
+
+
+def _env(
+    deployment: InferenceDeployment, plan: ReplicaPlan, pod: PodPlan, rack: str
+) -> list[dict[str, str]]:
+    par = deployment.spec.parallelism
+    values = {
+        "RACKSCALE_REPLICA": plan.replica,
+        "RACKSCALE_SHARD": pod.shard,
+        "RACKSCALE_SHARDS": len(plan.pods),
+        "RACKSCALE_WORLD_SIZE": par.gpus,
+        "RACKSCALE_FIRST_RANK": pod.first_rank,
+        "RACKSCALE_TENSOR_PARALLEL": par.tensor,
+        "RACKSCALE_PIPELINE_PARALLEL": par.pipeline,
+        "RACKSCALE_DATA_PARALLEL": par.data,
+        "RACKSCALE_EXPERT_PARALLEL": par.expert,
+        "RACKSCALE_LEADER_ADDRESS": leader_address(deployment, plan.replica),
+        "RACKSCALE_RACK": rack,
+    }
+    return [{"name": k, "value": str(v)} for k, v in values.items()]
+
+
+def _with_env(container: dict[str, Any], env: list[dict[str, str]]) -> dict[str, Any]:
+    """The container's own env, rackscale's variables replacing any of the same name."""
+    ours = {e["name"] for e in env}
+    kept = [e for e in container.get("env") or [] if e.get("name") not in ours]
+    return {**container, "env": kept + env}
+
+
+def _containers(
+    containers: Sequence[dict[str, Any]],
+    env: list[dict[str, str]],
+    resource: str,
+    gpus: int,
+) -> list[dict[str, Any]]:
+    """GPUs requested by the first container only: the device plugin hands them to one process."""
+    out = []
+    for index, container in enumerate(containers):
+        c = _with_env(container, env)
+        resources = dict(c.get("resources") or {})
+        for part in ("requests", "limits"):
+            amounts = dict(resources.get(part) or {})
+            if index == 0:
+                amounts[resource] = str(gpus)
+            else:
+                amounts.pop(resource, None)
+            if amounts:
+                resources[part] = amounts
+        c["resources"] = resources
+        out.append(c)
+    return out
+
+
+def _pin(spec: dict[str, Any], node: str) -> None:
+    """A required affinity to exactly one node: kube-scheduler can bind it nowhere else."""
+    affinity = dict(spec.get("affinity") or {})
+    node_affinity = dict(affinity.get("nodeAffinity") or {})
+    node_affinity[_AFFINITY_REQUIRED] = {
+        "nodeSelectorTerms": [
+            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
+        ]
+    }
+    affinity["nodeAffinity"] = node_affinity
+    spec["affinity"] = affinity
+
+
+def _avoid_racks(spec: dict[str, Any], rack_labels: Sequence[str]) -> None:
+    """Device-plugin pods stay off rack-pool nodes: `<rackLabel> DoesNotExist` in every term."""
+    avoid = [{"key": label, "operator": "DoesNotExist"} for label in sorted(set(rack_labels))]
+    if not avoid:
+        return
+    affinity = dict(spec.get("affinity") or {})
+    node_affinity = dict(affinity.get("nodeAffinity") or {})
+    required = dict(node_affinity.get(_AFFINITY_REQUIRED) or {})
+    terms = [dict(t) for t in required.get("nodeSelectorTerms") or []] or [{}]
+    for term in terms:
+        term["matchExpressions"] = [*(term.get("matchExpressions") or []), *avoid]
+    required["nodeSelectorTerms"] = terms
+    node_affinity[_AFFINITY_REQUIRED] = required
+    affinity["nodeAffinity"] = node_affinity
+    spec["affinity"] = affinity
+
+
+def _tolerations(existing: Sequence[dict[str, Any]], pool: str | None) -> list[dict[str, Any]]:
+    ours = {"key": POOL_TAINT_KEY, "operator": "Equal", "value": pool or "", "effect": "NoSchedule"}
+    kept = [dict(t) for t in existing if t != ours]
+    return [*kept, ours]

@@ -167,12 +167,12 @@ def _request(
             f"replicaScope Block needs spec.blockLabel on RackPool {pool_name}; "
             "set it, or use replicaScope Rack or Any"
         )
-    shape = shape_of(deployment.spec, pool.node_gpus())
+    shape = shape_of(deployment.spec, pool.node_gpus)
     template_spec = deployment.spec.template.get("spec") or {}
     request = _Request(
         deployment, replica, pool, shape, tuple(template_spec.get("tolerations") or ())
     )
-    largest = max((n.allocatable for r in pool.racks.values() for n in r.nodes), default=0)
+    largest = pool.largest_node_gpus
     if request.slot > largest:
         what = (
             f"{shape.domain_gpus} GPUs that must share NVLink (tensor {shape.tensor}, expert "

@@ -156,6 +156,8 @@ class Pool:
     by_free: SortedList = field(default_factory=SortedList)
     empty_by_free: SortedList = field(default_factory=SortedList)
     tainted_nodes: int = 0  # ready, uncordoned nodes kept out by a taint someone may tolerate
+    node_gpus: int = 0  # the usual GPUs of one node (most common allocatable, larger on a tie)
+    largest_node_gpus: int = 0
 
     def blocks(self) -> dict[str | None, list[Rack]]:
         grouped: dict[str | None, list[Rack]] = {}
@@ -163,13 +165,12 @@ class Pool:
             grouped.setdefault(rack.block, []).append(rack)
         return grouped
 
-    def node_gpus(self) -> int:
-        """The usual GPUs of one node in the pool (most common allocatable, the larger on a tie)."""
+    def measure_nodes(self) -> None:
+        """Record the node sizes that cut replicas into pods; they change only with the nodes."""
         counts = Counter(n.allocatable for r in self.racks.values() for n in r.nodes)
         counts.pop(0, None)
-        if not counts:
-            return 0
-        return max(counts.items(), key=lambda item: (item[1], item[0]))[0]
+        self.node_gpus = _most_common(counts)
+        self.largest_node_gpus = max(counts, default=0)
 
 
 @dataclass(eq=False, slots=True)
@@ -271,6 +272,7 @@ def build_snapshot(
 
     for target in built.values():
         target.racks = dict(sorted(target.racks.items()))
+        target.measure_nodes()
         for rack in target.racks.values():
             rack._index(add=True)
 
@@ -293,5 +295,9 @@ def build_snapshot(
         if holder and node.rack.held_by is None:
             node.rack.hold(holder)
 
-    common = max(ordinary.items(), key=lambda item: (item[1], item[0]), default=(0, 0))[0]
-    return Snapshot(built, by_name, conflicts, ordinary_node_gpus=common)
+    return Snapshot(built, by_name, conflicts, ordinary_node_gpus=_most_common(ordinary))
+
+
+def _most_common(sizes: Counter[int]) -> int:
+    """The most common node size, the larger on a tie; 0 when there is none."""
+    return max(sizes.items(), key=lambda item: (item[1], item[0]), default=(0, 0))[0]

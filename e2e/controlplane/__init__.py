@@ -1,0 +1,1 @@
+"""Building blocks of the local control plane: binaries, certificates, processes."""

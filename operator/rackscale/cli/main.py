@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from rackscale import __version__
-from rackscale.cli import plan
+from rackscale.cli import plan, racks, run
 
 
 def parser() -> argparse.ArgumentParser:
@@ -17,7 +17,7 @@ def parser() -> argparse.ArgumentParser:
     )
     root.add_argument("--version", action="version", version=f"rackscale {__version__}")
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (plan,):  # each module adds its own subcommand
+    for module in (plan, run, racks):  # each module adds its own subcommand
         module.register(commands)
     return root
 

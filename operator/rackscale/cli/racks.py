@@ -1,0 +1,129 @@
+"""`rackscale racks`: the pools as they are now, one line per rack, read from the live cluster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from pydantic import ValidationError
+
+from rackscale.api import GROUP, VERSION, RackPool, format_errors
+from rackscale.api.rackpool import RackPoolStatus
+from rackscale.topology import Snapshot, build_snapshot
+
+BAR = 18
+
+
+def register(commands: Any) -> None:
+    cmd = commands.add_parser(
+        "racks",
+        help="show every rack of every RackPool: health, GPUs in use, deployments",
+        description="Read nodes, pods and RackPools from the current cluster ($KUBECONFIG) and "
+        "print each rack's health, a bar of used/free GPUs and the deployments on it.",
+    )
+    cmd.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    cmd.add_argument("--kubeconfig", default=None, help="default: $KUBECONFIG or ~/.kube/config")
+    cmd.set_defaults(handler=run)
+
+
+def _read(api: Any, method: str, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    response = getattr(api, method)(*args, _preload_content=False, **kwargs)
+    return list(json.loads(response.data).get("items") or [])
+
+
+def fetch(kubeconfig: str | None) -> tuple[Snapshot, list[str]]:
+    """The snapshot of the live cluster, and warnings about RackPools that cannot be read."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
+    with client.ApiClient(configuration) as api:
+        core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+        nodes = _read(core, "list_node")
+        pods = _read(
+            core,
+            "list_pod_for_all_namespaces",
+            field_selector="status.phase!=Succeeded,status.phase!=Failed",
+        )
+        raw_pools = _read(custom, "list_cluster_custom_object", GROUP, VERSION, "rackpools")
+    pools, warnings = [], []
+    for raw in raw_pools:
+        try:
+            pools.append(RackPool.model_validate(raw))
+        except ValidationError as error:
+            name = (raw.get("metadata") or {}).get("name")
+            warnings.append(f"RackPool {name} ignored: {'; '.join(format_errors(error))}")
+    return build_snapshot(nodes, pods, pools), warnings
+
+
+def statuses(snapshot: Snapshot) -> dict[str, RackPoolStatus]:
+    from rackscale.controller.status import pool_status
+
+    return {
+        name: pool_status(pool, snapshot.conflicts, [], "")
+        for name, pool in sorted(snapshot.pools.items())
+    }
+
+
+def bar(used: int, total: int) -> str:
+    filled = round(BAR * used / total) if total else 0
+    if used and not filled:
+        filled = 1
+    return "[" + "#" * filled + "-" * (BAR - filled) + "]"
+
+
+def as_table(pools: dict[str, RackPoolStatus]) -> str:
+    if not pools:
+        return "no RackPools: create one (see examples/) to group nodes into racks"
+    lines = []
+    for name, pool in pools.items():
+        lines.append(
+            f"{name}: {pool.racks} racks, {pool.healthy_racks} healthy, {pool.free_racks} free, "
+            f"{pool.gpus.allocated}/{pool.gpus.allocatable} GPUs in use"
+        )
+        width = max((len(r.name) for r in pool.rack_statuses), default=4)
+        for rack in pool.rack_statuses:
+            used, total = rack.gpus.allocated, rack.gpus.allocatable
+            who = ", ".join(rack.deployments) or "-"
+            if rack.held_by:
+                who += f" (held by {rack.held_by})"
+            lines.append(
+                f"  {rack.name:<{width}}  {rack.health:<11}  {bar(used, total)}  "
+                f"{used:>4}/{total:<4}  {who}"
+            )
+        for cond in pool.conditions:
+            if cond.type == "NodesOverlap" and cond.status == "True":
+                lines.append(f"  warning: {cond.message}")
+    return "\n".join(lines)
+
+
+def as_json(pools: dict[str, RackPoolStatus]) -> dict[str, Any]:
+    return {
+        "pools": [
+            {
+                "name": name,
+                **pool.model_dump(
+                    by_alias=True, exclude_none=True, mode="json", exclude={"conditions"}
+                ),
+            }
+            for name, pool in pools.items()
+        ]
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        snapshot, warnings = fetch(args.kubeconfig)
+    except Exception as error:  # no cluster, no credentials, no CRDs: one line, not a traceback
+        print(f"rackscale racks: cannot read the cluster: {error}", file=sys.stderr)
+        return 1
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    pools = statuses(snapshot)
+    if args.output == "json":
+        print(json.dumps(as_json(pools), indent=2))
+    else:
+        print(as_table(pools))
+    return 0

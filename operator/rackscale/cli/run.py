@@ -1,0 +1,93 @@
+"""`rackscale run`: the operator, in this process, against the current kubeconfig or in-cluster."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+from typing import Any
+
+HANDLERS = "rackscale.controller.handlers"
+
+
+def register(commands: Any) -> None:
+    cmd = commands.add_parser(
+        "run",
+        help="run the operator against the current cluster",
+        description="Run the rackscale operator: keep RackPool status true and place, heal, scale "
+        "and update InferenceDeployments. Uses in-cluster credentials in a pod, else the current "
+        "kubeconfig ($KUBECONFIG). Run one operator per cluster (kopf has no leader election).",
+    )
+    scope = cmd.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="watch InferenceDeployments in NS (repeatable; globs allowed)",
+    )
+    scope.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="watch every namespace (the default when no --namespace is given)",
+    )
+    cmd.add_argument(
+        "--liveness",
+        default="http://0.0.0.0:8080/healthz",
+        metavar="URL",
+        help="liveness endpoint (default %(default)s; 'none' to disable)",
+    )
+    cmd.add_argument(
+        "--unschedulable-timeout",
+        type=float,
+        default=float(os.environ.get("RACKSCALE_UNSCHEDULABLE_TIMEOUT", "60")),
+        metavar="SECONDS",
+        help="a pinned pod unschedulable this long sends its replica back to placement "
+        "(default %(default)s)",
+    )
+    cmd.add_argument(
+        "--resync",
+        type=float,
+        default=float(os.environ.get("RACKSCALE_RESYNC", "10")),
+        metavar="SECONDS",
+        help="reconcile everything at least this often (default %(default)s)",
+    )
+    cmd.add_argument(
+        "--log-format",
+        choices=("json", "plain", "full"),
+        default="json",
+        help="log lines as JSON objects (default) or text",
+    )
+    cmd.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    cmd.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import kopf
+
+    from rackscale.controller.reconcile import Options
+
+    formats = {
+        "json": kopf.LogFormat.JSON,
+        "plain": kopf.LogFormat.PLAIN,
+        "full": kopf.LogFormat.FULL,
+    }
+    kopf.configure(debug=args.verbose, verbose=args.verbose, log_format=formats[args.log_format])
+    if not args.verbose:
+        # kopf logs every watch event it hands to a handler; rackscale logs what it does.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    importlib.import_module(HANDLERS)  # registers the handlers with kopf
+    options = Options(unschedulable_timeout=args.unschedulable_timeout, resync=args.resync)
+    liveness = None if args.liveness in ("", "none") else args.liveness
+    kopf.run(
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=liveness,
+        memo=kopf.Memo(options=options),
+    )
+    return 0

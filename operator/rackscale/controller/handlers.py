@@ -1,0 +1,90 @@
+"""Every kopf handler of the operator. Each only decodes its arguments and delegates.
+
+Indices are kopf's informer cache of nodes, GPU pods, RackPools and InferenceDeployments; every
+watch event wakes the one worker, which reconciles from them. Nothing here adds finalizers or
+writes kopf's bookkeeping into the objects: deletion is left to owner references.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import os
+from typing import Any
+
+import kopf
+
+from rackscale.api import GROUP, VERSION
+from rackscale.controller.cluster import ClusterView, is_gpu_pod, slim_node, slim_pod
+from rackscale.controller.kube import Kube, api_client
+from rackscale.controller.reconcile import Options, Reconciler
+from rackscale.controller.worker import Worker
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.posting.level = 30  # kopf's own Events: warnings only; rackscale posts its own
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    options = memo.get("options") or Options.from_env(os.environ)
+    worker = Worker(Reconciler(ClusterView(), Kube(api_client()), options))
+    memo["worker"] = worker
+    memo["task"] = asyncio.create_task(worker.run(), name="rackscale-worker")
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("task")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@kopf.on.probe(id="reconciler")
+def probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+    worker: Worker | None = memo.get("worker")
+    return worker.health() if worker else {}
+
+
+@kopf.index("nodes")
+def nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
+    return {name: slim_node(body)}
+
+
+@kopf.index("pods")
+def gpu_pods(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any] | None:
+    return {(namespace, name): slim_pod(body)} if is_gpu_pod(body) else None
+
+
+@kopf.index(GROUP, VERSION, "rackpools")
+def rackpools(name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
+    return {name: copy.deepcopy(dict(body))}
+
+
+@kopf.index(GROUP, VERSION, "inferencedeployments")
+def inferencedeployments(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
+    return {(namespace, name): copy.deepcopy(dict(body))}
+
+
+def _wake(memo: kopf.Memo, indices: dict[str, Any]) -> None:
+    worker: Worker | None = memo.get("worker")
+    if worker is not None:
+        worker.observe(
+            indices["nodes"],
+            indices["gpu_pods"],
+            indices["rackpools"],
+            indices["inferencedeployments"],
+        )
+
+
+@kopf.on.event("nodes")
+@kopf.on.event(GROUP, VERSION, "rackpools")
+@kopf.on.event(GROUP, VERSION, "inferencedeployments")
+@kopf.on.event("pods", when=lambda body, **_: is_gpu_pod(body))
+async def changed(memo: kopf.Memo, **kwargs: Any) -> None:
+    """Any watch event: kopf passes the indices by their function names."""
+    _wake(memo, kwargs)

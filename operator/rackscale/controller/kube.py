@@ -1,0 +1,139 @@
+"""The one place that writes to the API server: pods, services, statuses and Events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from rackscale.api import GROUP, VERSION
+
+log = logging.getLogger("rackscale.kube")
+
+
+class Writer(Protocol):
+    """What reconciling needs from the API; tests give an in-memory one."""
+
+    async def create_pod(self, body: dict[str, Any]) -> str: ...
+    async def delete_pod(self, namespace: str, name: str, *, force: bool = False) -> None: ...
+    async def ensure_service(self, body: dict[str, Any]) -> None: ...
+    async def patch_deployment_status(
+        self, namespace: str, name: str, status: dict[str, Any]
+    ) -> None: ...
+    async def patch_pool_status(self, name: str, status: dict[str, Any]) -> None: ...
+    async def event(self, obj: dict[str, Any], kind: str, reason: str, message: str) -> None: ...
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def api_client() -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the current kubeconfig."""
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    configuration.connection_pool_maxsize = 32
+    return client.ApiClient(configuration)
+
+
+class Kube:
+    """Writes through the official client, each call in a worker thread."""
+
+    def __init__(self, api: client.ApiClient, component: str = "rackscale") -> None:
+        self.core: Any = client.CoreV1Api(api)
+        self.custom: Any = client.CustomObjectsApi(api)
+        self.component = component
+
+    async def create_pod(self, body: dict[str, Any]) -> str:
+        created = await asyncio.to_thread(
+            self.core.create_namespaced_pod, body["metadata"]["namespace"], body
+        )
+        return str(created.metadata.uid)
+
+    async def delete_pod(self, namespace: str, name: str, *, force: bool = False) -> None:
+        # A pod on a lost node never hears from its kubelet: only a forced delete removes it.
+        try:
+            await asyncio.to_thread(
+                self.core.delete_namespaced_pod,
+                name,
+                namespace,
+                grace_period_seconds=0 if force else None,
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    async def ensure_service(self, body: dict[str, Any]) -> None:
+        try:
+            await asyncio.to_thread(
+                self.core.create_namespaced_service, body["metadata"]["namespace"], body
+            )
+        except ApiException as error:
+            if error.status != 409:
+                raise
+
+    async def patch_deployment_status(
+        self, namespace: str, name: str, status: dict[str, Any]
+    ) -> None:
+        try:
+            await asyncio.to_thread(
+                self.custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                namespace,
+                "inferencedeployments",
+                name,
+                {"status": status},
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    async def patch_pool_status(self, name: str, status: dict[str, Any]) -> None:
+        try:
+            await asyncio.to_thread(
+                self.custom.patch_cluster_custom_object_status,
+                GROUP,
+                VERSION,
+                "rackpools",
+                name,
+                {"status": status},
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    async def event(self, obj: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        meta = obj.get("metadata") or {}
+        namespace = meta.get("namespace") or "default"
+        prefix = f"{meta.get('name') or 'rackscale'}."
+        stamp = now()
+        body = {
+            "metadata": {"generateName": prefix, "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion"),
+                "kind": obj.get("kind"),
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": self.component},
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            await asyncio.to_thread(self.core.create_namespaced_event, namespace, body)
+        except ApiException as error:  # an Event is worth a log line, never a failed reconcile
+            log.warning("event %s on %s not posted: %s", reason, meta.get("name"), error.reason)

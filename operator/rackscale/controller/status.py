@@ -1,0 +1,333 @@
+"""Status of InferenceDeployments and RackPools, built from what the operator sees. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from rackscale.api import Condition, InferenceDeployment
+from rackscale.api.common import GpuCounts
+from rackscale.api.inferencedeployment import (
+    InferenceDeploymentStatus,
+    ReplicaPlacement,
+    ReplicaPod,
+)
+from rackscale.api.rackpool import RackPoolStatus, RackStatus
+from rackscale.controller.lifecycle import ReplicaState, first_rank, pod_gpus, pod_node
+from rackscale.topology.snapshot import Pool
+
+
+@dataclass(slots=True)
+class Progress:
+    """What the last reconcile did or could not do, beside what the pods show."""
+
+    unplaced: dict[int, str] = field(default_factory=dict)  # replica -> engine's reason
+    fallbacks: dict[int, str] = field(default_factory=dict)  # replica -> why not in the pool
+    restarting: dict[int, str] = field(default_factory=dict)  # replica -> what was lost
+    updating: list[int] = field(default_factory=list)
+    scaling_down: list[int] = field(default_factory=list)
+
+
+def _conditions(
+    wanted: Iterable[Condition], previous: Iterable[Mapping[str, Any]], now: str
+) -> list[Condition]:
+    """Keep a condition's lastTransitionTime while its status stays the same."""
+    before = {str(c.get("type")): c for c in previous}
+    out = []
+    for cond in wanted:
+        old = before.get(cond.type)
+        same = old is not None and old.get("status") == cond.status
+        since = old.get("lastTransitionTime") if same and old else None
+        out.append(cond.model_copy(update={"last_transition_time": since or now}))
+    return out
+
+
+def _placement(state: ReplicaState, resource: str) -> ReplicaPlacement:
+    mode = "DevicePlugin" if state.mode == "DevicePlugin" else "Rack"
+    return ReplicaPlacement(
+        replica=state.replica,
+        mode=mode,
+        racks=state.racks,
+        pods=[
+            ReplicaPod(
+                name=p["metadata"]["name"],
+                node=((p.get("spec") or {}).get("nodeName") or pod_node(p)),
+                gpus=pod_gpus(p, resource),
+                first_rank=first_rank(p),
+            )
+            for p in state.pods
+        ],
+    )
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def deployment_status(
+    deployment: InferenceDeployment,
+    states: list[ReplicaState],
+    progress: Progress,
+    gpu_resource: str,
+    now: str,
+) -> InferenceDeploymentStatus:
+    """The status a person reads: phase, mode, counts, placements and four conditions."""
+    desired = deployment.spec.replicas
+    wanted = [s for s in states if s.replica < desired]
+    running = [s for s in wanted if s.condition == "Running"]
+    placed = [s for s in wanted if s.condition in ("Running", "Broken")]
+    ready = [s for s in running if s.ready]
+    shown = [s for s in states if s.pods]
+    placements = [_placement(s, gpu_resource) for s in shown if s.replica < desired]
+    modes = {p.mode for p in placements}
+    intended = "Rack" if deployment.spec.placement.rack_pool else "DevicePlugin"
+    mode = (modes.pop() if len(modes) == 1 else "Mixed") if modes else intended
+    unplaced = {r: why for r, why in progress.unplaced.items() if r < desired}
+    restarting = {s.replica: s.why or "" for s in wanted if s.condition == "Broken"}
+    restarting.update({r: w for r, w in progress.restarting.items() if r < desired})
+    terminating = [s.replica for s in wanted if s.condition == "Terminating"]
+    fallbacks = {
+        p.replica: progress.fallbacks.get(p.replica, "the pool could not hold it")
+        for p in placements
+        if p.mode == "DevicePlugin" and deployment.spec.placement.rack_pool
+    }
+    counts = f"{len(ready)}/{desired} replicas ready"
+
+    if unplaced:
+        first = min(unplaced)
+        placed_cond = Condition(
+            type="Placed",
+            status="False",
+            reason="Unplaceable",
+            message=(
+                f"{len(placed)} of {desired} replicas placed; replica {first}: {unplaced[first]}"
+            ),
+        )
+    elif len(placed) < desired:
+        placed_cond = Condition(
+            type="Placed",
+            status="False",
+            reason="Placing",
+            message=f"{len(placed)} of {desired} replicas placed",
+        )
+    elif fallbacks:
+        first = min(fallbacks)
+        placed_cond = Condition(
+            type="Placed",
+            status="True",
+            reason="DevicePluginFallback",
+            message=f"{_plural(len(fallbacks), 'replica')} in device-plugin mode; "
+            f"replica {first}: {fallbacks[first]}",
+        )
+    else:
+        placed_cond = Condition(
+            type="Placed",
+            status="True",
+            reason="AllReplicasPlaced",
+            message=f"{desired} of {desired} replicas placed ({mode})",
+        )
+
+    available = Condition(
+        type="Available",
+        status="True" if ready or desired == 0 else "False",
+        reason="ReplicasReady" if ready or desired == 0 else "NoReplicaReady",
+        message=counts,
+    )
+
+    if unplaced and not progress.restarting and not terminating:
+        progressing = Condition(
+            type="Progressing",
+            status="False",
+            reason="Stalled",
+            message="waiting for capacity: " + unplaced[min(unplaced)],
+        )
+    elif restarting or terminating:
+        progressing = Condition(
+            type="Progressing",
+            status="True",
+            reason="Restarting",
+            message="restarting replica "
+            + ", ".join(str(r) for r in sorted({*restarting, *terminating})),
+        )
+    elif progress.updating or any(s.outdated for s in wanted):
+        progressing = Condition(
+            type="Progressing",
+            status="True",
+            reason="Updating",
+            message=f"{sum(not s.outdated for s in running)} of {desired} replicas updated",
+        )
+    elif progress.scaling_down or any(s.replica >= desired for s in states):
+        progressing = Condition(
+            type="Progressing", status="True", reason="ScalingDown", message=counts
+        )
+    elif len(placed) < desired:
+        progressing = Condition(
+            type="Progressing", status="True", reason="Placing", message=placed_cond.message
+        )
+    elif len(ready) < desired:
+        progressing = Condition(
+            type="Progressing", status="True", reason="WaitingForPods", message=counts
+        )
+    else:
+        progressing = Condition(
+            type="Progressing", status="False", reason="Complete", message=counts
+        )
+
+    if restarting:
+        first = min(restarting)
+        degraded = Condition(
+            type="Degraded",
+            status="True",
+            reason="ReplicaLost",
+            message=f"replica {first}: {restarting[first]}",
+        )
+    elif unplaced and placed:
+        degraded = Condition(
+            type="Degraded",
+            status="True",
+            reason="ReplicasUnplaced",
+            message=placed_cond.message,
+        )
+    else:
+        degraded = Condition(type="Degraded", status="False", reason="AsExpected", message=counts)
+
+    if desired == 0 or len(ready) == desired:
+        phase = "Ready"
+    elif unplaced and not placed:
+        phase = "Pending"
+    elif restarting or (unplaced and placed):
+        phase = "Degraded"
+    elif len(placed) < desired:
+        phase = "Placing"
+    else:
+        phase = "Placed"
+
+    previous = (deployment.status.conditions if deployment.status else []) or []
+    return InferenceDeploymentStatus(
+        observed_generation=deployment.metadata.get("generation"),
+        phase=phase,
+        mode=mode,
+        replicas=desired,
+        placed_replicas=len(placed),
+        ready_replicas=len(ready),
+        ready=f"{len(ready)}/{desired}",
+        gpus=sum(p.gpus for pl in placements for p in pl.pods),
+        racks=sorted({r for p in placements for r in p.racks}),
+        placements=placements,
+        conditions=_conditions(
+            [placed_cond, available, progressing, degraded],
+            [c.model_dump(by_alias=True) for c in previous],
+            now,
+        ),
+    )
+
+
+def failed_status(
+    generation: int | None, message: str, previous: Iterable[Mapping[str, Any]], now: str
+) -> dict[str, Any]:
+    """A deployment the operator cannot read (the API server should have refused it)."""
+    cond = Condition(type="Placed", status="False", reason="InvalidSpec", message=message)
+    status = InferenceDeploymentStatus(
+        observed_generation=generation,
+        phase="Failed",
+        conditions=_conditions([cond], previous, now),
+    )
+    return dump(status)
+
+
+def pool_status(
+    pool: Pool,
+    conflicts: Mapping[str, list[str]],
+    previous: Iterable[Mapping[str, Any]],
+    now: str,
+) -> RackPoolStatus:
+    """Racks, health, free racks and GPUs of one pool, and the deployments on each rack."""
+    racks = []
+    for rack in pool.racks.values():
+        racks.append(
+            RackStatus(
+                name=rack.name,
+                block=rack.block,
+                nodes=len(rack.nodes),
+                health=rack.health,
+                gpus=GpuCounts(
+                    allocatable=rack.allocatable,
+                    allocated=rack.used,
+                    free=max(rack.allocatable - rack.used, 0),
+                ),
+                held_by=rack.held_by[0] if rack.held_by else None,
+                deployments=sorted(rack.deployments),
+            )
+        )
+    healthy = [r for r in racks if r.health == "Healthy"]
+    free = [r for r in pool.racks.values() if r.empty and r.health == "Healthy"]
+    gpus = GpuCounts(
+        allocatable=sum(r.gpus.allocatable for r in racks),
+        allocated=sum(r.gpus.allocated for r in racks),
+        free=sum(r.gpus.free for r in racks),
+    )
+    if not racks:
+        ready = Condition(
+            type="Ready",
+            status="False",
+            reason="NoRacks",
+            message="no node matches spec.nodeSelector and carries the label "
+            f"{pool.spec.rack_label}",
+        )
+    elif not healthy:
+        ready = Condition(
+            type="Ready",
+            status="False",
+            reason="NoHealthyRack",
+            message=f"none of {_plural(len(racks), 'rack')} is Healthy",
+        )
+    else:
+        unhealthy = [f"{r.name} {r.health}" for r in racks if r.health != "Healthy"]
+        ready = Condition(
+            type="Ready",
+            status="True",
+            reason="RacksHealthy" if not unhealthy else "SomeRacksUnhealthy",
+            message=f"{len(healthy)} of {_plural(len(racks), 'rack')} Healthy"
+            + (f" ({', '.join(unhealthy[:5])})" if unhealthy else ""),
+        )
+    mine = {node: pools for node, pools in conflicts.items() if pool.name in pools}
+    if mine:
+        others = sorted({p for pools in mine.values() for p in pools if p != pool.name})
+        names = sorted(mine)
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        overlap = Condition(
+            type="NodesOverlap",
+            status="True",
+            reason="SelectedByOtherPools",
+            message=f"{_plural(len(names), 'node')} ({shown}) also selected by RackPool "
+            f"{', '.join(others)}; they belong to neither until the selectors are disjoint",
+        )
+    else:
+        overlap = Condition(
+            type="NodesOverlap",
+            status="False",
+            reason="Disjoint",
+            message="no node is selected by another RackPool",
+        )
+    return RackPoolStatus(
+        observed_generation=pool.generation,
+        racks=len(racks),
+        healthy_racks=len(healthy),
+        free_racks=len(free),
+        nodes=sum(r.nodes for r in racks),
+        gpus=gpus,
+        rack_statuses=racks,
+        conditions=_conditions([ready, overlap], previous, now),
+    )
+
+
+def dump(status: InferenceDeploymentStatus | RackPoolStatus) -> dict[str, Any]:
+    """A status as it is written to the API: camelCase, no nulls."""
+    return status.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def changed(new: Mapping[str, Any], current: Mapping[str, Any] | None) -> bool:
+    """Whether writing `new` would change anything the operator owns in `current`."""
+    current = current or {}
+    return any(current.get(key) != value for key, value in new.items())

@@ -1,0 +1,58 @@
+"""The operator's one reconcile loop: woken by watch events, or by a resync tick when quiet."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from rackscale.controller.cluster import Index
+from rackscale.controller.reconcile import Reconciler
+
+log = logging.getLogger("rackscale.worker")
+
+
+class Worker:
+    """Runs passes over every pool and deployment; bursts of events make one pass, not many."""
+
+    def __init__(self, reconciler: Reconciler) -> None:
+        self.reconciler = reconciler
+        self.wake = asyncio.Event()
+        self.passes = 0
+        self.last_pass: float | None = None
+
+    def observe(self, nodes: Index, pods: Index, pools: Index, deployments: Index) -> None:
+        """Called on every watch event: bind kopf's live indices once, then ask for a pass."""
+        view = self.reconciler.view
+        if not view.bound:
+            view.bind(nodes, pods, pools, deployments)
+        view.version += 1
+        self.wake.set()
+
+    async def run(self) -> None:
+        options = self.reconciler.options
+        while not self.reconciler.view.bound:
+            await self.wake.wait()
+            self.wake.clear()
+        log.info("cluster view ready; reconciling")
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=options.resync)
+            await asyncio.sleep(options.debounce)
+            self.wake.clear()
+            try:
+                await self.reconciler.refresh_pools()
+                await self.reconciler.reconcile_all()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconcile pass failed; retrying on the next event or tick")
+            self.passes += 1
+            self.last_pass = time.monotonic()
+
+    def health(self) -> dict[str, Any]:
+        """For the liveness probe: passes so far and seconds since the last one."""
+        age = None if self.last_pass is None else round(time.monotonic() - self.last_pass, 1)
+        return {"passes": self.passes, "secondsSinceLastPass": age}

@@ -113,13 +113,12 @@ class Reconciler:
         try:
             deployment = InferenceDeployment.model_validate(dict(body))
         except ValidationError as error:
-            message = "; ".join(format_errors(error))
-            new = status.failed_status(
-                meta.get("generation"), message, current.get("conditions") or [], now()
+            await self._refuse(body, "; ".join(format_errors(error)))
+            return
+        if not (deployment.spec.template.get("spec") or {}).get("containers"):
+            await self._refuse(
+                body, "spec.template.spec.containers: a pod template needs at least one container"
             )
-            if status.changed(new, current):
-                await self.writer.event(dict(body), "Warning", "InvalidSpec", message)
-                await self.writer.patch_deployment_status(meta["namespace"], meta["name"], new)
             return
         uid = str(meta.get("uid") or "")
         memory = self.memory.setdefault(uid, _Memory())
@@ -165,6 +164,17 @@ class Reconciler:
         new = status.dump(status.deployment_status(deployment, states, progress, resource, now()))
         if status.changed(new, current):
             await self.writer.patch_deployment_status(deployment.namespace, deployment.name, new)
+
+    async def _refuse(self, body: Mapping[str, Any], message: str) -> None:
+        """A spec the operator cannot act on: phase Failed, one Event, no pods."""
+        meta = body.get("metadata") or {}
+        current = dict(body.get("status") or {})
+        new = status.failed_status(
+            meta.get("generation"), message, current.get("conditions") or [], now()
+        )
+        if status.changed(new, current):
+            await self.writer.event(dict(body), "Warning", "InvalidSpec", message)
+            await self.writer.patch_deployment_status(meta["namespace"], meta["name"], new)
 
     async def _delete(
         self,

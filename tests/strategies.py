@@ -1,0 +1,252 @@
+"""Hypothesis strategies: small random clusters of racks and HGX nodes, and deployments to place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hypothesis import strategies as st
+
+from rackscale.api import InferenceDeployment, RackPool
+from tests.factory import BLOCK, CLIQUE, PRODUCT, node
+
+GB200 = "NVIDIA-GB200"
+H200 = "NVIDIA-H200"
+L40S = "NVIDIA-L40S"
+HGX_RACK = "rackscale.dev/rack"
+POOL_TAINT = "rackscale.dev/pool"
+MAINTENANCE = "maintenance"
+GPU = "nvidia.com/gpu"
+# Deployments live in the first two; foreign pods also in a third, so tenancy has rivals.
+NAMESPACES = ("llm", "batch")
+FOREIGN_NAMESPACES = ("llm", "batch", "other")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What `build_snapshot` reads: raw Node and Pod dicts and RackPool models."""
+
+    nodes: tuple[dict[str, Any], ...]
+    pods: tuple[dict[str, Any], ...]
+    pools: tuple[RackPool, ...]
+
+
+def pod(
+    name: str,
+    node_name: str | None,
+    gpus: int,
+    *,
+    namespace: str = "other",
+    phase: str = "Running",
+    pin: str = "nodeName",
+    field: str = "limits",
+) -> dict[str, Any]:
+    """A GPU pod bound by `nodeName`, pinned by a one-node affinity, or not placed at all."""
+    spec: dict[str, Any] = {
+        "containers": [{"name": "c", "resources": {field: {GPU: str(gpus)}}}],
+    }
+    if node_name and pin == "nodeName":
+        spec["nodeName"] = node_name
+    elif node_name:
+        term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node_name]}]}
+        spec["affinity"] = {
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [term]
+            }}
+        }  # fmt: skip
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": {}},
+        "spec": spec,
+        "status": {"phase": phase},
+    }
+
+
+def _taint(key: str, effect: str, value: str = "true") -> dict[str, str]:
+    return {"key": key, "value": value, "effect": effect}
+
+
+@st.composite
+def health(draw: st.DrawFn, pool: str | None) -> dict[str, Any]:
+    """Keyword arguments for `factory.node`: mostly healthy, sometimes not, sometimes harmless."""
+    kind = draw(st.integers(0, 19))  # shrinks towards healthy
+    if kind == 4:
+        return {"ready": False}
+    if kind == 5:
+        return {"cordoned": True}
+    if kind == 6:
+        return {"taints": [_taint(MAINTENANCE, "NoSchedule")]}
+    if kind == 7:
+        return {"taints": [_taint(MAINTENANCE, "NoExecute")]}
+    if kind == 8:  # a preference only: the node stays healthy
+        return {"taints": [_taint(MAINTENANCE, "PreferNoSchedule")]}
+    if kind == 9 and pool:  # the pool's own taint keeps ordinary work out, not rackscale
+        return {"taints": [_taint(POOL_TAINT, "NoSchedule", pool)]}
+    return {}
+
+
+@st.composite
+def foreign_pods(draw: st.DrawFn, node_name: str, gpus: int) -> list[dict[str, Any]]:
+    """Pods someone else runs on the node; the live ones never exceed its GPUs."""
+    pods = []
+    room = gpus
+    busy = draw(st.integers(0, 3)) == 3  # most nodes run nothing else
+    for i in range(draw(st.integers(1, 2)) if busy else 0):
+        kind = draw(st.sampled_from(["running", "running", "pinned", "done", "unbound"]))
+        namespace = draw(st.sampled_from(FOREIGN_NAMESPACES))
+        field = draw(st.sampled_from(["limits", "requests"]))
+        name = f"{node_name}-foreign-{i}"
+        if kind in ("done", "unbound"):  # hold nothing on the node
+            amount = draw(st.integers(1, max(gpus, 1)))
+            phase = "Succeeded" if kind == "done" else "Pending"
+            target = node_name if kind == "done" else None
+            pods.append(pod(name, target, amount, namespace=namespace, phase=phase, field=field))
+            continue
+        if room == 0:
+            continue
+        amount = draw(st.integers(1, room))
+        room -= amount
+        pin = "nodeName" if kind == "running" else "affinity"
+        phase = "Running" if kind == "running" else "Pending"
+        pods.append(
+            pod(name, node_name, amount, namespace=namespace, phase=phase, pin=pin, field=field)
+        )
+    return pods
+
+
+@st.composite
+def clusters(
+    draw: st.DrawFn, max_racks: int = 4, max_trays: int = 6, min_blocks: int = 0
+) -> Cluster:
+    """An NVL72-style pool (maybe in blocks), maybe an HGX pool and ordinary GPU nodes."""
+    nodes: list[dict[str, Any]] = []
+    pods: list[dict[str, Any]] = []
+
+    blocks = draw(st.integers(min_blocks, 2))
+    racks = draw(st.integers(2, max_racks))
+    for r in range(racks):
+        trays = draw(st.integers(2, max_trays))
+        gpus = draw(st.sampled_from([4, 8, 2]))
+        labels = {PRODUCT: GB200}
+        if blocks:  # racks are numbered inside each block: r0 of b0 and r0 of b1 are two racks
+            labels[BLOCK] = f"b{r % blocks}"
+            labels[CLIQUE] = f"r{r // blocks}"
+        else:
+            labels[CLIQUE] = f"r{r}"
+        for t in range(trays):
+            name = f"gb-{r}-{t}"
+            nodes.append(node(name, gpus, labels, **draw(health("gb200"))))
+            pods.extend(draw(foreign_pods(name, gpus)))
+    spec: dict[str, Any] = {
+        "gpusPerRack": draw(st.sampled_from([8, 16, 24])),
+        "tenancy": draw(st.sampled_from(["Shared", "Shared", "Exclusive"])),
+    }
+    if blocks:
+        spec["blockLabel"] = BLOCK
+    pools = [_pool("gb200", GB200, spec)]
+
+    hgx = draw(st.integers(0, 3))
+    for i in range(hgx):
+        name = f"hgx-{i}"
+        labels = {PRODUCT: H200, HGX_RACK: f"h{i % 2}"}
+        nodes.append(node(name, 8, labels, **draw(health("hgx"))))
+        pods.extend(draw(foreign_pods(name, 8)))
+    if hgx:
+        hgx_spec = {
+            "rackLabel": HGX_RACK,
+            "nvlinkDomain": "Node",
+            "gpusPerRack": 16,
+            "tenancy": draw(st.sampled_from(["Shared", "Exclusive"])),
+        }
+        pools.append(_pool("hgx", H200, hgx_spec))
+
+    for i in range(draw(st.integers(0, 2))):  # ordinary GPU nodes outside every pool
+        nodes.append(node(f"l40s-{i}", 4, {PRODUCT: L40S}))
+    return Cluster(tuple(nodes), tuple(pods), tuple(pools))
+
+
+def _pool(name: str, product: str, spec: dict[str, Any]) -> RackPool:
+    spec = {"nodeSelector": {"matchLabels": {PRODUCT: product}}, **spec}
+    return RackPool.model_validate({"metadata": {"name": name}, "spec": spec})
+
+
+def _divisors(n: int, most: int) -> list[int]:
+    return [d for d in range(1, min(n, most) + 1) if n % d == 0]
+
+
+@st.composite
+def deployments(
+    draw: st.DrawFn, pools: tuple[str, ...], index: int = 0, spanning: bool = False
+) -> InferenceDeployment:
+    """One InferenceDeployment that passes validation, aimed at one of `pools` (or none).
+
+    `spanning`: pipeline stages and a Block or Any scope, so the replica may span racks.
+    """
+    tensor = draw(st.sampled_from([2, 4] if spanning else [1, 2, 4, 8]))
+    # Stages are what lets a replica span racks.
+    pipeline = draw(st.sampled_from([2, 3, 4] if spanning else [1, 2, 2, 3, 4]))
+    data = draw(st.sampled_from([1, 2]))
+    gpus = tensor * pipeline * data
+    expert = draw(st.sampled_from(_divisors(gpus, gpus)))
+    per_pod = draw(st.none() | st.sampled_from(_divisors(gpus, 8)))
+    # Mostly a pool; sometimes none at all (device-plugin mode from the start).
+    pool = draw(st.sampled_from(pools)) if pools and draw(st.integers(0, 7)) else None
+    placement: dict[str, Any] = {
+        "replicaScope": draw(
+            st.sampled_from(["Block", "Any"] if spanning else ["Rack", "Node", "Block", "Any"])
+        ),
+        "spread": draw(st.sampled_from(["Spread", "Pack"])),
+        "fallback": draw(st.sampled_from(["Never", "DevicePlugin"])),
+    }
+    if pool:
+        placement["rackPool"] = pool
+        placement["exclusive"] = draw(st.integers(0, 3)) == 3
+    spec: dict[str, Any] = {
+        "replicas": draw(st.integers(1, 3)),
+        "parallelism": {"tensor": tensor, "pipeline": pipeline, "data": data, "expert": expert},
+        "placement": placement,
+    }
+    if per_pod:
+        spec["gpusPerPod"] = per_pod
+    tolerations = draw(
+        st.sampled_from(
+            [
+                [],
+                [],
+                [{"key": MAINTENANCE, "operator": "Exists"}],
+                [
+                    {
+                        "key": MAINTENANCE,
+                        "operator": "Equal",
+                        "value": "true",
+                        "effect": "NoSchedule",
+                    }
+                ],
+                [{"operator": "Exists"}],
+            ]
+        )
+    )
+    if tolerations:
+        spec["template"] = {
+            "spec": {"containers": [{"name": "server"}], "tolerations": tolerations}
+        }
+    meta = {"name": f"dep-{index}", "namespace": draw(st.sampled_from(NAMESPACES))}
+    return InferenceDeployment.model_validate({"metadata": meta, "spec": spec})
+
+
+@st.composite
+def workloads(
+    draw: st.DrawFn, max_racks: int = 4, max_deployments: int = 4, spanning: bool = False
+) -> tuple[Cluster, list[InferenceDeployment]]:
+    """A cluster and a sequence of deployments to place on it in order.
+
+    `spanning`: small racks and replicas with pipeline stages, most of which must span racks.
+    """
+    if spanning:
+        cluster = draw(clusters(max_racks + 1, max_trays=3, min_blocks=1))
+    else:
+        cluster = draw(clusters(max_racks))
+    names = tuple(p.name for p in cluster.pools)
+    count = draw(st.integers(1, max_deployments))
+    return cluster, [draw(deployments(names, i, spanning)) for i in range(count)]

@@ -1,0 +1,493 @@
+"""Property tests: on random clusters, every plan keeps the placement guarantees of design 4."""
+
+from __future__ import annotations
+
+from collections import Counter
+from itertools import combinations
+from math import gcd, lcm
+from typing import Any
+
+from hypothesis import HealthCheck, example, given, settings
+
+from rackscale.api import InferenceDeployment, RackPool
+from rackscale.placement import Decision, DeploymentPlan, ReplicaPlan, place
+from rackscale.topology import Snapshot, build_snapshot
+from tests.factory import BLOCK, CLIQUE, PRODUCT, node
+from tests.strategies import GB200, GPU, H200, HGX_RACK, POOL_TAINT, Cluster, pod, workloads
+
+SETTINGS = settings(
+    max_examples=150,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+def _tolerates(toleration: dict[str, Any], taint: dict[str, Any]) -> bool:
+    """Kubernetes' rule for one toleration against one taint."""
+    if toleration.get("effect") and toleration["effect"] != taint.get("effect"):
+        return False
+    if toleration.get("operator", "Equal") == "Exists":
+        return not toleration.get("key") or toleration["key"] == taint.get("key")
+    return toleration.get("key") == taint.get("key") and (toleration.get("value") or "") == (
+        taint.get("value") or ""
+    )
+
+
+class World:
+    """The cluster as its raw objects describe it, plus the pods planned so far.
+
+    Everything here is read from node labels, pod specs and pool specs, never from the engine,
+    so that it can judge the engine's plans.
+    """
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.pools = {p.name: p.spec for p in cluster.pools}
+        self.raw = {n["metadata"]["name"]: n for n in cluster.nodes}
+        self.allocatable = {
+            name: int(n["status"]["allocatable"].get(GPU, 0)) for name, n in self.raw.items()
+        }
+        self.used: Counter[str] = Counter()
+        self.pool_of: dict[str, str] = {}
+        self.rack_of: dict[str, str] = {}
+        self.rack_nodes: dict[str, list[str]] = {}
+        self.rack_pool: dict[str, str] = {}
+        self.rack_block: dict[str, str | None] = {}
+        self.namespaces: dict[str, Counter[str]] = {}
+        self.owners: dict[str, set[Any]] = {}  # rack -> who has GPU pods there
+        self.held: dict[str, tuple[str, int]] = {}  # rack -> exclusive replica holding it
+        for name, raw in sorted(self.raw.items()):
+            labels = raw["metadata"]["labels"]
+            pools = [
+                p
+                for p, spec in self.pools.items()
+                if spec.rack_label in labels
+                and all(labels.get(k) == v for k, v in spec.node_selector.match_labels.items())
+            ]
+            if len(pools) != 1:
+                continue
+            spec = self.pools[pools[0]]
+            block = labels.get(spec.block_label) if spec.block_label else None
+            rack = f"{block}/{labels[spec.rack_label]}" if block else labels[spec.rack_label]
+            rack = f"{pools[0]}:{rack}"
+            self.pool_of[name] = pools[0]
+            self.rack_of[name] = rack
+            self.rack_nodes.setdefault(rack, []).append(name)
+            self.rack_pool[rack] = pools[0]
+            self.rack_block[rack] = block
+            self.namespaces[rack] = Counter()
+            self.owners[rack] = set()
+        for p in cluster.pods:
+            spec = p["spec"]
+            target = spec.get("nodeName") or _affinity_node(spec)
+            if target not in self.raw or p["status"]["phase"] in ("Succeeded", "Failed"):
+                continue
+            gpus = sum(
+                int(
+                    (c["resources"].get("requests") or c["resources"].get("limits") or {}).get(
+                        GPU, 0
+                    )
+                )
+                for c in spec["containers"]
+            )
+            if gpus:
+                self._add(target, gpus, p["metadata"]["namespace"], ("pod", p["metadata"]["name"]))
+
+    def _add(self, node_name: str, gpus: int, namespace: str, owner: Any) -> None:
+        self.used[node_name] += gpus
+        rack = self.rack_of.get(node_name)
+        if rack:
+            self.namespaces[rack][namespace] += 1
+            self.owners[rack].add(owner)
+
+    def free(self, node_name: str) -> int:
+        return self.allocatable[node_name] - self.used[node_name]
+
+    def rack_used(self, rack: str) -> int:
+        return sum(self.used[n] for n in self.rack_nodes[rack])
+
+    def rack_name(self, rack: str) -> str:
+        """The rack as plans name it: `<block>/<rack>`, or the rack label's value."""
+        return rack.split(":", 1)[1]
+
+    def healthy(self, node_name: str, tolerations: list[dict[str, Any]]) -> bool:
+        raw = self.raw[node_name]
+        # A node without a Ready condition (a hand-written file) counts as Ready.
+        ready = all(
+            c["status"] == "True"
+            for c in raw["status"].get("conditions", [])
+            if c["type"] == "Ready"
+        )
+        if not ready or raw["spec"].get("unschedulable"):
+            return False
+        pool = self.pool_of.get(node_name)
+        for taint in raw["spec"].get("taints") or []:
+            if taint["effect"] not in ("NoSchedule", "NoExecute"):
+                continue
+            if taint["key"] == POOL_TAINT and taint.get("value") == pool:
+                continue
+            if not any(_tolerates(t, taint) for t in tolerations):
+                return False
+        return True
+
+    # What a deployment needs, from its spec and the pool's nodes.
+
+    def pod_gpus(self, dep: InferenceDeployment) -> int:
+        """gpusPerPod, else the GPUs of the pool's usual node (the larger on a tie) shared out."""
+        gpus = dep.spec.parallelism.gpus
+        if dep.spec.gpus_per_pod:
+            return dep.spec.gpus_per_pod
+        pool = dep.spec.placement.rack_pool
+        sizes = Counter(
+            self.allocatable[n]
+            for n, p in self.pool_of.items()
+            if p == pool and self.allocatable[n]
+        )
+        common = max(sizes.items(), key=lambda i: (i[1], i[0]))[0] if sizes else 0
+        return gcd(gpus, common) if common else gpus
+
+    def shape(self, dep: InferenceDeployment, pod_gpus: int) -> tuple[int, int, int]:
+        """(slot, part, parts): GPUs that must share a node, GPUs one rack takes as a unit."""
+        par = dep.spec.parallelism
+        domain = lcm(par.tensor, par.expert, pod_gpus)
+        pool = self.pools[dep.spec.placement.rack_pool or ""]
+        slot = domain if pool.nvlink_domain == "Node" else pod_gpus
+        part = lcm(par.tensor * par.data, domain)
+        return slot, part, par.gpus // part
+
+    def eligible(self, dep: InferenceDeployment, rack: str) -> bool:
+        """Whether the rack may take any of the replica: not held, right tenant, empty if asked."""
+        if rack in self.held:
+            return False
+        pool = self.pools[self.rack_pool[rack]]
+        if pool.tenancy == "Exclusive" and set(self.namespaces[rack]) - {dep.namespace}:
+            return False
+        return not (dep.spec.placement.exclusive and self.rack_used(rack))
+
+    def fewest_racks(self, dep: InferenceDeployment, pod_gpus: int) -> int | None:
+        """The fewest racks that can hold a replica now (None: none can), by brute force."""
+        placement = dep.spec.placement
+        pool_name = placement.rack_pool
+        if pool_name not in self.pools:
+            return None
+        if placement.replica_scope == "Block" and not self.pools[pool_name].block_label:
+            return None
+        gpus = dep.spec.parallelism.gpus
+        tolerations = (dep.spec.template.get("spec") or {}).get("tolerations") or []
+        slot, _part, parts = self.shape(dep, pod_gpus)
+        racks = [
+            r for r in sorted(self.rack_nodes) if self.rack_pool[r] == pool_name and
+            self.eligible(dep, r)
+        ]  # fmt: skip
+        usable = {r: [n for n in self.rack_nodes[r] if self.healthy(n, tolerations)] for r in racks}
+        if placement.replica_scope == "Node":
+            fits = any(self.free(n) >= gpus for r in racks for n in usable[r])
+            return 1 if fits else None
+        slots = {r: sum(self.free(n) // slot for n in usable[r]) for r in racks}
+        if any(s * slot >= gpus for s in slots.values()):
+            return 1
+        if placement.replica_scope == "Rack" or parts < 2:
+            return None
+        per_part = (gpus // parts) // slot
+        capacity = {r: slots[r] // per_part for r in racks}
+        groups: dict[Any, list[str]] = {}
+        for r in racks:
+            key = self.rack_block[r] if placement.replica_scope == "Block" else None
+            groups.setdefault(key, []).append(r)
+        for count in range(2, parts + 1):
+            small, larger = divmod(parts, count)
+            for group in groups.values():
+                for chosen in combinations(group, count):
+                    caps = sorted((capacity[r] for r in chosen), reverse=True)
+                    if all(c >= small + (i < larger) for i, c in enumerate(caps)):
+                        return count
+        return None
+
+    def apply(self, dep: InferenceDeployment, plan: ReplicaPlan) -> None:
+        owner = (dep.key, plan.replica)
+        for p in plan.pods:
+            if p.node is not None:
+                self._add(p.node, p.gpus, dep.namespace, owner)
+        if dep.spec.placement.exclusive and plan.mode == "Rack":
+            for p in plan.pods:
+                self.held[self.rack_of[str(p.node)]] = owner
+
+
+def _affinity_node(spec: dict[str, Any]) -> str | None:
+    terms = (
+        spec.get("affinity", {})
+        .get("nodeAffinity", {})
+        .get("requiredDuringSchedulingIgnoredDuringExecution", {})
+        .get("nodeSelectorTerms", [])
+    )
+    for term in terms:
+        for field in term.get("matchFields", []):
+            return str(field["values"][0])
+    return None
+
+
+def check_decision(world: World, dep: InferenceDeployment, decision: Decision) -> None:
+    """Every guarantee one replica's decision must keep, judged against the world before it."""
+    spec = dep.spec
+    par = spec.parallelism
+    placement = spec.placement
+    plan = decision.plan
+    if plan is None:  # gang: nothing placed, and only when the user said Never
+        assert placement.rack_pool is not None
+        assert placement.fallback == "Never"
+        assert decision.reason
+        fewest = world.fewest_racks(dep, world.pod_gpus(dep))
+        assert fewest is None, f"refused ({decision.reason}) but {fewest} rack(s) could hold it"
+        return
+
+    pods = plan.pods
+    assert plan.replica == decision.replica
+    assert sum(p.gpus for p in pods) == par.gpus, "a replica is placed whole"
+    assert [p.shard for p in pods] == list(range(len(pods)))
+    assert len({p.gpus for p in pods}) == 1
+    assert [p.first_rank for p in pods] == [i * pods[0].gpus for i in range(len(pods))]
+    if spec.gpus_per_pod:
+        assert pods[0].gpus == spec.gpus_per_pod
+
+    if plan.mode == "DevicePlugin":
+        assert all(p.node is None for p in pods)
+        assert plan.racks == ()
+        if placement.rack_pool is not None:
+            assert placement.fallback == "DevicePlugin"
+            assert "device-plugin" in (decision.reason or "")
+            fewest = world.fewest_racks(dep, world.pod_gpus(dep))
+            assert fewest is None, f"fell back ({decision.reason}) but {fewest} rack(s) fit"
+        return
+
+    pool_name = placement.rack_pool
+    assert pool_name is not None
+    pool = world.pools[pool_name]
+    tolerations = (spec.template.get("spec") or {}).get("tolerations") or []
+    nodes = [str(p.node) for p in pods]
+    for n in nodes:
+        assert world.pool_of.get(n) == pool_name, f"{n} is not a node of {pool_name}"
+        assert world.healthy(n, tolerations), f"unhealthy node {n} got a pod"  # guarantee 7
+    racks = sorted({world.rack_of[n] for n in nodes})
+    assert sorted(plan.racks) == sorted(world.rack_name(r) for r in racks)
+    assert len(plan.racks) == len(set(plan.racks))
+
+    # Guarantee 3: TP and EP groups stay in one NVLink domain.
+    domain_of_rank = []
+    for p in pods:
+        domain = p.node if pool.nvlink_domain == "Node" else world.rack_of[str(p.node)]
+        domain_of_rank.extend([domain] * p.gpus)
+    for size, what in ((par.tensor, "tensor"), (par.expert, "expert")):
+        for start in range(0, par.gpus, size):
+            group = set(domain_of_rank[start : start + size])
+            assert len(group) == 1, f"{what} group at rank {start} spans {group}"
+
+    # Guarantee 4: one unit of replicaScope.
+    scope = placement.replica_scope
+    if scope == "Node":
+        assert len(set(nodes)) == 1
+    elif scope == "Rack":
+        assert len(racks) == 1
+    elif scope == "Block":
+        blocks = {world.rack_block[r] for r in racks}
+        assert len(blocks) == 1
+        assert None not in blocks
+
+    for r in racks:
+        # Guarantee 5, and nobody else on a rack an exclusive replica holds.
+        assert r not in world.held, f"{r} is held by {world.held[r]}"
+        if placement.exclusive:
+            assert world.rack_used(r) == 0, f"exclusive replica on {r}, already in use"
+        # Guarantee 6.
+        if pool.tenancy == "Exclusive":
+            assert set(world.namespaces[r]) <= {dep.namespace}, f"{r}: {world.namespaces[r]}"
+
+    # Guarantee 12: fewest racks, even shares of whole parts.
+    fewest = world.fewest_racks(dep, pods[0].gpus)
+    assert len(racks) == fewest, f"used {len(racks)} racks where {fewest} suffice"
+    if len(racks) > 1:
+        assert scope in ("Block", "Any")
+        _slot, part, _parts = world.shape(dep, pods[0].gpus)
+        share = Counter(world.rack_of[str(p.node)] for p in pods for _ in range(p.gpus))
+        assert all(s % part == 0 for s in share.values()), f"shares {share}, part {part}"
+        assert max(share.values()) - min(share.values()) <= part, f"uneven shares {share}"
+
+    world.apply(dep, plan)
+    # Guarantee 1, counting foreign pods and every plan so far.
+    for n in set(nodes):
+        assert world.used[n] <= world.allocatable[n], f"{n}: {world.used[n]} GPUs"
+
+
+def check_plans(
+    cluster: Cluster, deployments: list[InferenceDeployment], plans: list[DeploymentPlan]
+) -> World:
+    world = World(cluster)
+    assert [p.deployment for p in plans] == [d.key for d in deployments]
+    for dep, plan in zip(deployments, plans, strict=True):
+        assert [d.replica for d in plan.decisions] == list(range(dep.spec.replicas))
+        for decision in plan.decisions:
+            check_decision(world, dep, decision)
+    return world
+
+
+def outcome(plans: list[DeploymentPlan]) -> list[Any]:
+    return [(p.deployment, [(d.replica, d.plan, d.reason) for d in p.decisions]) for p in plans]
+
+
+def usage(snapshot: Snapshot) -> dict[str, Any]:
+    """Per-node and per-rack usage, and the pools' best-fit indexes."""
+    racks = {
+        (pool.name, rack.name): (
+            rack.free,
+            rack.used,
+            rack.held_by,
+            +rack.namespaces,
+            +rack.deployments,
+            +rack.free_histogram,
+        )
+        for pool in snapshot.pools.values()
+        for rack in pool.racks.values()
+    }
+    indexes = {p.name: (list(p.by_free), list(p.empty_by_free)) for p in snapshot.pools.values()}
+    return {
+        "nodes": {n: node.used for n, node in snapshot.nodes.items()},
+        "racks": racks,
+        **indexes,
+    }
+
+
+# Hand-written edge cases, run on every test run before the generated ones.
+
+
+def _rack(name: str, trays: int, gpus: int = 4, block: str | None = None, **kw: Any) -> list[Any]:
+    labels = {PRODUCT: GB200, CLIQUE: name}
+    if block:
+        labels[BLOCK] = block
+    return [node(f"{block or 'x'}-{name}-{t}", gpus, labels, **kw) for t in range(trays)]
+
+
+def _pool(**spec: Any) -> RackPool:
+    spec.setdefault("nodeSelector", {"matchLabels": {PRODUCT: GB200}})
+    spec.setdefault("gpusPerRack", 16)
+    return RackPool.model_validate({"metadata": {"name": "gb200"}, "spec": spec})
+
+
+def _dep(name: str = "dep-0", namespace: str = "llm", replicas: int = 1, **kw: Any) -> Any:
+    par = {k: kw.pop(k) for k in ("tensor", "pipeline", "data", "expert") if k in kw}
+    spec: dict[str, Any] = {"replicas": replicas, "parallelism": par}
+    if "gpusPerPod" in kw:
+        spec["gpusPerPod"] = kw.pop("gpusPerPod")
+    spec["placement"] = {"rackPool": "gb200", "fallback": "Never", **kw}
+    return InferenceDeployment.model_validate(
+        {"metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    )
+
+
+# Two blocks that both number their racks r0, r1; a pipeline replica must span two racks.
+BLOCKS = Cluster(
+    tuple(_rack("r0", 3, block="b0") + _rack("r1", 2, block="b0") + _rack("r0", 4, block="b1")),
+    (),
+    (_pool(blockLabel=BLOCK),),
+)
+# An HGX pool: a TP group of 16 cannot fit an 8-GPU node, a TP 8 pipeline 2 spans two nodes.
+HGX = Cluster(
+    tuple(node(f"hgx-{i}", 8, {PRODUCT: H200, HGX_RACK: "h0"}) for i in range(3)),
+    (),
+    (
+        RackPool.model_validate(
+            {
+                "metadata": {"name": "gb200"},
+                "spec": {
+                    "nodeSelector": {"matchLabels": {PRODUCT: H200}},
+                    "rackLabel": HGX_RACK,
+                    "nvlinkDomain": "Node",
+                    "gpusPerRack": 24,
+                },
+            }
+        ),
+    ),
+)
+# Three small racks of one block: what an exclusive replica leaves free on its rack stays unused.
+SMALL = Cluster(
+    tuple(n for i in range(3) for n in _rack(f"r{i}", 2, block="b0")),
+    (),
+    (_pool(blockLabel=BLOCK, gpusPerRack=8),),
+)
+# A foreign pod in another namespace and an unhealthy tray; the pool is single-tenant.
+BUSY = Cluster(
+    tuple(_rack("r0", 2) + _rack("r1", 2) + _rack("r2", 2, ready=False)),
+    (pod("other-0", "x-r0-0", 1, namespace="other"),),
+    (_pool(tenancy="Exclusive", gpusPerRack=8),),
+)
+
+
+@SETTINGS
+@given(workloads())
+@example(
+    (BLOCKS, [_dep(tensor=4, pipeline=4, replicaScope="Block"), _dep("dep-1", tensor=4, data=2)])
+)
+@example((BLOCKS, [_dep(tensor=2, pipeline=3, data=2, replicaScope="Any", replicas=2)]))
+@example((BLOCKS, [_dep(tensor=4, pipeline=2, replicaScope="Block", exclusive=True, replicas=3)]))
+@example((HGX, [_dep(tensor=16, replicaScope="Any"), _dep("dep-1", tensor=8, pipeline=2)]))
+@example((HGX, [_dep(tensor=4, expert=8, pipeline=2, gpusPerPod=2, replicaScope="Any")]))
+@example((BUSY, [_dep(tensor=4, exclusive=True, replicas=2), _dep("dep-1", tensor=2)]))
+@example(
+    (
+        SMALL,
+        [_dep(tensor=4, exclusive=True), _dep("dep-1", tensor=4, pipeline=3, replicaScope="Block")],
+    )
+)
+@example((BUSY, [_dep(tensor=2, namespace="batch", replicas=3, spread="Pack")]))
+def test_every_plan_keeps_the_guarantees(
+    workload: tuple[Cluster, list[InferenceDeployment]],
+) -> None:
+    """Guarantees 1-7 and 12 on every decision, and no refusal of a replica that fits."""
+    cluster, deployments = workload
+    snapshot = build_snapshot(cluster.nodes, cluster.pods, cluster.pools)
+    plans = place(snapshot, deployments)
+    world = check_plans(cluster, deployments, plans)
+    # What the snapshot holds now is exactly the cluster plus the planned pods: a refused
+    # replica left nothing behind.
+    for name, n in snapshot.nodes.items():
+        assert n.used == world.used[name], name
+
+
+@SETTINGS
+@given(workloads(spanning=True, max_deployments=3))
+@example((BLOCKS, [_dep(tensor=4, pipeline=3, replicaScope="Any", replicas=2)]))
+def test_replicas_that_span_racks_keep_the_guarantees(
+    workload: tuple[Cluster, list[InferenceDeployment]],
+) -> None:
+    """Guarantee 12 in depth: replicas with stages on small racks, most of which must span."""
+    cluster, deployments = workload
+    plans = place(build_snapshot(cluster.nodes, cluster.pods, cluster.pools), deployments)
+    check_plans(cluster, deployments, plans)
+
+
+@SETTINGS
+@given(workloads())
+def test_same_inputs_give_the_same_plan(
+    workload: tuple[Cluster, list[InferenceDeployment]],
+) -> None:
+    """Guarantee 8: fresh snapshots of the same objects, in any list order, plan alike."""
+    cluster, deployments = workload
+    first = place(build_snapshot(cluster.nodes, cluster.pods, cluster.pools), deployments)
+    again = place(build_snapshot(cluster.nodes, cluster.pods, cluster.pools), deployments)
+    assert outcome(first) == outcome(again)
+    shuffled = build_snapshot(cluster.nodes[::-1], cluster.pods[::-1], cluster.pools[::-1])
+    assert outcome(place(shuffled, deployments)) == outcome(first)
+
+
+@SETTINGS
+@given(workloads())
+def test_undo_restores_the_snapshot(workload: tuple[Cluster, list[InferenceDeployment]]) -> None:
+    """Undoing every plan gives back the usage the cluster had, and planning again agrees."""
+    cluster, deployments = workload
+    snapshot = build_snapshot(cluster.nodes, cluster.pods, cluster.pools)
+    before = usage(snapshot)
+    plans = place(snapshot, deployments)
+    for plan in reversed(plans):
+        plan.undo()
+        plan.undo()  # a second undo gives back nothing more
+    assert usage(snapshot) == before
+    assert outcome(place(snapshot, deployments)) == outcome(plans)

@@ -193,8 +193,9 @@ class World:
         capacity = {r: slots[r] // per_part for r in racks}
         groups: dict[Any, list[str]] = {}
         for r in racks:
-            key = self.rack_block[r] if placement.replica_scope == "Block" else None
-            groups.setdefault(key, []).append(r)
+            key = self.rack_block[r] if placement.replica_scope == "Block" else ""
+            if key is not None:  # a rack without the block label is in no block
+                groups.setdefault(key, []).append(r)
         for count in range(2, parts + 1):
             small, larger = divmod(parts, count)
             for group in groups.values():
@@ -203,6 +204,32 @@ class World:
                     if all(c >= small + (i < larger) for i, c in enumerate(caps)):
                         return count
         return None
+
+    def best_fit(self, dep: InferenceDeployment, pod_gpus: int) -> int | None:
+        """Guarantee 9: the least free GPUs of a rack that can hold the replica alone, among
+        those without a replica of the same deployment first when it asks to spread."""
+        placement = dep.spec.placement
+        gpus = dep.spec.parallelism.gpus
+        slot, _part, _parts = self.shape(dep, pod_gpus)
+        fits = []
+        for r in sorted(self.rack_nodes):
+            if self.rack_pool[r] != placement.rack_pool or not self.eligible(dep, r):
+                continue
+            usable = [n for n in self.rack_nodes[r] if self.healthy(n, [])]
+            if placement.replica_scope == "Node":
+                room = any(self.free(n) >= gpus for n in usable)
+            else:
+                room = sum(self.free(n) // slot for n in usable) * slot >= gpus
+            if room:
+                fits.append(r)
+        if placement.spread == "Spread":
+            fresh = [r for r in fits if not any(o[0] == dep.key for o in self.owners[r])]
+            fits = fresh or fits
+        return min((self.rack_free(r) for r in fits), default=None)
+
+    def rack_free(self, rack: str) -> int:
+        """Free GPUs on the rack's healthy nodes: what best fit compares."""
+        return sum(self.free(n) for n in self.rack_nodes[rack] if self.healthy(n, []))
 
     def apply(self, dep: InferenceDeployment, plan: ReplicaPlan) -> None:
         owner = (dep.key, plan.replica)
@@ -301,6 +328,11 @@ def check_decision(world: World, dep: InferenceDeployment, decision: Decision) -
         # Guarantee 6.
         if pool.tenancy == "Exclusive":
             assert set(world.namespaces[r]) <= {dep.namespace}, f"{r}: {world.namespaces[r]}"
+
+    # Guarantee 9: best fit, after spreading.
+    if len(racks) == 1 and not tolerations:
+        best = world.best_fit(dep, pods[0].gpus)
+        assert world.rack_free(racks[0]) == best, f"{racks[0]} is not the best fit ({best} free)"
 
     # Guarantee 12: fewest racks, even shares of whole parts.
     fewest = world.fewest_racks(dep, pods[0].gpus)
@@ -438,6 +470,7 @@ BUSY = Cluster(
     )
 )
 @example((BUSY, [_dep(tensor=2, namespace="batch", replicas=3, spread="Pack")]))
+@example((SMALL, [_dep(tensor=4, replicas=4), _dep("dep-1", tensor=2, replicas=3, spread="Pack")]))
 def test_every_plan_keeps_the_guarantees(
     workload: tuple[Cluster, list[InferenceDeployment]],
 ) -> None:

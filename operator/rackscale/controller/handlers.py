@@ -22,6 +22,12 @@ from rackscale.controller.reconcile import Options, Reconciler
 from rackscale.controller.worker import Worker
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod its service account, else $KUBECONFIG as it is now (not at import time)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.posting.level = 30  # kopf's own Events: warnings only; rackscale posts its own

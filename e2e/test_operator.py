@@ -1,0 +1,565 @@
+"""The operator, run in-process with kopf, against a real API server, kube-scheduler and kwok.
+
+Every test works in its own namespace and RackPool, waits by polling with a deadline, and checks
+every pod's node against the placement guarantees.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+from kopf.testing import KopfRunner
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from e2e import profiles
+from rackscale.api import crd
+from rackscale.topology import pinned_node
+
+T = TypeVar("T")
+GROUP, VERSION = "rackscale.dev", "v1alpha1"
+GPU = profiles.GPU_RESOURCE
+CLIQUE = profiles.CLIQUE_LABEL
+PAUSE = "registry.k8s.io/pause:3.10"
+UNSCHEDULABLE_TIMEOUT = 8
+OPERATOR = ["run", "--all-namespaces", "--standalone", "-m", "rackscale.controller.handlers"]
+
+
+def eventually(probe: Callable[[], T | None], what: str, timeout: float = 90.0) -> T:
+    """Poll `probe` until it returns something truthy; fail naming what never happened."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"after {timeout:.0f}s still waiting for {what}", pytrace=False)
+        time.sleep(0.3)
+
+
+# ---- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def crds(kube: client.ApiClient) -> None:
+    """The CRDs generated from the models, applied and Established."""
+    ext = client.ApiextensionsV1Api(kube)
+    for definition in crd.definitions().values():
+        name = definition["metadata"]["name"]
+        try:
+            ext.patch_custom_resource_definition(
+                name,
+                definition,
+                field_manager="rackscale-e2e",
+                force=True,
+                _content_type="application/apply-patch+yaml",
+            )
+        except ApiException as err:
+            message = json.loads(err.body).get("message", err.body) if err.body else err.reason
+            pytest.fail(f"the API server refuses CRD {name}: {message}", pytrace=False)
+
+        def established(name: str = name) -> bool:
+            conditions = ext.read_custom_resource_definition(name).status.conditions or []
+            return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+        eventually(established, f"CRD {name} to be Established", timeout=30)
+
+
+@pytest.fixture
+def operator(kubeconfig: str, crds: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The operator running in this process for the length of one test."""
+    monkeypatch.setenv("KUBECONFIG", kubeconfig)
+    monkeypatch.setenv("RACKSCALE_UNSCHEDULABLE_TIMEOUT", str(UNSCHEDULABLE_TIMEOUT))
+    monkeypatch.setenv("RACKSCALE_RESYNC", "2")
+    with KopfRunner(OPERATOR, timeout=60) as runner:
+        yield
+    assert runner.exception is None, runner.output
+    assert runner.exit_code == 0, runner.output
+
+
+@pytest.fixture
+def pool(kube: client.ApiClient, crds: None) -> Iterator[str]:
+    """A RackPool over the profile's GB200 racks, alone: other pools would share its nodes."""
+    objects = client.CustomObjectsApi(kube)
+    others = objects.list_cluster_custom_object(GROUP, VERSION, "rackpools")["items"]
+    if others:
+        names = ", ".join(p["metadata"]["name"] for p in others)
+        pytest.fail(f"RackPools {names} already exist and would share the GB200 nodes")
+    name = f"e2e-{uuid.uuid4().hex[:6]}"
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "RackPool",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": {"matchLabels": {"nvidia.com/gpu.product": "NVIDIA-GB200"}},
+            "rackLabel": CLIQUE,
+            "blockLabel": profiles.BLOCK_LABEL,
+            "gpusPerRack": 72,
+        },
+    }
+    objects.create_cluster_custom_object(GROUP, VERSION, "rackpools", body)
+    yield name
+    objects.delete_cluster_custom_object(GROUP, VERSION, "rackpools", name)
+
+
+@pytest.fixture
+def llm(kube: client.ApiClient, namespace: str) -> Iterator[str]:
+    """The test's namespace; afterwards its deployments are deleted and their pods waited out,
+    so the next test finds the racks free."""
+    yield namespace
+    objects = client.CustomObjectsApi(kube)
+    for item in objects.list_namespaced_custom_object(
+        GROUP, VERSION, namespace, "inferencedeployments"
+    )["items"]:
+        objects.delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, "inferencedeployments", item["metadata"]["name"]
+        )
+    core = client.CoreV1Api(kube)
+    eventually(
+        lambda: not core.list_namespaced_pod(namespace).items,
+        f"the pods of namespace {namespace} to be gone",
+        timeout=120,
+    )
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def inference_deployment(
+    name: str,
+    pool: str | None,
+    *,
+    replicas: int,
+    tensor: int = 8,
+    data: int = 1,
+    expert: int = 1,
+    gpus_per_pod: int | None = 4,
+    fallback: str = "DevicePlugin",
+    resources: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "replicas": replicas,
+        "parallelism": {"tensor": tensor, "pipeline": 1, "data": data, "expert": expert},
+        "placement": {"fallback": fallback},
+        "port": 8000,
+        "template": {
+            "metadata": {"labels": {"app": name}},
+            "spec": {
+                "terminationGracePeriodSeconds": 0,
+                "containers": [
+                    {
+                        "name": "server",
+                        "image": PAUSE,
+                        "env": [{"name": "MODEL", "value": name}],
+                        "resources": resources or {"requests": {"cpu": "1"}},
+                    }
+                ],
+            },
+        },
+    }
+    if pool:
+        spec["placement"]["rackPool"] = pool
+    if gpus_per_pod:
+        spec["gpusPerPod"] = gpus_per_pod
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "InferenceDeployment",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def apply(kube: client.ApiClient, namespace: str, body: dict[str, Any]) -> None:
+    client.CustomObjectsApi(kube).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "inferencedeployments", body
+    )
+
+
+def patch(kube: client.ApiClient, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    client.CustomObjectsApi(kube).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, "inferencedeployments", name, {"spec": spec}
+    )
+
+
+def get(kube: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    return client.CustomObjectsApi(kube).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "inferencedeployments", name
+    )
+
+
+def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
+    for cond in (body.get("status") or {}).get("conditions") or []:
+        if cond["type"] == kind:
+            return dict(cond)
+    return {}
+
+
+def pods(kube: client.ApiClient, namespace: str, name: str) -> list[dict[str, Any]]:
+    response = client.CoreV1Api(kube).list_namespaced_pod(
+        namespace, label_selector=f"rackscale.dev/deployment={name}", _preload_content=False
+    )
+    return list(json.loads(response.data)["items"])
+
+
+def ready(kube: client.ApiClient, namespace: str, name: str, replicas: int) -> dict[str, Any]:
+    """Wait for status Ready with every pod bound and Ready; return the deployment."""
+
+    def probe() -> dict[str, Any] | None:
+        body = get(kube, namespace, name)
+        status = body.get("status") or {}
+        if status.get("phase") != "Ready" or status.get("readyReplicas") != replicas:
+            return None
+        if status.get("observedGeneration") != body["metadata"]["generation"]:
+            return None
+        live = [
+            p for p in pods(kube, namespace, name) if not p["metadata"].get("deletionTimestamp")
+        ]
+        shards = sum(len(p["pods"]) for p in status.get("placements") or [])
+        if len(live) != shards or not all(p["spec"].get("nodeName") for p in live):
+            return None
+        return body
+
+    return eventually(probe, f"{namespace}/{name} to be Ready with {replicas} replicas")
+
+
+def uids(kube: client.ApiClient, namespace: str, name: str) -> dict[str, str]:
+    return {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods(kube, namespace, name)}
+
+
+def replica_uids(kube: client.ApiClient, namespace: str, name: str, replica: int) -> set[str]:
+    return {
+        p["metadata"]["uid"]
+        for p in pods(kube, namespace, name)
+        if p["metadata"]["labels"]["rackscale.dev/replica"] == str(replica)
+    }
+
+
+def events(kube: client.ApiClient, namespace: str, name: str) -> list[str]:
+    items = (
+        client.CoreV1Api(kube)
+        .list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
+        .items
+    )
+    return [e.reason for e in items]
+
+
+def check_guarantees(kube: client.ApiClient) -> None:
+    """Every pod on the cluster against design section 4: no node over-allocated, every pinned
+    pod bound where it was pinned, every rack-mode replica inside one rack."""
+    core = client.CoreV1Api(kube)
+    nodes = {n.metadata.name: n for n in core.list_node().items}
+    response = core.list_pod_for_all_namespaces(_preload_content=False)
+    used: Counter[str] = Counter()
+    replicas: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+    for pod in json.loads(response.data)["items"]:
+        if pod["status"].get("phase") in ("Succeeded", "Failed"):
+            continue
+        node = pod["spec"].get("nodeName")
+        gpus = sum(
+            int((c.get("resources") or {}).get("limits", {}).get(GPU, 0))
+            for c in pod["spec"]["containers"]
+        )
+        if node:
+            used[node] += gpus
+        labels = pod["metadata"].get("labels") or {}
+        pin = pinned_node(pod)
+        if "rackscale.dev/deployment" in labels and pin:
+            assert node in (None, pin), f"pod {pod['metadata']['name']} pinned to {pin} on {node}"
+            rack = nodes[pin].metadata.labels.get(CLIQUE) if pin in nodes else None
+            key = (
+                pod["metadata"]["namespace"],
+                labels["rackscale.dev/deployment"],
+                labels["rackscale.dev/replica"],
+            )
+            replicas[key].add(str(rack))
+    for node, gpus in used.items():
+        allocatable = int((nodes[node].status.allocatable or {}).get(GPU, 0))
+        assert gpus <= allocatable, f"node {node} holds {gpus} GPUs of {allocatable}"
+    for key, racks in replicas.items():
+        assert len(racks) == 1, f"replica {key} spans racks {racks}"
+
+
+# ---- tests ------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("operator")
+def test_rack_mode_replicas_are_placed_bound_and_ready(
+    kube: client.ApiClient, pool: str, llm: str
+) -> None:
+    apply(
+        kube,
+        llm,
+        inference_deployment(
+            "moe", pool, replicas=2, tensor=8, data=4, expert=32, fallback="Never"
+        ),
+    )
+    body = ready(kube, llm, "moe", 2)
+    status = body["status"]
+    assert status["mode"] == "Rack"
+    assert status["gpus"] == 64
+    assert status["ready"] == "2/2"
+    assert len(status["racks"]) == 2, "spread: two replicas on two racks"
+    for name in ("Placed", "Available"):
+        assert condition(body, name)["status"] == "True"
+    assert condition(body, "Degraded")["status"] == "False"
+
+    live = pods(kube, llm, "moe")
+    assert len(live) == 16
+    for pod in live:
+        assert pod["spec"]["nodeName"] == pinned_node(pod)
+        assert pod["metadata"]["ownerReferences"][0]["uid"] == body["metadata"]["uid"]
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        replica = pod["metadata"]["labels"]["rackscale.dev/replica"]
+        assert env["MODEL"] == "moe"
+        assert env["RACKSCALE_LEADER_ADDRESS"] == f"moe-{replica}-0.moe-shards.{llm}.svc"
+        assert env["RACKSCALE_WORLD_SIZE"] == "32"
+    check_guarantees(kube)
+
+    core = client.CoreV1Api(kube)
+    shards = core.read_namespaced_service("moe-shards", llm)
+    assert shards.spec.cluster_ip == "None"
+    assert shards.spec.publish_not_ready_addresses is True
+    leaders = core.read_namespaced_service("moe", llm)
+    assert leaders.spec.selector == {
+        "rackscale.dev/deployment": "moe",
+        "rackscale.dev/leader": "true",
+    }
+    eventually(lambda: "Placed" in events(kube, llm, "moe"), "a Placed event")
+
+    def pool_shows_it() -> dict[str, Any] | None:
+        rp = client.CustomObjectsApi(kube).get_cluster_custom_object(
+            GROUP, VERSION, "rackpools", pool
+        )
+        status = rp.get("status") or {}
+        holding = [r for r in status.get("rackStatuses", []) if f"{llm}/moe" in r["deployments"]]
+        return status if len(holding) == 2 and status.get("gpus", {}).get("allocated") else None
+
+    status = eventually(pool_shows_it, f"RackPool {pool} to show {llm}/moe on two racks")
+    assert status["racks"] == 4
+    assert status["healthyRacks"] == 4
+    assert status["freeRacks"] == 2
+    assert status["gpus"]["allocated"] >= 64
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
+
+
+@pytest.mark.usefixtures("operator")
+def test_concurrent_applies_never_share_a_gpu(kube: client.ApiClient, pool: str, llm: str) -> None:
+    names = [f"m{i}" for i in range(5)]
+    for name in names:  # five 64-GPU replicas, four 72-GPU racks: one must wait
+        apply(kube, llm, inference_deployment(name, pool, replicas=1, data=8, fallback="Never"))
+
+    def settled() -> list[dict[str, Any]] | None:
+        bodies = [get(kube, llm, n) for n in names]
+        phases = Counter((b.get("status") or {}).get("phase") for b in bodies)
+        return bodies if phases == Counter({"Ready": 4, "Pending": 1}) else None
+
+    bodies = eventually(settled, "four deployments Ready and one Pending")
+    check_guarantees(kube)
+    racks = [b["status"]["racks"][0] for b in bodies if b["status"]["phase"] == "Ready"]
+    assert len(set(racks)) == 4
+    waiting = next(b for b in bodies if b["status"]["phase"] == "Pending")
+    assert condition(waiting, "Placed")["reason"] == "Unplaceable"
+    assert "no rack holds 64 free GPUs" in condition(waiting, "Placed")["message"]
+
+    # Capacity freed: the waiting one is placed without being touched.
+    done = next(b for b in bodies if b["status"]["phase"] == "Ready")["metadata"]["name"]
+    client.CustomObjectsApi(kube).delete_namespaced_custom_object(
+        GROUP, VERSION, llm, "inferencedeployments", done
+    )
+    ready(kube, llm, waiting["metadata"]["name"], 1)
+    check_guarantees(kube)
+
+
+@pytest.mark.usefixtures("operator")
+def test_dense_model_falls_back_to_device_plugin_on_hgx_nodes(
+    kube: client.ApiClient, pool: str, llm: str
+) -> None:
+    # 8-GPU pods cannot fit a 4-GPU tray: the pool cannot hold it, the H200 nodes can.
+    apply(kube, llm, inference_deployment("dense", pool, replicas=1, tensor=8, gpus_per_pod=8))
+    body = ready(kube, llm, "dense", 1)
+    assert body["status"]["mode"] == "DevicePlugin"
+    placed = condition(body, "Placed")
+    assert (placed["status"], placed["reason"]) == ("True", "DevicePluginFallback")
+    assert "cannot fit one node" in placed["message"]
+    (pod,) = pods(kube, llm, "dense")
+    assert pinned_node({"spec": {k: v for k, v in pod["spec"].items() if k != "nodeName"}}) is None
+    assert pod["spec"]["nodeName"].startswith("h200-")
+    assert "rackscale.dev/rack" not in pod["metadata"]["labels"]
+    eventually(
+        lambda: "DevicePluginFallback" in events(kube, llm, "dense"), "a DevicePluginFallback event"
+    )
+    check_guarantees(kube)
+
+
+@pytest.mark.usefixtures("operator")
+def test_impossible_deployment_is_not_placed_and_says_why(
+    kube: client.ApiClient, pool: str, llm: str
+) -> None:
+    apply(kube, llm, inference_deployment("huge", pool, replicas=1, data=16, fallback="Never"))
+
+    def refused() -> dict[str, Any] | None:
+        body = get(kube, llm, "huge")
+        return body if condition(body, "Placed").get("reason") == "Unplaceable" else None
+
+    body = eventually(refused, "Placed=False on an impossible deployment")
+    assert condition(body, "Placed")["status"] == "False"
+    assert (
+        "no rack holds 128 free GPUs in one NVLink domain" in condition(body, "Placed")["message"]
+    )
+    assert body["status"]["phase"] == "Pending"
+    assert condition(body, "Progressing")["reason"] == "Stalled"
+    eventually(lambda: "FailedPlacement" in events(kube, llm, "huge"), "a FailedPlacement event")
+    assert pods(kube, llm, "huge") == []
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_deleted_pod_restarts_its_replica_and_only_it(
+    kube: client.ApiClient, pool: str, llm: str
+) -> None:
+    apply(kube, llm, inference_deployment("r", pool, replicas=2, tensor=8))
+    ready(kube, llm, "r", 2)
+    keep = replica_uids(kube, llm, "r", 0)
+    lost = replica_uids(kube, llm, "r", 1)
+    client.CoreV1Api(kube).delete_namespaced_pod("r-1-1", llm)
+
+    def replaced() -> bool:
+        now = replica_uids(kube, llm, "r", 1)
+        return len(now) == 2 and not (now & lost)
+
+    eventually(replaced, "replica 1 to be recreated whole")
+    ready(kube, llm, "r", 2)
+    assert replica_uids(kube, llm, "r", 0) == keep, "replica 0 kept running untouched"
+    assert "ReplicaRestarting" in events(kube, llm, "r")
+    check_guarantees(kube)
+
+
+@pytest.mark.usefixtures("operator")
+def test_scaling_removes_and_adds_the_highest_indexes(
+    kube: client.ApiClient, pool: str, llm: str
+) -> None:
+    apply(kube, llm, inference_deployment("s", pool, replicas=3, tensor=8))
+    ready(kube, llm, "s", 3)
+    zero = replica_uids(kube, llm, "s", 0)
+    patch(kube, llm, "s", {"replicas": 1})
+    ready(kube, llm, "s", 1)
+    eventually(
+        lambda: (
+            {p["metadata"]["labels"]["rackscale.dev/replica"] for p in pods(kube, llm, "s")}
+            == {"0"}
+        ),
+        "replicas 1 and 2 to be removed",
+    )
+    assert replica_uids(kube, llm, "s", 0) == zero
+    patch(kube, llm, "s", {"replicas": 2})
+    ready(kube, llm, "s", 2)
+    assert replica_uids(kube, llm, "s", 0) == zero
+    check_guarantees(kube)
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_template_change_replaces_replicas_on_their_racks(
+    kube: client.ApiClient, pool: str, llm: str
+) -> None:
+    apply(kube, llm, inference_deployment("t", pool, replicas=2, tensor=8, data=2))
+    before = ready(kube, llm, "t", 2)
+    racks = {p["replica"]: p["racks"] for p in before["status"]["placements"]}
+    old = set(uids(kube, llm, "t").values())
+    template = inference_deployment("t", pool, replicas=2)["spec"]["template"]
+    template["metadata"]["labels"]["version"] = "2"
+    patch(kube, llm, "t", {"template": template})
+
+    def updated() -> bool:
+        live = pods(kube, llm, "t")
+        return len(live) == 8 and all(p["metadata"]["labels"].get("version") == "2" for p in live)
+
+    eventually(updated, "every pod to carry the new template")
+    after = ready(kube, llm, "t", 2)
+    assert not (set(uids(kube, llm, "t").values()) & old)
+    assert {p["replica"]: p["racks"] for p in after["status"]["placements"]} == racks
+    check_guarantees(kube)
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_pin_that_cannot_schedule_goes_back_to_placement(
+    kube: client.ApiClient, pool: str, llm: str
+) -> None:
+    # Trays have 144 CPUs: kube-scheduler can never bind these pins, whatever the GPUs say.
+    body = inference_deployment(
+        "stuck", pool, replicas=1, tensor=4, resources={"requests": {"cpu": "500"}}
+    )
+    apply(kube, llm, body)
+    eventually(
+        lambda: "ReplicaRestarting" in events(kube, llm, "stuck"),
+        "the unschedulable replica to be sent back to placement",
+        timeout=UNSCHEDULABLE_TIMEOUT * 6,
+    )
+    body = get(kube, llm, "stuck")
+    assert body["status"]["readyReplicas"] == 0
+    check_guarantees(kube)
+
+
+@pytest.mark.usefixtures("crds")
+def test_a_restarted_operator_adopts_without_moving_anything(
+    kube: client.ApiClient,
+    kubeconfig: str,
+    pool: str,
+    llm: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", kubeconfig)
+    monkeypatch.setenv("RACKSCALE_RESYNC", "2")
+    with KopfRunner(OPERATOR, timeout=60) as first:
+        apply(kube, llm, inference_deployment("a", pool, replicas=2, tensor=8, data=2))
+        ready(kube, llm, "a", 2)
+    assert first.exception is None, first.output
+    before = uids(kube, llm, "a")
+    with KopfRunner(OPERATOR, timeout=60) as second:
+        # Scaling up proves the new operator is acting; nothing that ran may be recreated.
+        patch(kube, llm, "a", {"replicas": 3})
+        ready(kube, llm, "a", 3)
+        after = uids(kube, llm, "a")
+        assert {k: after[k] for k in before} == before
+        assert len(after) == len(before) + 4
+    assert second.exception is None, second.output
+    check_guarantees(kube)
+
+
+@pytest.mark.usefixtures("operator")
+def test_deleting_the_deployment_removes_everything_it_created(
+    kube: client.ApiClient, pool: str, llm: str
+) -> None:
+    apply(kube, llm, inference_deployment("d", pool, replicas=1, tensor=8))
+    ready(kube, llm, "d", 1)
+    client.CustomObjectsApi(kube).delete_namespaced_custom_object(
+        GROUP, VERSION, llm, "inferencedeployments", "d"
+    )
+    core = client.CoreV1Api(kube)
+    eventually(lambda: not pods(kube, llm, "d"), "the pods to be garbage-collected")
+    eventually(
+        lambda: not core.list_namespaced_service(llm).items,
+        "the services to be garbage-collected",
+    )
+
+
+@pytest.mark.usefixtures("crds")
+def test_invalid_rackpool_is_refused_naming_the_field(kube: client.ApiClient) -> None:
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "RackPool",
+        "metadata": {"name": f"bad-{uuid.uuid4().hex[:6]}"},
+        "spec": {"nvlinkDomain": "Galaxy", "gpusPerRack": 0},
+    }
+    with pytest.raises(ApiException) as refused:
+        client.CustomObjectsApi(kube).create_cluster_custom_object(
+            GROUP, VERSION, "rackpools", body
+        )
+    assert refused.value.status == 422
+    message = json.loads(refused.value.body)["message"]
+    assert "spec.nvlinkDomain" in message
+    assert "spec.gpusPerRack" in message

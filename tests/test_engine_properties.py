@@ -15,8 +15,12 @@ from rackscale.topology import Snapshot, build_snapshot
 from tests.factory import BLOCK, CLIQUE, PRODUCT, node
 from tests.strategies import GB200, GPU, H200, HGX_RACK, POOL_TAINT, Cluster, pod, workloads
 
+DEPLOYMENT_LABEL = "rackscale.dev/deployment"
+REPLICA = "rackscale.dev/replica"
+EXCLUSIVE_LABEL = "rackscale.dev/exclusive"
+
 SETTINGS = settings(
-    max_examples=150,
+    max_examples=100,
     derandomize=True,
     deadline=None,
     database=None,
@@ -91,8 +95,16 @@ class World:
                 )
                 for c in spec["containers"]
             )
-            if gpus:
-                self._add(target, gpus, p["metadata"]["namespace"], ("pod", p["metadata"]["name"]))
+            if not gpus:
+                continue
+            meta = p["metadata"]
+            labels = meta.get("labels") or {}
+            owner: Any = ("pod", meta["name"])
+            if DEPLOYMENT_LABEL in labels:  # a replica rackscale placed before
+                owner = (f"{meta['namespace']}/{labels[DEPLOYMENT_LABEL]}", int(labels[REPLICA]))
+            self._add(target, gpus, meta["namespace"], owner)
+            if labels.get(EXCLUSIVE_LABEL) == "true" and target in self.rack_of:
+                self.held[self.rack_of[target]] = owner
 
     def _add(self, node_name: str, gpus: int, namespace: str, owner: Any) -> None:
         self.used[node_name] += gpus
@@ -497,7 +509,7 @@ def test_replicas_that_span_racks_keep_the_guarantees(
     check_plans(cluster, deployments, plans)
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=60)
 @given(workloads())
 def test_same_inputs_give_the_same_plan(
     workload: tuple[Cluster, list[InferenceDeployment]],
@@ -511,7 +523,59 @@ def test_same_inputs_give_the_same_plan(
     assert outcome(place(shuffled, deployments)) == outcome(first)
 
 
-@SETTINGS
+def as_pods(deployments: list[InferenceDeployment], plans: list[DeploymentPlan]) -> list[Any]:
+    """The pods of every rack-mode replica, as the operator creates them: pinned and labelled."""
+    out = []
+    for dep, plan in zip(deployments, plans, strict=True):
+        for replica in plan.replicas:
+            if replica.mode != "Rack":
+                continue
+            labels = {DEPLOYMENT_LABEL: dep.name, REPLICA: str(replica.replica)}
+            if dep.spec.placement.exclusive:
+                labels[EXCLUSIVE_LABEL] = "true"
+            for p in replica.pods:
+                name = f"{dep.name}-{replica.replica}-{p.shard}"
+                made = pod(
+                    name, p.node, p.gpus, namespace=dep.namespace, phase="Pending", pin="affinity"
+                )
+                made["metadata"]["labels"] = dict(labels)
+                out.append(made)
+    return out
+
+
+def seen(snapshot: Snapshot) -> dict[str, Any]:
+    """What decisions read: per-node usage, holders, and who is on each rack."""
+    return {
+        "nodes": {n: node.used for n, node in snapshot.nodes.items()},
+        "racks": {
+            (pool.name, rack.name): (rack.held_by, set(rack.namespaces), set(rack.deployments))
+            for pool in snapshot.pools.values()
+            for rack in pool.racks.values()
+        },
+    }
+
+
+@settings(SETTINGS, max_examples=60)
+@given(workloads(max_deployments=6))
+def test_a_snapshot_rebuilt_from_planned_pods_decides_alike(
+    workload: tuple[Cluster, list[InferenceDeployment]],
+) -> None:
+    """After a restart the operator rebuilds its snapshot from the pods it created: it must see
+    what its ledger saw and decide the next deployments the same way."""
+    cluster, deployments = workload
+    half = len(deployments) // 2
+    earlier, later = deployments[:half], deployments[half:]
+    kept = build_snapshot(cluster.nodes, cluster.pods, cluster.pools)
+    plans = place(kept, earlier)
+    restarted = Cluster(cluster.nodes, cluster.pods + tuple(as_pods(earlier, plans)), cluster.pools)
+    rebuilt = build_snapshot(restarted.nodes, restarted.pods, restarted.pools)
+    assert seen(rebuilt) == seen(kept)
+    after_restart = place(rebuilt, later)
+    assert outcome(after_restart) == outcome(place(kept, later))
+    check_plans(restarted, later, after_restart)
+
+
+@settings(SETTINGS, max_examples=60)
 @given(workloads())
 def test_undo_restores_the_snapshot(workload: tuple[Cluster, list[InferenceDeployment]]) -> None:
     """Undoing every plan gives back the usage the cluster had, and planning again agrees."""

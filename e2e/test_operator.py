@@ -563,3 +563,90 @@ def test_invalid_rackpool_is_refused_naming_the_field(kube: client.ApiClient) ->
     message = json.loads(refused.value.body)["message"]
     assert "spec.nvlinkDomain" in message
     assert "spec.gpusPerRack" in message
+
+
+@pytest.fixture
+def small_racks(kube: client.ApiClient, crds: None) -> Iterator[tuple[str, dict[str, str]]]:
+    """Two racks of two 4-GPU kwok trays, in a pool of their own: nodes a test may delete."""
+    tag = uuid.uuid4().hex[:6]
+    product = f"E2E-{tag}"
+    core = client.CoreV1Api(kube)
+    racks: dict[str, str] = {}
+    for rack in ("a", "b"):
+        for tray in range(2):
+            name = f"e2e-{tag}-{rack}{tray}"
+            racks[name] = f"{tag}-{rack}"
+            resources = {"cpu": "64", "memory": "256Gi", "pods": "110", GPU: "4"}
+            core.create_node(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {
+                        "name": name,
+                        "labels": {
+                            "kubernetes.io/hostname": name,
+                            "nvidia.com/gpu.product": product,
+                            CLIQUE: f"{tag}-{rack}",
+                        },
+                        "annotations": {profiles.KWOK_ANNOTATION: "fake"},
+                    },
+                    "status": {"capacity": resources, "allocatable": resources},
+                }
+            )
+    objects = client.CustomObjectsApi(kube)
+    pool = f"e2e-{tag}"
+    objects.create_cluster_custom_object(
+        GROUP,
+        VERSION,
+        "rackpools",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "RackPool",
+            "metadata": {"name": pool},
+            "spec": {
+                "nodeSelector": {"matchLabels": {"nvidia.com/gpu.product": product}},
+                "gpusPerRack": 8,
+            },
+        },
+    )
+
+    def all_ready() -> bool:
+        nodes = [core.read_node(n) for n in racks]
+        return all(
+            any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
+            for n in nodes
+        )
+
+    eventually(all_ready, "the test's kwok trays to be Ready", timeout=60)
+    yield pool, racks
+    objects.delete_cluster_custom_object(GROUP, VERSION, "rackpools", pool)
+    for name in racks:
+        try:
+            core.delete_node(name)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_lost_node_moves_its_replica_to_another_rack(
+    kube: client.ApiClient, small_racks: tuple[str, dict[str, str]], llm: str
+) -> None:
+    pool, racks = small_racks
+    apply(kube, llm, inference_deployment("n", pool, replicas=1, tensor=8, fallback="Never"))
+    ready(kube, llm, "n", 1)
+    first = {p["spec"]["nodeName"] for p in pods(kube, llm, "n")}
+    (rack,) = {racks[n] for n in first}
+    client.CoreV1Api(kube).delete_node(sorted(first)[0])
+
+    def moved() -> set[str] | None:
+        live = pods(kube, llm, "n")
+        nodes = {p["spec"].get("nodeName") for p in live}
+        if len(live) != 2 or None in nodes or {racks.get(str(n)) for n in nodes} == {rack}:
+            return None
+        return {racks[str(n)] for n in nodes}
+
+    assert eventually(moved, "the replica to move whole to the other rack") != {rack}
+    ready(kube, llm, "n", 1)
+    assert "ReplicaRestarting" in events(kube, llm, "n")
+    check_guarantees(kube)

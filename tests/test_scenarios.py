@@ -592,3 +592,25 @@ def test_nodes_selected_by_two_pools_go_to_neither() -> None:
     plans = place(snapshot, [deployment("x", tensor=4, replicas=3, rackPool="b", fallback="Never")])
     assert {p.node for r in plans[0].replicas for p in r.pods} == {"gb200-0000-00", "gb200-0000-01"}
     assert len(plans[0].replicas) == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a node listed twice becomes two nodes of its rack; pods count against one of them",
+)
+def test_a_node_listed_twice_is_one_node() -> None:
+    # `rackscale plan --cluster a.yaml --cluster b.yaml` with the node in both files.
+    nodes = nvl72(1, trays=2)
+    pods = [gpu_pod("busy", "gb200-0000-00", 4)]
+    dep = deployment("dense", tensor=4, replicas=3, spread="Pack", fallback="Never")
+    plans = plan([*nodes, nodes[0]], [dep], pods=pods, pools=[pool(gpusPerRack=8)])
+    # gb200-0000-00 is full: only gb200-0000-01 can take a replica.
+    assert [p.node for r in plans[0].replicas for p in r.pods] == ["gb200-0000-01"]
+
+
+@pytest.mark.xfail(strict=True, reason="a pod listed twice holds its GPUs twice")
+def test_a_pod_listed_twice_holds_its_gpus_once() -> None:
+    pods = [gpu_pod("busy", "gb200-0000-00", 2)] * 2
+    dep = deployment("small", tensor=2, fallback="Never")
+    plans = plan(nvl72(1, trays=1), [dep], pods=pods, pools=[pool(gpusPerRack=4)])
+    assert only(plans).pods[0].node == "gb200-0000-00"

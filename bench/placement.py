@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -162,10 +163,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = [run(n, args.seed, 40 if args.quick else None) for n in sizes]
     for result in results:
         show(result)
+    print(f"\nload average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     figures = {
         "benchmark": "placement",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": sys.version.split()[0],
+        # Other work on the machine skews the figures: the 1-minute load says how much.
+        "load_average": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
         "quick": args.quick,
         "seed": args.seed,
         "runs": results,

@@ -67,6 +67,18 @@ class Reconciler:
         self.options = options or Options()
         self.placing = asyncio.Lock()
         self.memory: dict[str, _Memory] = {}
+        self.deleting: set[str] = set()  # uids of pods deleted and not yet shown as deleted
+
+    def _pods(self, deployment: InferenceDeployment, uid: str) -> list[dict[str, Any]]:
+        """The deployment's pods; those already deleted count as terminating, so a replica is
+        not deleted (and announced) twice while the watch catches up."""
+        out = []
+        for pod in self.view.pods_of(deployment.namespace, deployment.name, uid):
+            meta = pod["metadata"]
+            if meta.get("uid") in self.deleting and not meta.get("deletionTimestamp"):
+                pod = {**pod, "metadata": {**meta, "deletionTimestamp": now()}}
+            out.append(pod)
+        return out
 
     # ---- pools -------------------------------------------------------------------------------
 
@@ -88,6 +100,8 @@ class Reconciler:
 
     async def reconcile_all(self) -> None:
         bodies = self.view.deployments()
+        if self.deleting:
+            self.deleting &= {str(p["metadata"].get("uid")) for p in self.view.pods()}
         live = {str(b["metadata"].get("uid")) for b in bodies}
         for uid in list(self.memory):
             if uid not in live:
@@ -125,7 +139,7 @@ class Reconciler:
         obj = dict(body)
         digest = template_hash(deployment)
         states = lifecycle.classify(
-            self.view.pods_of(deployment.namespace, deployment.name, uid),
+            self._pods(deployment, uid),
             deployment.spec.replicas,
             digest=digest,
             nodes=self.view.node_readiness(),
@@ -153,7 +167,7 @@ class Reconciler:
 
         # Re-read: pods written in this pass count for the status it reports.
         states = lifecycle.classify(
-            self.view.pods_of(deployment.namespace, deployment.name, uid),
+            self._pods(deployment, uid),
             deployment.spec.replicas,
             digest=digest,
             nodes=self.view.node_readiness(),
@@ -222,6 +236,8 @@ class Reconciler:
         )
         for pod in state.pods:
             self.view.forget(pod)
+            if pod["metadata"].get("uid"):
+                self.deleting.add(pod["metadata"]["uid"])
 
     def _facts(self, deployment: InferenceDeployment, snapshot: Snapshot) -> PoolFacts:
         pool = snapshot.pools.get(deployment.spec.placement.rack_pool or "")

@@ -559,10 +559,6 @@ def test_whole_rack_replica_fills_every_tray(racks: int) -> None:
         assert gpus_by_rack(replica) == {replica.racks[0]: RACK}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="racks without the block label are grouped as one block: a Block replica spans them",
-)
 def test_block_replica_never_spans_racks_that_carry_no_block_label() -> None:
     # Two racks not yet labelled with a block, and one small rack that is: nothing is known
     # about the spine between r0 and r1, so a Block-scoped replica may not span them.
@@ -594,10 +590,6 @@ def test_nodes_selected_by_two_pools_go_to_neither() -> None:
     assert len(plans[0].replicas) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a node listed twice becomes two nodes of its rack; pods count against one of them",
-)
 def test_a_node_listed_twice_is_one_node() -> None:
     # `rackscale plan --cluster a.yaml --cluster b.yaml` with the node in both files.
     nodes = nvl72(1, trays=2)
@@ -608,7 +600,6 @@ def test_a_node_listed_twice_is_one_node() -> None:
     assert [p.node for r in plans[0].replicas for p in r.pods] == ["gb200-0000-01"]
 
 
-@pytest.mark.xfail(strict=True, reason="a pod listed twice holds its GPUs twice")
 def test_a_pod_listed_twice_holds_its_gpus_once() -> None:
     pods = [gpu_pod("busy", "gb200-0000-00", 2)] * 2
     dep = deployment("small", tensor=2, fallback="Never")

@@ -294,6 +294,11 @@ def _best_racks(request: _Request) -> list[tuple[Rack, int]]:
     problems: list[Problem] = []
     short: list[str] = []
     for block, racks in sorted(groups.items(), key=lambda g: g[0] or ""):
+        if scope == "Block" and block is None:
+            # Nothing is known of the spine between racks without a block label: never span them.
+            many = len(racks) > 1
+            short.append(f"{len(racks)} rack{'s carry' if many else ' carries'} no block label")
+            continue
         capacity = []
         for rack in racks:
             problem = _problem(request, rack, per_part)

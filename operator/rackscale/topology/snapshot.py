@@ -225,7 +225,9 @@ def build_snapshot(
         for p in pool_list
     }
     ordinary: Counter[int] = Counter()
-    for raw in sorted(nodes, key=lambda n: str(n["metadata"]["name"])):
+    # A node or pod listed twice (say, in two cluster files) is one object: the later listing wins.
+    unique_nodes = {str(n["metadata"]["name"]): n for n in nodes}
+    for _, raw in sorted(unique_nodes.items()):
         meta = raw["metadata"]
         labels = dict(meta.get("labels") or {})
         matching = [
@@ -276,7 +278,11 @@ def build_snapshot(
         for rack in target.racks.values():
             rack._index(add=True)
 
-    for pod in pods:
+    unique_pods = {
+        (p.get("metadata", {}).get("namespace") or "default", p.get("metadata", {}).get("name")): p
+        for p in pods
+    }
+    for pod in unique_pods.values():
         node_name = pinned_node(pod)
         pinned = by_name.get(node_name) if node_name else None
         if pinned is None or terminated(pod):

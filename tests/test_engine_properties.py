@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from itertools import combinations
 from math import gcd, lcm
@@ -266,6 +267,19 @@ def _affinity_node(spec: dict[str, Any]) -> str | None:
     return None
 
 
+COUNTED = re.compile(r"(?:^|, )(\d+) (?:racks? )?(?:has|have|is|are|holds|hold) ")
+
+
+def check_reason(world: World, dep: InferenceDeployment, reason: str) -> None:
+    """Guarantee 11: a refusal for want of one rack accounts for every rack of the pool."""
+    head = f"no rack holds {dep.spec.parallelism.gpus} free GPUs in one NVLink domain: "
+    if not reason.startswith(head):
+        return
+    counted = sum(int(n) for n in COUNTED.findall(reason[len(head) :].partition(";")[0]))
+    racks = sum(p == dep.spec.placement.rack_pool for p in world.rack_pool.values())
+    assert counted == racks, f"{reason!r} counts {counted} of {racks} racks"
+
+
 def check_decision(world: World, dep: InferenceDeployment, decision: Decision) -> None:
     """Every guarantee one replica's decision must keep, judged against the world before it."""
     spec = dep.spec
@@ -276,6 +290,7 @@ def check_decision(world: World, dep: InferenceDeployment, decision: Decision) -
         assert placement.rack_pool is not None
         assert placement.fallback == "Never"
         assert decision.reason
+        check_reason(world, dep, decision.reason)
         fewest = world.fewest_racks(dep, world.pod_gpus(dep))
         assert fewest is None, f"refused ({decision.reason}) but {fewest} rack(s) could hold it"
         return
@@ -295,6 +310,7 @@ def check_decision(world: World, dep: InferenceDeployment, decision: Decision) -
         if placement.rack_pool is not None:
             assert placement.fallback == "DevicePlugin"
             assert "device-plugin" in (decision.reason or "")
+            check_reason(world, dep, str(decision.reason))
             fewest = world.fewest_racks(dep, world.pod_gpus(dep))
             assert fewest is None, f"fell back ({decision.reason}) but {fewest} rack(s) fit"
         return

@@ -1,4 +1,4 @@
-"""Property tests: on random clusters, every plan keeps the placement guarantees of design 4."""
+"""Property tests: on random clusters, every plan keeps the placement guarantees (design, 4)."""
 
 from __future__ import annotations
 
@@ -502,7 +502,7 @@ BUSY = Cluster(
 def test_every_plan_keeps_the_guarantees(
     workload: tuple[Cluster, list[InferenceDeployment]],
 ) -> None:
-    """Guarantees 1-7 and 12 on every decision, and no refusal of a replica that fits."""
+    """Guarantees 1-7, 9, 11 and 12 on every decision; no refusal of a replica that fits."""
     cluster, deployments = workload
     snapshot = build_snapshot(cluster.nodes, cluster.pods, cluster.pools)
     plans = place(snapshot, deployments)

@@ -26,7 +26,9 @@ def register(commands: Any) -> None:
         action="append",
         default=[],
         metavar="NS",
-        help="watch InferenceDeployments in NS (repeatable; globs allowed)",
+        help="serve InferenceDeployments in NS only (repeatable; globs allowed). The GPU "
+        "ledger then counts only pods of these namespaces: prefer --all-namespaces unless no "
+        "other namespace runs GPU pods on pool nodes",
     )
     scope.add_argument(
         "-A",

@@ -20,6 +20,14 @@ GPU = "nvidia.com/gpu"
 # Deployments live in the first two; foreign pods also in a third, so tenancy has rivals.
 NAMESPACES = ("llm", "batch")
 FOREIGN_NAMESPACES = ("llm", "batch", "other")
+# None twice as often as each kind: most deployments tolerate nothing.
+TOLERATIONS: list[list[dict[str, str]]] = [
+    [],
+    [],
+    [{"key": MAINTENANCE, "operator": "Exists"}],
+    [{"key": MAINTENANCE, "operator": "Equal", "value": "true", "effect": "NoSchedule"}],
+    [{"operator": "Exists"}],
+]
 
 
 @dataclass(frozen=True)
@@ -49,11 +57,10 @@ def pod(
         spec["nodeName"] = node_name
     elif node_name:
         term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node_name]}]}
+        required = {"nodeSelectorTerms": [term]}
         spec["affinity"] = {
-            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [term]
-            }}
-        }  # fmt: skip
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": required}
+        }
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -129,7 +136,9 @@ def clusters(
         trays = draw(st.integers(2, max_trays))
         gpus = draw(st.sampled_from([4, 8, 2]))
         labels = {PRODUCT: GB200}
-        if blocks:  # racks are numbered inside each block: r0 of b0 and r0 of b1 are two racks
+        if blocks and draw(st.integers(0, 5)) == 5:  # a rack not yet given its block label
+            labels[CLIQUE] = f"u{r}"
+        elif blocks:  # racks are numbered inside each block: r0 of b0 and r0 of b1 are two racks
             labels[BLOCK] = f"b{r % blocks}"
             labels[CLIQUE] = f"r{r // blocks}"
         else:
@@ -209,24 +218,7 @@ def deployments(
     }
     if per_pod:
         spec["gpusPerPod"] = per_pod
-    tolerations = draw(
-        st.sampled_from(
-            [
-                [],
-                [],
-                [{"key": MAINTENANCE, "operator": "Exists"}],
-                [
-                    {
-                        "key": MAINTENANCE,
-                        "operator": "Equal",
-                        "value": "true",
-                        "effect": "NoSchedule",
-                    }
-                ],
-                [{"operator": "Exists"}],
-            ]
-        )
-    )
+    tolerations = draw(st.sampled_from(TOLERATIONS))
     if tolerations:
         spec["template"] = {
             "spec": {"containers": [{"name": "server"}], "tolerations": tolerations}

@@ -189,10 +189,8 @@ class World:
         gpus = dep.spec.parallelism.gpus
         tolerations = (dep.spec.template.get("spec") or {}).get("tolerations") or []
         slot, _part, parts = self.shape(dep, pod_gpus)
-        racks = [
-            r for r in sorted(self.rack_nodes) if self.rack_pool[r] == pool_name and
-            self.eligible(dep, r)
-        ]  # fmt: skip
+        mine = [r for r in sorted(self.rack_nodes) if self.rack_pool[r] == pool_name]
+        racks = [r for r in mine if self.eligible(dep, r)]
         usable = {r: [n for n in self.rack_nodes[r] if self.healthy(n, tolerations)] for r in racks}
         if placement.replica_scope == "Node":
             fits = any(self.free(n) >= gpus for r in racks for n in usable[r])
@@ -343,7 +341,7 @@ def check_decision(world: World, dep: InferenceDeployment, decision: Decision) -
         assert len(set(nodes)) == 1
     elif scope == "Rack":
         assert len(racks) == 1
-    elif scope == "Block":
+    elif scope == "Block" and len(racks) > 1:  # racks without a block label are in no block
         blocks = {world.rack_block[r] for r in racks}
         assert len(blocks) == 1
         assert None not in blocks
@@ -473,6 +471,12 @@ SMALL = Cluster(
     (),
     (_pool(blockLabel=BLOCK, gpusPerRack=8),),
 )
+# Two racks not yet given a block label, beside one that has it: they share no known block.
+UNLABELLED = Cluster(
+    tuple(_rack("u0", 2) + _rack("u1", 2) + _rack("r0", 1, block="b0")),
+    (),
+    (_pool(blockLabel=BLOCK, gpusPerRack=8),),
+)
 # A foreign pod in another namespace and an unhealthy tray; the pool is single-tenant.
 BUSY = Cluster(
     tuple(_rack("r0", 2) + _rack("r1", 2) + _rack("r2", 2, ready=False)),
@@ -516,6 +520,7 @@ def test_every_plan_keeps_the_guarantees(
 @SETTINGS
 @given(workloads(spanning=True, max_deployments=3))
 @example((BLOCKS, [_dep(tensor=4, pipeline=3, replicaScope="Any", replicas=2)]))
+@example((UNLABELLED, [_dep(tensor=4, pipeline=4, replicaScope="Block", replicas=2)]))
 def test_replicas_that_span_racks_keep_the_guarantees(
     workload: tuple[Cluster, list[InferenceDeployment]],
 ) -> None:

@@ -605,3 +605,14 @@ def test_a_pod_listed_twice_holds_its_gpus_once() -> None:
     dep = deployment("small", tensor=2, fallback="Never")
     plans = plan(nvl72(1, trays=1), [dep], pods=pods, pools=[pool(gpusPerRack=4)])
     assert only(plans).pods[0].node == "gb200-0000-00"
+
+
+@pytest.mark.xfail(strict=True, reason="pods without metadata.name are merged into one")
+def test_pods_without_names_each_hold_their_gpus() -> None:
+    # A hand-written cluster file for `rackscale plan` may leave pods unnamed.
+    pods = [gpu_pod("a", "gb200-0000-00", 4), gpu_pod("b", "gb200-0000-01", 4)]
+    for p in pods:
+        del p["metadata"]["name"]
+    dep = deployment("small", tensor=4, fallback="Never")
+    plans = plan(nvl72(1, trays=2), [dep], pods=pods, pools=[pool(gpusPerRack=8)])
+    assert plans[0].mode == "Unplaced"

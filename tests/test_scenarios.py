@@ -616,3 +616,33 @@ def test_pods_without_names_each_hold_their_gpus() -> None:
     dep = deployment("small", tensor=4, fallback="Never")
     plans = plan(nvl72(1, trays=2), [dep], pods=pods, pools=[pool(gpusPerRack=8)])
     assert plans[0].mode == "Unplaced"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Node-scope refusals count free GPUs on held and other tenants' racks, name no cause",
+)
+@pytest.mark.parametrize(
+    ("tenancy", "cause"),
+    [
+        ("Shared", "held exclusively by llm/kimi"),
+        ("Exclusive", "holds pods of namespace llm (tenancy Exclusive)"),
+    ],
+)
+def test_node_scope_reason_names_why_free_nodes_are_out_of_reach(tenancy: str, cause: str) -> None:
+    # Rack 1 is full. Rack 0 has two free 8-GPU nodes, but either kimi, an exclusive replica,
+    # holds it, or (single-tenant pool) a pod of namespace llm runs there. A replica of
+    # namespace batch that needs one node cannot go there, and the reason must say why.
+    nodes = nvl72(2, trays=3, gpus=8)
+    pods = [gpu_pod(f"busy-{i}", f"gb200-0001-0{i}", 8) for i in range(3)]
+    earlier = []
+    if tenancy == "Shared":
+        earlier = [deployment("kimi", namespace="llm", tensor=8, exclusive=True)]
+    else:
+        pods.append(gpu_pod("chat", "gb200-0000-00", 8, namespace="llm"))
+    dep = deployment("x", namespace="batch", tensor=8, replicaScope="Node", fallback="Never")
+    pools = [pool(gpusPerRack=24, tenancy=tenancy)]
+    plans = plan(nodes, [*earlier, dep], pods=pods, pools=pools)
+    reason = str(plans[-1].reason)
+    assert "the most free on one node is 8" not in reason
+    assert cause in reason

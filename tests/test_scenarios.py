@@ -646,3 +646,31 @@ def test_node_scope_reason_names_why_free_nodes_are_out_of_reach(tenancy: str, c
     reason = str(plans[-1].reason)
     assert "the most free on one node is 8" not in reason
     assert cause in reason
+
+
+@pytest.mark.xfail(
+    strict=True, reason="a multi-rack refusal shows 0 free on racks whose GPUs a toleration opens"
+)
+def test_multi_rack_reason_counts_gpus_a_toleration_opens() -> None:
+    taint = {"key": "dedicated", "value": "inference", "effect": "NoSchedule"}
+    labels = {PRODUCT: "NVIDIA-GB200"}
+    nodes = [node(f"r{r}-0", 4, {**labels, CLIQUE: f"r{r}"}, taints=[taint]) for r in range(2)]
+    spec = {
+        "parallelism": {"tensor": 4, "pipeline": 3},
+        "placement": {"rackPool": "gb200", "replicaScope": "Any", "fallback": "Never"},
+        "template": {
+            "spec": {
+                "containers": [{"name": "server"}],
+                "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+            }
+        },
+    }
+    dep = InferenceDeployment.model_validate(
+        {"metadata": {"name": "tolerant", "namespace": "llm"}, "spec": spec}
+    )
+    plans = plan(nodes, [dep], pools=[pool(gpusPerRack=4)])
+    # Three stages of 4 GPUs, two racks of 4 GPUs each: the same words as without the taint.
+    assert plans[0].reason == (
+        "replica 0: no set of racks in the pool holds 12 free GPUs as 3 parts of 4 "
+        "(whole pipeline stages): the pool has room for 2 parts (racks with 4, 4 free)"
+    )

@@ -674,3 +674,31 @@ def test_multi_rack_reason_counts_gpus_a_toleration_opens() -> None:
         "replica 0: no set of racks in the pool holds 12 free GPUs as 3 parts of 4 "
         "(whole pipeline stages): the pool has room for 2 parts (racks with 4, 4 free)"
     )
+
+
+@pytest.mark.xfail(
+    strict=True, reason="best fit ranks racks by free GPUs on untainted nodes, even for tolerations"
+)
+def test_best_fit_for_a_tolerant_replica_counts_the_gpus_it_may_use() -> None:
+    # Rack a: four tainted trays the replica tolerates, all free (16 GPUs for it).
+    # Rack b: four healthy trays, two in use (8 free). Best fit is b; a stays whole.
+    taint = {"key": "dedicated", "value": "inference", "effect": "NoSchedule"}
+    labels = {PRODUCT: "NVIDIA-GB200"}
+    nodes = [node(f"a-{t}", 4, {**labels, CLIQUE: "a"}, taints=[taint]) for t in range(4)]
+    nodes += [node(f"b-{t}", 4, {**labels, CLIQUE: "b"}) for t in range(4)]
+    pods = [gpu_pod(f"busy-{t}", f"b-{t}", 4) for t in range(2)]
+    spec = {
+        "parallelism": {"tensor": 4},
+        "placement": {"rackPool": "gb200", "fallback": "Never"},
+        "template": {
+            "spec": {
+                "containers": [{"name": "server"}],
+                "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+            }
+        },
+    }
+    dep = InferenceDeployment.model_validate(
+        {"metadata": {"name": "tolerant", "namespace": "llm"}, "spec": spec}
+    )
+    plans = plan(nodes, [dep], pods=pods, pools=[pool(gpusPerRack=16)])
+    assert only(plans).racks == ("b",)

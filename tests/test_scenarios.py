@@ -64,6 +64,26 @@ def whole_rack_job(name: str) -> InferenceDeployment:
     return deployment(name, tensor=4, pipeline=18, gpusPerPod=4, fallback="Never")
 
 
+DEDICATED = {"key": "dedicated", "value": "inference", "effect": "NoSchedule"}
+
+
+def tolerant(name: str, parallelism: dict[str, int], **placement: Any) -> InferenceDeployment:
+    """A deployment whose pods tolerate the `dedicated` taint."""
+    spec = {
+        "parallelism": parallelism,
+        "placement": {"rackPool": "gb200", "fallback": "Never", **placement},
+        "template": {
+            "spec": {
+                "containers": [{"name": "server"}],
+                "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+            }
+        },
+    }
+    return InferenceDeployment.model_validate(
+        {"metadata": {"name": name, "namespace": "llm"}, "spec": spec}
+    )
+
+
 def first_fit_whole_racks(free: list[int], jobs: list[int]) -> int:
     """A naive scheduler: each job into the first rack (by name) with room. Racks left whole."""
     free = list(free)
@@ -166,27 +186,10 @@ def test_unavailable_rack_is_never_used() -> None:
 
 def test_a_toleration_opens_tainted_nodes() -> None:
     labels = {PRODUCT: "NVIDIA-GB200", CLIQUE: "clique-a"}
-    taint = {"key": "dedicated", "value": "inference", "effect": "NoSchedule"}
-    nodes = [node(f"a-{i}", 4, labels, taints=[taint]) for i in range(2)]
-    template = {
-        "spec": {
-            "containers": [{"name": "server"}],
-            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "inference"}],
-        }
-    }
-    tolerant = InferenceDeployment.model_validate(
-        {
-            "metadata": {"name": "tolerant", "namespace": "llm"},
-            "spec": {
-                "parallelism": {"tensor": 8},
-                "gpusPerPod": 4,
-                "placement": {"rackPool": "gb200", "fallback": "Never"},
-                "template": template,
-            },
-        }
-    )
+    nodes = [node(f"a-{i}", 4, labels, taints=[DEDICATED]) for i in range(2)]
+    tolerant_dep = tolerant("tolerant", {"tensor": 8})
     plain = deployment("plain", tensor=4, fallback="Never")
-    plans = plan(nodes, [plain, tolerant])
+    plans = plan(nodes, [plain, tolerant_dep])
     assert plans[0].mode == "Unplaced"
     assert sorted(p.node for p in only(plans).pods) == ["a-0", "a-1"]
 
@@ -652,22 +655,9 @@ def test_node_scope_reason_names_why_free_nodes_are_out_of_reach(tenancy: str, c
     strict=True, reason="a multi-rack refusal shows 0 free on racks whose GPUs a toleration opens"
 )
 def test_multi_rack_reason_counts_gpus_a_toleration_opens() -> None:
-    taint = {"key": "dedicated", "value": "inference", "effect": "NoSchedule"}
     labels = {PRODUCT: "NVIDIA-GB200"}
-    nodes = [node(f"r{r}-0", 4, {**labels, CLIQUE: f"r{r}"}, taints=[taint]) for r in range(2)]
-    spec = {
-        "parallelism": {"tensor": 4, "pipeline": 3},
-        "placement": {"rackPool": "gb200", "replicaScope": "Any", "fallback": "Never"},
-        "template": {
-            "spec": {
-                "containers": [{"name": "server"}],
-                "tolerations": [{"key": "dedicated", "operator": "Exists"}],
-            }
-        },
-    }
-    dep = InferenceDeployment.model_validate(
-        {"metadata": {"name": "tolerant", "namespace": "llm"}, "spec": spec}
-    )
+    nodes = [node(f"r{r}-0", 4, {**labels, CLIQUE: f"r{r}"}, taints=[DEDICATED]) for r in range(2)]
+    dep = tolerant("tolerant", {"tensor": 4, "pipeline": 3}, replicaScope="Any")
     plans = plan(nodes, [dep], pools=[pool(gpusPerRack=4)])
     # Three stages of 4 GPUs, two racks of 4 GPUs each: the same words as without the taint.
     assert plans[0].reason == (
@@ -682,23 +672,10 @@ def test_multi_rack_reason_counts_gpus_a_toleration_opens() -> None:
 def test_best_fit_for_a_tolerant_replica_counts_the_gpus_it_may_use() -> None:
     # Rack a: four tainted trays the replica tolerates, all free (16 GPUs for it).
     # Rack b: four healthy trays, two in use (8 free). Best fit is b; a stays whole.
-    taint = {"key": "dedicated", "value": "inference", "effect": "NoSchedule"}
     labels = {PRODUCT: "NVIDIA-GB200"}
-    nodes = [node(f"a-{t}", 4, {**labels, CLIQUE: "a"}, taints=[taint]) for t in range(4)]
+    nodes = [node(f"a-{t}", 4, {**labels, CLIQUE: "a"}, taints=[DEDICATED]) for t in range(4)]
     nodes += [node(f"b-{t}", 4, {**labels, CLIQUE: "b"}) for t in range(4)]
     pods = [gpu_pod(f"busy-{t}", f"b-{t}", 4) for t in range(2)]
-    spec = {
-        "parallelism": {"tensor": 4},
-        "placement": {"rackPool": "gb200", "fallback": "Never"},
-        "template": {
-            "spec": {
-                "containers": [{"name": "server"}],
-                "tolerations": [{"key": "dedicated", "operator": "Exists"}],
-            }
-        },
-    }
-    dep = InferenceDeployment.model_validate(
-        {"metadata": {"name": "tolerant", "namespace": "llm"}, "spec": spec}
-    )
+    dep = tolerant("tolerant", {"tensor": 4})
     plans = plan(nodes, [dep], pods=pods, pools=[pool(gpusPerRack=16)])
     assert only(plans).racks == ("b",)

@@ -10,6 +10,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ def summary(latencies_ns: list[int], placed: int) -> dict[str, Any]:
     }
 
 
-def jobs(rng: random.Random) -> Any:
+def jobs(rng: random.Random) -> Iterator[tuple[str, InferenceDeployment]]:
     """An endless stream of deployments drawn from the mix, each with 1-4 replicas."""
     labels = [m[0] for m in MIX]
     weights = [m[1] for m in MIX]

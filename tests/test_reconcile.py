@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from rackscale.controller.cluster import ClusterView, slim_pod
-from rackscale.controller.reconcile import Reconciler
+from rackscale.controller.reconcile import Options, Reconciler
+from rackscale.controller.worker import Worker
 from tests.factory import hgx, nvl72
 
 POOL = {
@@ -189,3 +190,22 @@ def test_pool_status_is_written_only_when_it_changes(api: FakeAPI) -> None:
     asyncio.run(reconciler.refresh_pools())
     assert writes == ["gb200", "gb200"]
     assert api.pools["gb200"][0]["status"]["gpus"]["allocated"] == 32
+
+
+def test_the_worker_reconciles_at_once_when_the_view_is_bound(api: FakeAPI) -> None:
+    """Objects listed before binding need a pass even if no event follows."""
+    api.apply("a", replicas=1)
+    reconciler = Reconciler(ClusterView(), api, Options(resync=3600, debounce=0))
+    worker = Worker(reconciler)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(worker.run())
+        await asyncio.sleep(0)  # the worker now waits for its first event
+        worker.observe(api.nodes, api.pods, api.pools, api.deployments)
+        async with asyncio.timeout(30):
+            while api.status("a").get("phase") != "Ready":
+                await asyncio.sleep(0.01)
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert worker.passes >= 1

@@ -22,6 +22,7 @@ class Worker:
         self.wake = asyncio.Event()
         self.passes = 0
         self.last_pass: float | None = None
+        self.last_duration = 0.0
 
     def observe(self, nodes: Index, pods: Index, pools: Index, deployments: Index) -> None:
         """Called on every watch event: bind kopf's live indices once, then ask for a pass."""
@@ -37,11 +38,13 @@ class Worker:
             await self.wake.wait()
             self.wake.clear()
         log.info("cluster view ready; reconciling")
+        self.wake.set()  # the first pass at once: what happened before binding needs one
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=options.resync)
             await asyncio.sleep(options.debounce)
             self.wake.clear()
+            started = time.monotonic()
             try:
                 await self.reconciler.refresh_pools()
                 await self.reconciler.reconcile_all()
@@ -51,8 +54,14 @@ class Worker:
                 log.exception("reconcile pass failed; retrying on the next event or tick")
             self.passes += 1
             self.last_pass = time.monotonic()
+            self.last_duration = self.last_pass - started
+            log.debug("reconcile pass %d took %.2fs", self.passes, self.last_duration)
 
     def health(self) -> dict[str, Any]:
         """For the liveness probe: passes so far and seconds since the last one."""
         age = None if self.last_pass is None else round(time.monotonic() - self.last_pass, 1)
-        return {"passes": self.passes, "secondsSinceLastPass": age}
+        return {
+            "passes": self.passes,
+            "secondsSinceLastPass": age,
+            "lastPassSeconds": round(self.last_duration, 2),
+        }

@@ -76,7 +76,6 @@ def operator(kubeconfig: str, crds: None, monkeypatch: pytest.MonkeyPatch) -> It
     """The operator running in this process for the length of one test."""
     monkeypatch.setenv("KUBECONFIG", kubeconfig)
     monkeypatch.setenv("RACKSCALE_UNSCHEDULABLE_TIMEOUT", str(UNSCHEDULABLE_TIMEOUT))
-    monkeypatch.setenv("RACKSCALE_RESYNC", "2")
     with KopfRunner(OPERATOR, timeout=60) as runner:
         yield
     assert runner.exception is None, runner.output
@@ -513,7 +512,6 @@ def test_a_restarted_operator_adopts_without_moving_anything(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("KUBECONFIG", kubeconfig)
-    monkeypatch.setenv("RACKSCALE_RESYNC", "2")
     with KopfRunner(OPERATOR, timeout=60) as first:
         apply(kube, llm, inference_deployment("a", pool, replicas=2, tensor=8, data=2))
         ready(kube, llm, "a", 2)

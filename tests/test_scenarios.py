@@ -610,7 +610,6 @@ def test_a_pod_listed_twice_holds_its_gpus_once() -> None:
     assert only(plans).pods[0].node == "gb200-0000-00"
 
 
-@pytest.mark.xfail(strict=True, reason="pods without metadata.name are merged into one")
 def test_pods_without_names_each_hold_their_gpus() -> None:
     # A hand-written cluster file for `rackscale plan` may leave pods unnamed.
     pods = [gpu_pod("a", "gb200-0000-00", 4), gpu_pod("b", "gb200-0000-01", 4)]
@@ -621,10 +620,6 @@ def test_pods_without_names_each_hold_their_gpus() -> None:
     assert plans[0].mode == "Unplaced"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Node-scope refusals count free GPUs on held and other tenants' racks, name no cause",
-)
 @pytest.mark.parametrize(
     ("tenancy", "cause"),
     [
@@ -651,9 +646,6 @@ def test_node_scope_reason_names_why_free_nodes_are_out_of_reach(tenancy: str, c
     assert cause in reason
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a multi-rack refusal shows 0 free on racks whose GPUs a toleration opens"
-)
 def test_multi_rack_reason_counts_gpus_a_toleration_opens() -> None:
     labels = {PRODUCT: "NVIDIA-GB200"}
     nodes = [node(f"r{r}-0", 4, {**labels, CLIQUE: f"r{r}"}, taints=[DEDICATED]) for r in range(2)]
@@ -666,9 +658,6 @@ def test_multi_rack_reason_counts_gpus_a_toleration_opens() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True, reason="best fit ranks racks by free GPUs on untainted nodes, even for tolerations"
-)
 def test_best_fit_for_a_tolerant_replica_counts_the_gpus_it_may_use() -> None:
     # Rack a: four tainted trays the replica tolerates, all free (16 GPUs for it).
     # Rack b: four healthy trays, two in use (8 free). Best fit is b; a stays whole.

@@ -220,8 +220,15 @@ def _slots(request: _Request, rack: Rack) -> int:
     return rack.slots(request.slot)
 
 
-def _problem(request: _Request, rack: Rack, need: int) -> Problem | None:
-    """Filter: why `rack` cannot take `need` slots for this request (None: it can)."""
+def _free(request: _Request, rack: Rack) -> int:
+    """Free GPUs of the rack this request may use: tolerations can open tainted nodes."""
+    if request.slow:
+        return sum(n.free for n in rack.nodes if n.schedulable(request.tolerations))
+    return rack.free
+
+
+def _barrier(request: _Request, rack: Rack) -> Problem | None:
+    """Why the rack is out of reach for this request whatever its room (None: it is not)."""
     if rack.held_by is not None:
         return Problem("held", rack.held_by[0])
     if request.pool.spec.tenancy == "Exclusive":
@@ -232,20 +239,27 @@ def _problem(request: _Request, rack: Rack, need: int) -> Problem | None:
         return Problem("in-use")
     if rack.health == "Unavailable" and not request.slow:
         return Problem("unavailable")
-    if _slots(request, rack) >= need:
-        return None
+    return None
+
+
+def _problem(request: _Request, rack: Rack, need: int) -> Problem | None:
+    """Filter: why `rack` cannot take `need` slots for this request (None: it can)."""
+    barrier = _barrier(request, rack)
+    if barrier is not None or _slots(request, rack) >= need:
+        return barrier
+    free = _free(request, rack)
     if rack.health == "Degraded":
-        return Problem("degraded", str(rack.free))
-    if rack.free >= need * request.slot:
-        return Problem("split", f"{rack.free}")
-    return Problem("too-few", str(rack.free))
+        return Problem("degraded", str(free))
+    if free >= need * request.slot:
+        return Problem("split", str(free))
+    return Problem("too-few", str(free))
 
 
 def _candidates(request: _Request, min_free: int) -> Iterator[Rack]:
     """Racks in best-fit order (least free first) that have at least `min_free` free GPUs."""
     pool = request.pool
     if request.slow:
-        yield from sorted(pool.racks.values(), key=lambda r: r.key)
+        yield from sorted(pool.racks.values(), key=lambda r: (_free(request, r), r.name))
         return
     index = pool.empty_by_free if request.exclusive else pool.by_free
     for _, name in index.irange((min_free, "")):
@@ -278,10 +292,17 @@ def _best_node(request: _Request) -> Node:
             fits = [n for n in rack.nodes if n.free >= need and n.schedulable(request.tolerations)]
             if fits:
                 return min(fits, key=lambda n: (n.free, n.name))
-    free = max((n.free for r in _racks(request) for n in r.nodes if n.healthy), default=0)
-    raise NoRoom(
-        f"no node holds {need} free GPUs (replicaScope Node); the most free on one node is {free}"
+    barriers = [p for p in (_barrier(request, r) for r in _racks(request)) if p]
+    reachable = [r for r in _racks(request) if _barrier(request, r) is None]
+    most = max(
+        (n.free for r in reachable for n in r.nodes if n.schedulable(request.tolerations)),
+        default=0,
     )
+    parts = [summarize(barriers)] if barriers else []
+    if reachable:
+        parts.append(f"the most free on one node of the other racks is {most}" if barriers
+                     else f"the most free on one node is {most}")  # fmt: skip
+    raise NoRoom(f"no node holds {need} free GPUs (replicaScope Node): " + "; ".join(parts))
 
 
 def _best_racks(request: _Request) -> list[tuple[Rack, int]]:
@@ -308,12 +329,12 @@ def _best_racks(request: _Request) -> list[tuple[Rack, int]]:
                 capacity.append((rack, _slots(request, rack) // per_part))
         chosen = _split(request, capacity)
         if chosen:
-            rank = (len(chosen), sum(r.free for r, _ in chosen), block or "")
+            rank = (len(chosen), sum(_free(request, r) for r, _ in chosen), block or "")
             if best is None or rank < best[0]:
                 best = (rank, chosen)
         elif capacity:
             room = sum(c for _, c in capacity)
-            frees = ", ".join(str(r.free) for r, _ in capacity)
+            frees = ", ".join(str(_free(request, r)) for r, _ in capacity)
             where = f"block {block}" if block is not None else "the pool"
             short.append(f"{where} has room for {room} parts (racks with {frees} free)")
     if best is None:
@@ -332,7 +353,8 @@ def _split(request: _Request, capacity: list[tuple[Rack, int]]) -> list[tuple[Ra
     own = request.key
     spread = request.deployment.spec.placement.spread == "Spread"
     order = sorted(
-        capacity, key=lambda c: (spread and bool(c[0].deployments.get(own)), c[0].free, c[0].name)
+        capacity,
+        key=lambda c: (spread and bool(c[0].deployments.get(own)), _free(request, c[0]), c[0].name),
     )
     for count in range(2, min(parts, len(order)) + 1):
         small, larger = divmod(parts, count)

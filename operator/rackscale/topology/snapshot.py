@@ -278,10 +278,11 @@ def build_snapshot(
         for rack in target.racks.values():
             rack._index(add=True)
 
-    unique_pods = {
-        (p.get("metadata", {}).get("namespace") or "default", p.get("metadata", {}).get("name")): p
-        for p in pods
-    }
+    unique_pods: dict[tuple[str, str] | int, dict[str, Any]] = {}
+    for number, pod in enumerate(pods):
+        meta = pod.get("metadata") or {}
+        key = (meta.get("namespace") or "default", meta["name"]) if meta.get("name") else number
+        unique_pods[key] = pod
     for pod in unique_pods.values():
         node_name = pinned_node(pod)
         pinned = by_name.get(node_name) if node_name else None

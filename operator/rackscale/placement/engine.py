@@ -307,44 +307,57 @@ def _best_node(request: _Request) -> Node:
 
 def _best_racks(request: _Request) -> list[tuple[Rack, int]]:
     """Fewest racks of one block (of the pool for scope Any) sharing the pipeline stages evenly."""
-    shape, pool = request.shape, request.pool
-    per_part = shape.part_gpus // request.slot
-    scope = request.deployment.spec.placement.replica_scope
-    groups = pool.blocks() if scope == "Block" else {None: list(pool.racks.values())}
+    per_part = request.shape.part_gpus // request.slot
+    by_block = request.deployment.spec.placement.replica_scope == "Block"
+    groups: dict[str | None, list[tuple[Rack, int]]] = {}
+    # Only racks with room for one part can help: the free-GPU index yields just those.
+    for rack in _candidates(request, request.shape.part_gpus):
+        if (by_block and rack.block is None) or _barrier(request, rack) is not None:
+            continue  # nothing is known of the spine between racks without a block label
+        parts = _slots(request, rack) // per_part
+        if parts:
+            groups.setdefault(rack.block if by_block else None, []).append((rack, parts))
     best: tuple[tuple[int, int, str], list[tuple[Rack, int]]] | None = None
-    problems: list[Problem] = []
-    short: list[str] = []
-    for block, racks in sorted(groups.items(), key=lambda g: g[0] or ""):
-        if scope == "Block" and block is None:
-            # Nothing is known of the spine between racks without a block label: never span them.
-            many = len(racks) > 1
-            short.append(f"{len(racks)} rack{'s carry' if many else ' carries'} no block label")
-            continue
-        capacity = []
-        for rack in racks:
-            problem = _problem(request, rack, per_part)
-            if problem:
-                problems.append(problem)
-            else:
-                capacity.append((rack, _slots(request, rack) // per_part))
+    for block, capacity in groups.items():
         chosen = _split(request, capacity)
         if chosen:
             rank = (len(chosen), sum(_free(request, r) for r, _ in chosen), block or "")
             if best is None or rank < best[0]:
                 best = (rank, chosen)
-        elif capacity:
-            room = sum(c for _, c in capacity)
-            frees = ", ".join(str(_free(request, r)) for r, _ in capacity)
-            where = f"block {block}" if block is not None else "the pool"
-            short.append(f"{where} has room for {room} parts (racks with {frees} free)")
     if best is None:
-        where = "block" if scope == "Block" else "set of racks in the pool"
-        details = "; ".join(short + ([summarize(problems)] if problems else []))
-        raise NoRoom(
-            f"no {where} holds {shape.gpus} free GPUs as {shape.parts} parts of "
-            f"{shape.part_gpus} (whole pipeline stages): {details or 'the pool has no racks'}"
-        )
+        raise NoRoom(_why_no_racks(request, per_part, by_block))
     return [(rack, parts * per_part) for rack, parts in best[1]]
+
+
+def _why_no_racks(request: _Request, per_part: int, by_block: bool) -> str:
+    """What each block (or the pool) lacks for a multi-rack replica, rack by rack."""
+    shape = request.shape
+    groups = request.pool.blocks() if by_block else {None: list(request.pool.racks.values())}
+    problems: list[Problem] = []
+    short: list[str] = []
+    for block, racks in sorted(groups.items(), key=lambda g: g[0] or ""):
+        if by_block and block is None:
+            many = len(racks) > 1
+            short.append(f"{len(racks)} rack{'s carry' if many else ' carries'} no block label")
+            continue
+        room = []
+        for rack in racks:
+            problem = _problem(request, rack, per_part)
+            if problem:
+                problems.append(problem)
+            else:
+                room.append(rack)
+        if room:
+            parts = sum(_slots(request, r) // per_part for r in room)
+            frees = ", ".join(str(_free(request, r)) for r in room)
+            where = f"block {block}" if block is not None else "the pool"
+            short.append(f"{where} has room for {parts} parts (racks with {frees} free)")
+    where = "block" if by_block else "set of racks in the pool"
+    details = "; ".join(short + ([summarize(problems)] if problems else []))
+    return (
+        f"no {where} holds {shape.gpus} free GPUs as {shape.parts} parts of "
+        f"{shape.part_gpus} (whole pipeline stages): {details or 'the pool has no racks'}"
+    )
 
 
 def _split(request: _Request, capacity: list[tuple[Rack, int]]) -> list[tuple[Rack, int]] | None:

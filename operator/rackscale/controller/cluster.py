@@ -126,6 +126,8 @@ class ClusterView:
     pending: dict[tuple[str, str], _Pending] = field(default_factory=dict)
     version: int = 0
     _pool_cache: dict[tuple[str, str], RackPool | None] = field(default_factory=dict)
+    _grouped: dict[tuple[str, str], list[dict[str, Any]]] | None = None
+    _readiness: dict[str, bool] | None = None
 
     @property
     def bound(self) -> bool:
@@ -147,6 +149,8 @@ class ClusterView:
         return list(_values(self.nodes_index))
 
     def node_readiness(self) -> dict[str, bool]:
+        if self._readiness is not None:
+            return self._readiness
         return {n["metadata"]["name"]: node_ready(n) for n in self.nodes()}
 
     def pool_bodies(self) -> list[dict[str, Any]]:
@@ -194,16 +198,51 @@ class ClusterView:
                 seen.append(pending.pod)
         return seen
 
-    def pods_of(self, namespace: str, name: str, uid: str) -> list[dict[str, Any]]:
-        """Pods of one InferenceDeployment: its label, its namespace, owned by this very object."""
-        out = []
-        for pod in self.pods():
+    def begin_pass(self) -> None:
+        """Group pods by deployment and read node health once for a whole reconcile pass."""
+        grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for pod in _values(self.pods_index):
             meta = pod["metadata"]
-            if meta.get("namespace") != namespace:
+            label = (meta.get("labels") or {}).get(DEPLOYMENT_LABEL)
+            if label:
+                grouped.setdefault((str(meta.get("namespace")), str(label)), []).append(pod)
+        self._grouped = grouped
+        self._readiness = {n["metadata"]["name"]: node_ready(n) for n in self.nodes()}
+
+    def end_pass(self) -> None:
+        self._grouped = None
+        self._readiness = None
+
+    def pods_of(
+        self, namespace: str, name: str, uid: str, *, fresh: bool = False
+    ) -> list[dict[str, Any]]:
+        """Pods of one InferenceDeployment: its label, its namespace, owned by this very object.
+
+        Within a pass, from the grouping made at its start unless `fresh` (after writes)."""
+        if self._grouped is not None and not fresh:
+            shown = self._grouped.get((namespace, name), [])
+        else:
+            shown = [
+                p
+                for p in _values(self.pods_index)
+                if p["metadata"].get("namespace") == namespace
+                and (p["metadata"].get("labels") or {}).get(DEPLOYMENT_LABEL) == name
+            ]
+        uids = {p["metadata"]["name"]: p["metadata"].get("uid") for p in shown}
+        now = time.monotonic()
+        candidates = list(shown)
+        for (ns, pod_name), pending in self.pending.items():
+            if ns != namespace or now - pending.since > PENDING_GRACE_SECONDS:
                 continue
-            if (meta.get("labels") or {}).get(DEPLOYMENT_LABEL) != name:
+            labels = pending.pod["metadata"].get("labels") or {}
+            if labels.get(DEPLOYMENT_LABEL) != name:
                 continue
-            owners = meta.get("ownerReferences") or []
+            if pending.uid is not None and uids.get(pod_name) == pending.uid:
+                continue  # the watch has shown it
+            candidates.append(pending.pod)
+        out = []
+        for pod in candidates:
+            owners = pod["metadata"].get("ownerReferences") or []
             if uid and owners and not any(o.get("uid") == uid for o in owners):
                 continue  # left behind by an earlier object of the same name: the GC takes it
             out.append(pod)

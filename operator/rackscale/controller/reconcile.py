@@ -69,11 +69,13 @@ class Reconciler:
         self.memory: dict[str, _Memory] = {}
         self.deleting: set[str] = set()  # uids of pods deleted and not yet shown as deleted
 
-    def _pods(self, deployment: InferenceDeployment, uid: str) -> list[dict[str, Any]]:
+    def _pods(
+        self, deployment: InferenceDeployment, uid: str, *, fresh: bool = False
+    ) -> list[dict[str, Any]]:
         """The deployment's pods; those already deleted count as terminating, so a replica is
         not deleted (and announced) twice while the watch catches up."""
         out = []
-        for pod in self.view.pods_of(deployment.namespace, deployment.name, uid):
+        for pod in self.view.pods_of(deployment.namespace, deployment.name, uid, fresh=fresh):
             meta = pod["metadata"]
             if meta.get("uid") in self.deleting and not meta.get("deletionTimestamp"):
                 pod = {**pod, "metadata": {**meta, "deletionTimestamp": now()}}
@@ -106,7 +108,13 @@ class Reconciler:
         for uid in list(self.memory):
             if uid not in live:
                 del self.memory[uid]
-        results = await asyncio.gather(*(self.reconcile(b) for b in bodies), return_exceptions=True)
+        self.view.begin_pass()
+        try:
+            results = await asyncio.gather(
+                *(self.reconcile(b) for b in bodies), return_exceptions=True
+            )
+        finally:
+            self.view.end_pass()
         for body, result in zip(bodies, results, strict=True):
             if isinstance(result, BaseException):
                 meta = body["metadata"]
@@ -165,15 +173,16 @@ class Reconciler:
                 await self.writer.ensure_service(service)
             memory.services = True
 
-        # Re-read: pods written in this pass count for the status it reports.
-        states = lifecycle.classify(
-            self._pods(deployment, uid),
-            deployment.spec.replicas,
-            digest=digest,
-            nodes=self.view.node_readiness(),
-            now=datetime.now(UTC),
-            unschedulable_after=self.options.unschedulable_timeout,
-        )
+        if actions.delete or actions.place:
+            # Re-read: pods written in this pass count for the status it reports.
+            states = lifecycle.classify(
+                self._pods(deployment, uid, fresh=True),
+                deployment.spec.replicas,
+                digest=digest,
+                nodes=self.view.node_readiness(),
+                now=datetime.now(UTC),
+                unschedulable_after=self.options.unschedulable_timeout,
+            )
         resource = self._gpu_resource(deployment)
         new = status.dump(status.deployment_status(deployment, states, progress, resource, now()))
         if status.changed(new, current):

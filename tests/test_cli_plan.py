@@ -193,7 +193,10 @@ def test_nodes_selected_by_two_pools_are_reported(
         in result["warnings"]
     )
     assert result["placements"][0]["mode"] == "Unplaced"
-    assert "RackPool gb200 has no racks" in result["placements"][0]["reason"]
+    assert (
+        "RackPool gb200 has no racks: its 18 matching nodes are selected by another RackPool too"
+        in (result["placements"][0]["reason"])
+    )
 
 
 def test_python_dash_m_works_like_the_console_script(capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,7 +21,7 @@ from rackscale.api.rackpool import DEFAULT_GPU_RESOURCE, DEFAULT_RACK_LABEL
 from rackscale.controller import lifecycle, status
 from rackscale.controller.cluster import ClusterView
 from rackscale.controller.kube import Writer, now
-from rackscale.placement import Decision, place_replica
+from rackscale.placement import Decision, ReplicaPlan, place_replica
 from rackscale.render import PoolFacts, render_replica, render_services, template_hash
 from rackscale.topology import Snapshot, build_snapshot
 
@@ -68,6 +68,7 @@ class Reconciler:
         self.placing = asyncio.Lock()
         self.memory: dict[str, _Memory] = {}
         self.deleting: set[str] = set()  # uids of pods deleted and not yet shown as deleted
+        self._ledger: Snapshot | None = None  # the booking ledger of the current pass
 
     def _pods(
         self, deployment: InferenceDeployment, uid: str, *, fresh: bool = False
@@ -109,12 +110,14 @@ class Reconciler:
             if uid not in live:
                 del self.memory[uid]
         self.view.begin_pass()
+        self._ledger = None
         try:
             results = await asyncio.gather(
                 *(self.reconcile(b) for b in bodies), return_exceptions=True
             )
         finally:
             self.view.end_pass()
+            self._ledger = None
         for body, result in zip(bodies, results, strict=True):
             if isinstance(result, BaseException):
                 meta = body["metadata"]
@@ -248,14 +251,21 @@ class Reconciler:
             if pod["metadata"].get("uid"):
                 self.deleting.add(pod["metadata"]["uid"])
 
-    def _facts(self, deployment: InferenceDeployment, snapshot: Snapshot) -> PoolFacts:
+    def _facts(
+        self, deployment: InferenceDeployment, plan: ReplicaPlan, snapshot: Snapshot
+    ) -> PoolFacts:
         pool = snapshot.pools.get(deployment.spec.placement.rack_pool or "")
         labels = {p.spec.rack_label for p in snapshot.pools.values()} or {DEFAULT_RACK_LABEL}
+        racks = {}
+        for pod in plan.pods:
+            rack = snapshot.rack_of(pod.node) if pod.node else None
+            if pod.node and rack is not None:
+                racks[pod.node] = rack.name
         return PoolFacts(
             pool=pool.name if pool else None,
             gpu_resource=pool.spec.gpu_resource if pool else DEFAULT_GPU_RESOURCE,
             rack_labels=tuple(sorted(labels)),
-            node_racks={n.name: n.rack.name for n in snapshot.nodes.values() if n.rack is not None},
+            node_racks=racks,
         )
 
     def _gpu_resource(self, deployment: InferenceDeployment) -> str:
@@ -298,7 +308,8 @@ class Reconciler:
         progress: status.Progress,
     ) -> None:
         async with self.placing:
-            snapshot = self.view.snapshot()
+            # One ledger for the whole pass: each placement books into it, so the next sees it.
+            snapshot = self._ledger = self._ledger or self.view.snapshot()
             for index in replicas:
                 decision, used = self._decide(snapshot, deployment, index, memory)
                 plan = decision.plan
@@ -313,7 +324,7 @@ class Reconciler:
                     continue
                 memory.unplaced.pop(index, None)
                 memory.warned.pop(index, None)
-                pods = render_replica(deployment, plan, self._facts(deployment, used))
+                pods = render_replica(deployment, plan, self._facts(deployment, plan, used))
                 if not await self._create(deployment, pods):
                     if decision.reservation:
                         decision.reservation.undo()
@@ -325,7 +336,8 @@ class Reconciler:
                     )
                     continue
                 if used is not snapshot:
-                    snapshot = self.view.snapshot()  # the narrowed ledger booked it; rebuild
+                    # The narrowed ledger booked it; rebuild (the created pods are pending).
+                    snapshot = self._ledger = self.view.snapshot()
                 where = ", ".join(plan.racks) or "ordinary GPU nodes"
                 gpus = sum(p.gpus for p in plan.pods)
                 if plan.mode == "DevicePlugin" and deployment.spec.placement.rack_pool:

@@ -157,10 +157,14 @@ def _request(
     if pool is None:
         raise NoRoom(f"RackPool {pool_name} does not exist")
     if not pool.racks:
-        raise NoRoom(
-            f"RackPool {pool_name} has no racks: no node matches its nodeSelector "
-            f"and carries the label {pool.spec.rack_label}"
+        shared = sum(pool_name in pools for pools in snapshot.conflicts.values())
+        why = (
+            f"its {shared} matching node{'s are' if shared > 1 else ' is'} selected by "
+            "another RackPool too"
+            if shared
+            else f"no node matches its nodeSelector and carries the label {pool.spec.rack_label}"
         )
+        raise NoRoom(f"RackPool {pool_name} has no racks: {why}")
     scope = deployment.spec.placement.replica_scope
     if scope == "Block" and not pool.spec.block_label:
         raise NoRoom(
@@ -351,7 +355,8 @@ def _why_no_racks(request: _Request, per_part: int, by_block: bool) -> str:
             parts = sum(_slots(request, r) // per_part for r in room)
             frees = ", ".join(str(_free(request, r)) for r in room)
             where = f"block {block}" if block is not None else "the pool"
-            short.append(f"{where} has room for {parts} parts (racks with {frees} free)")
+            noun = "part" if parts == 1 else "parts"
+            short.append(f"{where} has room for {parts} {noun} (racks with {frees} free)")
     where = "block" if by_block else "set of racks in the pool"
     details = "; ".join(short + ([summarize(problems)] if problems else []))
     return (
@@ -365,10 +370,12 @@ def _split(request: _Request, capacity: list[tuple[Rack, int]]) -> list[tuple[Ra
     parts = request.shape.parts
     own = request.key
     spread = request.deployment.spec.placement.spread == "Spread"
-    order = sorted(
-        capacity,
-        key=lambda c: (spread and bool(c[0].deployments.get(own)), _free(request, c[0]), c[0].name),
-    )
+    # `capacity` comes in best-fit order already; Spread moves racks holding this deployment last.
+    order = capacity
+    if spread:
+        order = [c for c in capacity if not c[0].deployments.get(own)] + [
+            c for c in capacity if c[0].deployments.get(own)
+        ]
     for count in range(2, min(parts, len(order)) + 1):
         small, larger = divmod(parts, count)
         if small == 0:

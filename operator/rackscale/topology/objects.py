@@ -14,6 +14,8 @@ _SUFFIXES: dict[str, int | Decimal] = {
 def quantity(value: Any) -> Decimal:
     """A Kubernetes resource quantity (`4`, `500m`, `2Gi`) as a number."""
     text = str(value).strip()
+    if text.isdigit():  # the common case for GPUs and pods: skip the suffix search
+        return Decimal(int(text))
     for suffix, factor in _SUFFIXES.items():
         if text.endswith(suffix):
             return Decimal(text[: -len(suffix)]) * Decimal(factor)

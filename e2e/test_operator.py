@@ -89,7 +89,11 @@ def pool(kube: client.ApiClient, crds: None) -> Iterator[str]:
     others = objects.list_cluster_custom_object(GROUP, VERSION, "rackpools")["items"]
     if others:
         names = ", ".join(p["metadata"]["name"] for p in others)
-        pytest.fail(f"RackPools {names} already exist and would share the GB200 nodes")
+        pytest.fail(
+            f"RackPools {names} already exist and would share the GB200 nodes (a demo left "
+            "running?): `make cluster-down` or delete them, and stop any other operator",
+            pytrace=False,
+        )
     name = f"e2e-{uuid.uuid4().hex[:6]}"
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",

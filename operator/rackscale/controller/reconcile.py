@@ -171,7 +171,7 @@ class Reconciler:
                 del memory.unplaced[index]
         progress.unplaced = dict(memory.unplaced)
 
-        if not memory.services:
+        if not memory.services or actions.place:  # again on placing: one may have been deleted
             for service in render_services(deployment):
                 await self.writer.ensure_service(service)
             memory.services = True

@@ -497,9 +497,18 @@ def test_a_pin_that_cannot_schedule_goes_back_to_placement(
         "stuck", pool, replicas=1, tensor=4, resources={"requests": {"cpu": "500"}}
     )
     apply(kube, llm, body)
+    first = eventually(lambda: replica_uids(kube, llm, "stuck", 0), "the pinned pod")
+    (pod,) = pods(kube, llm, "stuck")
+    assert pinned_node(pod)
+    assert not pod["spec"].get("nodeName"), "kube-scheduler cannot bind it"
     eventually(
         lambda: "ReplicaRestarting" in events(kube, llm, "stuck"),
         "the unschedulable replica to be sent back to placement",
+        timeout=UNSCHEDULABLE_TIMEOUT * 6,
+    )
+    eventually(
+        lambda: (uids := replica_uids(kube, llm, "stuck", 0)) and not (uids & first),
+        "the replica to be placed again",
         timeout=UNSCHEDULABLE_TIMEOUT * 6,
     )
     body = get(kube, llm, "stuck")

@@ -38,7 +38,9 @@ class ReplicaState:
 
     @property
     def mode(self) -> str:
-        return _annotation(self.pods[0], MODE_ANNOTATION) or "Rack" if self.pods else "Rack"
+        if not self.pods:
+            return "Rack"
+        return _annotation(self.pods[0], MODE_ANNOTATION) or "Rack"
 
     @property
     def racks(self) -> list[str]:

@@ -36,6 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CONTROLPLANE = Path(__file__).resolve().parent / "controlplane"
 BUILD_SCRIPT = CONTROLPLANE / "build.sh"
 KWOK_STAGES = CONTROLPLANE / "kwok-stages.yaml"
+KWOK_CONFIG = CONTROLPLANE / "kwok-config.yaml"
 
 # Start order; `down` stops them in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-scheduler", "kube-controller-manager", "kwok")
@@ -276,14 +277,17 @@ def _args(name: str, state: Path, ports: dict[str, int], lease_seconds: int) -> 
             f"--cluster-signing-cert-file={p / 'ca.crt'}",
             f"--cluster-signing-key-file={p / 'ca.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            # kwok renews each fake node's lease every quarter of its duration.
+            # kwok renews each fake node's lease every quarter of its duration; a new node gets as
+            # long for its first Ready, or thousands flip to Unknown while kwok works through them.
             f"--node-monitor-grace-period={max(40, lease_seconds)}s",
+            f"--node-startup-grace-period={max(60, lease_seconds)}s",
             "--kube-api-qps=500",
             "--kube-api-burst=1000",
         ]
     if name == "kwok":
         return [
             f"--kubeconfig={kc / 'kwok.kubeconfig'}",
+            f"--config={KWOK_CONFIG}",
             f"--config={KWOK_STAGES}",
             f"--manage-nodes-with-annotation-selector={profiles.KWOK_ANNOTATION}=fake",
             f"--node-lease-duration-seconds={lease_seconds}",
@@ -367,39 +371,45 @@ def _api(state: Path) -> Any:
     return profiles.api_client_for(str(state / "kubeconfig"))
 
 
+def _nodes(state: Path) -> dict[str, bool] | None:
+    """Every node's name and whether it is Ready; None if the API server does not answer."""
+    info = _read_info(state) or {}
+    # resourceVersion=0 is served from the watch cache: cheap even with 18,000 nodes.
+    url = f"{info.get('server')}/api/v1/nodes?resourceVersion=0"
+    code, body = _get(url, _ssl_context(state), 60)
+    if code != 200:
+        return None
+    return {
+        n["metadata"]["name"]: any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in n.get("status", {}).get("conditions", [])
+        )
+        for n in json.loads(body)["items"]
+    }
+
+
 def _wait_ready(state: Path, names: set[str], timeout: float) -> None:
     """Wait until every named node is Ready and the default ServiceAccount exists."""
-    from kubernetes import client, watch
-
-    api = _api(state)
-    core = client.CoreV1Api(api)
     deadline = time.monotonic() + timeout
-    ready: set[str] = set()
-    while names - ready and time.monotonic() < deadline:
-        w = watch.Watch()
-        left = max(1, int(deadline - time.monotonic()))
-        for event in w.stream(core.list_node, timeout_seconds=left, _request_timeout=left + 5):
-            node = event["object"]
-            is_ready = event["type"] != "DELETED" and any(
-                c.type == "Ready" and c.status == "True" for c in (node.status.conditions or [])
-            )
-            (ready.add if is_ready else ready.discard)(node.metadata.name)
-            if not names - ready:
-                w.stop()
-                break
-    missing = names - ready
+    # Listing is cheap for a few nodes and costs seconds for many: poll in proportion.
+    interval = max(0.2, len(names) / 5000)
+    missing = set(names)
+    while time.monotonic() < deadline:
+        nodes = _nodes(state)
+        missing = names - {n for n, ready in (nodes or {}).items() if ready}
+        if not missing:
+            break
+        time.sleep(interval)
     if missing:
         raise ClusterError(
             f"{len(missing)} of {len(names)} profile nodes were not Ready after {timeout:.0f}s "
             f"(e.g. {', '.join(sorted(missing)[:3])})\n{_log_tail(state, 'kwok')}"
         )
+    info = _read_info(state) or {}
+    url = f"{info.get('server')}/api/v1/namespaces/default/serviceaccounts/default"
     while time.monotonic() < deadline:
-        try:
-            core.read_namespaced_service_account("default", "default")
+        if _get(url, _ssl_context(state))[0] == 200:
             return
-        except client.exceptions.ApiException as err:
-            if err.status != 404:
-                raise
         time.sleep(0.2)
     raise ClusterError(
         f"the default ServiceAccount did not appear after {timeout:.0f}s: kube-controller-manager "
@@ -452,7 +462,11 @@ def up(profile: str = "default", wait: bool = False, timeout: float = 120.0) -> 
             _log(f"control plane started in {time.monotonic() - t0:.1f}s")
         objs = profiles.nodes(prof)
         t0 = time.monotonic()
-        created, existing = profiles.create(_api(state), objs)
+        there = set(_nodes(state) or ())
+        created, existing = profiles.create(
+            _api(state), [n for n in objs if n["metadata"]["name"] not in there]
+        )
+        existing = len(objs) - created
         _log(
             f"profile {prof.name}: {created} nodes created, {existing} already there "
             f"({time.monotonic() - t0:.1f}s)"

@@ -36,8 +36,8 @@ test-unit: $(STAMP) ## Fast tests: models, CRDs, snapshot, engine, rendering, CL
 	$(PY) -m pytest tests
 
 .PHONY: test-e2e
-test-e2e: $(STAMP) e2e-binaries ## End-to-end tests on the local control plane (or $$RACKSCALE_E2E_KUBECONFIG).
-	$(PY) -m pytest e2e
+test-e2e: $(STAMP) e2e-binaries ## End-to-end tests on their own local control plane (or RACKSCALE_E2E_KUBECONFIG).
+	RACKSCALE_CLUSTER_DIR=$(CURDIR)/.cluster-e2e $(PY) -m pytest e2e
 
 .PHONY: lint
 lint: $(STAMP) ## ruff, mypy (strict on the pure layers), import-linter contracts.
@@ -57,6 +57,14 @@ crds: $(STAMP) ## Generate crds/ from the pydantic models.
 
 ##@ Running
 
+.PHONY: demo
+demo: $(STAMP) e2e-binaries ## The operator on the local control plane with fake GB200 racks, placing the examples.
+	$(PY) -m e2e.demo up --profile $(PROFILE)
+
+.PHONY: run
+run: $(STAMP) ## Run the operator against the current kubeconfig (all namespaces).
+	$(VENV)/bin/rackscale run --all-namespaces
+
 .PHONY: plan
 plan: $(STAMP) ## Offline what-if on the example cluster (or CLUSTER=... DEPLOYMENTS=...).
 	$(VENV)/bin/rackscale plan $(addprefix --cluster ,$(CLUSTER)) -o table $(DEPLOYMENTS)
@@ -72,8 +80,8 @@ cluster-up: $(STAMP) e2e-binaries ## Start the local control plane with fake GPU
 	$(PY) -m e2e.cluster up --profile $(PROFILE)
 
 .PHONY: cluster-down
-cluster-down: $(STAMP) ## Stop the local control plane and remove its state.
-	$(PY) -m e2e.cluster down
+cluster-down: $(STAMP) ## Stop the local control plane (and the demo's operator) and remove its state.
+	$(PY) -m e2e.demo down
 
 ##@ Benchmarks
 

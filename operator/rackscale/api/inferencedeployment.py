@@ -118,7 +118,11 @@ class InferenceDeploymentSpec(Spec):
     }
 
     replicas: int = Field(default=1, ge=0, le=10000, description="Model replicas.")
-    parallelism: Parallelism = Field(default_factory=Parallelism, json_schema_extra={"default": {}})
+    parallelism: Parallelism = Field(
+        default_factory=Parallelism,
+        # The API server checks CEL rules against defaults: give every key the rule reads.
+        json_schema_extra={"default": {"tensor": 1, "pipeline": 1, "data": 1, "expert": 1}},
+    )
     gpus_per_pod: int | None = Field(
         default=None,
         ge=1,

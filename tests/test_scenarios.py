@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from rackscale.api import InferenceDeployment, RackPool
-from rackscale.placement import DeploymentPlan, ReplicaPlan, place
+from rackscale.placement import DeploymentPlan, ReplicaPlan, place, place_replica
 from rackscale.topology import build_snapshot
 from tests.factory import BLOCK, CLIQUE, PRODUCT, deployment, gpu_pod, node, nvl72, pool
 
@@ -668,3 +668,20 @@ def test_best_fit_for_a_tolerant_replica_counts_the_gpus_it_may_use() -> None:
     dep = tolerant("tolerant", {"tensor": 4})
     plans = plan(nodes, [dep], pods=pods, pools=[pool(gpusPerRack=16)])
     assert only(plans).racks == ("b",)
+
+
+def test_a_replaced_replica_stays_on_its_racks_when_they_still_fit() -> None:
+    # Best fit would pick the part-used rack 0; the replica ran on rack 1 before a template change.
+    snapshot = build_snapshot(
+        nvl72(2, trays=4), [gpu_pod("busy", "gb200-0000-00", 4)], [pool(gpusPerRack=16)]
+    )
+    dep = deployment("moe", tensor=8, gpusPerPod=4, fallback="Never")
+    kept = place_replica(snapshot, dep, 0, prefer=["clique-0001"])
+    assert kept.plan is not None
+    assert kept.plan.racks == ("clique-0001",)
+    # Racks that can no longer hold it are only a preference: it is placed as usual.
+    bigger = deployment("dense", tensor=4, data=3, gpusPerPod=4, fallback="Never")
+    moved = place_replica(snapshot, bigger, 0, prefer=["clique-0001"])  # 8 free there now
+    assert moved.plan is not None
+    assert moved.plan.racks == ("clique-0000",)
+    assert moved.reason is None

@@ -18,10 +18,10 @@ from pydantic import ValidationError
 
 from rackscale.api import InferenceDeployment, format_errors
 from rackscale.api.rackpool import DEFAULT_GPU_RESOURCE, DEFAULT_RACK_LABEL
-from rackscale.controller import lifecycle, status
+from rackscale.controller import lifecycle, metrics, status
 from rackscale.controller.cluster import ClusterView
 from rackscale.controller.kube import Writer, now
-from rackscale.placement import Decision, ReplicaPlan, place_replica
+from rackscale.placement import ReplicaPlan, place_replica
 from rackscale.render import PoolFacts, render_replica, render_services, template_hash
 from rackscale.topology import Snapshot, build_snapshot
 
@@ -91,13 +91,16 @@ class Reconciler:
         bodies = {b["metadata"]["name"]: b for b in self.view.pool_bodies()}
         snapshot = build_snapshot(self.view.nodes(), self.view.pods(), pools)
         stamp = now()
+        built = {}
         for name, pool in snapshot.pools.items():
             current = (bodies.get(name) or {}).get("status") or {}
-            new = status.dump(
-                status.pool_status(pool, snapshot.conflicts, current.get("conditions") or [], stamp)
+            built[name] = status.pool_status(
+                pool, snapshot.conflicts, current.get("conditions") or [], stamp
             )
+            new = status.dump(built[name])
             if status.changed(new, current):
                 await self.writer.patch_pool_status(name, new)
+        metrics.POOLS.update(built)
 
     # ---- deployments -------------------------------------------------------------------------
 
@@ -118,8 +121,12 @@ class Reconciler:
         finally:
             self.view.end_pass()
             self._ledger = None
+        metrics.count_unplaced(
+            reason for memory in self.memory.values() for reason in memory.unplaced.values()
+        )
         for body, result in zip(bodies, results, strict=True):
             if isinstance(result, BaseException):
+                metrics.RECONCILE_ERRORS.labels(scope="deployment").inc()
                 meta = body["metadata"]
                 log.error(
                     "reconciling %s/%s failed: %s",
@@ -213,6 +220,7 @@ class Reconciler:
         progress: status.Progress,
     ) -> None:
         if cause == "restart":
+            metrics.REPLICA_RESTARTS.labels(cause=metrics.restart_cause(state.why)).inc()
             progress.restarting[state.replica] = state.why or "a shard was lost"
             await self.writer.event(
                 obj,
@@ -221,6 +229,7 @@ class Reconciler:
                 f"replica {state.replica}: {state.why}; deleting its pods to place it again whole",
             )
         elif cause == "update":
+            metrics.REPLICA_RESTARTS.labels(cause="template-change").inc()
             progress.updating.append(state.replica)
             if state.mode == "Rack" and state.racks:
                 memory.prefer[state.replica] = tuple(state.racks)
@@ -275,30 +284,6 @@ class Reconciler:
                 return pool.spec.gpu_resource
         return DEFAULT_GPU_RESOURCE
 
-    def _decide(
-        self, snapshot: Snapshot, deployment: InferenceDeployment, index: int, memory: _Memory
-    ) -> tuple[Decision, Snapshot]:
-        """Place one replica: on the racks it had (a template change) when they still fit."""
-        racks = memory.prefer.pop(index, None)
-        if racks:
-            keep = {
-                n["metadata"]["name"]
-                for n in self.view.nodes()
-                if (rack := snapshot.rack_of(n["metadata"]["name"])) is not None
-                and rack.name in racks
-            }
-            narrowed = build_snapshot(
-                [n for n in self.view.nodes() if n["metadata"]["name"] in keep],
-                self.view.pods(),
-                self.view.pools(),
-            )
-            decision = place_replica(narrowed, deployment, index)
-            if decision.plan is not None and decision.plan.mode == "Rack":
-                return decision, narrowed
-            if decision.reservation:
-                decision.reservation.undo()
-        return place_replica(snapshot, deployment, index), snapshot
-
     async def _place(
         self,
         obj: dict[str, Any],
@@ -311,8 +296,15 @@ class Reconciler:
             # One ledger for the whole pass: each placement books into it, so the next sees it.
             snapshot = self._ledger = self._ledger or self.view.snapshot()
             for index in replicas:
-                decision, used = self._decide(snapshot, deployment, index, memory)
+                # A replaced replica (template change) stays on its racks when they still fit.
+                prefer = memory.prefer.pop(index, ())
+                with metrics.PLACEMENT_SECONDS.time():
+                    decision = place_replica(snapshot, deployment, index, prefer=prefer)
                 plan = decision.plan
+                fallback = plan is not None and plan.mode == "DevicePlugin"
+                fallback = fallback and bool(deployment.spec.placement.rack_pool)
+                result = "unplaced" if plan is None else "fallback" if fallback else "placed"
+                metrics.PLACEMENT_DECISIONS.labels(result=result).inc()
                 if plan is None:
                     reason = decision.reason or "no room"
                     memory.unplaced[index] = reason
@@ -324,7 +316,7 @@ class Reconciler:
                     continue
                 memory.unplaced.pop(index, None)
                 memory.warned.pop(index, None)
-                pods = render_replica(deployment, plan, self._facts(deployment, plan, used))
+                pods = render_replica(deployment, plan, self._facts(deployment, plan, snapshot))
                 if not await self._create(deployment, pods):
                     if decision.reservation:
                         decision.reservation.undo()
@@ -335,9 +327,6 @@ class Reconciler:
                         f"replica {index}: creating its pods failed; it will be placed again",
                     )
                     continue
-                if used is not snapshot:
-                    # The narrowed ledger booked it; rebuild (the created pods are pending).
-                    snapshot = self._ledger = self.view.snapshot()
                 where = ", ".join(plan.racks) or "ordinary GPU nodes"
                 gpus = sum(p.gpus for p in plan.pods)
                 if plan.mode == "DevicePlugin" and deployment.spec.placement.rack_pool:

@@ -8,6 +8,7 @@ allows, and reserves what it chose in the snapshot so the next decision sees it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -86,6 +87,7 @@ class _Request:
     pool: Pool
     shape: Shape
     tolerations: tuple[dict[str, Any], ...]
+    only: frozenset[str] | None = None  # consider just these racks (keeping a replica in place)
 
     @property
     def key(self) -> str:
@@ -126,13 +128,28 @@ def place_deployment(
     return result
 
 
-def place_replica(snapshot: Snapshot, deployment: InferenceDeployment, replica: int) -> Decision:
-    """One replica, whole or not at all; falls back to device-plugin mode when asked to."""
+def place_replica(
+    snapshot: Snapshot,
+    deployment: InferenceDeployment,
+    replica: int,
+    prefer: Iterable[str] = (),
+) -> Decision:
+    """One replica, whole or not at all; falls back to device-plugin mode when asked to.
+
+    `prefer` names racks to try first (where the replica ran before a template change): the
+    replica stays there when they still hold it, and is placed as usual when they do not.
+    """
     placement = deployment.spec.placement
     if placement.rack_pool is None:
         return Decision(replica, _device_plugin(snapshot, deployment, replica))
     try:
         request = _request(snapshot, deployment, replica, placement.rack_pool)
+        if preferred := frozenset(prefer):
+            request.only = preferred
+            with contextlib.suppress(NoRoom):
+                plan, reservation = _place_in_pool(request)
+                return Decision(replica, plan, None, reservation)
+            request.only = None
         plan, reservation = _place_in_pool(request)
         return Decision(replica, plan, None, reservation)
     except NoRoom as why:
@@ -214,7 +231,8 @@ def _place_in_pool(request: _Request) -> tuple[ReplicaPlan, Reservation]:
 
 
 def _racks(request: _Request) -> Iterator[Rack]:
-    return iter(request.pool.racks.values())
+    racks = request.pool.racks.values()
+    return iter(racks) if request.only is None else (r for r in racks if r.name in request.only)
 
 
 def _slots(request: _Request, rack: Rack) -> int:
@@ -262,8 +280,9 @@ def _problem(request: _Request, rack: Rack, need: int) -> Problem | None:
 def _candidates(request: _Request, min_free: int) -> Iterator[Rack]:
     """Racks in best-fit order (least free first) that have at least `min_free` free GPUs."""
     pool = request.pool
-    if request.slow:
-        yield from sorted(pool.racks.values(), key=lambda r: (_free(request, r), r.name))
+    if request.slow or request.only is not None:
+        racks = [r for r in _racks(request) if _free(request, r) >= min_free]
+        yield from sorted(racks, key=lambda r: (_free(request, r), r.name))
         return
     index = pool.empty_by_free if request.exclusive else pool.by_free
     for _, name in index.irange((min_free, "")):

@@ -43,6 +43,14 @@ def register(commands: Any) -> None:
         help="liveness endpoint (default %(default)s; 'none' to disable)",
     )
     cmd.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("RACKSCALE_METRICS_PORT", "9090")),
+        metavar="PORT",
+        help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics (default %(default)s; "
+        "0 to disable)",
+    )
+    cmd.add_argument(
         "--unschedulable-timeout",
         type=float,
         default=float(os.environ.get("RACKSCALE_UNSCHEDULABLE_TIMEOUT", "60")),
@@ -83,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         logging.getLogger("kubernetes").setLevel(logging.WARNING)
     importlib.import_module(HANDLERS)  # registers the handlers with kopf
+    if args.metrics_port:
+        from rackscale.controller import metrics
+
+        metrics.serve(args.metrics_port)
     options = Options(unschedulable_timeout=args.unschedulable_timeout, resync=args.resync)
     liveness = None if args.liveness in ("", "none") else args.liveness
     kopf.run(

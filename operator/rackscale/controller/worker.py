@@ -8,6 +8,7 @@ import logging
 import time
 from typing import Any
 
+from rackscale.controller import metrics
 from rackscale.controller.cluster import Index
 from rackscale.controller.reconcile import Reconciler
 
@@ -51,10 +52,13 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                metrics.RECONCILE_ERRORS.labels(scope="pass").inc()
                 log.exception("reconcile pass failed; retrying on the next event or tick")
             self.passes += 1
             self.last_pass = time.monotonic()
             self.last_duration = self.last_pass - started
+            metrics.RECONCILE_PASSES.inc()
+            metrics.RECONCILE_SECONDS.observe(self.last_duration)
             log.debug("reconcile pass %d took %.2fs", self.passes, self.last_duration)
 
     def health(self) -> dict[str, Any]:

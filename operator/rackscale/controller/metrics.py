@@ -1,0 +1,183 @@
+"""The operator's Prometheus metrics: every definition, and the few words that bound their labels.
+
+Pool and rack figures are read at scrape time from the last statuses the operator computed, so a
+rack or pool that disappears leaves no stale series. Everything else is a counter, a histogram or
+a gauge updated where the event happens. Labels take values from small fixed sets (or from pool
+and rack names, which the cluster bounds): free text such as an engine reason is mapped to a
+category first.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter as Tally
+from collections.abc import Iterable, Iterator, Mapping
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from rackscale.api.rackpool import RackPoolStatus
+
+HEALTHS = ("Healthy", "Degraded", "Unavailable")
+
+PLACEMENT_DECISIONS = Counter(
+    "rackscale_placement_decisions",
+    "Replica placement decisions by result: placed (in the pool, or device-plugin mode when no "
+    "pool is asked for), fallback (device-plugin mode because the pool could not hold it), "
+    "unplaced (left pending)",
+    ["result"],
+)
+PLACEMENT_SECONDS = Histogram(
+    "rackscale_placement_duration_seconds",
+    "Time the placement engine took to decide one replica",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+UNPLACED_REPLICAS = Gauge(
+    "rackscale_unplaced_replicas",
+    "Replicas wanted and not placed after the last reconcile pass, by reason category",
+    ["reason"],
+)
+REPLICA_RESTARTS = Counter(
+    "rackscale_replica_restarts",
+    "Replicas deleted to be placed again, by cause",
+    ["cause"],
+)
+RECONCILE_ERRORS = Counter(
+    "rackscale_reconcile_errors",
+    "Reconcile failures: a whole pass (scope=pass) or one InferenceDeployment (scope=deployment)",
+    ["scope"],
+)
+RECONCILE_PASSES = Counter("rackscale_reconcile_passes", "Reconcile passes completed")
+RECONCILE_SECONDS = Histogram(
+    "rackscale_reconcile_duration_seconds",
+    "Time one reconcile pass over every pool and deployment took",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+
+# Engine reasons, by how they begin or what they say; the first match names the category.
+_REASONS: tuple[tuple[str, str], ...] = (
+    ("does not exist", "pool-missing"),
+    ("has no racks", "pool-empty"),
+    ("needs spec.blockLabel", "block-label-missing"),
+    ("cannot fit one node", "pod-too-large"),
+    ("no rack holds", "no-rack-with-room"),
+    ("no node holds", "no-node-with-room"),
+    ("no block holds", "no-block-with-room"),
+    ("no set of racks", "no-racks-with-room"),
+)
+REASON_CATEGORIES = (*(category for _, category in _REASONS), "other")
+
+# Why a replica is restarted (lifecycle's words), then the update and scale causes.
+_RESTARTS: tuple[tuple[str, str], ...] = (
+    ("could not be scheduled", "unschedulable-pin"),
+    ("is NotReady", "node-not-ready"),
+    ("is gone", "lost-shard"),  # a shard's pod or its node is gone
+    (" failed", "pod-failed"),
+    (" succeeded", "pod-exited"),
+)
+RESTART_CAUSES = (*(category for _, category in _RESTARTS), "template-change", "other")
+
+
+def reason_category(reason: str | None) -> str:
+    """The category of an engine reason: one of REASON_CATEGORIES, never free text."""
+    text = reason or ""
+    for words, category in _REASONS:
+        if words in text:
+            return category
+    return "other"
+
+
+def restart_cause(why: str | None) -> str:
+    """The category of a lifecycle `why` (what was lost): one of RESTART_CAUSES."""
+    text = why or ""
+    for words, category in _RESTARTS:
+        if words in text:
+            return category
+    return "other"
+
+
+def count_unplaced(reasons: Iterable[str]) -> None:
+    """Set the unplaced gauge from every pending replica's reason; absent categories read 0."""
+    tally = Tally(reason_category(r) for r in reasons)
+    for category in REASON_CATEGORIES:
+        UNPLACED_REPLICAS.labels(reason=category).set(tally.get(category, 0))
+
+
+class PoolCollector(Collector):
+    """GPUs and racks of every RackPool, from the statuses of the last pass."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pools: dict[str, RackPoolStatus] = {}
+
+    def update(self, pools: Mapping[str, RackPoolStatus]) -> None:
+        with self._lock:
+            self._pools = dict(pools)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            pools = dict(self._pools)
+        pool_gpus = {
+            kind: GaugeMetricFamily(
+                f"rackscale_pool_gpus_{kind}",
+                f"GPUs {kind} in the racks of a RackPool",
+                labels=["pool"],
+            )
+            for kind in ("allocatable", "allocated", "free")
+        }
+        rack_gpus = {
+            kind: GaugeMetricFamily(
+                f"rackscale_rack_gpus_{kind}",
+                f"GPUs {kind} in one rack",
+                labels=["pool", "rack"],
+            )
+            for kind in ("allocatable", "allocated", "free")
+        }
+        racks = GaugeMetricFamily(
+            "rackscale_pool_racks", "Racks of a RackPool by health", labels=["pool", "health"]
+        )
+        free_racks = GaugeMetricFamily(
+            "rackscale_pool_free_racks",
+            "Healthy racks of a RackPool with no GPU in use (what a whole-rack replica can take)",
+            labels=["pool"],
+        )
+        for name, status in sorted(pools.items()):
+            for kind, family in pool_gpus.items():
+                family.add_metric([name], getattr(status.gpus, kind))
+            for rack in status.rack_statuses:
+                for kind, family in rack_gpus.items():
+                    family.add_metric([name, rack.name], getattr(rack.gpus, kind))
+            healths = Tally(str(rack.health) for rack in status.rack_statuses)
+            for health in HEALTHS:
+                racks.add_metric([name, health], healths[health])
+            free_racks.add_metric([name], status.free_racks)
+        yield from pool_gpus.values()
+        yield from rack_gpus.values()
+        yield racks
+        yield free_racks
+
+
+POOLS = PoolCollector()
+_registered: set[int] = set()
+
+
+def register(registry: CollectorRegistry = REGISTRY) -> None:
+    """Add the pool collector once (the other metrics register themselves on import)."""
+    if id(registry) not in _registered:
+        registry.register(POOLS)
+        _registered.add(id(registry))
+
+
+def serve(port: int, address: str = "0.0.0.0") -> None:
+    """Serve /metrics on `port` from a daemon thread (prometheus-client's own server)."""
+    from prometheus_client import start_http_server
+
+    register()
+    for category in REASON_CATEGORIES:  # every category shows 0 before the first pending one
+        UNPLACED_REPLICAS.labels(reason=category)
+    for result in ("placed", "fallback", "unplaced"):
+        PLACEMENT_DECISIONS.labels(result=result)
+    for scope in ("pass", "deployment"):
+        RECONCILE_ERRORS.labels(scope=scope)
+    start_http_server(port, addr=address)

@@ -1,0 +1,330 @@
+"""`rackscale explain NAME`: why an InferenceDeployment is where it is, or why it is pending.
+
+`explain` is pure: the deployment, its pods, the cluster's nodes, GPU pods and RackPools, and its
+Events in; text out. `fetch` reads them from the live cluster. A pending replica's reason is
+derived again by running the engine on a snapshot of the cluster as it is now, so it is current
+even when the operator has not written status for a while.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from rackscale.api import GROUP, VERSION, InferenceDeployment, RackPool, format_errors
+from rackscale.placement import place_replica
+from rackscale.render import DEPLOYMENT_LABEL, MODE_ANNOTATION, RACKS_ANNOTATION, REPLICA_LABEL
+from rackscale.topology import Snapshot, build_snapshot, pinned_node
+
+EVENTS_SHOWN = 10
+
+
+@dataclass(slots=True)
+class Cluster:
+    """What `explain` reads: plain API objects, as `kubectl get -o json` prints them."""
+
+    deployment: dict[str, Any]
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    pods: list[dict[str, Any]] = field(default_factory=list)  # every GPU pod of the cluster
+    pools: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)  # the deployment's Events
+
+
+def register(commands: Any) -> None:
+    cmd = commands.add_parser(
+        "explain",
+        help="why an InferenceDeployment is where it is, or why it is pending",
+        description="Read an InferenceDeployment, its pods, the cluster's racks and its Events, "
+        "and print, for each replica, its mode, racks and nodes and why those racks; for a "
+        "pending replica, the reason the placement engine gives on the cluster as it is now.",
+    )
+    cmd.add_argument("name", metavar="NAME", help="the InferenceDeployment (kubectl get idep)")
+    cmd.add_argument("-n", "--namespace", default=None, help="default: the context's namespace")
+    cmd.add_argument("--kubeconfig", default=None, help="default: $KUBECONFIG or ~/.kube/config")
+    cmd.set_defaults(handler=run)
+
+
+# ---- the pure part ----------------------------------------------------------------------------
+
+
+def _labels(obj: Mapping[str, Any]) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("labels") or {})
+
+
+def _annotations(obj: Mapping[str, Any]) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("annotations") or {})
+
+
+def _pods_of(cluster: Cluster, deployment: InferenceDeployment) -> dict[int, list[dict[str, Any]]]:
+    uid = deployment.metadata.get("uid")
+    replicas: dict[int, list[dict[str, Any]]] = {}
+    for pod in cluster.pods:
+        meta = pod.get("metadata") or {}
+        labels = _labels(pod)
+        if meta.get("namespace") != deployment.namespace:
+            continue
+        if labels.get(DEPLOYMENT_LABEL) != deployment.name:
+            continue
+        owners = meta.get("ownerReferences") or []
+        if uid and owners and not any(o.get("uid") == uid for o in owners):
+            continue
+        index = labels.get(REPLICA_LABEL, "")
+        if index.isdigit():
+            replicas.setdefault(int(index), []).append(pod)
+    return replicas
+
+
+def _pod_line(pod: Mapping[str, Any]) -> str:
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    node = (pod.get("spec") or {}).get("nodeName")
+    pinned = pinned_node(dict(pod))
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    where = node or (f"pinned to {pinned}, not bound yet" if pinned else "not scheduled yet")
+    state = "terminating" if meta.get("deletionTimestamp") else (status.get("phase") or "Pending")
+    if state == "Running" and not ready:
+        state = "Running, not ready"
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            state += f" ({cond.get('reason')}: {cond.get('message')})"
+    return f"{meta.get('name')}: {where}; {state}"
+
+
+def _why_racks(deployment: InferenceDeployment, racks: list[str]) -> str:
+    placement = deployment.spec.placement
+    if placement.exclusive:
+        return "exclusive: whole racks that hold no GPU pod of anything else"
+    if placement.replica_scope == "Node":
+        return "replicaScope Node: best fit, the node with the fewest free GPUs that holds it"
+    if len(racks) > 1:
+        return (
+            f"replicaScope {placement.replica_scope}: too large for one rack, so the fewest "
+            "racks that hold it, whole pipeline stages per rack"
+        )
+    if placement.spread == "Spread" and deployment.spec.replicas > 1:
+        return (
+            "spread: the best-fit rack among those holding no other replica of this deployment "
+            "(any rack when every rack holds one)"
+        )
+    return "best fit: the rack with the fewest free GPUs that holds the whole replica"
+
+
+def _rack_now(snapshot: Snapshot, pool: str | None, name: str) -> str:
+    rack = snapshot.pools[pool].racks.get(name) if pool in snapshot.pools else None
+    if rack is None:
+        return f"{name} (no longer a rack of RackPool {pool})"
+    free = max(rack.allocatable - rack.used, 0)
+    return f"{name} ({rack.health}, {free}/{rack.allocatable} GPUs free now)"
+
+
+def _events(events: Sequence[Mapping[str, Any]]) -> list[str]:
+    def when(event: Mapping[str, Any]) -> str:
+        return str(
+            event.get("lastTimestamp")
+            or event.get("eventTime")
+            or (event.get("metadata") or {}).get("creationTimestamp")
+            or ""
+        )
+
+    lines = []
+    for event in sorted(events, key=when)[-EVENTS_SHOWN:]:
+        count = event.get("count") or 1
+        times = f" (x{count})" if count > 1 else ""
+        lines.append(
+            f"  {when(event) or '-'}  {event.get('type', ''):<7}  {event.get('reason', '')}"
+            f"{times}: {event.get('message', '')}"
+        )
+    return lines
+
+
+def explain(cluster: Cluster) -> str:
+    """The explanation a person reads: absolute timestamps only, so the same input reads the
+    same."""
+    body = cluster.deployment
+    meta = body.get("metadata") or {}
+    key = f"{meta.get('namespace')}/{meta.get('name')}"
+    status = body.get("status") or {}
+    lines = [f"InferenceDeployment {key}"]
+    try:
+        deployment = InferenceDeployment.model_validate(body)
+    except ValidationError as error:
+        lines.append("  invalid spec: " + "; ".join(format_errors(error)))
+        lines += ["Events:", *(_events(cluster.events) or ["  none"])]
+        return "\n".join(lines)
+
+    spec = deployment.spec
+    par = spec.parallelism
+    placement = spec.placement
+    lines.append(
+        f"  phase {status.get('phase', 'unknown (not reconciled yet)')}, "
+        f"{status.get('readyReplicas', 0)}/{spec.replicas} replicas ready, "
+        f"{status.get('gpus', 0)} GPUs, mode {status.get('mode', '-')}"
+    )
+    if status.get("observedGeneration") != meta.get("generation"):
+        lines.append(
+            f"  status is for generation {status.get('observedGeneration', '-')}, the spec is "
+            f"generation {meta.get('generation')}: the operator has not caught up yet"
+        )
+    lines.append(
+        f"  each replica: {par.gpus} GPUs (tensor {par.tensor} x pipeline {par.pipeline} x data "
+        f"{par.data}, expert {par.expert})"
+        + (f", {spec.gpus_per_pod} GPUs per pod" if spec.gpus_per_pod else "")
+    )
+    if placement.rack_pool:
+        lines.append(
+            f"  placement: RackPool {placement.rack_pool}, replicaScope {placement.replica_scope}, "
+            f"spread {placement.spread}, exclusive {str(placement.exclusive).lower()}, "
+            f"fallback {placement.fallback}"
+        )
+    else:
+        lines.append(
+            "  placement: no rackPool, so device-plugin mode: kube-scheduler and the device "
+            "plugin place the pods on ordinary GPU nodes"
+        )
+
+    pools = []
+    for raw in cluster.pools:
+        try:
+            pools.append(RackPool.model_validate(raw))
+        except ValidationError:
+            continue  # the API server refuses such pools; `rackscale racks` names them
+    snapshot = build_snapshot(cluster.nodes, cluster.pods, pools)
+    fallback = _condition(status, "Placed")
+    by_replica = _pods_of(cluster, deployment)
+
+    lines.append("Replicas:")
+    for index in sorted(set(range(spec.replicas)) | set(by_replica)):
+        pods = sorted(by_replica.get(index, []), key=lambda p: p["metadata"]["name"])
+        if not pods:
+            lines.append(f"  replica {index}: pending")
+            decision = place_replica(snapshot, deployment, index)
+            if decision.plan is None:
+                lines.append(f"    why: {decision.reason} (engine, on the cluster as it is now)")
+            elif decision.plan.mode == "Rack":
+                lines.append(
+                    f"    it fits now on {', '.join(decision.plan.racks)}: the operator places it "
+                    "on its next pass"
+                )
+            else:
+                why = decision.reason or "no rackPool"
+                lines.append(f"    it fits now in device-plugin mode ({why})")
+            continue
+        if index >= spec.replicas:
+            lines.append(f"  replica {index}: being removed (spec.replicas is {spec.replicas})")
+        annotations = _annotations(pods[0])
+        mode = annotations.get(MODE_ANNOTATION) or "Rack"
+        racks = [r for r in annotations.get(RACKS_ANNOTATION, "").split(",") if r]
+        nodes = sorted({n for p in pods if (n := pinned_node(p) or p["spec"].get("nodeName"))})
+        if index < spec.replicas:
+            lines.append(f"  replica {index}: {mode} mode, {len(pods)} pods")
+        if mode == "Rack":
+            shown = ", ".join(_rack_now(snapshot, placement.rack_pool, r) for r in racks)
+            lines.append(f"    racks: {shown or '-'}")
+            lines.append(f"    nodes: {', '.join(nodes) or '-'}")
+            lines.append(f"    why: {_why_racks(deployment, racks)}")
+        elif placement.rack_pool:
+            fell_back = fallback.get("reason") == "DevicePluginFallback"
+            message = str(fallback.get("message") or "") if fell_back else ""
+            lines.append(
+                "    why: the pool could not hold it and fallback is DevicePlugin"
+                + (f" ({message})" if message else "")
+            )
+        else:
+            lines.append("    why: no rackPool: kube-scheduler chose the nodes")
+        for pod in pods:
+            lines.append(f"    {_pod_line(pod)}")
+
+    lines.append("Conditions:")
+    conditions = status.get("conditions") or []
+    for cond in conditions:
+        lines.append(
+            f"  {cond.get('type')}={cond.get('status')} {cond.get('reason')}: "
+            f"{cond.get('message', '')}"
+        )
+    if not conditions:
+        lines.append("  none yet: is the operator running? (kubectl get pods -A | grep rackscale)")
+    lines += ["Events:", *(_events(cluster.events) or ["  none"])]
+    return "\n".join(lines)
+
+
+def _condition(status: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == kind:
+            return dict(cond)
+    return {}
+
+
+# ---- reading the cluster ------------------------------------------------------------------------
+
+
+def _read(api: Any, method: str, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    response = getattr(api, method)(*args, _preload_content=False, **kwargs)
+    return list(json.loads(response.data).get("items") or [])
+
+
+def current_namespace(kubeconfig: str | None) -> str:
+    """The namespace of the kubeconfig's current context, as kubectl would use it."""
+    from kubernetes import config
+
+    try:
+        _, active = config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    except Exception:
+        return "default"
+    return str(((active or {}).get("context") or {}).get("namespace") or "default")
+
+
+def fetch(name: str, namespace: str, kubeconfig: str | None) -> Cluster:
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
+    with client.ApiClient(configuration) as api:
+        core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+        response: Any = custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "inferencedeployments", name, _preload_content=False
+        )
+        body = json.loads(response.data)
+        return Cluster(
+            deployment=body,
+            nodes=_read(core, "list_node"),
+            pods=_read(
+                core,
+                "list_pod_for_all_namespaces",
+                field_selector="status.phase!=Succeeded,status.phase!=Failed",
+            ),
+            pools=_read(custom, "list_cluster_custom_object", GROUP, VERSION, "rackpools"),
+            events=_read(
+                core,
+                "list_namespaced_event",
+                namespace,
+                field_selector=f"involvedObject.name={name},involvedObject.kind=InferenceDeployment",
+            ),
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    namespace = args.namespace or current_namespace(args.kubeconfig)
+    try:
+        cluster = fetch(args.name, namespace, args.kubeconfig)
+    except Exception as error:
+        status = getattr(error, "status", None)
+        if status == 404:
+            print(
+                f"explain: InferenceDeployment {namespace}/{args.name} not found "
+                "(kubectl get idep -A lists them)",
+                file=sys.stderr,
+            )
+        else:
+            print(f"explain: cannot read the cluster: {error}", file=sys.stderr)
+        return 1
+    print(explain(cluster))
+    return 0

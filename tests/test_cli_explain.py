@@ -1,0 +1,169 @@
+"""`rackscale explain`, from plain objects: where each replica is and why, or why it waits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from rackscale.api import InferenceDeployment, RackPool
+from rackscale.cli import main as cli
+from rackscale.cli.explain import Cluster, explain
+from rackscale.placement import place_deployment
+from rackscale.render import PoolFacts, render_replica
+from rackscale.topology import build_snapshot
+from tests.factory import gpu_pod, nvl72
+
+POOL = {
+    "apiVersion": "rackscale.dev/v1alpha1",
+    "kind": "RackPool",
+    "metadata": {"name": "gb200"},
+    "spec": {"nodeSelector": {"matchLabels": {"nvidia.com/gpu.product": "NVIDIA-GB200"}}},
+}
+TEMPLATE = {"spec": {"containers": [{"name": "server", "image": "vllm"}]}}
+
+
+def body(name: str, *, replicas: int, data: int, **placement: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "rackscale.dev/v1alpha1",
+        "kind": "InferenceDeployment",
+        "metadata": {"name": name, "namespace": "llm", "uid": f"uid-{name}", "generation": 1},
+        "spec": {
+            "replicas": replicas,
+            "parallelism": {"tensor": 8, "data": data},
+            "gpusPerPod": 4,
+            "placement": {"rackPool": "gb200", "fallback": "Never", **placement},
+            "template": TEMPLATE,
+        },
+    }
+
+
+def bound(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pods as the API server shows them once bound and running."""
+    out = []
+    for pod in pods:
+        affinity = pod["spec"]["affinity"]["nodeAffinity"]
+        term = affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
+        node = term["matchFields"][0]["values"][0]
+        meta = {**pod["metadata"], "ownerReferences": [{"uid": "uid-moe"}]}
+        out.append(
+            {
+                **pod,
+                "metadata": meta,
+                "spec": {**pod["spec"], "nodeName": node},
+                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+            }
+        )
+    return out
+
+
+def placed_cluster() -> tuple[Cluster, list[str]]:
+    """Two 32-GPU replicas of llm/moe placed by the engine on four racks, one rack half used."""
+    nodes = nvl72(4)
+    others = [gpu_pod(f"other-{i}", f"gb200-0000-{i:02d}", 4) for i in range(10)]
+    raw = body("moe", replicas=2, data=4)
+    deployment = InferenceDeployment.model_validate(raw)
+    snapshot = build_snapshot(nodes, others, [RackPool.model_validate(POOL)])
+    plan = place_deployment(snapshot, deployment)
+    facts = PoolFacts(
+        pool="gb200",
+        node_racks={n.name: n.rack.name for n in snapshot.nodes.values() if n.rack},
+    )
+    pods = [p for r in plan.replicas for p in bound(render_replica(deployment, r, facts))]
+    raw["status"] = {
+        "observedGeneration": 1,
+        "phase": "Ready",
+        "mode": "Rack",
+        "readyReplicas": 2,
+        "gpus": 64,
+        "conditions": [
+            {"type": "Placed", "status": "True", "reason": "AllReplicasPlaced", "message": "2 of 2"}
+        ],
+    }
+    events = [
+        {
+            "type": "Normal",
+            "reason": "Placed",
+            "message": "replica 1: 8 pods",
+            "lastTimestamp": "2026-01-01T12:00:02Z",
+        },
+        {
+            "type": "Normal",
+            "reason": "Placed",
+            "message": "replica 0: 8 pods",
+            "lastTimestamp": "2026-01-01T12:00:01Z",
+        },
+    ]
+    cluster = Cluster(raw, nodes=nodes, pods=others + pods, pools=[POOL], events=events)
+    return cluster, [r.racks[0] for r in plan.replicas]
+
+
+def test_a_placed_deployment_shows_racks_nodes_and_why() -> None:
+    cluster, racks = placed_cluster()
+    text = explain(cluster)
+    assert text.splitlines()[0] == "InferenceDeployment llm/moe"
+    assert "phase Ready, 2/2 replicas ready, 64 GPUs, mode Rack" in text
+    assert "each replica: 32 GPUs (tensor 8 x pipeline 1 x data 4, expert 1)" in text
+    for index, rack in enumerate(racks):
+        assert f"replica {index}: Rack mode, 8 pods" in text
+        assert rack in text
+    # Best fit took the half-used rack first; spread put the second replica elsewhere.
+    assert racks[0] == "clique-0000"
+    assert "(Healthy, 0/72 GPUs free now)" in text
+    assert racks[1] != racks[0]
+    assert text.count("why: spread: the best-fit rack among those holding no other replica") == 2
+    assert "moe-0-0: gb200-0000-" in text
+    assert "; Running" in text
+    assert "Placed=True AllReplicasPlaced: 2 of 2" in text
+    events = text.split("Events:")[1].splitlines()
+    assert "replica 0" in events[1]  # oldest first
+    assert "replica 1" in events[2]
+
+
+def test_a_pending_deployment_gives_the_engines_current_reason() -> None:
+    cluster, _ = placed_cluster()
+    raw = body("huge", replicas=1, data=16)  # 128 GPUs: no NVL72 rack holds them
+    raw["status"] = {
+        "observedGeneration": 1,
+        "phase": "Pending",
+        "conditions": [
+            {"type": "Placed", "status": "False", "reason": "Unplaceable", "message": "old words"}
+        ],
+    }
+    text = explain(Cluster(raw, cluster.nodes, cluster.pods, cluster.pools, []))
+    assert "replica 0: pending" in text
+    assert "why: no rack holds 128 free GPUs in one NVLink domain" in text
+    assert "(engine, on the cluster as it is now)" in text
+    assert "Placed=False Unplaceable: old words" in text
+    assert text.endswith("Events:\n  none")
+
+
+def test_a_pending_replica_that_fits_now_says_so() -> None:
+    cluster, _ = placed_cluster()
+    raw = body("small", replicas=1, data=1, exclusive=True)
+    text = explain(Cluster(raw, cluster.nodes, cluster.pods, cluster.pools, []))
+    assert "phase unknown (not reconciled yet)" in text
+    assert "the operator places it on its next pass" in text
+    assert "none yet: is the operator running?" in text
+
+
+def test_an_invalid_spec_is_named() -> None:
+    raw = body("bad", replicas=1, data=1)
+    raw["spec"]["parallelism"]["tensor"] = 0
+    text = explain(Cluster(raw))
+    assert "invalid spec: spec.parallelism.tensor" in text
+
+
+def test_the_kubectl_plugin_offers_racks_plan_and_explain(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.kubectl_plugin(["--help"])
+    usage = capsys.readouterr().out
+    assert usage.startswith("usage: kubectl rackscale")
+    listed = {line.split()[0] for line in usage.splitlines() if line.startswith("    ")}
+    assert {"racks", "plan", "explain"} <= listed
+    assert "run" not in listed  # the operator is not a kubectl plugin
+    with pytest.raises(SystemExit):
+        cli.kubectl_plugin(["explain", "--help"])
+    assert "-n NAMESPACE" in capsys.readouterr().out

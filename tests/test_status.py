@@ -84,6 +84,9 @@ def test_healthy_replicas_need_nothing_and_report_ready() -> None:
         "Available": ("True", "ReplicasReady"),
         "Progressing": ("False", "Complete"),
         "Degraded": ("False", "AsExpected"),
+        "Ready": ("True", "AllReplicasReady"),
+        "Reconciling": ("False", "Complete"),
+        "Stalled": ("False", "AsExpected"),
     }
 
 
@@ -183,6 +186,25 @@ def test_unplaceable_deployment_says_why_and_is_pending() -> None:
     assert reason in placed_cond["message"]
     progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
     assert (progressing["status"], progressing["reason"]) == ("False", "Stalled")
+    # What kstatus (Flux) reads: not Ready, Stalled with the engine's reason, not Reconciling.
+    kstatus = {c["type"]: c for c in status["conditions"]}
+    assert (kstatus["Ready"]["status"], kstatus["Ready"]["reason"]) == ("False", "Pending")
+    assert reason in kstatus["Ready"]["message"]
+    assert (kstatus["Stalled"]["status"], kstatus["Stalled"]["reason"]) == (
+        "True",
+        "WaitingForCapacity",
+    )
+    assert kstatus["Reconciling"]["status"] == "False"
+
+
+def test_a_restarting_replica_is_reconciling_not_ready_not_stalled() -> None:
+    dep, pods, nodes = placed()
+    states = classify(dep, [p for p in pods if p["metadata"]["name"] != "ds-1-3"], nodes)
+    status = dump(deployment_status(dep, states, Progress(), "nvidia.com/gpu", STAMP))
+    kstatus = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+    assert kstatus["Ready"] == ("False", "Degraded")
+    assert kstatus["Reconciling"] == ("True", "Restarting")
+    assert kstatus["Stalled"] == ("False", "AsExpected")
 
 
 def test_condition_transition_times_survive_an_unchanged_status() -> None:

@@ -203,6 +203,7 @@ def deployment_status(
     else:
         phase = "Placed"
 
+    summary = _summary(phase, placed_cond, progressing, degraded, counts)
     previous = (deployment.status.conditions if deployment.status else []) or []
     return InferenceDeploymentStatus(
         observed_generation=deployment.metadata.get("generation"),
@@ -216,22 +217,59 @@ def deployment_status(
         racks=sorted({r for p in placements for r in p.racks}),
         placements=placements,
         conditions=_conditions(
-            [placed_cond, available, progressing, degraded],
+            [placed_cond, available, progressing, degraded, *summary],
             [c.model_dump(by_alias=True) for c in previous],
             now,
         ),
     )
 
 
+def _summary(
+    phase: str, placed: Condition, progressing: Condition, degraded: Condition, counts: str
+) -> list[Condition]:
+    """`Ready`, `Reconciling` and `Stalled`: the conditions kstatus (Flux, `kubectl wait`) and
+    generic health checks read. Ready means every wanted replica serves; Reconciling that the
+    operator is still moving towards the spec; Stalled that it cannot without capacity or a fix."""
+    stalled = progressing.reason == "Stalled"
+    if phase == "Ready":
+        ready = Condition(type="Ready", status="True", reason="AllReplicasReady", message=counts)
+    else:
+        if placed.status == "False" and placed.reason == "Unplaceable":
+            message = placed.message
+        elif degraded.status == "True":
+            message = degraded.message
+        else:
+            message = progressing.message
+        ready = Condition(type="Ready", status="False", reason=phase, message=message)
+    reconciling = Condition(
+        type="Reconciling",
+        status="True" if progressing.status == "True" else "False",
+        reason=progressing.reason,
+        message=progressing.message,
+    )
+    stall = Condition(
+        type="Stalled",
+        status="True" if stalled else "False",
+        reason="WaitingForCapacity" if stalled else "AsExpected",
+        message=progressing.message if stalled else counts,
+    )
+    return [ready, reconciling, stall]
+
+
 def failed_status(
     generation: int | None, message: str, previous: Iterable[Mapping[str, Any]], now: str
 ) -> dict[str, Any]:
     """A deployment the operator cannot read (the API server should have refused it)."""
-    cond = Condition(type="Placed", status="False", reason="InvalidSpec", message=message)
+    conds = [
+        Condition(type="Placed", status="False", reason="InvalidSpec", message=message),
+        Condition(type="Ready", status="False", reason="InvalidSpec", message=message),
+        Condition(type="Reconciling", status="False", reason="InvalidSpec", message=message),
+        Condition(type="Stalled", status="True", reason="InvalidSpec", message=message),
+    ]
     status = InferenceDeploymentStatus(
         observed_generation=generation,
         phase="Failed",
-        conditions=_conditions([cond], previous, now),
+        conditions=_conditions(conds, previous, now),
     )
     return dump(status)
 

@@ -77,7 +77,7 @@ e2e-binaries: ## Build etcd, kube-apiserver, kube-scheduler, kube-controller-man
 
 .PHONY: cluster-up
 cluster-up: $(STAMP) e2e-binaries ## Start the local control plane with fake GPU racks (PROFILE=default).
-	$(PY) -m e2e.cluster up --profile $(PROFILE)
+	$(PY) -m e2e.cluster up --profile $(PROFILE) --wait
 
 .PHONY: cluster-down
 cluster-down: $(STAMP) ## Stop the local control plane (and the demo's operator) and remove its state.

@@ -28,6 +28,7 @@ from e2e.test_operator import (
     pool,  # noqa: F401  (fixture)
     ready,
 )
+from tests.test_argocd_health import health
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +70,10 @@ def test_a_reconciled_deployment_shows_no_drift(
     assert condition(body, "Available")["status"] == "True"
     assert condition(body, "Progressing")["status"] == "False"
     assert condition(body, "Degraded")["status"] == "False"
+    assert condition(body, "Ready")["status"] == "True"  # what kstatus (Flux) reads
+    assert condition(body, "Stalled")["status"] == "False"
+    assert condition(body, "Reconciling")["status"] == "False"
+    assert health(body) == ("Healthy", "2/2 replicas ready")  # docs/argocd-health.lua
     assert body["spec"] == before["spec"]
     assert body["metadata"]["generation"] == before["metadata"]["generation"] == 1
     assert "finalizers" not in body["metadata"]

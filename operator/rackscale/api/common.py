@@ -47,20 +47,26 @@ class Status(BaseModel):
 class Condition(Status):
     """A standard Kubernetes condition, as Argo CD, Flux and `kubectl wait` read them."""
 
-    type: str
-    status: str = Field(pattern="^(True|False|Unknown)$")
-    reason: str = ""
-    message: str = ""
-    last_transition_time: str | None = None
-    observed_generation: int | None = None
+    type: str = Field(description="What the condition is about, for example Ready or Placed.")
+    status: str = Field(pattern="^(True|False|Unknown)$", description="True, False or Unknown.")
+    reason: str = Field(default="", description="One CamelCase word: why it has this status.")
+    message: str = Field(default="", description="What happened, for a person to act on.")
+    last_transition_time: str | None = Field(
+        default=None, description="When the status last changed (RFC 3339)."
+    )
+    observed_generation: int | None = Field(
+        default=None, description="The metadata.generation the condition was computed for."
+    )
 
 
 class GpuCounts(Status):
     """GPUs of a rack or pool: what the nodes offer, what pods hold, what is left."""
 
-    allocatable: int = 0
-    allocated: int = 0
-    free: int = 0
+    allocatable: int = Field(default=0, description="GPUs the nodes advertise.")
+    allocated: int = Field(
+        default=0, description="GPUs requested by non-terminated pods, rackscale's or not."
+    )
+    free: int = Field(default=0, description="allocatable - allocated, never below 0.")
 
 
 def format_errors(error: ValidationError, prefix: str = "") -> list[str]:

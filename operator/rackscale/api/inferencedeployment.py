@@ -89,9 +89,15 @@ class Placement(Spec):
 class Model(Spec):
     """What is served; informational."""
 
-    name: str = Field(min_length=1, max_length=253)
-    parameters_billions: float | None = Field(default=None, gt=0)
-    precision: Literal["fp4", "fp8", "int4", "int8", "bf16", "fp16", "fp32"] | None = None
+    name: str = Field(
+        min_length=1, max_length=253, description="The model, e.g. deepseek-ai/DeepSeek-R1."
+    )
+    parameters_billions: float | None = Field(
+        default=None, gt=0, description="Parameters, in billions."
+    )
+    precision: Literal["fp4", "fp8", "int4", "int8", "bf16", "fp16", "fp32"] | None = Field(
+        default=None, description="Precision of the served weights."
+    )
 
 
 class InferenceDeploymentSpec(Spec):
@@ -171,19 +177,23 @@ class InferenceDeploymentSpec(Spec):
 class ReplicaPod(Status):
     """One shard of a placed replica."""
 
-    name: str
-    node: str | None = None
-    gpus: int
-    first_rank: int
+    name: str = Field(description="The pod, `<deployment>-<replica>-<shard>`.")
+    node: str | None = Field(
+        default=None, description="Its node; in device-plugin mode empty until it is bound."
+    )
+    gpus: int = Field(description="GPUs the pod requests.")
+    first_rank: int = Field(description="Rank of its first GPU in the replica's world.")
 
 
 class ReplicaPlacement(Status):
     """Where one replica went."""
 
-    replica: int
-    mode: Literal["Rack", "DevicePlugin"]
-    racks: list[str] = Field(default_factory=list)
-    pods: list[ReplicaPod] = Field(default_factory=list)
+    replica: int = Field(description="The replica index.")
+    mode: Literal["Rack", "DevicePlugin"] = Field(
+        description="Rack: pinned to nodes of the pool. DevicePlugin: kube-scheduler places it."
+    )
+    racks: list[str] = Field(default_factory=list, description="Its racks (Rack mode).")
+    pods: list[ReplicaPod] = Field(default_factory=list, description="Its pods, shard order.")
 
 
 Phase = Literal["Pending", "Placing", "Placed", "Ready", "Degraded", "Failed"]
@@ -193,17 +203,32 @@ Mode = Literal["Rack", "DevicePlugin", "Mixed"]
 class InferenceDeploymentStatus(Status):
     """What the operator did and sees."""
 
-    observed_generation: int | None = None
-    phase: Phase = "Pending"
-    mode: Mode | None = None
-    replicas: int = 0
-    placed_replicas: int = 0
-    ready_replicas: int = 0
+    observed_generation: int | None = Field(
+        default=None, description="The metadata.generation this status was computed for."
+    )
+    phase: Phase = Field(
+        default="Pending",
+        description="Pending: nothing placed, the engine says why. Placing. Placed: all placed, "
+        "not all ready. Ready. Degraded: a replica restarting or unplaced while others run. "
+        "Failed: a spec the operator cannot use.",
+    )
+    mode: Mode | None = Field(
+        default=None, description="The replicas' common mode, or Mixed when they differ."
+    )
+    replicas: int = Field(default=0, description="Replicas wanted (spec.replicas).")
+    placed_replicas: int = Field(default=0, description="Replicas whose pods all exist.")
+    ready_replicas: int = Field(default=0, description="Replicas whose pods are all Ready.")
     ready: str = Field(default="0/0", description="readyReplicas/replicas, for kubectl get.")
-    gpus: int = 0
-    racks: list[str] = Field(default_factory=list)
-    placements: list[ReplicaPlacement] = Field(default_factory=list)
-    conditions: list[Condition] = Field(default_factory=list)
+    gpus: int = Field(default=0, description="GPUs held by the placed replicas.")
+    racks: list[str] = Field(default_factory=list, description="Racks the replicas use.")
+    placements: list[ReplicaPlacement] = Field(
+        default_factory=list, description="Where each replica went."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Placed, Available, Progressing, Degraded, and Ready, Reconciling, Stalled "
+        "for kstatus (docs/operator.md, docs/gitops.md).",
+    )
 
 
 class InferenceDeployment(BaseModel):

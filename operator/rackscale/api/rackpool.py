@@ -39,9 +39,16 @@ class LabelSelectorRequirement(Spec):
         }
     }
 
-    key: str = Field(min_length=1, max_length=317)
-    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
-    values: list[str] = Field(default_factory=list, max_length=256)
+    key: str = Field(min_length=1, max_length=317, description="The node label key.")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(
+        description="How the label's value relates to values."
+    )
+    values: list[str] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Label values: at least one for In and NotIn, none for Exists and "
+        "DoesNotExist.",
+    )
 
     @model_validator(mode="after")
     def _values_match_operator(self) -> LabelSelectorRequirement:
@@ -64,8 +71,14 @@ class LabelSelectorRequirement(Spec):
 class LabelSelector(Spec):
     """A standard Kubernetes LabelSelector; empty selects every node."""
 
-    match_labels: dict[str, str] = Field(default_factory=dict)
-    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, max_length=32)
+    match_labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels a node must carry with exactly these values."
+    )
+    match_expressions: list[LabelSelectorRequirement] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Further requirements on node labels; all must hold.",
+    )
 
     def matches(self, labels: dict[str, str]) -> bool:
         return all(labels.get(k) == v for k, v in self.match_labels.items()) and all(
@@ -125,26 +138,41 @@ class RackPoolSpec(Spec):
 class RackStatus(Status):
     """One rack as the pool sees it."""
 
-    name: str
-    block: str | None = None
-    nodes: int = 0
-    health: Literal["Healthy", "Degraded", "Unavailable"] = "Healthy"
-    gpus: GpuCounts = Field(default_factory=GpuCounts)
-    held_by: str | None = None
-    deployments: list[str] = Field(default_factory=list)
+    name: str = Field(description="The rack: its rackLabel value, `<block>/<rack>` with blocks.")
+    block: str | None = Field(default=None, description="Its blockLabel value, if any.")
+    nodes: int = Field(default=0, description="Nodes of the rack.")
+    health: Literal["Healthy", "Degraded", "Unavailable"] = Field(
+        default="Healthy",
+        description="Healthy: gpusPerRack schedulable GPUs. Degraded: fewer. Unavailable: none.",
+    )
+    gpus: GpuCounts = Field(default_factory=GpuCounts, description="GPUs of the rack.")
+    held_by: str | None = Field(
+        default=None, description="The exclusive deployment (namespace/name) holding the rack."
+    )
+    deployments: list[str] = Field(
+        default_factory=list, description="InferenceDeployments (namespace/name) with pods here."
+    )
 
 
 class RackPoolStatus(Status):
     """What the operator last saw of the pool."""
 
-    observed_generation: int | None = None
-    racks: int = 0
-    healthy_racks: int = 0
-    free_racks: int = 0
-    nodes: int = 0
-    gpus: GpuCounts = Field(default_factory=GpuCounts)
-    rack_statuses: list[RackStatus] = Field(default_factory=list)
-    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = Field(
+        default=None, description="The metadata.generation this status was computed for."
+    )
+    racks: int = Field(default=0, description="Racks in the pool.")
+    healthy_racks: int = Field(default=0, description="Racks whose health is Healthy.")
+    free_racks: int = Field(
+        default=0, description="Healthy racks with no GPU in use: what a whole-rack replica takes."
+    )
+    nodes: int = Field(default=0, description="Nodes in the pool's racks.")
+    gpus: GpuCounts = Field(default_factory=GpuCounts, description="GPUs of all its racks.")
+    rack_statuses: list[RackStatus] = Field(default_factory=list, description="One per rack.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready (the pool has healthy racks) and NodesOverlap (another pool selects "
+        "some of its nodes).",
+    )
 
 
 class RackPool(BaseModel):

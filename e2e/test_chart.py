@@ -432,8 +432,9 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def pool(kube: client.ApiClient) -> Iterator[str]:
-    """A RackPool over the profile's GB200 racks, alone: other pools would share its nodes."""
+def pool(kube: client.ApiClient, release: tuple[str, str]) -> Iterator[str]:
+    """A RackPool over the profile's GB200 racks, alone: other pools would share its nodes.
+    After the release, whose install brings the CRDs to a cluster that has none yet."""
     objects_api = client.CustomObjectsApi(kube)
     others = objects_api.list_cluster_custom_object(GROUP, VERSION, "rackpools")["items"]
     if others:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+
+import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from rackscale.cli import main as cli
 from rackscale.controller import metrics
 from rackscale.controller.status import pool_status
 from rackscale.placement import place_deployment
@@ -84,3 +88,13 @@ def test_unplaced_gauge_counts_every_category_and_resets() -> None:
     metrics.count_unplaced([])
     for category in metrics.REASON_CATEGORIES:
         assert unplaced(category) == 0
+
+
+def test_run_says_when_the_metrics_port_is_taken(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = cli.main(["run", "--metrics-port", str(port), "--liveness", "none"])
+    assert code == 1
+    assert f"cannot serve metrics on port {port}" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import os
+import sys
 from typing import Any
 
 HANDLERS = "rackscale.controller.handlers"
@@ -76,6 +77,16 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.metrics_port:
+        from rackscale.controller import metrics
+
+        try:
+            metrics.serve(args.metrics_port)
+        except OSError as error:
+            message = f"cannot serve metrics on port {args.metrics_port}: {error}"
+            print(f"rackscale run: {message} (--metrics-port 0 turns them off)", file=sys.stderr)
+            return 1
+
     import kopf
 
     from rackscale.controller.reconcile import Options
@@ -91,10 +102,6 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         logging.getLogger("kubernetes").setLevel(logging.WARNING)
     importlib.import_module(HANDLERS)  # registers the handlers with kopf
-    if args.metrics_port:
-        from rackscale.controller import metrics
-
-        metrics.serve(args.metrics_port)
     options = Options(unschedulable_timeout=args.unschedulable_timeout, resync=args.resync)
     liveness = None if args.liveness in ("", "none") else args.liveness
     kopf.run(

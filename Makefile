@@ -52,8 +52,10 @@ fmt: $(STAMP) ## Format and fix what ruff can.
 	$(VENV)/bin/ruff check --fix operator tests e2e bench
 
 .PHONY: crds
-crds: $(STAMP) ## Generate crds/ from the pydantic models.
+crds: $(STAMP) ## Generate crds/ (and the chart's copy) and docs/api.md from the pydantic models.
 	$(PY) -m rackscale.api.crd crds
+	cp crds/*.yaml charts/rackscale/crds/
+	$(PY) -m rackscale.api.docs > docs/api.md
 
 ##@ Running
 

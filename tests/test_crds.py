@@ -71,6 +71,14 @@ def test_names_columns_and_subresources() -> None:
         for kind, d in defs.items()
     }
     assert columns["InferenceDeployment"] == ["READY", "GPUS", "MODE", "RACKS", "PHASE", "AGE"]
+    racks = [
+        c
+        for c in defs["InferenceDeployment"]["versions"][0]["additionalPrinterColumns"]
+        if c["name"] == "Racks"
+    ]
+    assert (
+        racks[0]["jsonPath"] == ".status.rackList"
+    )  # a string: the API server prints one array item
     assert columns["RackPool"] == ["RACKS", "HEALTHY", "FREE-RACKS", "GPUS-FREE", "AGE"]
     assert "status" in rp["versions"][0]["subresources"]
     assert idep["versions"][0]["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"

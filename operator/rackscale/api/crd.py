@@ -169,7 +169,7 @@ def definitions() -> dict[str, dict[str, Any]]:
             {"name": "Ready", "type": "string", "jsonPath": ".status.ready"},
             {"name": "GPUs", "type": "integer", "jsonPath": ".status.gpus"},
             {"name": "Mode", "type": "string", "jsonPath": ".status.mode"},
-            {"name": "Racks", "type": "string", "jsonPath": ".status.racks"},
+            {"name": "Racks", "type": "string", "jsonPath": ".status.rackList"},
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         ],
     )

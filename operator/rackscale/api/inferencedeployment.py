@@ -221,6 +221,7 @@ class InferenceDeploymentStatus(Status):
     ready: str = Field(default="0/0", description="readyReplicas/replicas, for kubectl get.")
     gpus: int = Field(default=0, description="GPUs held by the placed replicas.")
     racks: list[str] = Field(default_factory=list, description="Racks the replicas use.")
+    rack_list: str = Field(default="", description="The same racks, comma-separated: kubectl get.")
     placements: list[ReplicaPlacement] = Field(
         default_factory=list, description="Where each replica went."
     )

@@ -214,7 +214,8 @@ def deployment_status(
         ready_replicas=len(ready),
         ready=f"{len(ready)}/{desired}",
         gpus=sum(p.gpus for pl in placements for p in pl.pods),
-        racks=sorted({r for p in placements for r in p.racks}),
+        racks=(racks := sorted({r for p in placements for r in p.racks})),
+        rack_list=",".join(racks),
         placements=placements,
         conditions=_conditions(
             [placed_cond, available, progressing, degraded, *summary],

@@ -1,4 +1,4 @@
-"""Locality and fragmentation under churn: rackscale's engine and the kube-scheduler model, same stream."""
+"""Locality and fragmentation under churn: the engine and the kube-scheduler model, one stream."""
 
 from __future__ import annotations
 
@@ -197,7 +197,7 @@ class KubeSchedulerModel:
 def fragmentation(free_by_rack: dict[str, list[int]]) -> dict[str, int]:
     """Whole racks free, and the largest replica of 4-GPU pods one rack can still take."""
     whole = sum(all(f == TRAY_GPUS for f in frees) for frees in free_by_rack.values())
-    largest = max((sum(f // POD_GPUS for f in frees) * POD_GPUS for frees in free_by_rack.values()))
+    largest = max(sum(f // POD_GPUS for f in frees) * POD_GPUS for frees in free_by_rack.values())
     free = sum(sum(frees) for frees in free_by_rack.values())
     return {"whole_racks_free": whole, "largest_in_one_rack": largest, "free_gpus": free}
 

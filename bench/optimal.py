@@ -6,6 +6,7 @@ import random
 import time
 from typing import Any
 
+from bench.stats import percentile
 from rackscale.placement import place_replica
 from rackscale.topology import build_snapshot
 from tests.factory import deployment, gpu_pod, nvl72, pool
@@ -89,11 +90,6 @@ def optimum(inst: dict[str, Any], seconds: float) -> tuple[int, float, bool]:
     status = solver.solve(model)
     best = int(solver.objective_value) if status in (cp_model.OPTIMAL, cp_model.FEASIBLE) else 0
     return best, solver.best_objective_bound, status == cp_model.OPTIMAL
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def run(instances: int, seed: int, seconds: float) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.stats import percentile
 from rackscale.api import InferenceDeployment
 from rackscale.placement import place_replica
 from rackscale.topology import build_snapshot
@@ -37,11 +38,6 @@ MIX: list[tuple[str, int, dict[str, Any]]] = [
     ("144-block", 3, {"tensor": 4, "pipeline": 4, "data": 9, "replicaScope": "Block"}),
     ("32-exclusive", 6, {"tensor": 8, "data": 4, "gpusPerPod": 4, "exclusive": True}),
 ]
-
-
-def percentile(values: list[int], q: float) -> float:
-    ordered = sorted(values)
-    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
 
 def summary(latencies_ns: list[int], placed: int) -> dict[str, Any]:

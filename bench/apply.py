@@ -1,0 +1,318 @@
+"""Apply to bound and Running on a kwok cluster: the operator's 16 pinned pods vs 16 plain pods.
+
+Both sides run on the same local control plane (the `bench-20` profile: 20 NVL72 racks), one trial
+after the other. Times come from a pod watch opened before the objects are created, stamped on
+receipt with the monotonic clock, so they include the watch's delivery delay.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, watch
+
+from bench import baseline
+from bench.stats import percentile
+from e2e import cluster, profiles
+from rackscale.api import crd
+
+GROUP, VERSION = "rackscale.dev", "v1alpha1"
+PROFILE = "bench-20"
+NAMESPACE = "bench-apply"
+PODS, POD_GPUS = 16, 4
+IMAGE = "registry.k8s.io/pause:3.10"
+OPERATOR = [sys.executable, "-m", "rackscale", "run", "--all-namespaces"]
+
+
+def _wait(probe: Callable[[], Any], what: str, timeout: float = 120.0, every: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (result := probe()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"after {timeout:.0f}s still waiting for {what}")
+        time.sleep(every)
+    return result
+
+
+class PodClock:
+    """Watches the namespace's pods and stamps when each is first bound and first Running."""
+
+    def __init__(self, core: client.CoreV1Api, prefix: str) -> None:
+        self.core, self.prefix = core, prefix
+        self.bound: dict[str, float] = {}
+        self.running: dict[str, float] = {}
+        self.nodes: dict[str, str] = {}
+        self.done = threading.Event()
+        rv = core.list_namespaced_pod(NAMESPACE).metadata.resource_version
+        self.watch = watch.Watch()
+        self.thread = threading.Thread(target=self._follow, args=(rv,), daemon=True)
+        self.thread.start()
+
+    def _follow(self, rv: str) -> None:
+        for event in self.watch.stream(
+            self.core.list_namespaced_pod, NAMESPACE, resource_version=rv, timeout_seconds=120
+        ):
+            now = time.perf_counter()
+            pod = event["object"]
+            name = pod.metadata.name
+            if not name.startswith(self.prefix):
+                continue
+            if pod.spec.node_name and name not in self.bound:
+                self.bound[name] = now
+                self.nodes[name] = pod.spec.node_name
+            if pod.status.phase == "Running" and name not in self.running:
+                self.running[name] = now
+            if len(self.running) >= PODS:
+                self.done.set()
+                self.watch.stop()
+                return
+
+    def wait(self, timeout: float = 90.0) -> None:
+        if not self.done.wait(timeout):
+            self.watch.stop()
+            raise TimeoutError(f"{self.prefix}: {len(self.running)}/{PODS} pods Running")
+
+
+def _deployment(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "InferenceDeployment",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "replicas": 1,
+            "parallelism": {"tensor": 8, "data": 8, "expert": 64},
+            "gpusPerPod": POD_GPUS,
+            "placement": {"rackPool": "bench", "fallback": "Never"},
+            "template": {"spec": {"containers": [{"name": "server", "image": IMAGE}]}},
+        },
+    }
+
+
+def _plain_pod(name: str) -> dict[str, Any]:
+    limits = {profiles.GPU_RESOURCE: str(POD_GPUS)}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "containers": [{"name": "server", "image": IMAGE, "resources": {"limits": limits}}],
+            "terminationGracePeriodSeconds": 0,
+        },
+    }
+
+
+def _no_pods(core: client.CoreV1Api) -> bool:
+    return not core.list_namespaced_pod(NAMESPACE).items
+
+
+def _trial_rackscale(api: client.ApiClient, i: int) -> dict[str, Any]:
+    core, objects = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    name = f"moe-{i}"
+    clock = PodClock(core, f"{name}-")
+    t0 = time.perf_counter()
+    objects.create_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, "inferencedeployments", _deployment(name)
+    )
+    clock.wait()
+    result = _figures(clock, t0)
+    objects.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "inferencedeployments", name)
+    core.delete_collection_namespaced_pod(NAMESPACE, grace_period_seconds=0)
+    _wait(lambda: _no_pods(core), "the MoE pods to go")
+    return result
+
+
+def _trial_baseline(api: client.ApiClient, i: int) -> dict[str, Any]:
+    core = client.CoreV1Api(api)
+    prefix = f"plain-{i}-"
+    clock = PodClock(core, prefix)
+    bodies = [_plain_pod(f"{prefix}{s}") for s in range(PODS)]
+    t0 = time.perf_counter()
+    # "At once": 16 concurrent creates, as a client with a pool of connections would.
+    threads = [
+        threading.Thread(target=core.create_namespaced_pod, args=(NAMESPACE, b)) for b in bodies
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    clock.wait()
+    result = _figures(clock, t0)
+    core.delete_collection_namespaced_pod(NAMESPACE, grace_period_seconds=0)
+    _wait(lambda: _no_pods(core), "the plain pods to go")
+    return result
+
+
+def _figures(clock: PodClock, t0: float) -> dict[str, Any]:
+    shard = {n: int(n.rsplit("-", 1)[1]) for n in clock.nodes}
+    nodes = [clock.nodes[n] for n in sorted(clock.nodes, key=shard.__getitem__)]
+    return {
+        "bound_s": round(max(clock.bound.values()) - t0, 4),
+        "running_s": round(max(clock.running.values()) - t0, 4),
+        "first_bound_s": round(min(clock.bound.values()) - t0, 4),
+        "nodes": nodes,
+    }
+
+
+def _locality(trials: list[dict[str, Any]], rack_of: dict[str, str]) -> dict[str, Any]:
+    """Racks spanned and TP groups (shards 2g, 2g+1) inside one rack, over the trials."""
+    spans, groups, inside = [], 0, 0
+    for t in trials:
+        racks = [rack_of[n] for n in t["nodes"]]
+        spans.append(len(set(racks)))
+        for g in range(0, len(racks), 2):
+            groups += 1
+            inside += racks[g] == racks[g + 1]
+    return {
+        "racks_spanned_mean": round(statistics.fmean(spans), 2),
+        "racks_spanned_max": max(spans),
+        "tp_in_domain_share": round(inside / groups, 4),
+    }
+
+
+def _model_locality(node_list: list[dict[str, Any]], trials: int, seed: int) -> dict[str, Any]:
+    """The same 16 pods on the same empty racks, placed by bench.baseline's model."""
+    order = [n["metadata"]["name"] for n in node_list]
+    rack_of = {
+        n["metadata"]["name"]: n["metadata"]["labels"][profiles.CLIQUE_LABEL] for n in node_list
+    }
+    rng = random.Random(seed)
+    out = []
+    for _ in range(trials):
+        nodes = [baseline.Node(name, rack_of[name], 4) for name in order]
+        model = baseline.KubeScheduler(nodes, rng, start=rng.randrange(len(nodes)))
+        bound = model.place_all([POD_GPUS] * PODS) or []
+        out.append({"nodes": [n.name for n in bound]})
+    return _locality(out, rack_of)
+
+
+def _pct(values: list[float], q: float) -> float:
+    return round(percentile(values, q), 4)
+
+
+def _stats(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    bound = [t["bound_s"] for t in trials]
+    running = [t["running_s"] for t in trials]
+    return {
+        "trials": len(trials),
+        "bound_s": {"p50": _pct(bound, 0.5), "p99": _pct(bound, 0.99), "max": max(bound)},
+        "running_s": {"p50": _pct(running, 0.5), "p99": _pct(running, 0.99), "max": max(running)},
+        "samples_bound_s": bound,
+        "samples_running_s": running,
+    }
+
+
+def _setup(api: client.ApiClient) -> None:
+    ext = client.ApiextensionsV1Api(api)
+    for definition in crd.definitions().values():
+        ext.patch_custom_resource_definition(
+            definition["metadata"]["name"],
+            definition,
+            field_manager="rackscale-bench",
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+        _wait(
+            lambda n=definition["metadata"]["name"]: any(
+                c.type == "Established" and c.status == "True"
+                for c in ext.read_custom_resource_definition(n).status.conditions or []
+            ),
+            "the CRDs",
+        )
+    objects = client.CustomObjectsApi(api)
+    for p in objects.list_cluster_custom_object(GROUP, VERSION, "rackpools")["items"]:
+        objects.delete_cluster_custom_object(GROUP, VERSION, "rackpools", p["metadata"]["name"])
+    objects.create_cluster_custom_object(
+        GROUP,
+        VERSION,
+        "rackpools",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "RackPool",
+            "metadata": {"name": "bench"},
+            "spec": {
+                "nodeSelector": {"matchLabels": {"nvidia.com/gpu.product": "NVIDIA-GB200"}},
+                "rackLabel": profiles.CLIQUE_LABEL,
+                "blockLabel": profiles.BLOCK_LABEL,
+                "gpusPerRack": 72,
+            },
+        },
+    )
+    core = client.CoreV1Api(api)
+    if not any(n.metadata.name == NAMESPACE for n in core.list_namespace().items):
+        core.create_namespace({"metadata": {"name": NAMESPACE}})
+    core.delete_collection_namespaced_pod(NAMESPACE, grace_period_seconds=0)
+    _wait(lambda: _no_pods(core), "an empty namespace")
+
+
+def _rss(pid: int) -> dict[str, float]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = round(int(value.split()[0]) / 1024, 1)
+    return {"rss_mib": out.get("VmRSS", 0.0), "peak_rss_mib": out.get("VmHWM", 0.0)}
+
+
+def run(trials: int, seed: int, logs: Path) -> dict[str, Any]:
+    """Bring the bench cluster up (or reuse it), run the operator, alternate the two sides."""
+    t0 = time.monotonic()
+    local = cluster.up(PROFILE, wait=True, timeout=300)
+    up_s = time.monotonic() - t0
+    api = profiles.api_client_for(str(local.kubeconfig))
+    try:
+        _setup(api)
+        node_list = api.sanitize_for_serialization(client.CoreV1Api(api).list_node().items)
+        rack_of = {
+            n["metadata"]["name"]: n["metadata"]["labels"][profiles.CLIQUE_LABEL] for n in node_list
+        }
+        logs.mkdir(parents=True, exist_ok=True)
+        log = (logs / "operator.log").open("w")
+        env = {**os.environ, "KUBECONFIG": str(local.kubeconfig)}
+        operator = subprocess.Popen(
+            [*OPERATOR, "--liveness", "none", "--metrics-port", "0", "--log-format", "plain"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            time.sleep(3)  # kopf fills its indices before the first trial is timed
+            if operator.poll() is not None:
+                raise RuntimeError(f"the operator exited; see {logs / 'operator.log'}")
+            ours, theirs = [], []
+            for i in range(trials):
+                ours.append(_trial_rackscale(api, i))
+                theirs.append(_trial_baseline(api, i))
+            memory = _rss(operator.pid)
+        finally:
+            operator.terminate()
+            operator.wait(30)
+            log.close()
+    finally:
+        api.close()
+    return {
+        "profile": PROFILE,
+        "racks": 20,
+        "nodes": len(node_list),
+        "cluster_up_s": round(up_s, 1),
+        "cluster_started_here": local.started,
+        "pods": PODS,
+        "gpus_per_pod": POD_GPUS,
+        "measurement": "pod watch opened before the create, stamped on receipt "
+        "(time.perf_counter, sub-microsecond clock; figures include watch delivery)",
+        "rackscale": {**_stats(ours), "locality": _locality(ours, rack_of)},
+        "kube-scheduler": {
+            **_stats(theirs),
+            "locality": _locality(theirs, rack_of),
+            "model_locality": _model_locality(node_list, max(trials, 20), seed),
+        },
+        "operator_memory_20_racks": memory,
+        "cluster": local,
+    }

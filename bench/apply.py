@@ -29,7 +29,7 @@ GROUP, VERSION = "rackscale.dev", "v1alpha1"
 PROFILE = "bench-20"
 NAMESPACE = "bench-apply"
 PODS, POD_GPUS = 16, 4
-IMAGE = "registry.k8s.io/pause:3.10"
+IMAGE = "pause:3.10"  # kwok runs no container: the image is never pulled
 OPERATOR = [sys.executable, "-m", "rackscale", "run", "--all-namespaces"]
 
 

@@ -1,0 +1,156 @@
+"""`python -m bench [--quick]`: rackscale against kube-scheduler alone, every part in one run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import churn, machine, optimal, placement, report
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).parent / "results"
+
+# Every size the run uses, full and quick; the report prints them.
+FULL = {
+    "placement_racks": [10, 100, 1000],
+    "placement_max_replicas": None,
+    "apply_trials": 10,
+    "churn_racks": 32,
+    "churn_events": 3000,
+    "optimal_instances": 200,
+    "optimal_solver_seconds": 5.0,
+    "overhead": [(100, 50, 20), (1000, 500, 10)],  # (racks, deployments filling them, passes)
+}
+QUICK = {
+    "placement_racks": [10],
+    "placement_max_replicas": 40,
+    "apply_trials": 2,
+    "churn_racks": 8,
+    "churn_events": 300,
+    "optimal_instances": 10,
+    "optimal_solver_seconds": 1.0,
+    "overhead": [(20, 10, 5)],
+}
+
+
+def _placement(params: dict[str, Any], seed: int) -> dict[str, Any]:
+    runs = [
+        placement.run(n, seed, params["placement_max_replicas"]) for n in params["placement_racks"]
+    ]
+    for r in runs:
+        placement.show(r)
+    return {
+        "mix": [{"label": m[0], "weight": m[1], "spec": m[2]} for m in placement.MIX],
+        "runs": runs,
+    }
+
+
+def _apply(params: dict[str, Any], seed: int, out: Path, keep: bool) -> dict[str, Any]:
+    from bench import apply
+    from e2e import cluster
+
+    result = apply.run(params["apply_trials"], seed, out / "logs")
+    local = result.pop("cluster")
+    if local.started and not keep:
+        cluster.down()
+        result["cluster_stopped"] = True
+    return result
+
+
+def _overhead(params: dict[str, Any]) -> dict[str, Any]:
+    runs = []
+    for racks, deployments, passes in params["overhead"]:
+        # Its own process: the RSS is then the reconciler's state at that size and nothing else.
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.overhead", str(racks), str(deployments), str(passes)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return {"runs": runs}
+
+
+def _part(name: str, parts: dict[str, Any], work: Callable[[], dict[str, Any]]) -> None:
+    print(f"\n==> {name}", flush=True)
+    started = time.perf_counter()
+    try:
+        parts[name] = work()
+    except Exception as error:
+        traceback.print_exc()
+        parts[name] = {"error": f"{type(error).__name__}: {error}"}
+    parts[name]["seconds"] = round(time.perf_counter() - started, 1)
+    parts[name]["load_average_after"] = machine.load_average()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, no 1,000-rack parts")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help="directory for JSON, Markdown, PNG"
+    )
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--apply",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run part 2 on the local control plane (default: yes, but not with --quick)",
+    )
+    parser.add_argument("--keep-cluster", action="store_true", help="leave the bench cluster up")
+    args = parser.parse_args(argv)
+    params = QUICK if args.quick else FULL
+    with_apply = (not args.quick) if args.apply is None else args.apply
+    os.environ.setdefault("RACKSCALE_CLUSTER_DIR", str(Path(__file__).parent / ".cluster"))
+    started = datetime.now(UTC)
+    figures: dict[str, Any] = {
+        "benchmark": "rackscale against kube-scheduler alone",
+        "date": started.isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "seed": args.seed,
+        "parameters": {**params, "apply": with_apply, "churn_target_load": churn.TARGET_LOAD},
+        "machine": machine.describe(),
+    }
+    parts: dict[str, Any] = {}
+    seed = args.seed
+    _part("placement", parts, lambda: _placement(params, seed))
+    if with_apply:
+        _part("apply", parts, lambda: _apply(params, seed, args.out, args.keep_cluster))
+    else:
+        parts["apply"] = {"skipped": "quick mode: no local control plane (run without --quick)"}
+    _part("churn", parts, lambda: churn.run(params["churn_racks"], params["churn_events"], seed))
+    _part(
+        "optimal",
+        parts,
+        lambda: optimal.run(params["optimal_instances"], seed, params["optimal_solver_seconds"]),
+    )
+    _part("overhead", parts, lambda: _overhead(params))
+    figures["parts"] = parts
+    figures["load_average_end"] = machine.load_average()
+    figures["seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)
+    figures["headline"] = report.headline(figures)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"{started:%Y-%m-%d}"
+    (args.out / f"{stem}.json").write_text(json.dumps(figures, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text(report.markdown(figures, args.out, stem))
+    print("\n" + report.table(figures["headline"]))
+    print(f"\nwritten: {args.out / stem}.json, {args.out / stem}.md and its plots")
+    failed = [name for name, part in parts.items() if "error" in part]
+    if failed:
+        print(f"parts that failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,404 @@
+"""The benchmark's headline table, its Markdown report and its PNG plots, from the run's figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench import plots
+
+NA = "n/a"
+
+
+def _pct(x: float | None) -> str:
+    return NA if x is None else f"{x:.1%}"
+
+
+def _ms(x: float | None) -> str:
+    return NA if x is None else f"{x:.2f} ms"
+
+
+def _s(x: float | None) -> str:
+    return NA if x is None else f"{x:.2f} s"
+
+
+def _get(d: dict[str, Any], *keys: Any) -> Any:
+    for k in keys:
+        if not isinstance(d, dict | list):
+            return None
+        try:
+            d = d[k]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return d
+
+
+def _verdict(ok: bool | None) -> str:
+    return NA if ok is None else ("met" if ok else "missed")
+
+
+def headline(fig: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per figure with a target: rackscale, the baseline, and whether the target is met."""
+    parts = fig["parts"]
+    rows: list[dict[str, str]] = []
+
+    def row(figure: str, target: str, ours: str, theirs: str, ok: bool | None) -> None:
+        rows.append(
+            {
+                "figure": figure,
+                "target": target,
+                "rackscale": ours,
+                "kube-scheduler": theirs,
+                "verdict": _verdict(ok),
+            }
+        )
+
+    runs = _get(parts, "placement", "runs") or []
+    biggest = max(runs, key=lambda r: r["racks"]) if runs else None
+    if biggest:
+        n = biggest["racks"]
+        dps, p99 = biggest["decisions_per_second"], biggest["all"]["p99_ms"]
+        row(f"1. placement decisions/s, {n} racks", ">= 2,000", f"{dps:,}", NA, dps >= 2000)
+        row(f"1. placement p99, {n} racks", "<= 5 ms", _ms(p99), NA, p99 <= 5)
+    apply = parts.get("apply") or {}
+    if "rackscale" in apply:
+        ours, theirs = apply["rackscale"], apply["kube-scheduler"]
+        b, t = ours["bound_s"], theirs["bound_s"]
+        row("2. apply to all 16 bound, p50", "<= 1 s", _s(b["p50"]), _s(t["p50"]), b["p50"] <= 1)
+        row("2. apply to all 16 bound, p99", NA, _s(b["p99"]), _s(t["p99"]), None)
+        r, tr = ours["running_s"], theirs["running_s"]
+        row("2. apply to all 16 Running, p50", "<= 3 s", _s(r["p50"]), _s(tr["p50"]), r["p50"] <= 3)
+        row("2. apply to all 16 Running, p99", NA, _s(r["p99"]), _s(tr["p99"]), None)
+    else:
+        row("2. apply to bound / Running", "<= 1 s / <= 3 s", "not run", "not run", None)
+    systems = _get(parts, "churn", "systems") or {}
+    if systems:
+        o, k = systems["rackscale"], systems["kube-scheduler"]
+        share_o, share_k = o["tp_in_domain_share"], k["tp_in_domain_share"]
+        row("3. TP groups in one NVLink domain", "100%", _pct(share_o), _pct(share_k), share_o == 1)
+        row(
+            "3. replicas <= 72 GPUs inside one rack",
+            NA,
+            _pct(o["in_one_rack_share"]),
+            _pct(k["in_one_rack_share"]),
+            None,
+        )
+        row(
+            "3. avoidable splits",
+            "0",
+            str(o["avoidable_splits"]),
+            str(k["avoidable_splits"]),
+            o["avoidable_splits"] == 0,
+        )
+        row(
+            "3. replicas refused (of offered)",
+            NA,
+            f"{o['refused']} of {o['offered']}",
+            f"{k['refused']} of {k['offered']}",
+            None,
+        )
+        oa, ka = o["after_churn"], k["after_churn"]
+        row(
+            "4. whole racks free after churn",
+            NA,
+            str(oa["whole_racks_free"]),
+            str(ka["whole_racks_free"]),
+            None,
+        )
+        row(
+            "4. largest replica one rack still takes",
+            NA,
+            f"{oa['largest_in_one_rack']} GPUs",
+            f"{ka['largest_in_one_rack']} GPUs",
+            None,
+        )
+    ratio = _get(parts, "optimal", "arrival_order", "p95_instance_ratio")
+    if ratio is not None:
+        largest = parts["optimal"]["largest_first"]["p95_instance_ratio"]
+        row("4. GPUs placed / optimum, 95th-pct instance", ">= 98%", _pct(ratio), NA, ratio >= 0.98)
+        row("4. same, replicas taken largest first", NA, _pct(largest), NA, None)
+    for run in _get(parts, "overhead", "runs") or []:
+        n = run["racks"]
+        p = run["placing_pass_ms"]
+        s = run["steady_pass_ms"]
+        row(f"5. reconcile pass placing one replica, {n} racks, p50/p99", NA,
+            f"{p['p50']:.0f} / {p['p99']:.0f} ms", NA, None)  # fmt: skip
+        row(f"5. reconcile pass, nothing to do, {n} racks, p50/p99", NA,
+            f"{s['p50']:.0f} / {s['p99']:.0f} ms", NA, None)  # fmt: skip
+        row(f"5. operator state RSS, {n} racks", NA, f"{run['rss_mib']:.0f} MiB", NA, None)
+    mem = apply.get("operator_memory_20_racks")
+    if mem:
+        row(
+            "5. real operator RSS on the 20-rack cluster", NA, f"{mem['rss_mib']:.0f} MiB", NA, None
+        )
+    return rows
+
+
+def table(rows: list[dict[str, str]]) -> str:
+    """The headline rows as a Markdown table (also readable in a terminal)."""
+    cols = ["figure", "target", "rackscale", "kube-scheduler", "verdict"]
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) if rows else len(c) for c in cols}
+    lines = [
+        "| " + " | ".join(c.ljust(widths[c]) for c in cols) + " |",
+        "| " + " | ".join("-" * widths[c] for c in cols) + " |",
+    ]
+    lines += ["| " + " | ".join(r[c].ljust(widths[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _machine(fig: dict[str, Any]) -> list[str]:
+    m = fig["machine"]
+    pk = ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v)
+    return [
+        f"- {m['cpus']} CPUs, {m['memory_gib']} GiB memory, {m['platform']}",
+        f"- load average (1, 5, 15 min) at the start {m['load_average']}, at the end "
+        f"{fig['load_average_end']}: the machine is shared, so wall-clock figures carry that load",
+        f"- Python {m['python']}, {pk}; Kubernetes {m['kubernetes']} (the local control plane); "
+        f"rackscale commit {m['rackscale_commit']}",
+        f"- seed {fig['seed']}, quick mode {fig['quick']}, whole run {fig['seconds']} s",
+    ]
+
+
+def markdown(fig: dict[str, Any], out: Path, stem: str) -> str:
+    """The report: machine, headline, then each part with its parameters, plot and meaning."""
+    images = plots.draw(fig, out, stem)
+    parts = fig["parts"]
+    p = fig["parameters"]
+    md = [
+        f"# rackscale against kube-scheduler alone: {fig['date']}",
+        "",
+        "Every figure below was measured in this run; the kube-scheduler figures are the same "
+        "pods with plain `nvidia.com/gpu` requests, placed by kube-scheduler (part 2, the real "
+        "one) or by a model of its default placement (parts 3 and 4).",
+        "",
+        "## Machine and versions",
+        "",
+        *_machine(fig),
+        "",
+        "## Headline",
+        "",
+        table(fig["headline"]),
+        "",
+    ]
+    md += _section_placement(parts.get("placement") or {}, images)
+    md += _section_apply(parts.get("apply") or {}, p, images)
+    md += _section_churn(parts.get("churn") or {}, images)
+    md += _section_optimal(parts.get("optimal") or {}, images)
+    md += _section_overhead(parts.get("overhead") or {})
+    md += [
+        "## Parameters",
+        "",
+        "```text",
+        *[f"{k}: {v}" for k, v in p.items()],
+        "```",
+        "",
+    ]
+    return "\n".join(md)
+
+
+def _failed(part: dict[str, Any]) -> list[str]:
+    if "error" in part:
+        return [f"**This part failed**: `{part['error']}`", ""]
+    return []
+
+
+def _img(images: dict[str, str], key: str) -> list[str]:
+    return [f"![{key}]({images[key]})", ""] if key in images else []
+
+
+def _section_placement(part: dict[str, Any], images: dict[str, str]) -> list[str]:
+    md = ["## 1. Placement speed (pure engine)", "", *_failed(part)]
+    md += [
+        "The engine alone, in-process: a mixed stream of deployments (1-4 replicas of 4 to 144 "
+        "GPUs, some exclusive, some spread) is placed replica by replica on an empty pool until "
+        "it is 90% full; each `place_replica` call is timed (wall clock, and CPU time of the "
+        "thread). There is no baseline row: kube-scheduler has no pure placement engine to time "
+        "apart from its API round trips, and a figure invented for it would mean nothing.",
+        "",
+        "| racks | decisions | decisions/s | CPU decisions/s | p50 | p99 | max | filled |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in part.get("runs", []):
+        a = r["all"]
+        md.append(
+            f"| {r['racks']} | {a['decisions']} | {r['decisions_per_second']:,} | "
+            f"{r['cpu_decisions_per_second']:,} | {_ms(a['p50_ms'])} | {_ms(a['p99_ms'])} | "
+            f"{_ms(a['max_ms'])} | {r['filled']:.0%} |"
+        )
+    md += ["", *_img(images, "placement")]
+    md += [
+        "Decisions/s is decisions over the summed time of the decisions; p50/p99 are per replica "
+        "decision; large and multi-rack replicas are the slow tail (see the JSON's `by_size`).",
+        "",
+    ]
+    return md
+
+
+def _section_apply(part: dict[str, Any], p: dict[str, Any], images: dict[str, str]) -> list[str]:
+    md = ["## 2. Apply to bound and to Running (kwok cluster)", "", *_failed(part)]
+    if "skipped" in part:
+        return [*md, f"Not run: {part['skipped']}.", ""]
+    if "rackscale" not in part:
+        return md
+    o, k = part["rackscale"], part["kube-scheduler"]
+    md += [
+        f"On the local control plane with the `{part['profile']}` profile ({part['racks']} NVL72 "
+        f"racks, {part['nodes']} kwok nodes), with the operator running as a subprocess "
+        f"(`python -m rackscale run --all-namespaces`): {part['pods']} pods of "
+        f"{part['gpus_per_pod']} GPUs each, {o['trials']} trials per side, alternating. "
+        "rackscale: one InferenceDeployment (TP 8 x DP 8, expert 64) is created; the clock runs "
+        "from the create call until the last of its 16 pods is bound (has a node) and Running. "
+        "kube-scheduler: the same 16 pods without pins, created by 16 concurrent requests, timed "
+        "the same way. Between trials everything is deleted and the namespace waits empty.",
+        "",
+        f"Measurement: {part['measurement']}. kwok marks a bound pod Running at once, so Running "
+        "minus bound is the fake kubelet's delay, not a container start.",
+        "",
+        "| | bound p50 | bound p99 | Running p50 | Running p99 | racks spanned "
+        "| TP groups in one rack |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, side in (("rackscale", o), ("kube-scheduler", k)):
+        loc = side["locality"]
+        md.append(
+            f"| {name} | {_s(side['bound_s']['p50'])} | {_s(side['bound_s']['p99'])} | "
+            f"{_s(side['running_s']['p50'])} | {_s(side['running_s']['p99'])} | "
+            f"{loc['racks_spanned_mean']} (max {loc['racks_spanned_max']}) | "
+            f"{_pct(loc['tp_in_domain_share'])} |"
+        )
+    model = k["model_locality"]
+    md += [
+        "",
+        *_img(images, "apply"),
+        "rackscale's time includes the operator's work: its watch sees the new object, it "
+        "places the replica, creates 16 pinned pods one request at a time and kube-scheduler "
+        "binds them; the baseline skips all of that and so binds sooner, but scatters the pods.",
+        "",
+        f"Model check: `bench/baseline.py` placing the same 16 pods on the same empty racks spans "
+        f"{model['racks_spanned_mean']} racks on average (max {model['racks_spanned_max']}) with "
+        f"{_pct(model['tp_in_domain_share'])} of TP groups in one rack, against "
+        f"{k['locality']['racks_spanned_mean']} and {_pct(k['locality']['tp_in_domain_share'])} "
+        "for the real kube-scheduler above.",
+        "",
+    ]
+    mem = part.get("operator_memory_20_racks")
+    if mem:
+        md += [
+            f"The real operator's RSS after the trials: {mem['rss_mib']} MiB "
+            f"(peak {mem['peak_rss_mib']} MiB), on {part['nodes']} nodes.",
+            "",
+        ]
+    return md
+
+
+def _section_churn(part: dict[str, Any], images: dict[str, str]) -> list[str]:
+    md = ["## 3. Locality under churn, and 4. fragmentation after it", "", *_failed(part)]
+    if "systems" not in part:
+        return md
+    mix = ", ".join(f"{m['gpus']} GPUs (weight {m['weight']})" for m in part["mix"])
+    md += [
+        f"A simulation on {part['racks']} NVL72 racks ({part['gpus']} GPUs): one stream of "
+        f"{part['events']} events ({part['arrivals']} arrivals, the rest departures of a random "
+        f"running job) keeping the offered demand at most {part['target_load']:.0%} of the GPUs. "
+        f"Sizes: {mix}; every replica is TP 8 over pods of 4 GPUs (so each TP group is 2 pods), "
+        "72 GPUs as 9 pipeline stages, 144 GPUs as 18 stages with `replicaScope: Any`. "
+        "rackscale is the real engine (`place_replica`, departures undo the reservation). "
+        "kube-scheduler is `bench/baseline.py`: pods created at once, bound one at a time by "
+        "NodeResourcesFit filtering, LeastAllocated and BalancedAllocation scoring over CPU and "
+        "memory (GPUs are not scored by default), adaptive percentageOfNodesToScore and random "
+        "ties; a replica whose pods do not all fit is refused whole (kinder than real, where "
+        "the bound ones would hold GPUs while the rest wait).",
+        "",
+        "| | placed | refused | TP groups in one NVLink domain | replicas <= 72 in one rack "
+        "| avoidable splits | whole racks free at the end | largest replica one rack takes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, s in part["systems"].items():
+        a = s["after_churn"]
+        md.append(
+            f"| {name} | {s['placed']} | {s['refused']} {s['refused_by_size']} | "
+            f"{_pct(s['tp_in_domain_share'])} | {_pct(s['in_one_rack_share'])} | "
+            f"{s['avoidable_splits']} | {a['whole_racks_free']} | {a['largest_in_one_rack']} GPUs |"
+        )
+    md += [
+        "",
+        *_img(images, "churn"),
+        "- TP groups in one NVLink domain: of the TP groups of every placed replica, the share "
+        "whose two pods are in one rack.",
+        "- Replicas inside one rack: of placed replicas of at most 72 GPUs, the share on one rack.",
+        "- Avoidable splits: placed replicas of at most 72 GPUs spread over several racks while, "
+        "when they arrived, one rack had enough free 4-GPU slots for all their pods.",
+        "- Refused: replicas the system could not place whole when they arrived although the "
+        "demand was under the target; rackscale refuses rather than split, kube-scheduler splits.",
+        "- Whole racks free and the largest replica one rack still takes (in 4-GPU pods) are read "
+        "after the last event; the plot shows them over the whole stream.",
+        "",
+    ]
+    return md
+
+
+def _section_optimal(part: dict[str, Any], images: dict[str, str]) -> list[str]:
+    md = ["## 4. GPUs placed against the optimum (OR-Tools CP-SAT)", "", *_failed(part)]
+    if "arrival_order" not in part:
+        return md
+    a, lf = part["arrival_order"], part["largest_first"]
+    md += [
+        f"{part['instances']} random instances: 4-16 racks, about 20% of trays part-used by "
+        "other pods, and 5-40% more replicas (8-72 GPUs, pods of 2 or 4 GPUs, TP in the rack, "
+        "`replicaScope: Rack`) than the free GPUs hold. The engine places them in arrival order, "
+        "each whole or refused, as the operator would; CP-SAT chooses the set and racks that "
+        "place the most GPUs under the same constraints (whole replica in one rack, node "
+        f"capacity). Solver limit {part['solver_seconds_limit']} s per instance, "
+        f"{part['proven_optimal']} of {part['instances']} proven optimal (an unproven one is "
+        "compared with the solver's upper bound, which can only lower the ratio). No "
+        "kube-scheduler row: it does not keep a replica inside a rack, so it solves a different "
+        "problem.",
+        "",
+        "| order | ratio at the 95th-percentile instance | median | worst |",
+        "| --- | --- | --- | --- |",
+        f"| arrival (the operator) | {_pct(a['p95_instance_ratio'])} | {_pct(a['median_ratio'])} "
+        f"| {_pct(a['worst_ratio'])} |",
+        f"| largest first | {_pct(lf['p95_instance_ratio'])} | {_pct(lf['median_ratio'])} "
+        f"| {_pct(lf['worst_ratio'])} |",
+        "",
+        *_img(images, "optimal"),
+        "The 95th-percentile instance is the ratio that 95% of instances reach or beat. Arrival "
+        "order is what a live operator sees; largest first is what `rackscale plan` gets when "
+        "given the deployments in that order.",
+        "",
+    ]
+    return md
+
+
+def _section_overhead(part: dict[str, Any]) -> list[str]:
+    md = ["## 5. Operator overhead", "", *_failed(part)]
+    md += [
+        "The operator's own `Reconciler` (the code `rackscale run` runs each pass) against an "
+        "in-memory cluster view of that size, in a fresh process per size: kopf's indices are "
+        "dicts of the same slimmed objects, the API writes land in dicts and pinned pods are "
+        "bound at once. A real 1,000-rack cluster takes about 10 minutes to load on this "
+        "machine, so it is not used; kopf, the watches and the API round trips are not in these "
+        "figures. The racks are first filled to about half with one-rack 64-GPU deployments; "
+        "then each timed pass reconciles every deployment, once with nothing to do and once "
+        "after one more deployment is applied (the pass that places it and creates its 16 pods). "
+        "RSS is the process's resident memory after the passes (Python and imports alone "
+        "take the `before` figure).",
+        "",
+        "| racks | nodes | deployments | pods | pass, nothing to do p50 / p99 "
+        "| pass placing one p50 / p99 | pool status | RSS (before the view) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in part.get("runs", []):
+        md.append(
+            f"| {r['racks']} | {r['nodes']} | {r['deployments']} | {r['pods']} | "
+            f"{r['steady_pass_ms']['p50']} / {r['steady_pass_ms']['p99']} ms | "
+            f"{r['placing_pass_ms']['p50']} / {r['placing_pass_ms']['p99']} ms | "
+            f"{r['pool_status_ms']} ms | {r['rss_mib']} MiB ({r['rss_before_view_mib']} MiB) |"
+        )
+    md += [
+        "",
+        "A pass reconciles every deployment, so its time grows with their number; the latency a "
+        "user sees from apply to pods created is one placing pass plus the watch and debounce.",
+        "",
+    ]
+    return md

@@ -23,9 +23,9 @@ RESULTS = Path(__file__).parent / "results"
 FULL = {
     "placement_racks": [10, 100, 1000],
     "placement_max_replicas": None,
-    "apply_trials": 10,
-    "churn_racks": 32,
-    "churn_events": 3000,
+    "apply_trials": 20,
+    "churn_racks": 64,
+    "churn_events": 6000,
     "optimal_instances": 200,
     "optimal_solver_seconds": 5.0,
     "overhead": [(100, 50, 20), (1000, 500, 10)],  # (racks, deployments filling them, passes)

@@ -202,6 +202,12 @@ def fragmentation(free_by_rack: dict[str, list[int]]) -> dict[str, int]:
     return {"whole_racks_free": whole, "largest_in_one_rack": largest, "free_gpus": free}
 
 
+def _means(samples: list[dict[str, float]]) -> dict[str, float]:
+    """Fragmentation averaged over samples of the stream (the end point alone is one draw)."""
+    keys = ("load", "whole_racks_free", "largest_in_one_rack")
+    return {k: round(sum(s[k] for s in samples) / len(samples), 3) for k in keys}
+
+
 def simulate(system: Any, events: list[Event], capacity: int, sample_every: int) -> dict[str, Any]:
     """Feed the stream to one system and tally locality, refusals and fragmentation."""
     tally = Tally()
@@ -225,6 +231,7 @@ def simulate(system: Any, events: list[Event], capacity: int, sample_every: int)
             tally.series.append({"event": i, "load": round(load, 4), **frag})
     result = tally.summary()
     result["after_churn"] = fragmentation(system.free_by_rack())
+    result["second_half_mean"] = _means(tally.series[len(tally.series) // 2 :])
     result["series"] = tally.series
     return result
 

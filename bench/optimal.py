@@ -26,8 +26,13 @@ SHAPES: list[tuple[int, int, dict[str, int]]] = [
 ]
 
 
-def instance(rng: random.Random) -> dict[str, Any]:
-    """4-16 racks, some trays part-used by other pods, and more replicas than fit."""
+# Demand as a share of the free GPUs: "over" offers more than fits (which replicas to take
+# matters), "under" offers what the optimum can usually place whole (pure packing).
+DEMAND = {"over": (1.05, 1.4), "under": (0.8, 1.0)}
+
+
+def instance(rng: random.Random, demand: tuple[float, float]) -> dict[str, Any]:
+    """4-16 racks, some trays part-used by other pods, replicas up to `demand` of the free GPUs."""
     racks = rng.randint(4, 16)
     used = {
         f"gb200-{r:04d}-{t:02d}": rng.choice([1, 2, 2, 3, 4])
@@ -37,9 +42,14 @@ def instance(rng: random.Random) -> dict[str, Any]:
     }
     capacity = racks * TRAYS * TRAY_GPUS - sum(used.values())
     replicas: list[int] = []  # indexes into SHAPES, in arrival order
-    demand_target = capacity * rng.uniform(1.05, 1.4)
-    while sum(SHAPES[i][0] for i in replicas) < demand_target:
-        replicas.append(rng.randrange(len(SHAPES)))
+    demand_target = capacity * rng.uniform(*demand)
+    while True:
+        pick = rng.randrange(len(SHAPES))
+        if sum(SHAPES[i][0] for i in replicas) + SHAPES[pick][0] > demand_target:
+            if demand_target > capacity:
+                replicas.append(pick)  # over: the last one crosses the target
+            break
+        replicas.append(pick)
     return {"racks": racks, "used": used, "replicas": replicas}
 
 
@@ -93,12 +103,27 @@ def optimum(inst: dict[str, Any], seconds: float) -> tuple[int, float, bool]:
 
 
 def run(instances: int, seed: int, seconds: float) -> dict[str, Any]:
-    """Many random instances: the engine in arrival order and largest first, against CP-SAT."""
+    """Both demand families, `instances` each."""
+    return {
+        "instances": instances,
+        "seed": seed,
+        "solver_seconds_limit": seconds,
+        "families": {
+            name: family(instances, seed + i, seconds, span)
+            for i, (name, span) in enumerate(DEMAND.items())
+        },
+    }
+
+
+def family(
+    instances: int, seed: int, seconds: float, demand: tuple[float, float]
+) -> dict[str, Any]:
+    """Random instances: the engine in arrival order and largest first, against CP-SAT."""
     rng = random.Random(seed)
     rows = []
     started = time.perf_counter()
     for _ in range(instances):
-        inst = instance(rng)
+        inst = instance(rng, demand)
         n = len(inst["replicas"])
         arrival = engine(inst, list(range(n)))
         largest = engine(inst, sorted(range(n), key=lambda j: -SHAPES[inst["replicas"][j]][0]))
@@ -109,6 +134,7 @@ def run(instances: int, seed: int, seconds: float) -> dict[str, Any]:
             {
                 "racks": inst["racks"],
                 "replicas": n,
+                "shapes": inst["replicas"],
                 "optimum": best,
                 "bound": round(bound),
                 "proven": proven,
@@ -122,9 +148,10 @@ def run(instances: int, seed: int, seconds: float) -> dict[str, Any]:
     largest_ratios = [r["ratio_largest_first"] for r in rows]
     # "95th-percentile instance": the ratio that 95% of the instances reach or beat.
     return {
-        "instances": instances,
-        "seed": seed,
-        "solver_seconds_limit": seconds,
+        "demand_of_free_gpus": list(demand),
+        "all_placed_by_optimum": sum(
+            r["optimum"] == sum(SHAPES[i][0] for i in r["shapes"]) for r in rows
+        ),
         "proven_optimal": sum(r["proven"] for r in rows),
         "seconds": round(time.perf_counter() - started, 2),
         "arrival_order": {

@@ -83,17 +83,20 @@ def _churn(part: dict[str, Any]) -> Any:
 
 
 def _optimal(part: dict[str, Any]) -> Any:
-    figure, ax = plt.subplots(figsize=(6, 3.5))
-    rows = part["rows"]
-    for key, label in (
-        ("ratio_arrival", "arrival order"),
-        ("ratio_largest_first", "largest first"),
-    ):
-        values = sorted(r[key] for r in rows)
-        ax.plot(values, [(i + 1) / len(values) for i in range(len(values))], label=label)
-    ax.axvline(0.98, color="grey", linestyle="--", label="target 98%")
-    ax.set_xlabel("GPUs placed / optimum")
-    ax.set_ylabel("share of instances at or below")
-    ax.set_title("4. rackscale against CP-SAT (CDF)")
-    ax.legend()
+    families = part["families"]
+    figure, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 3.5), sharey=True)
+    for ax, (name, fam) in zip(list(axes), families.items(), strict=True):
+        for key, label in (
+            ("ratio_arrival", "arrival order"),
+            ("ratio_largest_first", "largest first"),
+        ):
+            values = sorted(r[key] for r in fam["rows"])
+            ax.plot(values, [(i + 1) / len(values) for i in range(len(values))], label=label)
+        ax.axvline(0.98, color="grey", linestyle="--", label="target 98%")
+        lo, hi = fam["demand_of_free_gpus"]
+        ax.set_title(f"demand {lo:.0%}-{hi:.0%} of free GPUs ({name})")
+        ax.set_xlabel("GPUs placed / optimum")
+        ax.legend()
+    axes[0].set_ylabel("share of instances at or below")
+    figure.suptitle("4. rackscale against CP-SAT (CDF)")
     return figure

@@ -40,11 +40,12 @@ test-e2e: $(STAMP) e2e-binaries ## End-to-end tests on their own local control p
 	RACKSCALE_CLUSTER_DIR=$(CURDIR)/.cluster-e2e $(PY) -m pytest e2e
 
 .PHONY: lint
-lint: $(STAMP) ## ruff, mypy (strict on the pure layers), import-linter contracts.
+lint: $(STAMP) ## ruff, mypy (strict on the pure layers), import-linter contracts, hadolint.
 	$(VENV)/bin/ruff check operator tests e2e bench
 	$(VENV)/bin/ruff format --check operator tests e2e bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/hadolint operator/Dockerfile
 
 .PHONY: fmt
 fmt: $(STAMP) ## Format and fix what ruff can.

@@ -1,15 +1,22 @@
-"""Fixtures for tests against a real API server: the local one, or $RACKSCALE_E2E_KUBECONFIG."""
+"""Fixtures for tests against a real API server (the local one, or $RACKSCALE_E2E_KUBECONFIG):
+the cluster, a namespace per test, the CRDs, a RackPool, the operator and kubectl."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 
 import pytest
+from kopf.testing import KopfRunner
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from e2e import cluster, profiles
+from e2e.support import CLIQUE, GROUP, OPERATOR, UNSCHEDULABLE_TIMEOUT, VERSION, eventually
+from rackscale.api import crd
 
 EXTERNAL_KUBECONFIG = cluster.EXTERNAL_KUBECONFIG
 
@@ -67,3 +74,98 @@ def namespace(kube: client.ApiClient) -> Iterator[str]:
     except client.exceptions.ApiException as err:
         if err.status != 404:
             raise
+
+
+@pytest.fixture(scope="session")
+def crds(kube: client.ApiClient) -> None:
+    """The CRDs generated from the models, applied and Established."""
+    ext = client.ApiextensionsV1Api(kube)
+    for definition in crd.definitions().values():
+        name = definition["metadata"]["name"]
+        try:
+            ext.patch_custom_resource_definition(
+                name,
+                definition,
+                field_manager="rackscale-e2e",
+                force=True,
+                _content_type="application/apply-patch+yaml",
+            )
+        except ApiException as err:
+            message = json.loads(err.body).get("message", err.body) if err.body else err.reason
+            pytest.fail(f"the API server refuses CRD {name}: {message}", pytrace=False)
+
+        def established(name: str = name) -> bool:
+            conditions = ext.read_custom_resource_definition(name).status.conditions or []
+            return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+        eventually(established, f"CRD {name} to be Established", timeout=30)
+
+
+@pytest.fixture
+def operator(kubeconfig: str, crds: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The operator running in this process for the length of one test."""
+    monkeypatch.setenv("KUBECONFIG", kubeconfig)
+    monkeypatch.setenv("RACKSCALE_UNSCHEDULABLE_TIMEOUT", str(UNSCHEDULABLE_TIMEOUT))
+    with KopfRunner(OPERATOR, timeout=60) as runner:
+        yield
+    assert runner.exception is None, runner.output
+    assert runner.exit_code == 0, runner.output
+
+
+@pytest.fixture
+def pool(kube: client.ApiClient, crds: None) -> Iterator[str]:
+    """A RackPool over the profile's GB200 racks, alone: other pools would share its nodes."""
+    objects = client.CustomObjectsApi(kube)
+    others = objects.list_cluster_custom_object(GROUP, VERSION, "rackpools")["items"]
+    if others:
+        names = ", ".join(p["metadata"]["name"] for p in others)
+        pytest.fail(
+            f"RackPools {names} already exist and would share the GB200 nodes (a demo left "
+            "running?): `make cluster-down` or delete them, and stop any other operator",
+            pytrace=False,
+        )
+    name = f"e2e-{uuid.uuid4().hex[:6]}"
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "RackPool",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": {"matchLabels": {"nvidia.com/gpu.product": "NVIDIA-GB200"}},
+            "rackLabel": CLIQUE,
+            "blockLabel": profiles.BLOCK_LABEL,
+            "gpusPerRack": 72,
+        },
+    }
+    objects.create_cluster_custom_object(GROUP, VERSION, "rackpools", body)
+    yield name
+    objects.delete_cluster_custom_object(GROUP, VERSION, "rackpools", name)
+
+
+@pytest.fixture
+def llm(kube: client.ApiClient, namespace: str) -> Iterator[str]:
+    """The test's namespace; afterwards its deployments are deleted and their pods waited out,
+    so the next test finds the racks free."""
+    yield namespace
+    objects = client.CustomObjectsApi(kube)
+    for item in objects.list_namespaced_custom_object(
+        GROUP, VERSION, namespace, "inferencedeployments"
+    )["items"]:
+        objects.delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, "inferencedeployments", item["metadata"]["name"]
+        )
+    core = client.CoreV1Api(kube)
+    eventually(
+        lambda: not core.list_namespaced_pod(namespace).items,
+        f"the pods of namespace {namespace} to be gone",
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="session")
+def kubectl(kubeconfig: str) -> list[str]:
+    """The kubectl built with the local API server (else one on PATH), with the kubeconfig."""
+    built = cluster.state_dir() / "bin" / "kubectl"
+    binary = str(built) if built.exists() else shutil.which("kubectl")
+    if binary is None:
+        pytest.fail(f"no kubectl: neither {built} nor one on PATH", pytrace=False)
+    return [binary, "--kubeconfig", kubeconfig]

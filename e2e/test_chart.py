@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from e2e import cluster, profiles
+from e2e.support import eventually
 from rackscale.cli.main import parser
 
 T = TypeVar("T")
@@ -80,18 +80,6 @@ CLUSTER_SCOPED = {
     "clusterkopfpeerings",
 }
 DENIED_IN_LOG = re.compile(r"\b403\b|forbidden|not enough permissions", re.IGNORECASE)
-
-
-def eventually(probe: Callable[[], T | None], what: str, timeout: float = 90.0) -> T:
-    """Poll `probe` until it returns something truthy; fail naming what never happened."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"after {timeout:.0f}s still waiting for {what}", pytrace=False)
-        time.sleep(0.3)
 
 
 # ---- helm -------------------------------------------------------------------------------------

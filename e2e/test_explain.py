@@ -14,17 +14,12 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from e2e.test_gitops import kubectl  # noqa: F401  (fixture)
-from e2e.test_operator import (
+from e2e.support import (
     apply,
     condition,
-    crds,  # noqa: F401  (fixture)
     eventually,
     get,
     inference_deployment,
-    llm,  # noqa: F401  (fixture)
-    operator,  # noqa: F401  (fixture)
-    pool,  # noqa: F401  (fixture)
     ready,
 )
 
@@ -40,7 +35,7 @@ def plugin_path() -> str:
     return os.pathsep.join([str(Path(found).parent), os.environ.get("PATH", "")])
 
 
-def plugin(kubectl: list[str], *args: str) -> subprocess.CompletedProcess[str]:  # noqa: F811
+def plugin(kubectl: list[str], *args: str) -> subprocess.CompletedProcess[str]:
     """`kubectl rackscale ARGS`; the plugin reads the kubeconfig from $KUBECONFIG as kubectl's
     plugins do."""
     binary, _, kubeconfig = kubectl
@@ -55,7 +50,7 @@ def plugin(kubectl: list[str], *args: str) -> subprocess.CompletedProcess[str]: 
     )
 
 
-def explain(kubectl: list[str], name: str, namespace: str) -> str:  # noqa: F811
+def explain(kubectl: list[str], name: str, namespace: str) -> str:
     result = plugin(kubectl, "explain", name, "-n", namespace)
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -64,9 +59,9 @@ def explain(kubectl: list[str], name: str, namespace: str) -> str:  # noqa: F811
 @pytest.mark.usefixtures("operator")
 def test_explain_says_where_and_why(
     kube: client.ApiClient,
-    kubectl: list[str],  # noqa: F811
-    pool: str,  # noqa: F811
-    llm: str,  # noqa: F811
+    kubectl: list[str],
+    pool: str,
+    llm: str,
 ) -> None:
     apply(kube, llm, inference_deployment("moe", pool, replicas=2, data=4, fallback="Never"))
     apply(kube, llm, inference_deployment("huge", pool, replicas=1, data=16, fallback="Never"))
@@ -98,9 +93,9 @@ def test_explain_says_where_and_why(
 
 
 def test_explain_names_a_missing_deployment(
-    kubectl: list[str],  # noqa: F811
-    crds: None,  # noqa: F811
-    llm: str,  # noqa: F811
+    kubectl: list[str],
+    crds: None,
+    llm: str,
 ) -> None:
     result = plugin(kubectl, "explain", "nothing", "-n", llm)
     assert result.returncode == 1

@@ -8,7 +8,6 @@ what was applied. The status must carry what Argo CD and Flux health checks read
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -17,28 +16,13 @@ import pytest
 import yaml
 from kubernetes import client
 
-from e2e import cluster
-from e2e.test_operator import (
+from e2e.support import (
     condition,
-    crds,  # noqa: F401  (fixture)
     get,
     inference_deployment,
-    llm,  # noqa: F401  (fixture)
-    operator,  # noqa: F401  (fixture)
-    pool,  # noqa: F401  (fixture)
     ready,
 )
 from tests.test_argocd_health import health
-
-
-@pytest.fixture(scope="session")
-def kubectl(kubeconfig: str) -> list[str]:
-    """The kubectl built with the local API server (else one on PATH), with the kubeconfig."""
-    built = cluster.state_dir() / "bin" / "kubectl"
-    binary = str(built) if built.exists() else shutil.which("kubectl")
-    if binary is None:
-        pytest.fail(f"no kubectl: neither {built} nor one on PATH", pytrace=False)
-    return [binary, "--kubeconfig", kubeconfig]
 
 
 def run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -51,8 +35,8 @@ def run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
 def test_a_reconciled_deployment_shows_no_drift(
     kube: client.ApiClient,
     kubectl: list[str],
-    pool: str,  # noqa: F811
-    llm: str,  # noqa: F811
+    pool: str,
+    llm: str,
     tmp_path: Path,
 ) -> None:
     manifest = inference_deployment("synced", pool, replicas=2, data=2, fallback="Never")

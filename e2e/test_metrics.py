@@ -19,17 +19,14 @@ import pytest
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
-from e2e.test_operator import (
+from e2e.support import (
     GPU,
     apply,
     condition,
-    crds,  # noqa: F401  (fixture)
     eventually,
     get,
     inference_deployment,
-    llm,  # noqa: F401  (fixture)
     pods,
-    pool,  # noqa: F401  (fixture)
     ready,
 )
 
@@ -63,7 +60,7 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 
 
 @pytest.fixture
-def metrics_port(kubeconfig: str, crds: None, tmp_path: Path) -> Iterator[int]:  # noqa: F811
+def metrics_port(kubeconfig: str, crds: None, tmp_path: Path) -> Iterator[int]:
     """The operator in a child process with metrics on a free port; its log is kept on failure."""
     port = free_port()
     log = tmp_path / "operator.log"
@@ -141,8 +138,8 @@ def pool_gpus_in_use(kube: client.ApiClient, pool_name: str) -> int:
 def test_metrics_match_the_cluster(
     kube: client.ApiClient,
     metrics_port: int,
-    pool: str,  # noqa: F811
-    llm: str,  # noqa: F811
+    pool: str,
+    llm: str,
 ) -> None:
     apply(
         kube,

@@ -7,11 +7,10 @@ every pod's node against the placement guarantees.
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from kopf.testing import KopfRunner
@@ -19,274 +18,27 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from e2e import profiles
-from rackscale.api import crd
+from e2e.support import (
+    CLIQUE,
+    GPU,
+    GROUP,
+    OPERATOR,
+    UNSCHEDULABLE_TIMEOUT,
+    VERSION,
+    apply,
+    check_guarantees,
+    condition,
+    events,
+    eventually,
+    get,
+    inference_deployment,
+    patch,
+    pods,
+    ready,
+    replica_uids,
+    uids,
+)
 from rackscale.topology import pinned_node
-
-T = TypeVar("T")
-GROUP, VERSION = "rackscale.dev", "v1alpha1"
-GPU = profiles.GPU_RESOURCE
-CLIQUE = profiles.CLIQUE_LABEL
-PAUSE = "registry.k8s.io/pause:3.10"
-UNSCHEDULABLE_TIMEOUT = 8
-OPERATOR = ["run", "--all-namespaces", "--standalone", "-m", "rackscale.controller.handlers"]
-
-
-def eventually(probe: Callable[[], T | None], what: str, timeout: float = 90.0) -> T:
-    """Poll `probe` until it returns something truthy; fail naming what never happened."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"after {timeout:.0f}s still waiting for {what}", pytrace=False)
-        time.sleep(0.3)
-
-
-# ---- fixtures ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def crds(kube: client.ApiClient) -> None:
-    """The CRDs generated from the models, applied and Established."""
-    ext = client.ApiextensionsV1Api(kube)
-    for definition in crd.definitions().values():
-        name = definition["metadata"]["name"]
-        try:
-            ext.patch_custom_resource_definition(
-                name,
-                definition,
-                field_manager="rackscale-e2e",
-                force=True,
-                _content_type="application/apply-patch+yaml",
-            )
-        except ApiException as err:
-            message = json.loads(err.body).get("message", err.body) if err.body else err.reason
-            pytest.fail(f"the API server refuses CRD {name}: {message}", pytrace=False)
-
-        def established(name: str = name) -> bool:
-            conditions = ext.read_custom_resource_definition(name).status.conditions or []
-            return any(c.type == "Established" and c.status == "True" for c in conditions)
-
-        eventually(established, f"CRD {name} to be Established", timeout=30)
-
-
-@pytest.fixture
-def operator(kubeconfig: str, crds: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The operator running in this process for the length of one test."""
-    monkeypatch.setenv("KUBECONFIG", kubeconfig)
-    monkeypatch.setenv("RACKSCALE_UNSCHEDULABLE_TIMEOUT", str(UNSCHEDULABLE_TIMEOUT))
-    with KopfRunner(OPERATOR, timeout=60) as runner:
-        yield
-    assert runner.exception is None, runner.output
-    assert runner.exit_code == 0, runner.output
-
-
-@pytest.fixture
-def pool(kube: client.ApiClient, crds: None) -> Iterator[str]:
-    """A RackPool over the profile's GB200 racks, alone: other pools would share its nodes."""
-    objects = client.CustomObjectsApi(kube)
-    others = objects.list_cluster_custom_object(GROUP, VERSION, "rackpools")["items"]
-    if others:
-        names = ", ".join(p["metadata"]["name"] for p in others)
-        pytest.fail(
-            f"RackPools {names} already exist and would share the GB200 nodes (a demo left "
-            "running?): `make cluster-down` or delete them, and stop any other operator",
-            pytrace=False,
-        )
-    name = f"e2e-{uuid.uuid4().hex[:6]}"
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "RackPool",
-        "metadata": {"name": name},
-        "spec": {
-            "nodeSelector": {"matchLabels": {"nvidia.com/gpu.product": "NVIDIA-GB200"}},
-            "rackLabel": CLIQUE,
-            "blockLabel": profiles.BLOCK_LABEL,
-            "gpusPerRack": 72,
-        },
-    }
-    objects.create_cluster_custom_object(GROUP, VERSION, "rackpools", body)
-    yield name
-    objects.delete_cluster_custom_object(GROUP, VERSION, "rackpools", name)
-
-
-@pytest.fixture
-def llm(kube: client.ApiClient, namespace: str) -> Iterator[str]:
-    """The test's namespace; afterwards its deployments are deleted and their pods waited out,
-    so the next test finds the racks free."""
-    yield namespace
-    objects = client.CustomObjectsApi(kube)
-    for item in objects.list_namespaced_custom_object(
-        GROUP, VERSION, namespace, "inferencedeployments"
-    )["items"]:
-        objects.delete_namespaced_custom_object(
-            GROUP, VERSION, namespace, "inferencedeployments", item["metadata"]["name"]
-        )
-    core = client.CoreV1Api(kube)
-    eventually(
-        lambda: not core.list_namespaced_pod(namespace).items,
-        f"the pods of namespace {namespace} to be gone",
-        timeout=120,
-    )
-
-
-# ---- helpers ----------------------------------------------------------------------------------
-
-
-def inference_deployment(
-    name: str,
-    pool: str | None,
-    *,
-    replicas: int,
-    tensor: int = 8,
-    data: int = 1,
-    expert: int = 1,
-    gpus_per_pod: int | None = 4,
-    fallback: str = "DevicePlugin",
-    resources: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "replicas": replicas,
-        "parallelism": {"tensor": tensor, "pipeline": 1, "data": data, "expert": expert},
-        "placement": {"fallback": fallback},
-        "port": 8000,
-        "template": {
-            "metadata": {"labels": {"app": name}},
-            "spec": {
-                "terminationGracePeriodSeconds": 0,
-                "containers": [
-                    {
-                        "name": "server",
-                        "image": PAUSE,
-                        "env": [{"name": "MODEL", "value": name}],
-                        "resources": resources or {"requests": {"cpu": "1"}},
-                    }
-                ],
-            },
-        },
-    }
-    if pool:
-        spec["placement"]["rackPool"] = pool
-    if gpus_per_pod:
-        spec["gpusPerPod"] = gpus_per_pod
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "InferenceDeployment",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-
-
-def apply(kube: client.ApiClient, namespace: str, body: dict[str, Any]) -> None:
-    client.CustomObjectsApi(kube).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, "inferencedeployments", body
-    )
-
-
-def patch(kube: client.ApiClient, namespace: str, name: str, spec: dict[str, Any]) -> None:
-    client.CustomObjectsApi(kube).patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, "inferencedeployments", name, {"spec": spec}
-    )
-
-
-def get(kube: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    return client.CustomObjectsApi(kube).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, "inferencedeployments", name
-    )
-
-
-def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
-    for cond in (body.get("status") or {}).get("conditions") or []:
-        if cond["type"] == kind:
-            return dict(cond)
-    return {}
-
-
-def pods(kube: client.ApiClient, namespace: str, name: str) -> list[dict[str, Any]]:
-    response = client.CoreV1Api(kube).list_namespaced_pod(
-        namespace, label_selector=f"rackscale.dev/deployment={name}", _preload_content=False
-    )
-    return list(json.loads(response.data)["items"])
-
-
-def ready(kube: client.ApiClient, namespace: str, name: str, replicas: int) -> dict[str, Any]:
-    """Wait for status Ready with every pod bound and Ready; return the deployment."""
-
-    def probe() -> dict[str, Any] | None:
-        body = get(kube, namespace, name)
-        status = body.get("status") or {}
-        if status.get("phase") != "Ready" or status.get("readyReplicas") != replicas:
-            return None
-        if status.get("observedGeneration") != body["metadata"]["generation"]:
-            return None
-        live = [
-            p for p in pods(kube, namespace, name) if not p["metadata"].get("deletionTimestamp")
-        ]
-        shards = sum(len(p["pods"]) for p in status.get("placements") or [])
-        if len(live) != shards or not all(p["spec"].get("nodeName") for p in live):
-            return None
-        return body
-
-    return eventually(probe, f"{namespace}/{name} to be Ready with {replicas} replicas")
-
-
-def uids(kube: client.ApiClient, namespace: str, name: str) -> dict[str, str]:
-    return {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods(kube, namespace, name)}
-
-
-def replica_uids(kube: client.ApiClient, namespace: str, name: str, replica: int) -> set[str]:
-    return {
-        p["metadata"]["uid"]
-        for p in pods(kube, namespace, name)
-        if p["metadata"]["labels"]["rackscale.dev/replica"] == str(replica)
-    }
-
-
-def events(kube: client.ApiClient, namespace: str, name: str) -> list[str]:
-    items = (
-        client.CoreV1Api(kube)
-        .list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
-        .items
-    )
-    return [e.reason for e in items]
-
-
-def check_guarantees(kube: client.ApiClient) -> None:
-    """Every pod on the cluster against design section 4: no node over-allocated, every pinned
-    pod bound where it was pinned, every rack-mode replica inside one rack."""
-    core = client.CoreV1Api(kube)
-    nodes = {n.metadata.name: n for n in core.list_node().items}
-    response = core.list_pod_for_all_namespaces(_preload_content=False)
-    used: Counter[str] = Counter()
-    replicas: dict[tuple[str, str, str], set[str]] = defaultdict(set)
-    for pod in json.loads(response.data)["items"]:
-        if pod["status"].get("phase") in ("Succeeded", "Failed"):
-            continue
-        node = pod["spec"].get("nodeName")
-        gpus = sum(
-            int((c.get("resources") or {}).get("limits", {}).get(GPU, 0))
-            for c in pod["spec"]["containers"]
-        )
-        if node:
-            used[node] += gpus
-        labels = pod["metadata"].get("labels") or {}
-        pin = pinned_node(pod)
-        if "rackscale.dev/deployment" in labels and pin:
-            assert node in (None, pin), f"pod {pod['metadata']['name']} pinned to {pin} on {node}"
-            rack = nodes[pin].metadata.labels.get(CLIQUE) if pin in nodes else None
-            key = (
-                pod["metadata"]["namespace"],
-                labels["rackscale.dev/deployment"],
-                labels["rackscale.dev/replica"],
-            )
-            replicas[key].add(str(rack))
-    for node, gpus in used.items():
-        allocatable = int((nodes[node].status.allocatable or {}).get(GPU, 0))
-        assert gpus <= allocatable, f"node {node} holds {gpus} GPUs of {allocatable}"
-    for key, racks in replicas.items():
-        assert len(racks) == 1, f"replica {key} spans racks {racks}"
-
 
 # ---- tests ------------------------------------------------------------------------------------
 

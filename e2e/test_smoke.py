@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,24 +13,13 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from e2e import cluster, profiles
+from e2e.support import eventually
 
 T = TypeVar("T")
 GPU = profiles.GPU_RESOURCE
 PAUSE = "registry.k8s.io/pause:3.10"
 CRD_FILES = ("rackscale.dev_rackpools.yaml", "rackscale.dev_inferencedeployments.yaml")
 EXTERNAL = bool(os.environ.get(cluster.EXTERNAL_KUBECONFIG))
-
-
-def eventually(probe: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
-    """Poll probe until it returns something truthy; fail naming what never happened."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"after {timeout:.0f}s still waiting for {what}", pytrace=False)
-        time.sleep(0.25)
 
 
 def gpu_pod(name: str, gpus: int) -> dict[str, Any]:

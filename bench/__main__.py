@@ -24,6 +24,7 @@ FULL = {
     "placement_racks": [10, 100, 1000],
     "placement_max_replicas": None,
     "apply_trials": 20,
+    "validate_events": 120,  # a churn stream through the real kube-scheduler, to check the model
     "churn_racks": 64,
     "churn_events": 6000,
     "optimal_instances": 200,
@@ -34,6 +35,7 @@ QUICK = {
     "placement_racks": [10],
     "placement_max_replicas": 40,
     "apply_trials": 2,
+    "validate_events": 20,
     "churn_racks": 8,
     "churn_events": 300,
     "optimal_instances": 10,
@@ -58,7 +60,8 @@ def _apply(params: dict[str, Any], seed: int, out: Path, keep: bool) -> dict[str
     from bench import apply
     from e2e import cluster
 
-    result = apply.run(params["apply_trials"], seed, out / "logs")
+    logs = Path(os.environ["RACKSCALE_CLUSTER_DIR"]) / "bench-logs"
+    result = apply.run(params["apply_trials"], seed, logs, params["validate_events"])
     local = result.pop("cluster")
     if local.started and not keep:
         cluster.down()

@@ -20,7 +20,7 @@ from typing import Any
 
 from kubernetes import client, watch
 
-from bench import baseline
+from bench import baseline, validate
 from bench.stats import percentile
 from e2e import cluster, profiles
 from rackscale.api import crd
@@ -188,8 +188,12 @@ def _model_locality(node_list: list[dict[str, Any]], trials: int, seed: int) -> 
     for _ in range(trials):
         nodes = [baseline.Node(name, rack_of[name], 4) for name in order]
         model = baseline.KubeScheduler(nodes, rng, start=rng.randrange(len(nodes)))
+        # 16 concurrent creates reach the scheduling queue in no particular shard order.
+        shards = list(range(PODS))
+        rng.shuffle(shards)
         bound = model.place_all([POD_GPUS] * PODS) or []
-        out.append({"nodes": [n.name for n in bound]})
+        by_shard = dict(zip(shards, bound, strict=True))
+        out.append({"nodes": [by_shard[s].name for s in range(PODS)]})
     return _locality(out, rack_of)
 
 
@@ -261,7 +265,7 @@ def _rss(pid: int) -> dict[str, float]:
     return {"rss_mib": out.get("VmRSS", 0.0), "peak_rss_mib": out.get("VmHWM", 0.0)}
 
 
-def run(trials: int, seed: int, logs: Path) -> dict[str, Any]:
+def run(trials: int, seed: int, logs: Path, validate_events: int = 0) -> dict[str, Any]:
     """Bring the bench cluster up (or reuse it), run the operator, alternate the two sides."""
     t0 = time.monotonic()
     local = cluster.up(PROFILE, wait=True, timeout=300)
@@ -295,6 +299,7 @@ def run(trials: int, seed: int, logs: Path) -> dict[str, Any]:
             operator.terminate()
             operator.wait(30)
             log.close()
+        checked = validate.run(api, node_list, validate_events, seed) if validate_events else None
     finally:
         api.close()
     return {
@@ -314,5 +319,6 @@ def run(trials: int, seed: int, logs: Path) -> dict[str, Any]:
             "model_locality": _model_locality(node_list, max(trials, 20), seed),
         },
         "operator_memory_20_racks": memory,
+        "model_check_stream": checked,
         "cluster": local,
     }

@@ -78,7 +78,7 @@ def _churn(part: dict[str, Any]) -> Any:
     for ax in axes:
         ax.set_xlabel("event")
         ax.legend()
-    figure.suptitle("3-4. churn on the same stream")
+    figure.suptitle("3-4. churn on the same stream", y=1.04)
     return figure
 
 

@@ -177,7 +177,9 @@ def _locality(trials: list[dict[str, Any]], rack_of: dict[str, str]) -> dict[str
     }
 
 
-def _model_locality(node_list: list[dict[str, Any]], trials: int, seed: int) -> dict[str, Any]:
+def _model_locality(
+    node_list: list[dict[str, Any]], trials: int, seed: int, random_ties: bool
+) -> dict[str, Any]:
     """The same 16 pods on the same empty racks, placed by bench.baseline's model."""
     order = [n["metadata"]["name"] for n in node_list]
     rack_of = {
@@ -187,7 +189,9 @@ def _model_locality(node_list: list[dict[str, Any]], trials: int, seed: int) -> 
     out = []
     for _ in range(trials):
         nodes = [baseline.Node(name, rack_of[name], 4) for name in order]
-        model = baseline.KubeScheduler(nodes, rng, start=rng.randrange(len(nodes)))
+        model = baseline.KubeScheduler(
+            nodes, rng, start=rng.randrange(len(nodes)), random_ties=random_ties
+        )
         # 16 concurrent creates reach the scheduling queue in no particular shard order.
         shards = list(range(PODS))
         rng.shuffle(shards)
@@ -316,7 +320,10 @@ def run(trials: int, seed: int, logs: Path, validate_events: int = 0) -> dict[st
         "kube-scheduler": {
             **_stats(theirs),
             "locality": _locality(theirs, rack_of),
-            "model_locality": _model_locality(node_list, max(trials, 20), seed),
+            "model_locality": {
+                "first found": _model_locality(node_list, max(trials, 20), seed, False),
+                "random ties": _model_locality(node_list, max(trials, 20), seed, True),
+            },
         },
         "operator_memory_20_racks": memory,
         "model_check_stream": checked,

@@ -3,14 +3,17 @@
 What it models, for pods that request only `nvidia.com/gpu` (the device-plugin baseline):
 
 - Filter (NodeResourcesFit): a node fits when its free GPUs cover the pod's request.
-- Feasible-node sampling (percentageOfNodesToScore, adaptive default): from a start index that
-  rotates from one pod to the next, the search stops after `max(100, n * (50 - n / 125)%)`
-  feasible nodes (at least 5%); smaller clusters are searched whole.
+- Feasible-node sampling (percentageOfNodesToScore, adaptive default): the search starts where
+  the previous pod's search stopped and ends after `max(100, n * (50 - n // 125) // 100)`
+  feasible nodes (the percentage at least 5); smaller clusters are searched whole. The next
+  search starts after every node this one examined.
 - Score: NodeResourcesFit with the default LeastAllocated strategy over CPU and memory (weight 1
-  each), where a pod with no requests counts 100 millicores and 200 MiB, plus
-  NodeResourcesBalancedAllocation over the same two; both integers in 0-100 as the scheduler
-  computes them. Extended resources are not in the default scoring, so GPUs only filter.
-- Ties between the best scores are broken uniformly at random.
+  each), where a pod with no requests counts 100 millicores and 200 MiB; an integer in 0-100.
+  Extended resources are not in the default scoring, so GPUs only filter.
+  NodeResourcesBalancedAllocation skips pods without CPU or memory requests, as these are.
+- Ties: without a scheduler extender no random tie-breaker is drawn, so among the best scores
+  the node found first in the search wins. The real filter runs in parallel and finds nodes
+  in nearly, not exactly, that order: the model has no such jitter.
 
 Left out because they score every node alike here: TaintToleration, NodeAffinity, ImageLocality,
 InterPodAffinity and default topology spreading (the pods belong to no Service or ReplicaSet).
@@ -48,21 +51,14 @@ def feasible_to_find(nodes: int) -> int:
     """How many feasible nodes the scheduler looks for before scoring (adaptive percentage)."""
     if nodes < MIN_FEASIBLE:
         return nodes
-    percentage = max(5.0, 50 - nodes / 125)
-    return max(MIN_FEASIBLE, int(nodes * percentage / 100))
+    percentage = max(5, 50 - nodes // 125)
+    return max(MIN_FEASIBLE, nodes * percentage // 100)
 
 
 def _least_allocated(node: Node) -> int:
     cpu = (node.cpu_millis - node.pods * MILLICORES_PER_POD) * MAX_SCORE // node.cpu_millis
     mem = (node.memory - node.pods * MEMORY_PER_POD) * MAX_SCORE // node.memory
     return (cpu + mem) // 2
-
-
-def _balanced(node: Node) -> int:
-    cpu = node.pods * MILLICORES_PER_POD / node.cpu_millis
-    mem = node.pods * MEMORY_PER_POD / node.memory
-    std = abs(cpu - mem) / 2  # the standard deviation of two fractions
-    return int((1 - std) * MAX_SCORE)
 
 
 @dataclass(slots=True)
@@ -72,6 +68,7 @@ class KubeScheduler:
     nodes: list[Node]
     rng: random.Random = field(default_factory=lambda: random.Random(0))
     start: int = 0  # where the next feasible-node search begins
+    random_ties: bool = False  # True: as with an extender, which draws a random tie-breaker
 
     def schedule(self, gpus: int) -> Node | None:
         """Bind one pod requesting `gpus`; None when no node fits (the pod stays Pending)."""
@@ -89,9 +86,14 @@ class KubeScheduler:
         self.start = (self.start + examined) % n
         if not feasible:
             return None
-        scores = [_least_allocated(node) + _balanced(node) for node in feasible]
+        scores = [_least_allocated(node) for node in feasible]
         best = max(scores)
-        chosen = self.rng.choice([nd for nd, s in zip(feasible, scores, strict=True) if s == best])
+        if self.random_ties:
+            chosen = self.rng.choice(
+                [n for n, s in zip(feasible, scores, strict=True) if s == best]
+            )
+        else:
+            chosen = feasible[scores.index(best)]
         chosen.used_gpus += gpus
         chosen.pods += 1
         return chosen

@@ -162,18 +162,27 @@ class Rackscale:
             reservation.undo()
 
 
+FIRST_FOUND = "kube-scheduler (first found)"
+RANDOM_TIES = "kube-scheduler (random ties)"
+MODELS = (FIRST_FOUND, RANDOM_TIES)
+
+
 class KubeSchedulerModel:
-    """bench.baseline's model: every pod of the replica created at once, bound one by one."""
+    """bench.baseline's model: every pod of the replica created at once, bound one by one.
 
-    name = "kube-scheduler"
+    Ties go to the node found first (the scheduler without an extender) or to a random one:
+    the real scheduler's parallel filter lands between the two, so both are reported."""
 
-    def __init__(self, racks: int, seed: int) -> None:
+    def __init__(self, racks: int, seed: int, random_ties: bool = False) -> None:
+        self.name = RANDOM_TIES if random_ties else FIRST_FOUND
         self.nodes = [
             baseline.Node(f"gb200-{r:04d}-{t:02d}", f"clique-{r:04d}", TRAY_GPUS)
             for r in range(racks)
             for t in range(TRAYS)
         ]
-        self.scheduler = baseline.KubeScheduler(self.nodes, random.Random(seed))
+        self.scheduler = baseline.KubeScheduler(
+            self.nodes, random.Random(seed), random_ties=random_ties
+        )
         self.jobs: dict[int, list[baseline.Node]] = {}
 
     def free_by_rack(self) -> dict[str, list[int]]:
@@ -241,7 +250,11 @@ def run(racks: int, events: int, seed: int) -> dict[str, Any]:
     capacity = racks * RACK_GPUS
     evs = stream(capacity, events, seed)
     sample = max(1, len(evs) // 200)
-    systems = [Rackscale(racks), KubeSchedulerModel(racks, seed)]
+    systems = [
+        Rackscale(racks),
+        KubeSchedulerModel(racks, seed),
+        KubeSchedulerModel(racks, seed, random_ties=True),
+    ]
     return {
         "racks": racks,
         "gpus": capacity,

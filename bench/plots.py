@@ -66,7 +66,8 @@ def _apply(part: dict[str, Any]) -> Any:
 
 def _churn(part: dict[str, Any]) -> Any:
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    for name, color in (("rackscale", OURS), ("kube-scheduler", THEIRS)):
+    colors = (OURS, THEIRS, "tab:orange")
+    for name, color in zip(part["systems"], colors, strict=False):
         series = part["systems"][name]["series"]
         x = [s["event"] for s in series]
         axes[0].plot(x, [s["load"] for s in series], color=color, label=name)

@@ -122,9 +122,15 @@ def run(
         measured = churn.simulate(real, stream, capacity, max(1, len(stream) // 20))
     finally:
         core.delete_collection_namespaced_pod(NAMESPACE, grace_period_seconds=0)
-    model = churn.simulate(
-        churn.KubeSchedulerModel(racks, seed), stream, capacity, max(1, len(stream) // 20)
-    )
+    models = {
+        f"{name} (model)": churn.simulate(
+            churn.KubeSchedulerModel(racks, seed, random_ties=name == churn.RANDOM_TIES),
+            stream,
+            capacity,
+            max(1, len(stream) // 20),
+        )
+        for name in churn.MODELS
+    }
     engine = churn.simulate(churn.Rackscale(racks), stream, capacity, max(1, len(stream) // 20))
     return {
         "racks": racks,
@@ -132,6 +138,6 @@ def run(
         "arrivals": sum(e.arrival for e in stream),
         "seconds": round(time.monotonic() - started, 1),
         "kube-scheduler (real)": {k: measured[k] for k in KEYS},
-        "kube-scheduler (model)": {k: model[k] for k in KEYS},
+        **{name: {k: m[k] for k in KEYS} for name, m in models.items()},
         "rackscale (engine)": {k: engine[k] for k in KEYS},
     }

@@ -269,8 +269,11 @@ def _rss(pid: int) -> dict[str, float]:
     return {"rss_mib": out.get("VmRSS", 0.0), "peak_rss_mib": out.get("VmHWM", 0.0)}
 
 
-def run(trials: int, seed: int, logs: Path, validate_events: int = 0) -> dict[str, Any]:
-    """Bring the bench cluster up (or reuse it), run the operator, alternate the two sides."""
+def run(
+    trials: int, seed: int, logs: Path, validate_events: int = 0, keep: bool = False
+) -> dict[str, Any]:
+    """Bring the bench cluster up (or reuse it), run the operator, alternate the two sides;
+    a cluster started here is stopped at the end unless `keep`."""
     t0 = time.monotonic()
     local = cluster.up(PROFILE, wait=True, timeout=300)
     up_s = time.monotonic() - t0
@@ -306,6 +309,8 @@ def run(trials: int, seed: int, logs: Path, validate_events: int = 0) -> dict[st
         checked = validate.run(api, node_list, validate_events, seed) if validate_events else None
     finally:
         api.close()
+        if local.started and not keep:
+            cluster.down()
     return {
         "profile": PROFILE,
         "racks": 20,
@@ -327,5 +332,5 @@ def run(trials: int, seed: int, logs: Path, validate_events: int = 0) -> dict[st
         },
         "operator_memory_20_racks": memory,
         "model_check_stream": checked,
-        "cluster": local,
+        "cluster_stopped": local.started and not keep,
     }

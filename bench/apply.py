@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client, watch
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import baseline, validate
 from bench.stats import percentile
@@ -260,6 +263,46 @@ def _setup(api: client.ApiClient) -> None:
     _wait(lambda: _no_pods(core), "an empty namespace")
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _reconcile_metrics(port: int) -> dict[str, Any]:
+    """The operator's own reconcile-pass histogram, read from its metrics endpoint."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    buckets: list[tuple[float, float]] = []
+    count = total = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name != "rackscale_reconcile_duration_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                buckets.append((float(sample.labels["le"]), sample.value))
+            elif sample.name.endswith("_count"):
+                count = sample.value
+            elif sample.name.endswith("_sum"):
+                total = sample.value
+    buckets.sort()
+
+    def bound(q: float) -> float | None:
+        # The histogram gives only bucket bounds: the smallest bound holding q of the passes.
+        return next((le for le, n in buckets if count and n >= q * count), None)
+
+    def ms(q: float) -> float | None:
+        le = bound(q)
+        return None if le is None or le == float("inf") else 1000 * le
+
+    return {
+        "passes": int(count),
+        "mean_ms": round(1000 * total / count, 1) if count else None,
+        "p50_at_most_ms": ms(0.5),
+        "p99_at_most_ms": ms(0.99),
+        "buckets_s": [le for le, _ in buckets if le != float("inf")],
+    }
+
+
 def _rss(pid: int) -> dict[str, float]:
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -285,10 +328,11 @@ def run(
             n["metadata"]["name"]: n["metadata"]["labels"][profiles.CLIQUE_LABEL] for n in node_list
         }
         logs.mkdir(parents=True, exist_ok=True)
+        port = _free_port()
         log = (logs / "operator.log").open("w")
         env = {**os.environ, "KUBECONFIG": str(local.kubeconfig)}
         operator = subprocess.Popen(
-            [*OPERATOR, "--liveness", "none", "--metrics-port", "0", "--log-format", "plain"],
+            [*OPERATOR, "--liveness", "none", "--metrics-port", str(port), "--log-format", "plain"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -302,6 +346,7 @@ def run(
                 ours.append(_trial_rackscale(api, i))
                 theirs.append(_trial_baseline(api, i))
             memory = _rss(operator.pid)
+            reconcile = _reconcile_metrics(port)
         finally:
             operator.terminate()
             operator.wait(30)
@@ -331,6 +376,7 @@ def run(
             },
         },
         "operator_memory_20_racks": memory,
+        "operator_reconcile_20_racks": reconcile,
         "model_check_stream": checked,
         "cluster_stopped": local.started and not keep,
     }

@@ -98,7 +98,7 @@ def optimum(inst: dict[str, Any], seconds: float) -> tuple[int, float, bool]:
     solver.parameters.max_time_in_seconds = seconds
     solver.parameters.num_workers = 1
     status = solver.solve(model)
-    best = int(solver.objective_value) if status in (cp_model.OPTIMAL, cp_model.FEASIBLE) else 0
+    best = round(solver.objective_value) if status in (cp_model.OPTIMAL, cp_model.FEASIBLE) else 0
     return best, solver.best_objective_bound, status == cp_model.OPTIMAL
 
 

@@ -18,6 +18,7 @@ from bench import churn, machine, optimal, placement, report
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
+QUICK_OUT = Path(__file__).parent / "out"  # git-ignored: quick runs are not results
 
 # Every size the run uses, full and quick; the report prints them.
 FULL = {
@@ -94,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, no 1,000-rack parts")
     parser.add_argument(
-        "--out", type=Path, default=RESULTS, help="directory for JSON, Markdown, PNG"
+        "--out",
+        type=Path,
+        help="directory for JSON, Markdown, PNG (bench/results; quick: bench/out)",
     )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
@@ -106,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-cluster", action="store_true", help="leave the bench cluster up")
     args = parser.parse_args(argv)
     params = QUICK if args.quick else FULL
+    args.out = args.out or (QUICK_OUT if args.quick else RESULTS)
     with_apply = (not args.quick) if args.apply is None else args.apply
     os.environ.setdefault("RACKSCALE_CLUSTER_DIR", str(Path(__file__).parent / ".cluster"))
     started = datetime.now(UTC)

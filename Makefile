@@ -20,7 +20,7 @@ help: ## Show the targets.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
 .PHONY: venv
@@ -88,6 +88,14 @@ cluster-down: $(STAMP) ## Stop the local control plane (and the demo's operator)
 	$(PY) -m e2e.demo down
 
 ##@ Benchmarks
+
+.PHONY: bench
+bench: $(STAMP) e2e-binaries ## rackscale against kube-scheduler alone, every part, in one run; report in bench/results/.
+	$(PY) -m bench
+
+.PHONY: bench-quick
+bench-quick: $(STAMP) ## The same at tiny sizes, without a cluster (writes to bench/out/).
+	$(PY) -m bench --quick
 
 .PHONY: bench-placement
 bench-placement: $(STAMP) ## Placement engine speed at 100 and 1,000 racks; figures to bench/out/.

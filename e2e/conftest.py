@@ -15,7 +15,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from e2e import cluster, profiles
-from e2e.support import CLIQUE, GROUP, OPERATOR, UNSCHEDULABLE_TIMEOUT, VERSION, eventually
+from e2e.support import GROUP, OPERATOR, UNSCHEDULABLE_TIMEOUT, VERSION, eventually, gb200_pool
 from rackscale.api import crd
 
 EXTERNAL_KUBECONFIG = cluster.EXTERNAL_KUBECONFIG
@@ -114,31 +114,9 @@ def operator(kubeconfig: str, crds: None, monkeypatch: pytest.MonkeyPatch) -> It
 
 @pytest.fixture
 def pool(kube: client.ApiClient, crds: None) -> Iterator[str]:
-    """A RackPool over the profile's GB200 racks, alone: other pools would share its nodes."""
-    objects = client.CustomObjectsApi(kube)
-    others = objects.list_cluster_custom_object(GROUP, VERSION, "rackpools")["items"]
-    if others:
-        names = ", ".join(p["metadata"]["name"] for p in others)
-        pytest.fail(
-            f"RackPools {names} already exist and would share the GB200 nodes (a demo left "
-            "running?): `make cluster-down` or delete them, and stop any other operator",
-            pytrace=False,
-        )
-    name = f"e2e-{uuid.uuid4().hex[:6]}"
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "RackPool",
-        "metadata": {"name": name},
-        "spec": {
-            "nodeSelector": {"matchLabels": {"nvidia.com/gpu.product": "NVIDIA-GB200"}},
-            "rackLabel": CLIQUE,
-            "blockLabel": profiles.BLOCK_LABEL,
-            "gpusPerRack": 72,
-        },
-    }
-    objects.create_cluster_custom_object(GROUP, VERSION, "rackpools", body)
-    yield name
-    objects.delete_cluster_custom_object(GROUP, VERSION, "rackpools", name)
+    """A RackPool over the profile's GB200 racks, alone."""
+    with gb200_pool(kube, "e2e") as name:
+        yield name
 
 
 @pytest.fixture

@@ -3,10 +3,12 @@ and checking every pod against the placement guarantees."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -191,3 +193,35 @@ def check_guarantees(kube: client.ApiClient) -> None:
         assert gpus <= allocatable, f"node {node} holds {gpus} GPUs of {allocatable}"
     for key, racks in replicas.items():
         assert len(racks) == 1, f"replica {key} spans racks {racks}"
+
+
+@contextlib.contextmanager
+def gb200_pool(kube: client.ApiClient, prefix: str) -> Iterator[str]:
+    """A RackPool over the profile's GB200 racks, alone (other pools would share its nodes),
+    deleted afterwards."""
+    objects = client.CustomObjectsApi(kube)
+    others = objects.list_cluster_custom_object(GROUP, VERSION, "rackpools")["items"]
+    if others:
+        names = ", ".join(p["metadata"]["name"] for p in others)
+        pytest.fail(
+            f"RackPools {names} already exist and would share the GB200 nodes (a demo left "
+            "running?): `make cluster-down` or delete them, and stop any other operator",
+            pytrace=False,
+        )
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "RackPool",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": {"matchLabels": {"nvidia.com/gpu.product": "NVIDIA-GB200"}},
+            "rackLabel": CLIQUE,
+            "blockLabel": profiles.BLOCK_LABEL,
+            "gpusPerRack": 72,
+        },
+    }
+    objects.create_cluster_custom_object(GROUP, VERSION, "rackpools", body)
+    try:
+        yield name
+    finally:
+        objects.delete_cluster_custom_object(GROUP, VERSION, "rackpools", name)

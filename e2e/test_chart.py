@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -25,8 +24,9 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from e2e import cluster, profiles
-from e2e.support import eventually
+from e2e import cluster
+from e2e.controlplane.processes import free_port
+from e2e.support import eventually, gb200_pool
 from rackscale.cli.main import parser
 
 T = TypeVar("T")
@@ -413,40 +413,12 @@ def service_account_kubeconfig(
     return str(path)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def pool(kube: client.ApiClient, release: tuple[str, str]) -> Iterator[str]:
-    """A RackPool over the profile's GB200 racks, alone: other pools would share its nodes.
-    After the release, whose install brings the CRDs to a cluster that has none yet."""
-    objects_api = client.CustomObjectsApi(kube)
-    others = objects_api.list_cluster_custom_object(GROUP, VERSION, "rackpools")["items"]
-    if others:
-        names = ", ".join(p["metadata"]["name"] for p in others)
-        pytest.fail(
-            f"RackPools {names} already exist and would share the GB200 nodes: delete them and "
-            "stop any other operator",
-            pytrace=False,
-        )
-    name = f"chart-{uuid.uuid4().hex[:6]}"
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "RackPool",
-        "metadata": {"name": name},
-        "spec": {
-            "nodeSelector": {"matchLabels": {"nvidia.com/gpu.product": "NVIDIA-GB200"}},
-            "rackLabel": profiles.CLIQUE_LABEL,
-            "blockLabel": profiles.BLOCK_LABEL,
-            "gpusPerRack": 72,
-        },
-    }
-    objects_api.create_cluster_custom_object(GROUP, VERSION, "rackpools", body)
-    yield name
-    objects_api.delete_cluster_custom_object(GROUP, VERSION, "rackpools", name)
+    """A RackPool over the profile's GB200 racks, after the release, whose install brings the
+    CRDs to a cluster that has none yet."""
+    with gb200_pool(kube, "chart") as name:
+        yield name
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ and the scrape goes through the same HTTP server the chart's Service points at.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -19,6 +18,7 @@ import pytest
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
+from e2e.controlplane.processes import free_port
 from e2e.support import (
     GPU,
     apply,
@@ -33,12 +33,6 @@ from e2e.support import (
 ROOT = Path(__file__).resolve().parent.parent
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def scrape(port: int) -> Samples | None:

@@ -132,6 +132,33 @@ def test_concurrent_applies_never_share_a_gpu(kube: client.ApiClient, pool: str,
 
 
 @pytest.mark.usefixtures("operator")
+def test_freed_room_goes_to_the_largest_waiting_replica(
+    kube: client.ApiClient, pool: str, llm: str
+) -> None:
+    whole = {"data": 9, "fallback": "Never"}  # 72 GPUs: a whole rack
+    apply(kube, llm, inference_deployment("filler", pool, replicas=4, **whole))
+    ready(kube, llm, "filler", 4)
+
+    def pending(name: str) -> Any:
+        return lambda: (get(kube, llm, name).get("status") or {}).get("phase") == "Pending"
+
+    apply(kube, llm, inference_deployment("small", pool, replicas=1, fallback="Never"))
+    eventually(pending("small"), "the 8-GPU deployment to wait")
+    apply(kube, llm, inference_deployment("large", pool, replicas=1, **whole))
+    eventually(pending("large"), "the 72-GPU deployment to wait")
+
+    # One rack freed: taken in arrival order, the small replica would open it and the large one
+    # would wait for good; the pass gives it to the large one.
+    patch(kube, llm, "filler", {"replicas": 3})
+    ready(kube, llm, "large", 1)
+    small = get(kube, llm, "small")
+    assert small["status"]["phase"] == "Pending"
+    assert "no rack holds 8 free GPUs" in condition(small, "Placed")["message"]
+    assert pods(kube, llm, "small") == []
+    check_guarantees(kube)
+
+
+@pytest.mark.usefixtures("operator")
 def test_dense_model_falls_back_to_device_plugin_on_hgx_nodes(
     kube: client.ApiClient, pool: str, llm: str
 ) -> None:

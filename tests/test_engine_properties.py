@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from itertools import combinations
+from collections.abc import Iterable
+from itertools import combinations, pairwise
 from math import gcd, lcm
 from typing import Any
 
 from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from rackscale.api import InferenceDeployment, RackPool
-from rackscale.placement import Decision, DeploymentPlan, ReplicaPlan, place
+from rackscale.placement import (
+    Decision,
+    DeploymentPlan,
+    ReplicaPlan,
+    Waiting,
+    place,
+    place_pass,
+    place_replica,
+)
 from rackscale.topology import Snapshot, build_snapshot
 from tests.factory import BLOCK, CLIQUE, PRODUCT, node
 from tests.strategies import GB200, GPU, H200, HGX_RACK, POOL_TAINT, Cluster, pod, workloads
@@ -62,6 +72,7 @@ class World:
         self.namespaces: dict[str, Counter[str]] = {}
         self.owners: dict[str, set[Any]] = {}  # rack -> who has GPU pods there
         self.held: dict[str, tuple[str, int]] = {}  # rack -> exclusive replica holding it
+        self.kept: set[str] = set()  # racks a pass keeps for a waiting replica
         for name, raw in sorted(self.raw.items()):
             labels = raw["metadata"]["labels"]
             pools = [
@@ -171,15 +182,23 @@ class World:
 
     def eligible(self, dep: InferenceDeployment, rack: str) -> bool:
         """Whether the rack may take any of the replica: not held, right tenant, empty if asked."""
-        if rack in self.held:
+        if rack in self.held or rack in self.kept:
             return False
         pool = self.pools[self.rack_pool[rack]]
         if pool.tenancy == "Exclusive" and set(self.namespaces[rack]) - {dep.namespace}:
             return False
         return not (dep.spec.placement.exclusive and self.rack_used(rack))
 
-    def fewest_racks(self, dep: InferenceDeployment, pod_gpus: int) -> int | None:
-        """The fewest racks that can hold a replica now (None: none can), by brute force."""
+    def racks_named(self, pool: str | None, names: Iterable[str]) -> set[str]:
+        """The racks of `pool` that plans call `names`."""
+        wanted = set(names)
+        return {r for r, p in self.rack_pool.items() if p == pool and self.rack_name(r) in wanted}
+
+    def fewest_racks(
+        self, dep: InferenceDeployment, pod_gpus: int, only: set[str] | None = None
+    ) -> int | None:
+        """The fewest racks (of `only`, if given) that can hold a replica now (None: none can),
+        by brute force."""
         placement = dep.spec.placement
         pool_name = placement.rack_pool
         if pool_name not in self.pools:
@@ -190,7 +209,7 @@ class World:
         tolerations = (dep.spec.template.get("spec") or {}).get("tolerations") or []
         slot, _part, parts = self.shape(dep, pod_gpus)
         mine = [r for r in sorted(self.rack_nodes) if self.rack_pool[r] == pool_name]
-        racks = [r for r in mine if self.eligible(dep, r)]
+        racks = [r for r in mine if self.eligible(dep, r) and (only is None or r in only)]
         usable = {r: [n for n in self.rack_nodes[r] if self.healthy(n, tolerations)] for r in racks}
         if placement.replica_scope == "Node":
             fits = any(self.free(n) >= gpus for r in racks for n in usable[r])
@@ -609,3 +628,87 @@ def test_undo_restores_the_snapshot(workload: tuple[Cluster, list[InferenceDeplo
         plan.undo()  # a second undo gives back nothing more
     assert usage(snapshot) == before
     assert outcome(place(snapshot, deployments)) == outcome(plans)
+
+
+@SETTINGS
+@given(workloads(max_deployments=6), st.randoms(use_true_random=False))
+def test_a_pass_places_largest_first_and_keeps_the_guarantees(
+    workload: tuple[Cluster, list[InferenceDeployment]], rng: Any
+) -> None:
+    """An operator pass over waiting replicas given in any order: each is decided once, the
+    largest first and equals in the order given; every decision keeps the guarantees; and a
+    replica the pass refused is still refused at its end (the pass left no room it could use)."""
+    cluster, deployments = workload
+    waiting = [Waiting(d, i) for d in deployments for i in range(d.spec.replicas)]
+    rng.shuffle(waiting)
+    snapshot = build_snapshot(cluster.nodes, cluster.pods, cluster.pools)
+    world = World(cluster)
+    done = list(place_pass(snapshot, waiting))
+    assert sorted(waiting, key=id) == sorted((w for w, _ in done), key=id)
+    given_at = {id(w): i for i, w in enumerate(waiting)}
+    for (a, _), (b, _) in pairwise(done):
+        size_a, size_b = a.deployment.spec.gpus_per_replica, b.deployment.spec.gpus_per_replica
+        assert size_a > size_b or (size_a == size_b and given_at[id(a)] < given_at[id(b)])
+    for want, decision in done:
+        assert decision.replica == want.replica
+        check_decision(world, want.deployment, decision)
+    for want, decision in done:
+        if decision.plan is None:
+            again = place_replica(snapshot, want.deployment, want.replica)
+            assert again.plan is None, f"{want.deployment.key}/{want.replica} fits after the pass"
+
+
+@settings(SETTINGS, max_examples=200)
+@given(workloads(max_deployments=6), st.data())
+def test_racks_being_released_are_kept_for_the_first_waiting_replica_they_would_hold(
+    workload: tuple[Cluster, list[InferenceDeployment]], data: st.DataObject
+) -> None:
+    """The first deployments are placed, then some of their pods and of the others are being
+    deleted. In a pass over the rest, a replica refused now is kept the racks it would take
+    once those GPUs are free, exactly when it would fit then; the replicas after it are refused
+    those racks, and every decision keeps the guarantees with them out of reach."""
+    cluster, deployments = workload
+    half = len(deployments) // 2
+    earlier, rest = deployments[:half], deployments[half:]
+    first = place(build_snapshot(cluster.nodes, cluster.pods, cluster.pools), earlier)
+    pods = cluster.pods + tuple(as_pods(earlier, first))
+    going = data.draw(st.lists(st.booleans(), min_size=len(pods), max_size=len(pods)))
+    check_release_pass(cluster, pods, going, rest)
+
+
+def check_release_pass(
+    cluster: Cluster,
+    pods: tuple[dict[str, Any], ...],
+    going: list[bool],
+    deployments: list[InferenceDeployment],
+) -> None:
+    marked = tuple(
+        {**p, "metadata": {**p["metadata"], "deletionTimestamp": "2026-11-28T10:00:00Z"}}
+        if gone
+        else p
+        for p, gone in zip(pods, going, strict=True)
+    )
+    remaining = tuple(p for p, gone in zip(pods, going, strict=True) if not gone)
+    now = World(Cluster(cluster.nodes, marked, cluster.pools))  # they still hold their GPUs
+    later = World(Cluster(cluster.nodes, remaining, cluster.pools))
+    later.held.update(now.held)  # an exclusive replica holds its rack until its pods are gone
+    snapshot = build_snapshot(cluster.nodes, marked, cluster.pools)
+    waiting = [Waiting(d, i) for d in deployments for i in range(d.spec.replicas)]
+    for want, decision in place_pass(snapshot, waiting):
+        dep = want.deployment
+        pool = dep.spec.placement.rack_pool
+        check_decision(now, dep, decision)
+        if decision.plan is not None:
+            later.apply(dep, decision.plan)
+            continue
+        kept = now.racks_named(pool, decision.kept)
+        assert len(kept) == len(decision.kept), decision.kept
+        if pool in now.pools:
+            fits_later = later.fewest_racks(dep, later.pod_gpus(dep))
+            assert bool(kept) == (fits_later is not None), (decision.reason, fits_later)
+        if kept:
+            assert later.fewest_racks(dep, later.pod_gpus(dep), only=kept) is not None
+            assert "kept for it" in str(decision.reason)
+        now.kept |= kept
+        later.kept |= kept
+    assert all(r.kept_for is None for p in snapshot.pools.values() for r in p.racks.values())

@@ -34,17 +34,33 @@ class FakeAPI:
         self.events: list[tuple[str, str, str]] = []
         self.created = 0
         self.fail_after: int | None = None  # creates that succeed before one fails
+        self.events_fail_for: set[str] = set()  # deployments whose Events the server refuses
+        self.slow_deletes = False  # deleted pods stay, being deleted, until `finish_deletes`
 
     def view(self) -> ClusterView:
         view = ClusterView()
         view.bind(self.nodes, self.pods, self.pools, self.deployments)
         return view
 
-    def apply(self, name: str, replicas: int, tensor: int = 8, data: int = 4, **placement: Any):
+    def apply(
+        self,
+        name: str,
+        replicas: int,
+        tensor: int = 8,
+        data: int = 4,
+        created: str = "2026-11-28T10:00:00Z",
+        **placement: Any,
+    ) -> dict[str, Any]:
         body = {
             "apiVersion": "rackscale.dev/v1alpha1",
             "kind": "InferenceDeployment",
-            "metadata": {"name": name, "namespace": "llm", "uid": f"uid-{name}", "generation": 1},
+            "metadata": {
+                "name": name,
+                "namespace": "llm",
+                "uid": f"uid-{name}",
+                "generation": 1,
+                "creationTimestamp": created,
+            },
             "spec": {
                 "replicas": replicas,
                 "parallelism": {"tensor": tensor, "data": data},
@@ -79,7 +95,19 @@ class FakeAPI:
         return pod["metadata"]["uid"]
 
     async def delete_pod(self, namespace: str, name: str, *, force: bool = False) -> None:
-        self.pods.pop((namespace, name), None)
+        if not self.slow_deletes:
+            self.pods.pop((namespace, name), None)
+        elif (namespace, name) in self.pods:
+            (pod,) = self.pods[(namespace, name)]
+            meta = {**pod["metadata"], "deletionTimestamp": "2026-11-28T10:00:00Z"}
+            self.pods[(namespace, name)] = [{**pod, "metadata": meta}]
+
+    def finish_deletes(self, count: int) -> int:
+        """Let `count` of the pods being deleted go; returns how many are still going."""
+        going = sorted(k for k, (p,) in self.pods.items() if p["metadata"].get("deletionTimestamp"))
+        for key in going[:count]:
+            del self.pods[key]
+        return len(going[count:])
 
     async def ensure_service(self, body: dict[str, Any]) -> None:
         self.services.add((body["metadata"]["namespace"], body["metadata"]["name"]))
@@ -93,6 +121,8 @@ class FakeAPI:
         self.pools[name][0]["status"] = status
 
     async def event(self, obj: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        if obj["metadata"]["name"] in self.events_fail_for:
+            raise RuntimeError("the API server refused the Event")
         self.events.append((obj["metadata"]["name"], reason, message))
 
 
@@ -122,6 +152,53 @@ def test_two_deployments_reconciled_at_once_never_share_a_gpu(api: FakeAPI) -> N
         placed_cond = api.status(name)["conditions"][0]
         assert (placed_cond["type"], placed_cond["status"]) == ("Placed", "False")
         assert "no rack holds 64 free GPUs" in placed_cond["message"]
+
+
+def test_a_pass_gives_room_to_the_largest_waiting_replica_before_an_older_small_one(
+    api: FakeAPI,
+) -> None:
+    api.apply("small", replicas=1, data=1, created="2026-11-28T09:00:00Z", fallback="Never")
+    api.apply("large", replicas=2, data=9, created="2026-11-28T10:00:00Z", fallback="Never")
+    asyncio.run(Reconciler(api.view(), api).reconcile_all())
+    assert api.status("large")["phase"] == "Ready"
+    assert sorted(api.status("large")["racks"]) == ["clique-0000", "clique-0001"]
+    assert api.status("small")["phase"] == "Pending"
+    assert "no rack holds 8 free GPUs" in api.status("small")["conditions"][0]["message"]
+
+
+def test_a_rack_freed_pod_by_pod_is_kept_for_the_largest_waiting_replica(api: FakeAPI) -> None:
+    api.apply("filler", replicas=2, data=9, fallback="Never")  # 72 GPUs: both racks
+    reconciler = Reconciler(api.view(), api)
+    asyncio.run(reconciler.reconcile_all())
+    api.apply("small", replicas=1, data=1, created="2026-11-28T11:00:00Z", fallback="Never")
+    api.apply("large", replicas=1, data=9, created="2026-11-28T12:00:00Z", fallback="Never")
+    asyncio.run(reconciler.reconcile_all())
+    api.slow_deletes = True
+    api.deployments[("llm", "filler")][0]["spec"]["replicas"] = 1
+    asyncio.run(reconciler.reconcile_all())
+    while api.finish_deletes(4):  # the 18 pods go four at a time, a pass after each step
+        asyncio.run(reconciler.reconcile_all())
+        assert api.status("large")["phase"] == "Pending"
+        assert api.status("small")["phase"] == "Pending"
+        assert "is kept for llm/large" in api.status("small")["conditions"][0]["message"]
+    asyncio.run(reconciler.reconcile_all())
+    assert api.status("large")["phase"] == "Ready"
+    assert api.status("small")["phase"] == "Pending"
+    assert max(gpus_per_node(api).values()) <= 4
+
+
+def test_one_deployment_failing_spares_the_rest_of_the_pass(api: FakeAPI) -> None:
+    api.apply("a", replicas=1)
+    api.apply("b", replicas=1)
+    api.events_fail_for = {"a"}
+    reconciler = Reconciler(api.view(), api)
+    asyncio.run(reconciler.reconcile_all())
+    assert api.status("b")["phase"] == "Ready"
+    assert api.status("a") == {}, "its pass failed before the status was written"
+    assert max(gpus_per_node(api).values()) <= 4
+    asyncio.run(reconciler.reconcile_all())
+    assert api.status("a")["phase"] == "Ready", "the next pass adopts its pods"
+    assert len(api.pods) == 16
 
 
 def test_a_failed_write_leaves_no_pod_and_no_booking(api: FakeAPI) -> None:

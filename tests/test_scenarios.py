@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from rackscale.api import InferenceDeployment, RackPool
-from rackscale.placement import DeploymentPlan, ReplicaPlan, place, place_replica
+from rackscale.placement import (
+    DeploymentPlan,
+    ReplicaPlan,
+    Waiting,
+    place,
+    place_pass,
+    place_replica,
+)
 from rackscale.topology import build_snapshot
 from tests.factory import BLOCK, CLIQUE, PRODUCT, deployment, gpu_pod, node, nvl72, pool
 
@@ -685,3 +692,80 @@ def test_a_replaced_replica_stays_on_its_racks_when_they_still_fit() -> None:
     assert moved.plan is not None
     assert moved.plan.racks == ("clique-0000",)
     assert moved.reason is None
+
+
+def test_one_pass_places_the_largest_waiting_replica_before_an_older_small_one() -> None:
+    # One empty rack; an 8-GPU replica waits, then a 72-GPU one arrives. Taken in the order
+    # given the small one opens the rack and the large one can go nowhere; a pass takes the
+    # large one first and the small one waits with a reason.
+    small = deployment("small", tensor=8, gpusPerPod=4, fallback="Never")
+    large = deployment("large", tensor=8, pipeline=9, gpusPerPod=4, fallback="Never")
+    in_order = plan(nvl72(1), [small, large])
+    assert [p.mode for p in in_order] == ["Rack", "Unplaced"]
+
+    snapshot = build_snapshot(nvl72(1), [], [pool()])
+    decided = [
+        (w.deployment.name, d)
+        for w, d in place_pass(snapshot, [Waiting(small, 0), Waiting(large, 0)])
+    ]
+    assert [name for name, _ in decided] == ["large", "small"]
+    assert decided[0][1].plan is not None
+    assert decided[1][1].plan is None
+    assert decided[1][1].reason is not None
+    assert decided[1][1].reason.startswith("no rack holds 8 free GPUs in one NVLink domain")
+
+
+def test_a_pass_places_replicas_keeping_their_racks_first_then_largest_then_as_given() -> None:
+    snapshot = build_snapshot(nvl72(2), [], [pool()])
+    small = [deployment(f"s{i}", tensor=8, gpusPerPod=4) for i in range(2)]
+    large = deployment("large", tensor=8, data=4, gpusPerPod=4)
+    kept = deployment("kept", tensor=4, gpusPerPod=4)
+    waiting = [Waiting(small[0], 0), Waiting(large, 0), Waiting(small[1], 0)]
+    waiting.append(Waiting(kept, 0, prefer=("clique-0001",)))
+    order = [
+        (w.deployment.name, d.plan.racks if d.plan else None)
+        for w, d in place_pass(snapshot, waiting)
+    ]
+    assert [name for name, _ in order] == ["kept", "large", "s0", "s1"]
+    assert order[0][1] == ("clique-0001",)
+
+
+def test_a_rack_being_released_is_kept_for_the_largest_waiting_replica() -> None:
+    # A 72-GPU replica is going away: 10 of its 18 pods are still being deleted, 8 trays are
+    # free already. The 8-GPU replica would fit on those now, and the 72-GPU one once the rest
+    # are gone: the pass keeps the rack for the large one.
+    going = []
+    for t in range(10):
+        p = gpu_pod(f"old-{t}", f"gb200-0000-{t:02d}", 4)
+        p["metadata"]["deletionTimestamp"] = "2026-11-28T10:00:00Z"
+        going.append(p)
+    small = deployment("small", tensor=8, gpusPerPod=4, fallback="Never")
+    large = deployment("large", tensor=8, pipeline=9, gpusPerPod=4, fallback="Never")
+    snapshot = build_snapshot(nvl72(1), going, [pool()])
+    (_, first), (_, second) = place_pass(snapshot, [Waiting(small, 0), Waiting(large, 0)])
+    assert first.plan is None
+    assert first.kept == ("clique-0000",)
+    assert first.reason is not None
+    assert first.reason.endswith(
+        "; rack clique-0000 is kept for it: it fits there once the GPUs being released are free"
+    )
+    assert second.plan is None
+    assert second.reason == (
+        "no rack holds 8 free GPUs in one NVLink domain: 1 rack is kept for llm/large "
+        "(GPUs there are being released)"
+    )
+    # The pass over, nothing is kept, and the GPUs being released still count as used.
+    rack = snapshot.pools["gb200"].racks["clique-0000"]
+    assert (rack.kept_for, rack.free) == (None, 32)
+    assert place_replica(snapshot, small, 0).plan is not None
+
+    # Pods that are not being deleted promise nothing: the small replica takes free room.
+    for p in going:
+        del p["metadata"]["deletionTimestamp"]
+    snapshot = build_snapshot(nvl72(1), going, [pool()])
+    decided = {
+        w.deployment.name: d
+        for w, d in place_pass(snapshot, [Waiting(small, 0), Waiting(large, 0)])
+    }
+    assert decided["large"].kept == ()
+    assert decided["small"].plan is not None

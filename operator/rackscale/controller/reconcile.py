@@ -1,8 +1,9 @@
 """Reconciling: RackPool statuses, and each InferenceDeployment's pods, services and status.
 
-Reads the cluster view, asks `lifecycle` what each replica needs, asks the placement engine where
-missing replicas go, reserves in the ledger, writes pods, and undoes the reservation when a write
-fails. Placement is serialised by one lock so two deployments never book the same GPUs.
+A pass reads the cluster view and asks `lifecycle` what each replica needs. Replicas waiting for
+placement, across all deployments, go to the engine as one batch with one ledger, so no two book
+the same GPUs and the largest are placed first; each decision is written as pods, and its
+reservation undone when a write fails. The worker runs one pass at a time.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from rackscale.api.rackpool import DEFAULT_GPU_RESOURCE, DEFAULT_RACK_LABEL
 from rackscale.controller import lifecycle, metrics, status
 from rackscale.controller.cluster import ClusterView
 from rackscale.controller.kube import Writer, now
-from rackscale.placement import ReplicaPlan, place_replica
+from rackscale.placement import Decision, ReplicaPlan, Waiting, place_pass
 from rackscale.render import PoolFacts, render_replica, render_services, template_hash
 from rackscale.topology import Snapshot, build_snapshot
 
@@ -58,6 +59,21 @@ class _Memory:
     services: bool = False
 
 
+@dataclass(slots=True)
+class _Step:
+    """One deployment in one pass: what healing found, carried to placement and status."""
+
+    obj: dict[str, Any]
+    deployment: InferenceDeployment
+    uid: str
+    digest: str
+    memory: _Memory
+    age: tuple[str, str]  # (creationTimestamp, namespace/name): the oldest places first
+    states: list[lifecycle.ReplicaState] = field(default_factory=list)
+    actions: lifecycle.Actions = field(default_factory=lifecycle.Actions)
+    progress: status.Progress = field(default_factory=status.Progress)
+
+
 class Reconciler:
     """Everything the worker does on each pass; state shared between passes lives here."""
 
@@ -65,23 +81,28 @@ class Reconciler:
         self.view = view
         self.writer = writer
         self.options = options or Options()
-        self.placing = asyncio.Lock()
         self.memory: dict[str, _Memory] = {}
         self.deleting: set[str] = set()  # uids of pods deleted and not yet shown as deleted
-        self._ledger: Snapshot | None = None  # the booking ledger of the current pass
 
     def _pods(
         self, deployment: InferenceDeployment, uid: str, *, fresh: bool = False
     ) -> list[dict[str, Any]]:
         """The deployment's pods; those already deleted count as terminating, so a replica is
         not deleted (and announced) twice while the watch catches up."""
-        out = []
-        for pod in self.view.pods_of(deployment.namespace, deployment.name, uid, fresh=fresh):
-            meta = pod["metadata"]
-            if meta.get("uid") in self.deleting and not meta.get("deletionTimestamp"):
-                pod = {**pod, "metadata": {**meta, "deletionTimestamp": now()}}
-            out.append(pod)
-        return out
+        pods = self.view.pods_of(deployment.namespace, deployment.name, uid, fresh=fresh)
+        return [self._as_deleted(p) for p in pods]
+
+    def _as_deleted(self, pod: dict[str, Any]) -> dict[str, Any]:
+        """A pod this operator deleted, marked so before the watch shows it."""
+        meta = pod["metadata"]
+        if meta.get("uid") in self.deleting and not meta.get("deletionTimestamp"):
+            return {**pod, "metadata": {**meta, "deletionTimestamp": now()}}
+        return pod
+
+    def _snapshot(self) -> Snapshot:
+        """The pass's ledger: pods just deleted hold their GPUs, as being released."""
+        pods = [self._as_deleted(p) for p in self.view.pods()]
+        return build_snapshot(self.view.nodes(), pods, self.view.pools())
 
     # ---- pools -------------------------------------------------------------------------------
 
@@ -105,6 +126,8 @@ class Reconciler:
     # ---- deployments -------------------------------------------------------------------------
 
     async def reconcile_all(self) -> None:
+        """One pass: heal every deployment, place what waits in one ordered batch, then write
+        each deployment's services and status."""
         bodies = self.view.deployments()
         if self.deleting:
             self.deleting &= {str(p["metadata"].get("uid")) for p in self.view.pods()}
@@ -113,90 +136,122 @@ class Reconciler:
             if uid not in live:
                 del self.memory[uid]
         self.view.begin_pass()
-        self._ledger = None
         try:
-            results = await asyncio.gather(
-                *(self.reconcile(b) for b in bodies), return_exceptions=True
+            healed = await asyncio.gather(*(self._heal(b) for b in bodies), return_exceptions=True)
+            errors = {i: r for i, r in enumerate(healed) if isinstance(r, BaseException)}
+            steps = {i: r for i, r in enumerate(healed) if isinstance(r, _Step)}
+            errors |= await self._place_waiting(steps)
+            ok = [i for i in steps if i not in errors]
+            finished = await asyncio.gather(
+                *(self._finish(steps[i]) for i in ok), return_exceptions=True
             )
+            errors |= {i: r for i, r in zip(ok, finished, strict=True) if r is not None}
         finally:
             self.view.end_pass()
-            self._ledger = None
         metrics.count_unplaced(
             reason for memory in self.memory.values() for reason in memory.unplaced.values()
         )
-        for body, result in zip(bodies, results, strict=True):
-            if isinstance(result, BaseException):
-                metrics.RECONCILE_ERRORS.labels(scope="deployment").inc()
-                meta = body["metadata"]
-                log.error(
-                    "reconciling %s/%s failed: %s",
-                    meta.get("namespace"),
-                    meta.get("name"),
-                    result,
-                    exc_info=result,
-                )
+        for i, error in sorted(errors.items()):
+            metrics.RECONCILE_ERRORS.labels(scope="deployment").inc()
+            meta = bodies[i]["metadata"]
+            log.error(
+                "reconciling %s/%s failed: %s",
+                meta.get("namespace"),
+                meta.get("name"),
+                error,
+                exc_info=error,
+            )
 
-    async def reconcile(self, body: Mapping[str, Any]) -> None:
-        """One InferenceDeployment: heal, scale, update, place, then write status."""
+    async def _heal(self, body: Mapping[str, Any]) -> _Step | None:
+        """Validate one deployment, delete what is broken, excess or outdated, and say which
+        replicas wait for placement. None: nothing more to do this pass."""
         meta = body.get("metadata") or {}
         if meta.get("deletionTimestamp"):
-            return  # the garbage collector removes what it owned
-        current = dict(body.get("status") or {})
+            return None  # the garbage collector removes what it owned
         try:
             deployment = InferenceDeployment.model_validate(dict(body))
         except ValidationError as error:
             await self._refuse(body, "; ".join(format_errors(error)))
-            return
+            return None
         if not (deployment.spec.template.get("spec") or {}).get("containers"):
             await self._refuse(
                 body, "spec.template.spec.containers: a pod template needs at least one container"
             )
-            return
+            return None
         uid = str(meta.get("uid") or "")
-        memory = self.memory.setdefault(uid, _Memory())
-        obj = dict(body)
-        digest = template_hash(deployment)
-        states = lifecycle.classify(
-            self._pods(deployment, uid),
-            deployment.spec.replicas,
-            digest=digest,
-            nodes=self.view.node_readiness(),
-            now=datetime.now(UTC),
-            unschedulable_after=self.options.unschedulable_timeout,
+        step = _Step(
+            obj=dict(body),
+            deployment=deployment,
+            uid=uid,
+            digest=template_hash(deployment),
+            memory=self.memory.setdefault(uid, _Memory()),
+            age=(str(meta.get("creationTimestamp") or ""), deployment.key),
         )
-        actions = lifecycle.decide(states)
-        progress = status.Progress(fallbacks=dict(memory.fallbacks))
+        step.progress.fallbacks = dict(step.memory.fallbacks)
+        step.states = self._classify(step)
+        step.actions = lifecycle.decide(step.states)
+        for state, cause in step.actions.delete:
+            await self._delete(step, state, cause=cause)
+        return step
 
-        for state, cause in actions.delete:
-            await self._delete(
-                obj, deployment, state, cause=cause, memory=memory, progress=progress
-            )
-        if actions.place:
-            await self._place(obj, deployment, actions.place, memory, progress)
+    async def _place_waiting(self, steps: Mapping[int, _Step]) -> dict[int, BaseException]:
+        """Place every waiting replica of the pass in the engine's order (largest first, oldest
+        deployment first among equals), booking each in one ledger so the next sees it."""
+        by_key = {step.deployment.key: i for i, step in steps.items()}
+        waiting = [
+            Waiting(step.deployment, index, step.memory.prefer.pop(index, ()))
+            for step in sorted(steps.values(), key=lambda s: s.age)
+            for index in step.actions.place
+        ]
+        errors: dict[int, BaseException] = {}
+        if not waiting:
+            return errors
+        snapshot = self._snapshot()
+        for want, decision in place_pass(snapshot, waiting):
+            i = by_key[want.deployment.key]
+            if i in errors:
+                if decision.reservation:
+                    decision.reservation.undo()
+                continue
+            try:
+                await self._book(steps[i], decision, snapshot)
+            except Exception as error:
+                # Its reservation stays booked: pods may exist. One failure spares the rest.
+                errors[i] = error
+        return errors
+
+    async def _finish(self, step: _Step) -> None:
+        """Services, forgetting reasons of replicas no longer waiting, then status."""
+        deployment, memory, actions = step.deployment, step.memory, step.actions
         for index in list(memory.unplaced):
             if index not in actions.place:
                 del memory.unplaced[index]
-        progress.unplaced = dict(memory.unplaced)
-
+        step.progress.unplaced = dict(memory.unplaced)
         if not memory.services or actions.place:  # again on placing: one may have been deleted
             for service in render_services(deployment):
                 await self.writer.ensure_service(service)
             memory.services = True
-
+        states = step.states
         if actions.delete or actions.place:
             # Re-read: pods written in this pass count for the status it reports.
-            states = lifecycle.classify(
-                self._pods(deployment, uid, fresh=True),
-                deployment.spec.replicas,
-                digest=digest,
-                nodes=self.view.node_readiness(),
-                now=datetime.now(UTC),
-                unschedulable_after=self.options.unschedulable_timeout,
-            )
+            states = self._classify(step, fresh=True)
         resource = self._gpu_resource(deployment)
-        new = status.dump(status.deployment_status(deployment, states, progress, resource, now()))
+        new = status.dump(
+            status.deployment_status(deployment, states, step.progress, resource, now())
+        )
+        current = dict(step.obj.get("status") or {})
         if status.changed(new, current):
             await self.writer.patch_deployment_status(deployment.namespace, deployment.name, new)
+
+    def _classify(self, step: _Step, *, fresh: bool = False) -> list[lifecycle.ReplicaState]:
+        return lifecycle.classify(
+            self._pods(step.deployment, step.uid, fresh=fresh),
+            step.deployment.spec.replicas,
+            digest=step.digest,
+            nodes=self.view.node_readiness(),
+            now=datetime.now(UTC),
+            unschedulable_after=self.options.unschedulable_timeout,
+        )
 
     async def _refuse(self, body: Mapping[str, Any], message: str) -> None:
         """A spec the operator cannot act on: phase Failed, one Event, no pods."""
@@ -209,16 +264,8 @@ class Reconciler:
             await self.writer.event(dict(body), "Warning", "InvalidSpec", message)
             await self.writer.patch_deployment_status(meta["namespace"], meta["name"], new)
 
-    async def _delete(
-        self,
-        obj: dict[str, Any],
-        deployment: InferenceDeployment,
-        state: lifecycle.ReplicaState,
-        *,
-        cause: str,
-        memory: _Memory,
-        progress: status.Progress,
-    ) -> None:
+    async def _delete(self, step: _Step, state: lifecycle.ReplicaState, *, cause: str) -> None:
+        obj, deployment, memory, progress = step.obj, step.deployment, step.memory, step.progress
         if cause == "restart":
             metrics.REPLICA_RESTARTS.labels(cause=metrics.restart_cause(state.why)).inc()
             progress.restarting[state.replica] = state.why or "a shard was lost"
@@ -284,69 +331,55 @@ class Reconciler:
                 return pool.spec.gpu_resource
         return DEFAULT_GPU_RESOURCE
 
-    async def _place(
-        self,
-        obj: dict[str, Any],
-        deployment: InferenceDeployment,
-        replicas: list[int],
-        memory: _Memory,
-        progress: status.Progress,
-    ) -> None:
-        async with self.placing:
-            # One ledger for the whole pass: each placement books into it, so the next sees it.
-            snapshot = self._ledger = self._ledger or self.view.snapshot()
-            for index in replicas:
-                # A replaced replica (template change) stays on its racks when they still fit.
-                prefer = memory.prefer.pop(index, ())
-                with metrics.PLACEMENT_SECONDS.time():
-                    decision = place_replica(snapshot, deployment, index, prefer=prefer)
-                plan = decision.plan
-                fallback = plan is not None and plan.mode == "DevicePlugin"
-                fallback = fallback and bool(deployment.spec.placement.rack_pool)
-                result = "unplaced" if plan is None else "fallback" if fallback else "placed"
-                metrics.PLACEMENT_DECISIONS.labels(result=result).inc()
-                if plan is None:
-                    reason = decision.reason or "no room"
-                    memory.unplaced[index] = reason
-                    if memory.warned.get(index) != reason:
-                        memory.warned[index] = reason
-                        await self.writer.event(
-                            obj, "Warning", "FailedPlacement", f"replica {index}: {reason}"
-                        )
-                    continue
-                memory.unplaced.pop(index, None)
-                memory.warned.pop(index, None)
-                pods = render_replica(deployment, plan, self._facts(deployment, plan, snapshot))
-                if not await self._create(deployment, pods):
-                    if decision.reservation:
-                        decision.reservation.undo()
-                    await self.writer.event(
-                        obj,
-                        "Warning",
-                        "FailedCreate",
-                        f"replica {index}: creating its pods failed; it will be placed again",
-                    )
-                    continue
-                where = ", ".join(plan.racks) or "ordinary GPU nodes"
-                gpus = sum(p.gpus for p in plan.pods)
-                if plan.mode == "DevicePlugin" and deployment.spec.placement.rack_pool:
-                    why = decision.reason or "the pool could not hold it"
-                    memory.fallbacks[index] = why
-                    progress.fallbacks[index] = why
-                    await self.writer.event(
-                        obj, "Warning", "DevicePluginFallback", f"replica {index}: {why}"
-                    )
-                else:
-                    memory.fallbacks.pop(index, None)
-                    progress.fallbacks.pop(index, None)
-                    await self.writer.event(
-                        obj,
-                        "Normal",
-                        "Placed",
-                        f"replica {index}: {len(plan.pods)} pods, {gpus} GPUs, {plan.mode} "
-                        f"mode on {where}",
-                    )
-                log.info("%s: placed replica %d on %s", deployment.key, index, where)
+    async def _book(self, step: _Step, decision: Decision, snapshot: Snapshot) -> None:
+        """Act on one placement decision: pods created, or the reason kept and announced."""
+        obj, deployment, memory, progress = step.obj, step.deployment, step.memory, step.progress
+        index, plan = decision.replica, decision.plan
+        fallback = plan is not None and plan.mode == "DevicePlugin"
+        fallback = fallback and bool(deployment.spec.placement.rack_pool)
+        result = "unplaced" if plan is None else "fallback" if fallback else "placed"
+        metrics.PLACEMENT_DECISIONS.labels(result=result).inc()
+        if plan is None:
+            reason = decision.reason or "no room"
+            memory.unplaced[index] = reason
+            if memory.warned.get(index) != reason:
+                memory.warned[index] = reason
+                await self.writer.event(
+                    obj, "Warning", "FailedPlacement", f"replica {index}: {reason}"
+                )
+            return
+        memory.unplaced.pop(index, None)
+        memory.warned.pop(index, None)
+        pods = render_replica(deployment, plan, self._facts(deployment, plan, snapshot))
+        if not await self._create(deployment, pods):
+            if decision.reservation:
+                decision.reservation.undo()
+            await self.writer.event(
+                obj,
+                "Warning",
+                "FailedCreate",
+                f"replica {index}: creating its pods failed; it will be placed again",
+            )
+            return
+        where = ", ".join(plan.racks) or "ordinary GPU nodes"
+        gpus = sum(p.gpus for p in plan.pods)
+        if fallback:
+            why = decision.reason or "the pool could not hold it"
+            memory.fallbacks[index] = why
+            progress.fallbacks[index] = why
+            await self.writer.event(
+                obj, "Warning", "DevicePluginFallback", f"replica {index}: {why}"
+            )
+        else:
+            memory.fallbacks.pop(index, None)
+            progress.fallbacks.pop(index, None)
+            await self.writer.event(
+                obj,
+                "Normal",
+                "Placed",
+                f"replica {index}: {len(plan.pods)} pods, {gpus} GPUs, {plan.mode} mode on {where}",
+            )
+        log.info("%s: placed replica %d on %s", deployment.key, index, where)
 
     async def _create(self, deployment: InferenceDeployment, pods: list[dict[str, Any]]) -> bool:
         """Create a replica's pods; on any failure remove those created, so none is left half."""

@@ -5,8 +5,11 @@ from rackscale.placement.engine import (
     DeploymentPlan,
     PodPlan,
     ReplicaPlan,
+    Waiting,
+    pass_order,
     place,
     place_deployment,
+    place_pass,
     place_replica,
 )
 from rackscale.placement.ledger import Reservation
@@ -19,8 +22,11 @@ __all__ = [
     "ReplicaPlan",
     "Reservation",
     "Shape",
+    "Waiting",
+    "pass_order",
     "place",
     "place_deployment",
+    "place_pass",
     "place_replica",
     "shape_of",
 ]

@@ -44,6 +44,7 @@ class Decision:
     plan: ReplicaPlan | None
     reason: str | None = None
     reservation: Reservation | None = None
+    kept: tuple[str, ...] = ()  # pending: racks a pass keeps for it while their GPUs are released
 
 
 @dataclass(slots=True)
@@ -113,6 +114,84 @@ class _Request:
 def place(snapshot: Snapshot, deployments: Iterable[InferenceDeployment]) -> list[DeploymentPlan]:
     """Plan deployments in order, each seeing the reservations of those before it."""
     return [place_deployment(snapshot, d) for d in deployments]
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A replica waiting for placement; `prefer` names the racks it held before a template
+    change."""
+
+    deployment: InferenceDeployment
+    replica: int
+    prefer: tuple[str, ...] = ()
+
+
+def pass_order(waiting: Iterable[Waiting]) -> list[Waiting]:
+    """The order one pass places waiting replicas in: those keeping their racks first, then the
+    largest, then as given (the operator gives the oldest deployment first).
+
+    Largest first lets small replicas fill what the large ones leave; in arrival order a small
+    replica could open the one rack a large replica needed whole.
+    """
+    return sorted(waiting, key=lambda w: (not w.prefer, -w.deployment.spec.gpus_per_replica))
+
+
+def place_pass(
+    snapshot: Snapshot, waiting: Iterable[Waiting]
+) -> Iterator[tuple[Waiting, Decision]]:
+    """Place waiting replicas in `pass_order`, reserving as it goes. Lazy, so that the caller can
+    undo a reservation (a failed write) before the next replica is decided.
+
+    Room is freed a pod at a time as a replica's pods are deleted. A replica left pending that
+    would fit once the GPUs being released are free has the racks it would take kept for it
+    until the pass ends, so smaller replicas after it cannot take that room piece by piece.
+    """
+    kept: list[Rack] = []
+    try:
+        for want in pass_order(waiting):
+            decision = place_replica(snapshot, want.deployment, want.replica, want.prefer)
+            if decision.plan is None and (racks := _keep_releasing(snapshot, want)):
+                kept.extend(racks)
+                decision.kept = tuple(r.name for r in racks)
+                decision.reason = f"{decision.reason}; {_kept_text(racks)}"
+            yield want, decision
+    finally:
+        for rack in kept:
+            rack.keep(None)
+
+
+def _keep_releasing(snapshot: Snapshot, want: Waiting) -> list[Rack]:
+    """Keep for `want` the racks it would take were the GPUs being released free (none: [])."""
+    pool = snapshot.pools.get(want.deployment.spec.placement.rack_pool or "")
+    if pool is None or not pool.releasing:
+        return []
+    _release(pool, -1)
+    try:
+        future = place_replica(snapshot, want.deployment, want.replica, want.prefer)
+        if future.reservation:
+            future.reservation.undo()
+    finally:
+        _release(pool, +1)
+    if future.plan is None or future.plan.mode != "Rack":
+        return []
+    racks = [pool.racks[name] for name in future.plan.racks]
+    for rack in racks:
+        rack.keep(want.deployment.key)
+    return racks
+
+
+def _release(pool: Pool, sign: int) -> None:
+    """Free (-1) or take back (+1) what the pods being deleted hold. An exclusive replica's
+    hold on its rack stays until its pods are gone."""
+    for node, gpus, namespace, deployment in pool.releasing:
+        assert node.rack is not None
+        node.rack.use(node, sign * gpus, namespace, deployment)
+
+
+def _kept_text(racks: list[Rack]) -> str:
+    names = ", ".join(r.name for r in racks)
+    verb = f"rack {names} is" if len(racks) == 1 else f"racks {names} are"
+    return f"{verb} kept for it: it fits there once the GPUs being released are free"
 
 
 def place_deployment(
@@ -253,6 +332,8 @@ def _barrier(request: _Request, rack: Rack) -> Problem | None:
     """Why the rack is out of reach for this request whatever its room (None: it is not)."""
     if rack.held_by is not None:
         return Problem("held", rack.held_by[0])
+    if rack.kept_for is not None:
+        return Problem("kept", f"{rack.kept_for} (GPUs there are being released)")
     if request.pool.spec.tenancy == "Exclusive":
         others = sorted(ns for ns in rack.namespaces if ns != request.deployment.namespace)
         if others:

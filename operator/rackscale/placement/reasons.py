@@ -17,6 +17,7 @@ _PHRASES = {
     ),
     "tenant": ("holds pods of namespace", "hold pods of namespace"),
     "held": ("is held exclusively by", "are held exclusively by"),
+    "kept": ("is kept for", "are kept for"),
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sortedcontainers import SortedList
 
@@ -91,6 +91,7 @@ class Rack:
     namespaces: Counter[str] = field(default_factory=Counter)  # GPU pods by namespace
     deployments: Counter[str] = field(default_factory=Counter)  # rackscale pods by deployment
     held_by: tuple[str, int] | None = None  # (deployment, replica) holding it exclusively
+    kept_for: str | None = None  # a waiting deployment one pass keeps it for (see `keep`)
 
     @property
     def key(self) -> tuple[int, str]:
@@ -111,7 +112,9 @@ class Rack:
         return sum(n * (free // size) for free, n in self.free_histogram.items())
 
     def _index(self, add: bool) -> None:
-        indexes = [self.pool.by_free] if self.held_by is None else []
+        if self.held_by is not None or self.kept_for is not None:
+            return  # out of reach whatever its room: in neither index
+        indexes = [self.pool.by_free]
         if self.empty:
             indexes.append(self.pool.empty_by_free)
         for index in indexes:
@@ -143,6 +146,22 @@ class Rack:
         self.held_by = holder
         self._index(add=True)
 
+    def keep(self, deployment: str | None) -> None:
+        """Keep the rack for a waiting replica that fits once its GPUs being released are free
+        (None: no longer); the placement engine keeps racks for the length of one pass."""
+        self._index(add=False)
+        self.kept_for = deployment
+        self._index(add=True)
+
+
+class Releasing(NamedTuple):
+    """A pod being deleted: it holds its GPUs until it is gone."""
+
+    node: Node
+    gpus: int
+    namespace: str
+    deployment: str | None
+
 
 @dataclass(eq=False, slots=True)
 class Pool:
@@ -155,6 +174,7 @@ class Pool:
     # (free GPUs, rack name) of every rack, and of the racks nothing uses: best fit is a bisect.
     by_free: SortedList = field(default_factory=SortedList)
     empty_by_free: SortedList = field(default_factory=SortedList)
+    releasing: list[Releasing] = field(default_factory=list)  # pods being deleted
     tainted_nodes: int = 0  # ready, uncordoned nodes kept out by a taint someone may tolerate
     node_gpus: int = 0  # the usual GPUs of one node (most common allocatable, larger on a tie)
     largest_node_gpus: int = 0
@@ -216,7 +236,10 @@ def build_snapshot(
     pods: Iterable[dict[str, Any]],
     pools: Iterable[RackPool],
 ) -> Snapshot:
-    """Racks from node labels, usage from every non-terminated GPU pod, rackscale's or not."""
+    """Racks from node labels, usage from every non-terminated GPU pod, rackscale's or not.
+
+    A pod being deleted (`deletionTimestamp` set) still holds its GPUs; it is also listed in its
+    pool's `releasing`, so that a pass can keep the room it leaves for a waiting replica."""
     pool_list = sorted(pools, key=lambda p: p.name)
     by_name: dict[str, Node] = {}
     conflicts: dict[str, list[str]] = {}
@@ -297,8 +320,11 @@ def build_snapshot(
             node.used += gpus
             continue
         deployment, holder = _pod_deployment(pod)
-        namespace = (pod.get("metadata") or {}).get("namespace") or "default"
+        meta = pod.get("metadata") or {}
+        namespace = meta.get("namespace") or "default"
         node.rack.use(node, gpus, namespace, deployment)
+        if meta.get("deletionTimestamp"):
+            node.rack.pool.releasing.append(Releasing(node, gpus, namespace, deployment))
         if holder and node.rack.held_by is None:
             node.rack.hold(holder)
 

@@ -769,3 +769,24 @@ def test_a_rack_being_released_is_kept_for_the_largest_waiting_replica() -> None
     }
     assert decided["large"].kept == ()
     assert decided["small"].plan is not None
+
+
+def test_a_pass_tries_other_orders_when_largest_first_leaves_a_replica_out() -> None:
+    # Racks with 44 and 60 free GPUs; replicas of 32, 24, 24 and 16. Largest first puts the 32
+    # on the tighter rack (12 left), the 24s on the other (12 left): the 16 fits nowhere. The
+    # pass finds an order that places all: 24 + 16 on one rack, 32 + 24 on the other.
+    busy = [gpu_pod(f"busy-0-{t}", f"gb200-0000-{t:02d}", 4) for t in range(11, 18)]
+    busy += [gpu_pod(f"busy-1-{t}", f"gb200-0001-{t:02d}", 4) for t in range(15, 18)]
+    sizes = {"a": 4, "b": 3, "c": 3, "d": 2}  # x 8 GPUs
+    deps = [
+        deployment(n, tensor=8, data=d, gpusPerPod=4, fallback="Never") for n, d in sizes.items()
+    ]
+    assert [p.mode for p in plan(nvl72(2), deps, pods=busy)] == ["Rack", "Rack", "Rack", "Unplaced"]
+
+    snapshot = build_snapshot(nvl72(2), busy, [pool()])
+    done = place_pass(snapshot, [Waiting(d, 0) for d in deps])
+    assert all(d.plan is not None for _, d in done)
+    racks = {w.deployment.name: d.plan.racks for w, d in done if d.plan}
+    assert racks["a"] != racks["d"]
+    assert snapshot.pools["gb200"].racks["clique-0000"].free == 4
+    assert snapshot.pools["gb200"].racks["clique-0001"].free == 4

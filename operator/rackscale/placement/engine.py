@@ -9,6 +9,7 @@ allows, and reserves what it chose in the snapshot so the next decision sees it.
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -89,6 +90,7 @@ class _Request:
     shape: Shape
     tolerations: tuple[dict[str, Any], ...]
     only: frozenset[str] | None = None  # consider just these racks (keeping a replica in place)
+    explain: bool = True  # say why, rack by rack, when the replica does not fit
 
     @property
     def key(self) -> str:
@@ -136,28 +138,82 @@ def pass_order(waiting: Iterable[Waiting]) -> list[Waiting]:
     return sorted(waiting, key=lambda w: (not w.prefer, -w.deployment.spec.gpus_per_replica))
 
 
+ORDER_TRIES = 16  # other orders a pass tries when the first one leaves replicas out of the pool
+
+
 def place_pass(
-    snapshot: Snapshot, waiting: Iterable[Waiting]
-) -> Iterator[tuple[Waiting, Decision]]:
-    """Place waiting replicas in `pass_order`, reserving as it goes. Lazy, so that the caller can
-    undo a reservation (a failed write) before the next replica is decided.
+    snapshot: Snapshot, waiting: Iterable[Waiting], tries: int = ORDER_TRIES
+) -> list[tuple[Waiting, Decision]]:
+    """Place waiting replicas together, each decided by the usual rules, reserving as it goes.
+
+    The first order is `pass_order`. When it leaves some replica out of the pool, `tries` more
+    orders are tried, each a deterministic shuffle of the largest-first order by up to 40% of
+    a replica's size (replicas keeping their racks stay first); the order placing the most GPUs
+    in pools is kept, the first on a tie. Largest first alone packs well but not always best:
+    a replica put on the tightest rack can leave a gap no later one fills.
 
     Room is freed a pod at a time as a replica's pods are deleted. A replica left pending that
     would fit once the GPUs being released are free has the racks it would take kept for it
-    until the pass ends, so smaller replicas after it cannot take that room piece by piece.
+    while the pass lasts, so smaller replicas after it cannot take that room piece by piece.
     """
+    order = pass_order(waiting)
+    first = _try_order(snapshot, order, explain=False)
+    if all(d.plan is not None and (d.plan.mode == "Rack" or d.reason is None) for _, d in first):
+        return first  # everything in its pool (or in device-plugin mode by choice): done
+    best, score = order, _score(first)
+    _undo(first)
+    staying = [w for w in order if w.prefer]
+    rest = [w for w in order if not w.prefer]
+    # When nothing fits, each replica was tried on the same room: no other order helps.
+    rng = random.Random(len(order))
+    for _ in range(tries if score and len(rest) > 1 else 0):
+        shuffled = staying + sorted(
+            rest, key=lambda w: -w.deployment.spec.gpus_per_replica * rng.uniform(0.6, 1.4)
+        )
+        trial = _try_order(snapshot, shuffled, explain=False)
+        if _score(trial) > score:
+            best, score = shuffled, _score(trial)
+        _undo(trial)
+    return _try_order(snapshot, best, explain=True)
+
+
+def _try_order(
+    snapshot: Snapshot, order: list[Waiting], *, explain: bool
+) -> list[tuple[Waiting, Decision]]:
+    """Place in `order`, keeping racks being released for replicas left pending until the end;
+    without `explain`, refusals carry no reason (it costs a look at every rack)."""
     kept: list[Rack] = []
+    out = []
     try:
-        for want in pass_order(waiting):
-            decision = place_replica(snapshot, want.deployment, want.replica, want.prefer)
+        for want in order:
+            decision = place_replica(
+                snapshot, want.deployment, want.replica, want.prefer, explain=explain
+            )
             if decision.plan is None and (racks := _keep_releasing(snapshot, want)):
                 kept.extend(racks)
                 decision.kept = tuple(r.name for r in racks)
-                decision.reason = f"{decision.reason}; {_kept_text(racks)}"
-            yield want, decision
+                if explain:
+                    decision.reason = f"{decision.reason}; {_kept_text(racks)}"
+            out.append((want, decision))
     finally:
         for rack in kept:
             rack.keep(None)
+    return out
+
+
+def _score(decisions: list[tuple[Waiting, Decision]]) -> int:
+    """GPUs placed in pools."""
+    return sum(
+        len(d.plan.pods) * d.plan.pods[0].gpus
+        for _, d in decisions
+        if d.plan is not None and d.plan.mode == "Rack"
+    )
+
+
+def _undo(decisions: list[tuple[Waiting, Decision]]) -> None:
+    for _, decision in reversed(decisions):
+        if decision.reservation:
+            decision.reservation.undo()
 
 
 def _keep_releasing(snapshot: Snapshot, want: Waiting) -> list[Rack]:
@@ -167,7 +223,7 @@ def _keep_releasing(snapshot: Snapshot, want: Waiting) -> list[Rack]:
         return []
     _release(pool, -1)
     try:
-        future = place_replica(snapshot, want.deployment, want.replica, want.prefer)
+        future = place_replica(snapshot, want.deployment, want.replica, want.prefer, explain=False)
         if future.reservation:
             future.reservation.undo()
     finally:
@@ -212,17 +268,21 @@ def place_replica(
     deployment: InferenceDeployment,
     replica: int,
     prefer: Iterable[str] = (),
+    *,
+    explain: bool = True,
 ) -> Decision:
     """One replica, whole or not at all; falls back to device-plugin mode when asked to.
 
     `prefer` names racks to try first (where the replica ran before a template change): the
     replica stays there when they still hold it, and is placed as usual when they do not.
+    Without `explain`, a refusal's reason is left out: building it looks at every rack.
     """
     placement = deployment.spec.placement
     if placement.rack_pool is None:
         return Decision(replica, _device_plugin(snapshot, deployment, replica))
     try:
         request = _request(snapshot, deployment, replica, placement.rack_pool)
+        request.explain = explain
         if preferred := frozenset(prefer):
             request.only = preferred
             with contextlib.suppress(NoRoom):
@@ -294,6 +354,8 @@ def _place_in_pool(request: _Request) -> tuple[ReplicaPlan, Reservation]:
     if rack is not None:
         return _reserve(request, [(rack, request.shape.gpus // request.slot)])
     if scope == "Rack" or request.shape.parts < 2:
+        if not request.explain:
+            raise NoRoom("")
         problems = [
             _problem(request, r, request.shape.gpus // request.slot) for r in _racks(request)
         ]
@@ -396,6 +458,8 @@ def _best_node(request: _Request) -> Node:
             fits = [n for n in rack.nodes if n.free >= need and n.schedulable(request.tolerations)]
             if fits:
                 return min(fits, key=lambda n: (n.free, n.name))
+    if not request.explain:
+        raise NoRoom("")
     barriers = [p for p in (_barrier(request, r) for r in _racks(request)) if p]
     reachable = [r for r in _racks(request) if _barrier(request, r) is None]
     most = max(
@@ -429,7 +493,7 @@ def _best_racks(request: _Request) -> list[tuple[Rack, int]]:
             if best is None or rank < best[0]:
                 best = (rank, chosen)
     if best is None:
-        raise NoRoom(_why_no_racks(request, per_part, by_block))
+        raise NoRoom(_why_no_racks(request, per_part, by_block) if request.explain else "")
     return [(rack, parts * per_part) for rack, parts in best[1]]
 
 

@@ -114,6 +114,31 @@ def test_cluster_may_come_in_several_files(
     assert json.loads(out)["placements"][0]["mode"] == "Rack"
 
 
+def test_together_places_as_one_operator_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nodes = write(tmp_path / "nodes.yaml", *nvl72(1))
+    small, large = (
+        write(tmp_path / f"{name}.yaml", {
+            "apiVersion": "rackscale.dev/v1alpha1", "kind": "InferenceDeployment",
+            "metadata": {"name": name, "namespace": "llm"},
+            "spec": {"parallelism": {"tensor": 8, "data": data}, "gpusPerPod": 4,
+                     "placement": {"rackPool": "gb200", "fallback": "Never"}},
+        })
+        for name, data in (("small", 1), ("large", 9))
+    )  # fmt: skip
+    args = ["plan", "--cluster", nodes, "--cluster", EXAMPLES / "rackpool-gb200.yaml", "-o", "json"]
+
+    def modes(*extra: str | Path) -> list[tuple[str, str]]:
+        code, out, _ = run(capsys, *args, *extra, small, large)
+        assert code == 0
+        return [(p["deployment"], p["mode"]) for p in json.loads(out)["placements"]]
+
+    # One after another, the small one opens the only rack; together, the large one gets it.
+    assert modes() == [("llm/small", "Rack"), ("llm/large", "Unplaced")]
+    assert modes("--together") == [("llm/small", "Unplaced"), ("llm/large", "Rack")]
+
+
 BAD_DEPLOYMENT = {
     "apiVersion": "rackscale.dev/v1alpha1",
     "kind": "InferenceDeployment",

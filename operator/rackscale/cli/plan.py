@@ -11,7 +11,7 @@ from typing import Any
 
 from rackscale.api import InferenceDeployment, RackPool
 from rackscale.cli.manifests import InputError, objects, parse
-from rackscale.placement import DeploymentPlan, ReplicaPlan, place
+from rackscale.placement import DeploymentPlan, ReplicaPlan, place, place_together
 from rackscale.topology import Snapshot, build_snapshot
 
 
@@ -31,6 +31,12 @@ def register(commands: Any) -> None:
         help="Nodes, RackPools and (optionally) running Pods; may be repeated",
     )
     cmd.add_argument("-o", "--output", choices=("json", "table"), default="table")
+    cmd.add_argument(
+        "--together",
+        action="store_true",
+        help="place them as the operator does when all wait at once (one GitOps sync): largest "
+        "first, trying other orders when some do not fit; default: one after another, in order",
+    )
     cmd.add_argument("deployments", nargs="+", type=Path, metavar="DEPLOYMENT.yaml")
     cmd.set_defaults(handler=run)
 
@@ -66,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     except InputError as error:
         print(f"rackscale plan: {error}", file=sys.stderr)
         return 2
-    plans = place(snapshot, deployments)
+    plans = (place_together if args.together else place)(snapshot, deployments)
     if args.output == "json":
         print(json.dumps(as_json(snapshot, plans), indent=2))
     else:

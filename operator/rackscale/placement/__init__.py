@@ -11,6 +11,7 @@ from rackscale.placement.engine import (
     place_deployment,
     place_pass,
     place_replica,
+    place_together,
 )
 from rackscale.placement.ledger import Reservation
 from rackscale.placement.shape import Shape, shape_of
@@ -28,5 +29,6 @@ __all__ = [
     "place_deployment",
     "place_pass",
     "place_replica",
+    "place_together",
     "shape_of",
 ]

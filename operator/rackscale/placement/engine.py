@@ -250,14 +250,31 @@ def _kept_text(racks: list[Rack]) -> str:
     return f"{verb} kept for it: it fits there once the GPUs being released are free"
 
 
+def place_together(
+    snapshot: Snapshot, deployments: list[InferenceDeployment]
+) -> list[DeploymentPlan]:
+    """Plan deployments as one operator pass places them when all wait at once (`place_pass`)."""
+    plans = {id(d): _empty_plan(d) for d in deployments}
+    waiting = [Waiting(d, i) for d in deployments for i in range(d.spec.replicas)]
+    for want, decision in place_pass(snapshot, waiting):
+        plans[id(want.deployment)].decisions.append(decision)
+    for plan in plans.values():
+        plan.decisions.sort(key=lambda d: d.replica)
+    return [plans[id(d)] for d in deployments]
+
+
+def _empty_plan(deployment: InferenceDeployment) -> DeploymentPlan:
+    intended: Literal["Rack", "DevicePlugin"] = (
+        "Rack" if deployment.spec.placement.rack_pool else "DevicePlugin"
+    )
+    return DeploymentPlan(deployment.key, intended=intended)
+
+
 def place_deployment(
     snapshot: Snapshot, deployment: InferenceDeployment, replicas: Iterable[int] | None = None
 ) -> DeploymentPlan:
     """Place the given replica indexes (default: all of them), reserving as it goes."""
-    intended: Literal["Rack", "DevicePlugin"] = (
-        "Rack" if deployment.spec.placement.rack_pool else "DevicePlugin"
-    )
-    result = DeploymentPlan(deployment.key, intended=intended)
+    result = _empty_plan(deployment)
     for index in range(deployment.spec.replicas) if replicas is None else replicas:
         result.decisions.append(place_replica(snapshot, deployment, index))
     return result

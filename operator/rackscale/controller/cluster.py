@@ -185,23 +185,27 @@ class ClusterView:
     def pods(self) -> list[dict[str, Any]]:
         """Every GPU pod the watch has shown, plus the ones just created and not yet shown."""
         seen = list(_values(self.pods_index))
-        shown = {
-            (p["metadata"].get("namespace"), p["metadata"]["name"]): p["metadata"].get("uid")
-            for p in seen
-        }
+        self._forget_arrived(seen)
+        return seen + [pending.pod for pending in self.pending.values()]
+
+    def _forget_arrived(self, shown: Iterable[dict[str, Any]]) -> None:
+        """Drop the pods the watch has shown, and those past the grace, from `pending`."""
+        if not self.pending:
+            return
+        uids = {(p["metadata"].get("namespace"), p["metadata"]["name"]): p["metadata"].get("uid")
+                for p in shown}  # fmt: skip
         now = time.monotonic()
         for key, pending in list(self.pending.items()):
-            arrived = pending.uid is not None and shown.get(key) == pending.uid
+            arrived = pending.uid is not None and uids.get(key) == pending.uid
             if arrived or now - pending.since > PENDING_GRACE_SECONDS:
                 del self.pending[key]
-            else:
-                seen.append(pending.pod)
-        return seen
 
     def begin_pass(self) -> None:
         """Group pods by deployment and read node health once for a whole reconcile pass."""
         grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for pod in _values(self.pods_index):
+        pods = list(_values(self.pods_index))
+        self._forget_arrived(pods)  # else every deployment's lookup walks them all
+        for pod in pods:
             meta = pod["metadata"]
             label = (meta.get("labels") or {}).get(DEPLOYMENT_LABEL)
             if label:

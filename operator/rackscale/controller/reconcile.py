@@ -195,8 +195,8 @@ class Reconciler:
         return step
 
     async def _place_waiting(self, steps: Mapping[int, _Step]) -> dict[int, BaseException]:
-        """Place every waiting replica of the pass in the engine's order (largest first, oldest
-        deployment first among equals), booking each in one ledger so the next sees it."""
+        """Place every waiting replica of the pass together in one ledger (`place_pass`: largest
+        first, the oldest deployment first among equals), then write each decision."""
         by_key = {step.deployment.key: i for i, step in steps.items()}
         waiting = [
             Waiting(step.deployment, index, step.memory.prefer.pop(index, ()))

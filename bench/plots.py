@@ -88,8 +88,8 @@ def _optimal(part: dict[str, Any]) -> Any:
     figure, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 3.5), sharey=True)
     for ax, (name, fam) in zip(list(axes), families.items(), strict=True):
         for key, label in (
-            ("ratio_arrival", "arrival order"),
-            ("ratio_largest_first", "largest first"),
+            ("ratio_one_pass", "one pass (the operator)"),
+            ("ratio_one_at_a_time", "one at a time"),
         ):
             values = sorted(r[key] for r in fam["rows"])
             ax.plot(values, [(i + 1) / len(values) for i in range(len(values))], label=label)

@@ -177,15 +177,14 @@ def test_metrics_match_the_cluster(
     unplaced = value(samples, "rackscale_placement_decisions_total", result="unplaced")
     assert unplaced is not None
     assert unplaced >= 1
-    decided = value(samples, "rackscale_placement_duration_seconds_count")
-    assert decided == placed + unplaced + value(
-        samples, "rackscale_placement_decisions_total", result="fallback"
-    )
     assert value(samples, "rackscale_unplaced_replicas", reason="no-rack-with-room") == 1
     assert value(samples, "rackscale_unplaced_replicas", reason="other") == 0
     passes = value(samples, "rackscale_reconcile_passes_total")
     assert passes is not None
-    assert passes >= 1
+    # One placement timing per pass that had replicas waiting: the pending one waits in each.
+    placing = value(samples, "rackscale_placement_duration_seconds_count")
+    assert placing is not None
+    assert 1 <= placing <= passes + 1  # the pass running now may have observed, not counted
     assert value(samples, "rackscale_reconcile_errors_total", scope="deployment") == 0
 
     # A lost shard restarts its replica, and the restart is counted by cause.

@@ -30,7 +30,7 @@ PLACEMENT_DECISIONS = Counter(
 )
 PLACEMENT_SECONDS = Histogram(
     "rackscale_placement_duration_seconds",
-    "Time the placement engine took to decide one replica",
+    "Time the placement engine took to decide the replicas waiting in one pass",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 UNPLACED_REPLICAS = Gauge(

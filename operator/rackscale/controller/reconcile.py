@@ -207,7 +207,9 @@ class Reconciler:
         if not waiting:
             return errors
         snapshot = self._snapshot()
-        for want, decision in place_pass(snapshot, waiting):
+        with metrics.PLACEMENT_SECONDS.time():
+            decisions = place_pass(snapshot, waiting)
+        for want, decision in decisions:
             i = by_key[want.deployment.key]
             if i in errors:
                 if decision.reservation:

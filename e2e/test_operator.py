@@ -159,6 +159,39 @@ def test_freed_room_goes_to_the_largest_waiting_replica(
 
 
 @pytest.mark.usefixtures("operator")
+def test_a_replaced_replica_returns_to_its_rack_while_a_smaller_one_waits(
+    kube: client.ApiClient, pool: str, llm: str
+) -> None:
+    whole = {"data": 9, "fallback": "Never"}  # 72 GPUs: a whole rack
+    apply(kube, llm, inference_deployment("filler", pool, replicas=3, **whole))
+    apply(kube, llm, inference_deployment("big", pool, replicas=1, **whole))
+    ready(kube, llm, "filler", 3)
+    [rack] = ready(kube, llm, "big", 1)["status"]["racks"]
+    apply(kube, llm, inference_deployment("small", pool, replicas=1, fallback="Never"))
+    eventually(
+        lambda: (get(kube, llm, "small").get("status") or {}).get("phase") == "Pending",
+        "the 8-GPU deployment to wait",
+    )
+    old = set(uids(kube, llm, "big").values())
+    template = inference_deployment("big", pool, replicas=1)["spec"]["template"]
+    template["metadata"]["labels"]["version"] = "2"
+    patch(kube, llm, "big", {"template": template})
+
+    # While the old pods go, the rack is kept for the replica that will come back to it.
+    def replaced() -> dict[str, Any] | None:
+        body = get(kube, llm, "big")
+        fresh = set(uids(kube, llm, "big").values())
+        done = (body.get("status") or {}).get("phase") == "Ready" and len(fresh) == 18
+        return body if done and not (fresh & old) else None
+
+    body = eventually(replaced, "big's replica to be replaced")
+    assert body["status"]["racks"] == [rack]
+    assert get(kube, llm, "small")["status"]["phase"] == "Pending"
+    assert pods(kube, llm, "small") == []
+    check_guarantees(kube)
+
+
+@pytest.mark.usefixtures("operator")
 def test_dense_model_falls_back_to_device_plugin_on_hgx_nodes(
     kube: client.ApiClient, pool: str, llm: str
 ) -> None:

@@ -187,6 +187,30 @@ def test_a_rack_freed_pod_by_pod_is_kept_for_the_largest_waiting_replica(api: Fa
     assert max(gpus_per_node(api).values()) <= 4
 
 
+def test_a_replaced_replica_gets_its_rack_back_though_a_smaller_one_waits(api: FakeAPI) -> None:
+    api.apply("big", replicas=1, data=9, fallback="Never")  # 72 GPUs: a whole rack
+    api.apply("filler", replicas=1, data=9, fallback="Never")  # the other rack
+    reconciler = Reconciler(api.view(), api)
+    asyncio.run(reconciler.reconcile_all())
+    [rack] = api.status("big")["racks"]
+    api.apply("small", replicas=1, data=1, fallback="Never")
+    asyncio.run(reconciler.reconcile_all())
+    assert api.status("small")["phase"] == "Pending"
+
+    # A template change: big's old pods go away four at a time, a pass after each step.
+    api.slow_deletes = True
+    api.deployments[("llm", "big")][0]["spec"]["template"]["metadata"] = {"labels": {"v": "2"}}
+    asyncio.run(reconciler.reconcile_all())
+    while api.finish_deletes(4):
+        asyncio.run(reconciler.reconcile_all())
+        assert api.status("small")["phase"] == "Pending"
+        assert "is kept for llm/big" in api.status("small")["conditions"][0]["message"]
+    asyncio.run(reconciler.reconcile_all())
+    assert api.status("big")["phase"] == "Ready"
+    assert api.status("big")["racks"] == [rack]
+    assert api.status("small")["phase"] == "Pending"
+
+
 def test_one_deployment_failing_spares_the_rest_of_the_pass(api: FakeAPI) -> None:
     api.apply("a", replicas=1)
     api.apply("b", replicas=1)

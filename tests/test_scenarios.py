@@ -790,3 +790,25 @@ def test_a_pass_tries_other_orders_when_largest_first_leaves_a_replica_out() -> 
     assert racks["a"] != racks["d"]
     assert snapshot.pools["gb200"].racks["clique-0000"].free == 4
     assert snapshot.pools["gb200"].racks["clique-0001"].free == 4
+
+
+def test_a_replica_whose_old_pods_are_going_has_their_rack_kept_for_it() -> None:
+    # Replica 0 of llm/big is being replaced: 8 of its 18 pods are gone, 10 are going. It
+    # cannot be placed before they are gone, but no smaller replica takes its rack meanwhile.
+    labels = {"rackscale.dev/deployment": "big", "rackscale.dev/replica": "0"}
+    going = []
+    for t in range(10):
+        p = gpu_pod(f"big-0-{t}", f"gb200-0000-{t:02d}", 4, namespace="llm", labels=labels)
+        p["metadata"]["deletionTimestamp"] = "2026-11-28T10:00:00Z"
+        going.append(p)
+    big = deployment("big", tensor=8, pipeline=9, gpusPerPod=4, fallback="Never")
+    small = deployment("small", tensor=8, gpusPerPod=4, fallback="Never")
+    snapshot = build_snapshot(nvl72(1), going, [pool()])
+    waiting = [Waiting(small, 0), Waiting(big, 0, prefer=("clique-0000",), terminating=True)]
+    (_, replaced), (_, other) = place_pass(snapshot, waiting)
+    assert (replaced.plan, replaced.kept) == (None, ("clique-0000",))
+    assert other.plan is None
+    assert other.reason is not None
+    assert "1 rack is kept for llm/big" in other.reason
+    # Without it, the small replica takes the free trays.
+    assert place_pass(build_snapshot(nvl72(1), going, [pool()]), [Waiting(small, 0)])[0][1].plan

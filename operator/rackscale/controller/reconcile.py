@@ -71,6 +71,7 @@ class _Step:
     age: tuple[str, str]  # (creationTimestamp, namespace/name): the oldest places first
     states: list[lifecycle.ReplicaState] = field(default_factory=list)
     actions: lifecycle.Actions = field(default_factory=lifecycle.Actions)
+    returning: list[int] = field(default_factory=list)  # replicas whose old pods are going
     progress: status.Progress = field(default_factory=status.Progress)
 
 
@@ -192,25 +193,35 @@ class Reconciler:
         step.actions = lifecycle.decide(step.states)
         for state, cause in step.actions.delete:
             await self._delete(step, state, cause=cause)
+        wanted = range(deployment.spec.replicas)
+        step.returning = [i for i in step.actions.waiting if i in wanted] + [
+            state.replica for state, cause in step.actions.delete if cause != "scale-down"
+        ]
         return step
 
     async def _place_waiting(self, steps: Mapping[int, _Step]) -> dict[int, BaseException]:
         """Place every waiting replica of the pass together in one ledger (`place_pass`: largest
         first, the oldest deployment first among equals), then write each decision."""
         by_key = {step.deployment.key: i for i, step in steps.items()}
-        waiting = [
-            Waiting(step.deployment, index, step.memory.prefer.pop(index, ()))
-            for step in sorted(steps.values(), key=lambda s: s.age)
-            for index in step.actions.place
-        ]
+        waiting = []
+        for step in sorted(steps.values(), key=lambda s: s.age):
+            prefer = step.memory.prefer
+            waiting += [Waiting(step.deployment, i, prefer.pop(i, ())) for i in step.actions.place]
+            # Replicas whose old pods are going (restart, update): room is kept for them.
+            waiting += [
+                Waiting(step.deployment, i, prefer.get(i, ()), terminating=True)
+                for i in step.returning
+            ]
         errors: dict[int, BaseException] = {}
-        if not waiting:
+        if not any(not w.terminating for w in waiting):
             return errors
         snapshot = self._snapshot()
         with metrics.PLACEMENT_SECONDS.time():
             decisions = place_pass(snapshot, waiting)
         for want, decision in decisions:
             i = by_key[want.deployment.key]
+            if want.terminating:
+                continue
             if i in errors:
                 if decision.reservation:
                     decision.reservation.undo()

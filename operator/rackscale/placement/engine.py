@@ -121,11 +121,13 @@ def place(snapshot: Snapshot, deployments: Iterable[InferenceDeployment]) -> lis
 @dataclass(frozen=True, slots=True)
 class Waiting:
     """A replica waiting for placement; `prefer` names the racks it held before a template
-    change."""
+    change. `terminating`: its old pods are still going away, so it cannot be placed yet (its
+    pods would take their names); a pass only keeps for it the racks it will fit on."""
 
     deployment: InferenceDeployment
     replica: int
     prefer: tuple[str, ...] = ()
+    terminating: bool = False
 
 
 def pass_order(waiting: Iterable[Waiting]) -> list[Waiting]:
@@ -154,11 +156,16 @@ def place_pass(
 
     Room is freed a pod at a time as a replica's pods are deleted. A replica left pending that
     would fit once the GPUs being released are free has the racks it would take kept for it
-    while the pass lasts, so smaller replicas after it cannot take that room piece by piece.
+    while the pass lasts, so smaller replicas after it cannot take that room piece by piece. So
+    does a `terminating` replica (restarted or replaced), whose own old pods are among those.
     """
     order = pass_order(waiting)
     first = _try_order(snapshot, order, explain=False)
-    if all(d.plan is not None and (d.plan.mode == "Rack" or d.reason is None) for _, d in first):
+    if all(
+        d.plan is not None and (d.plan.mode == "Rack" or d.reason is None)
+        for w, d in first
+        if not w.terminating
+    ):
         return first  # everything in its pool (or in device-plugin mode by choice): done
     best, score = order, _score(first)
     _undo(first)
@@ -186,9 +193,12 @@ def _try_order(
     out = []
     try:
         for want in order:
-            decision = place_replica(
-                snapshot, want.deployment, want.replica, want.prefer, explain=explain
-            )
+            if want.terminating:
+                decision = Decision(want.replica, None, "its old pods are still terminating")
+            else:
+                decision = place_replica(
+                    snapshot, want.deployment, want.replica, want.prefer, explain=explain
+                )
             if decision.plan is None and (racks := _keep_releasing(snapshot, want)):
                 kept.extend(racks)
                 decision.kept = tuple(r.name for r in racks)
@@ -219,8 +229,8 @@ def _undo(decisions: list[tuple[Waiting, Decision]]) -> None:
 def _keep_releasing(snapshot: Snapshot, want: Waiting) -> list[Rack]:
     """Keep for `want` the racks it would take were the GPUs being released free (none: [])."""
     pool = snapshot.pools.get(want.deployment.spec.placement.rack_pool or "")
-    if pool is None or not pool.releasing:
-        return []
+    if pool is None or not (pool.releasing or want.terminating):
+        return []  # refused with the room there is, and no more is coming
     _release(pool, -1)
     try:
         future = place_replica(snapshot, want.deployment, want.replica, want.prefer, explain=False)

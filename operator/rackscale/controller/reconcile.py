@@ -213,8 +213,8 @@ class Reconciler:
                 for i in step.returning
             ]
         errors: dict[int, BaseException] = {}
-        if not any(not w.terminating for w in waiting):
-            return errors
+        if all(w.terminating for w in waiting):
+            return errors  # nothing to place: keeping room matters only against placements
         snapshot = self._snapshot()
         with metrics.PLACEMENT_SECONDS.time():
             decisions = place_pass(snapshot, waiting)

@@ -192,8 +192,10 @@ class ClusterView:
         """Drop the pods the watch has shown, and those past the grace, from `pending`."""
         if not self.pending:
             return
-        uids = {(p["metadata"].get("namespace"), p["metadata"]["name"]): p["metadata"].get("uid")
-                for p in shown}  # fmt: skip
+        uids = {
+            (p["metadata"].get("namespace"), p["metadata"]["name"]): p["metadata"].get("uid")
+            for p in shown
+        }
         now = time.monotonic()
         for key, pending in list(self.pending.items()):
             arrived = pending.uid is not None and uids.get(key) == pending.uid

@@ -117,6 +117,16 @@ def pods(kube: client.ApiClient, namespace: str, name: str) -> list[dict[str, An
     return list(json.loads(response.data)["items"])
 
 
+def waiting(kube: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    """Wait for phase Pending (nothing placed, the engine says why); return the deployment."""
+
+    def probe() -> dict[str, Any] | None:
+        body = get(kube, namespace, name)
+        return body if (body.get("status") or {}).get("phase") == "Pending" else None
+
+    return eventually(probe, f"{namespace}/{name} to wait for room")
+
+
 def ready(kube: client.ApiClient, namespace: str, name: str, replicas: int) -> dict[str, Any]:
     """Wait for status Ready with every pod bound and Ready; return the deployment."""
 

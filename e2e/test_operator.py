@@ -37,6 +37,7 @@ from e2e.support import (
     ready,
     replica_uids,
     uids,
+    waiting,
 )
 from rackscale.topology import pinned_node
 
@@ -139,13 +140,10 @@ def test_freed_room_goes_to_the_largest_waiting_replica(
     apply(kube, llm, inference_deployment("filler", pool, replicas=4, **whole))
     ready(kube, llm, "filler", 4)
 
-    def pending(name: str) -> Any:
-        return lambda: (get(kube, llm, name).get("status") or {}).get("phase") == "Pending"
-
     apply(kube, llm, inference_deployment("small", pool, replicas=1, fallback="Never"))
-    eventually(pending("small"), "the 8-GPU deployment to wait")
+    waiting(kube, llm, "small")
     apply(kube, llm, inference_deployment("large", pool, replicas=1, **whole))
-    eventually(pending("large"), "the 72-GPU deployment to wait")
+    waiting(kube, llm, "large")
 
     # One rack freed: taken in arrival order, the small replica would open it and the large one
     # would wait for good; the pass gives it to the large one.
@@ -168,10 +166,7 @@ def test_a_replaced_replica_returns_to_its_rack_while_a_smaller_one_waits(
     ready(kube, llm, "filler", 3)
     [rack] = ready(kube, llm, "big", 1)["status"]["racks"]
     apply(kube, llm, inference_deployment("small", pool, replicas=1, fallback="Never"))
-    eventually(
-        lambda: (get(kube, llm, "small").get("status") or {}).get("phase") == "Pending",
-        "the 8-GPU deployment to wait",
-    )
+    waiting(kube, llm, "small")
     old = set(uids(kube, llm, "big").values())
     template = inference_deployment("big", pool, replicas=1)["spec"]["template"]
     template["metadata"]["labels"]["version"] = "2"

@@ -232,7 +232,7 @@ def test_a_failed_write_leaves_no_pod_and_no_booking(api: FakeAPI) -> None:
     asyncio.run(reconciler.reconcile_all())
     assert api.pods == {}
     assert any(reason == "FailedCreate" for _, reason, _ in api.events)
-    assert reconciler.view.snapshot().pools["gb200"].racks["clique-0000"].used == 0
+    assert reconciler.snapshot().pools["gb200"].racks["clique-0000"].used == 0
     api.fail_after = None
     asyncio.run(reconciler.reconcile_all())
     assert len(api.pods) == 8

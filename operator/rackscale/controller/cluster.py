@@ -17,7 +17,6 @@ from pydantic import ValidationError
 
 from rackscale.api import RackPool, format_errors
 from rackscale.render import DEPLOYMENT_LABEL
-from rackscale.topology import Snapshot, build_snapshot
 from rackscale.topology.objects import node_ready
 
 log = logging.getLogger("rackscale.cluster")
@@ -253,9 +252,6 @@ class ClusterView:
                 continue  # left behind by an earlier object of the same name: the GC takes it
             out.append(pod)
         return out
-
-    def snapshot(self) -> Snapshot:
-        return build_snapshot(self.nodes(), self.pods(), self.pools())
 
     # ---- the pods the operator is writing ---------------------------------------------------
 

@@ -100,8 +100,9 @@ class Reconciler:
             return {**pod, "metadata": {**meta, "deletionTimestamp": now()}}
         return pod
 
-    def _snapshot(self) -> Snapshot:
-        """The pass's ledger: pods just deleted hold their GPUs, as being released."""
+    def snapshot(self) -> Snapshot:
+        """The placement ledger as the cluster view shows it now: pods just created count, and
+        pods just deleted hold their GPUs, as being released."""
         pods = [self._as_deleted(p) for p in self.view.pods()]
         return build_snapshot(self.view.nodes(), pods, self.view.pools())
 
@@ -109,9 +110,8 @@ class Reconciler:
 
     async def refresh_pools(self) -> None:
         """Write each RackPool's status when it differs from what the API server holds."""
-        pools = self.view.pools()
         bodies = {b["metadata"]["name"]: b for b in self.view.pool_bodies()}
-        snapshot = build_snapshot(self.view.nodes(), self.view.pods(), pools)
+        snapshot = self.snapshot()
         stamp = now()
         built = {}
         for name, pool in snapshot.pools.items():
@@ -215,7 +215,7 @@ class Reconciler:
         errors: dict[int, BaseException] = {}
         if all(w.terminating for w in waiting):
             return errors  # nothing to place: keeping room matters only against placements
-        snapshot = self._snapshot()
+        snapshot = self.snapshot()
         with metrics.PLACEMENT_SECONDS.time():
             decisions = place_pass(snapshot, waiting)
         for want, decision in decisions:

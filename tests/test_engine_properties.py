@@ -664,6 +664,26 @@ def test_a_pass_keeps_the_guarantees_and_places_at_least_what_largest_first_does
         assert [w for w, _ in done] == [w for w, _ in largest_first]
 
 
+@settings(SETTINGS, max_examples=60)
+@given(workloads(max_deployments=6))
+def test_a_pass_decides_alike_on_the_same_inputs(
+    workload: tuple[Cluster, list[InferenceDeployment]],
+) -> None:
+    """Guarantee 8 for a pass, other orders tried included: fresh snapshots of the same objects,
+    in any list order, give the same decisions."""
+    cluster, deployments = workload
+    waiting = [Waiting(d, i) for d in deployments for i in range(d.spec.replicas)]
+
+    def decided(snapshot: Snapshot) -> list[Any]:
+        done = place_pass(snapshot, waiting)
+        return [(w.deployment.key, w.replica, d.plan, d.reason, d.kept) for w, d in done]
+
+    first = decided(build_snapshot(cluster.nodes, cluster.pods, cluster.pools))
+    assert decided(build_snapshot(cluster.nodes, cluster.pods, cluster.pools)) == first
+    shuffled = build_snapshot(cluster.nodes[::-1], cluster.pods[::-1], cluster.pools[::-1])
+    assert decided(shuffled) == first
+
+
 def in_pools(decisions: list[tuple[Waiting, Decision]]) -> int:
     return sum(
         sum(p.gpus for p in d.plan.pods)

@@ -1,4 +1,5 @@
-"""The local control plane: etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kwok.
+"""The local control plane: etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kwok,
+and a stand-in for the node side of NVIDIA's DRA driver for ComputeDomains (e2e/computedomains).
 
     python -m e2e.cluster up [--profile NAME_OR_PATH] [--wait]
     python -m e2e.cluster status
@@ -39,7 +40,14 @@ KWOK_STAGES = CONTROLPLANE / "kwok-stages.yaml"
 KWOK_CONFIG = CONTROLPLANE / "kwok-config.yaml"
 
 # Start order; `down` stops them in reverse.
-COMPONENTS = ("etcd", "kube-apiserver", "kube-scheduler", "kube-controller-manager", "kwok")
+COMPONENTS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-scheduler",
+    "kube-controller-manager",
+    "kwok",
+    "dra-standin",
+)
 SERVICE_CIDR = "10.0.0.0/24"
 POD_CIDR = "10.64.0.0/10"
 CLUSTER_NAME = "rackscale-local"
@@ -118,6 +126,8 @@ def binaries() -> dict[str, Path]:
         "kube-controller-manager": kube / "kube-controller-manager",
         "kubectl": kube / "kubectl",
         "kwok": kwok / "kwok",
+        # The driver stand-in is this Python; resolved, as /proc/<pid>/exe shows it.
+        "dra-standin": Path(os.path.realpath(sys.executable)),
     }
 
 
@@ -294,6 +304,13 @@ def _args(name: str, state: Path, ports: dict[str, int], lease_seconds: int) -> 
             f"--cidr={POD_CIDR}",
             f"--server-address=127.0.0.1:{ports['kwok']}",
         ]
+    if name == "dra-standin":
+        return [
+            "-m",
+            "e2e.computedomains.standin",
+            f"--kubeconfig={state / 'kubeconfig'}",
+            f"--port={ports['dra-standin']}",
+        ]
     raise AssertionError(name)
 
 
@@ -301,7 +318,7 @@ def _health_url(name: str, ports: dict[str, int]) -> str:
     port = ports[name]
     if name == "etcd":
         return f"http://127.0.0.1:{port}/health"
-    if name == "kwok":
+    if name in ("kwok", "dra-standin"):
         return f"http://127.0.0.1:{port}/healthz"
     return (
         f"https://127.0.0.1:{port}/readyz"
@@ -345,13 +362,13 @@ def _start(
     _write_info(state, info)
     for name in COMPONENTS:
         argv = [str(bins[name]), *_args(name, state, ports, lease_seconds)]
-        pid = processes.start(name, argv, state / "pids", state / "logs")
+        pid = processes.start(name, argv, state / "pids", state / "logs", cwd=REPO_ROOT)
         info["pids"][name] = pid
         # Recorded before waiting, so that `down` can stop a component that never got healthy.
         _write_info(state, info)
         ctx = (
             _ssl_context(state if name == "kube-apiserver" else None)
-            if name not in ("etcd", "kwok")
+            if name not in ("etcd", "kwok", "dra-standin")
             else None
         )
         _wait_healthy(

@@ -49,6 +49,7 @@ EXPECTED_RBAC: dict[tuple[str, str], set[str]] = {
     (GROUP, "inferencedeployments/status"): {"patch"},
     (GROUP, "inferencedeployments/finalizers"): {"update"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+    ("resource.nvidia.com", "computedomains"): {"list", "watch", "create", "delete"},
 }
 # Resources the operator never touches: every verb on them must be denied.
 UNTOUCHED = [

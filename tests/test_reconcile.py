@@ -255,7 +255,8 @@ def test_services_and_one_event_per_placement(api: FakeAPI) -> None:
     asyncio.run(reconciler.reconcile_all())
     asyncio.run(reconciler.reconcile_all())
     assert api.services == {("llm", "a"), ("llm", "a-shards")}
-    assert [r for _, r, _ in api.events] == ["Placed", "Placed"]
+    # No DRA driver here: one warning that the replicas spanning trays lack ComputeDomains.
+    assert [r for _, r, _ in api.events] == ["Placed", "Placed", "ComputeDomainsMissing"]
 
 
 def test_unplaceable_is_reported_once_and_placed_when_room_appears(api: FakeAPI) -> None:

@@ -21,7 +21,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(name: str, argv: list[str], pid_dir: Path, log_dir: Path) -> int:
+def start(name: str, argv: list[str], pid_dir: Path, log_dir: Path, cwd: Path | None = None) -> int:
     """Start one component with its output in log_dir/NAME.log; return its pid (= its group id)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     pid_dir.mkdir(parents=True, exist_ok=True)
@@ -34,6 +34,7 @@ def start(name: str, argv: list[str], pid_dir: Path, log_dir: Path) -> int:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            cwd=cwd,
         )
     _children[proc.pid] = proc
     (pid_dir / f"{name}.pid").write_text(f"{proc.pid}\n")

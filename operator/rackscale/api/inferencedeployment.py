@@ -194,6 +194,14 @@ class ReplicaPlacement(Status):
     )
     racks: list[str] = Field(default_factory=list, description="Its racks (Rack mode).")
     pods: list[ReplicaPod] = Field(default_factory=list, description="Its pods, shard order.")
+    compute_domain: str | None = Field(
+        default=None,
+        description="Its NVIDIA ComputeDomain (`<name>-<replica>`), when its pods span trays.",
+    )
+    compute_domain_ready: bool | None = Field(
+        default=None,
+        description="Whether that ComputeDomain reports Ready; the replica is not ready before.",
+    )
 
 
 Phase = Literal["Pending", "Placing", "Placed", "Ready", "Degraded", "Failed"]
@@ -228,7 +236,8 @@ class InferenceDeploymentStatus(Status):
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Placed, Available, Progressing, Degraded, and Ready, Reconciling, Stalled "
-        "for kstatus (docs/operator.md, docs/gitops.md).",
+        "for kstatus (docs/operator.md, docs/gitops.md); ComputeDomains when a replica spans "
+        "trays of a pool that uses them.",
     )
 
 

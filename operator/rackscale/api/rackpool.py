@@ -126,6 +126,23 @@ class RackPoolSpec(Spec):
         default="Shared",
         description="Exclusive: a rack holds pods of one namespace at a time.",
     )
+    compute_domains: Literal["Auto", "Off"] = Field(
+        default="Auto",
+        description="Auto: a replica whose pods span nodes gets an NVIDIA ComputeDomain (IMEX "
+        "channels, for NVLink across trays) when the API server serves "
+        "computedomains.resource.nvidia.com. Off: never. Applies only to pools of nvidia.com/gpu "
+        "with nvlinkDomain Rack.",
+    )
+
+    @property
+    def wants_compute_domains(self) -> bool:
+        """Whether replicas spanning nodes here need ComputeDomains: NVLink crosses nodes only
+        with `nvlinkDomain: Rack`, and the DRA driver that serves them is NVIDIA's."""
+        return (
+            self.compute_domains == "Auto"
+            and self.nvlink_domain == "Rack"
+            and self.gpu_resource == DEFAULT_GPU_RESOURCE
+        )
 
     @field_validator("rack_label", "block_label", "gpu_resource")
     @classmethod
@@ -170,8 +187,9 @@ class RackPoolStatus(Status):
     rack_statuses: list[RackStatus] = Field(default_factory=list, description="One per rack.")
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Ready (the pool has healthy racks) and NodesOverlap (another pool selects "
-        "some of its nodes).",
+        description="Ready (the pool has healthy racks), NodesOverlap (another pool selects "
+        "some of its nodes) and, where computeDomains apply, ComputeDomains (whether the API "
+        "server serves them).",
     )
 
 

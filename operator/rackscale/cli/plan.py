@@ -37,13 +37,21 @@ def register(commands: Any) -> None:
         help="place them as the operator does when all wait at once (one GitOps sync): largest "
         "first, trying other orders when some do not fit; default: one after another, in order",
     )
+    cmd.add_argument(
+        "--no-compute-domains",
+        action="store_true",
+        help="plan as on a cluster without NVIDIA's DRA driver (no ComputeDomains): replicas "
+        "spanning trays are then not held to one pod per tray",
+    )
     cmd.add_argument("deployments", nargs="+", type=Path, metavar="DEPLOYMENT.yaml")
     cmd.set_defaults(handler=run)
 
 
 def load(
-    cluster_files: list[Path], deployment_files: list[Path]
+    cluster_files: list[Path], deployment_files: list[Path], *, compute_domains: bool = True
 ) -> tuple[Snapshot, list[InferenceDeployment]]:
+    """The snapshot and deployments of the files; ComputeDomains are taken as served, as on a
+    GB200 cluster with NVIDIA's DRA driver, unless `compute_domains` is False."""
     nodes: list[dict[str, Any]] = []
     pods: list[dict[str, Any]] = []
     pools: list[RackPool] = []
@@ -63,12 +71,14 @@ def load(
         for path in deployment_files
         for obj in objects(path, ("InferenceDeployment",))
     ]
-    return build_snapshot(nodes, pods, pools), deployments
+    return build_snapshot(nodes, pods, pools, compute_domains=compute_domains), deployments
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        snapshot, deployments = load(args.cluster, args.deployments)
+        snapshot, deployments = load(
+            args.cluster, args.deployments, compute_domains=not args.no_compute_domains
+        )
     except InputError as error:
         print(f"rackscale plan: {error}", file=sys.stderr)
         return 2
@@ -85,6 +95,7 @@ def replica_json(replica: ReplicaPlan) -> dict[str, Any]:
         "replica": replica.replica,
         "mode": replica.mode,
         "racks": list(replica.racks),
+        "computeDomain": replica.compute_domain,
         "pods": [
             {"shard": p.shard, "node": p.node, "gpus": p.gpus, "firstRank": p.first_rank}
             for p in replica.pods
@@ -158,7 +169,8 @@ def as_table(
         lines.append(f"{plan.deployment}:")
         for rep in plan.replicas:
             where = ",".join(rep.racks) or "ordinary GPU nodes"
-            lines.append(f"  replica {rep.replica}  {rep.mode:<12} {where}  {_pods(rep)}")
+            domain = f", ComputeDomain {rep.compute_domain}" if rep.compute_domain else ""
+            lines.append(f"  replica {rep.replica}  {rep.mode:<12} {where}  {_pods(rep)}{domain}")
         if plan.reason:
             lines.append(f"  reason: {plan.reason}")
     lines.extend(f"warning: {w}" for w in conflict_warnings(snapshot))

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from rackscale.api import RackPool, format_errors
-from rackscale.render import DEPLOYMENT_LABEL
+from rackscale.render import COMPUTE_DOMAIN_VERSION, DEPLOYMENT_LABEL, REPLICA_LABEL
 from rackscale.topology.objects import node_ready
 
 log = logging.getLogger("rackscale.cluster")
@@ -100,6 +100,38 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def slim_compute_domain(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the operator needs of a ComputeDomain: whose it is, and whether it is Ready."""
+    meta = body.get("metadata") or {}
+    return {
+        "metadata": {
+            k: meta.get(k)
+            for k in (
+                "name",
+                "namespace",
+                "uid",
+                "labels",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "ownerReferences",
+            )
+            if meta.get(k) is not None
+        },
+        "status": {"status": ((body.get("status") or {}).get("status"))},
+    }
+
+
+def serves(crd: Mapping[str, Any], version: str) -> bool:
+    """Whether a CustomResourceDefinition is established and serves `version`."""
+    spec = crd.get("spec") or {}
+    conditions = (crd.get("status") or {}).get("conditions") or []
+    established = any(
+        c.get("type") == "Established" and c.get("status") == "True" for c in conditions
+    )
+    versions = [v for v in spec.get("versions") or [] if v.get("name") == version]
+    return established and any(v.get("served") for v in versions)
+
+
 def _values(index: Index | None) -> Iterator[Any]:
     if index is None:
         return
@@ -122,6 +154,8 @@ class ClusterView:
     pods_index: Index | None = None
     pools_index: Index | None = None
     deployments_index: Index | None = None
+    domains_index: Index | None = None  # ComputeDomains, when the API server serves them
+    crds_index: Index | None = None  # the ComputeDomain CRD, when it exists
     pending: dict[tuple[str, str], _Pending] = field(default_factory=dict)
     version: int = 0
     _pool_cache: dict[tuple[str, str], RackPool | None] = field(default_factory=dict)
@@ -137,9 +171,19 @@ class ClusterView:
             self.deployments_index,
         )
 
-    def bind(self, nodes: Index, pods: Index, pools: Index, deployments: Index) -> None:
+    def bind(
+        self,
+        nodes: Index,
+        pods: Index,
+        pools: Index,
+        deployments: Index,
+        *,
+        domains: Index | None = None,
+        crds: Index | None = None,
+    ) -> None:
         self.nodes_index, self.pods_index = nodes, pods
         self.pools_index, self.deployments_index = pools, deployments
+        self.domains_index, self.crds_index = domains, crds
         self.version += 1
 
     # ---- reading -----------------------------------------------------------------------------
@@ -151,6 +195,26 @@ class ClusterView:
         if self._readiness is not None:
             return self._readiness
         return {n["metadata"]["name"]: node_ready(n) for n in self.nodes()}
+
+    def compute_domains_served(self) -> bool:
+        """Whether the API server serves NVIDIA's ComputeDomains (its DRA driver is installed)."""
+        return any(serves(crd, COMPUTE_DOMAIN_VERSION) for crd in _values(self.crds_index))
+
+    def domains_of(self, namespace: str, name: str, uid: str) -> dict[int, dict[str, Any]]:
+        """The ComputeDomains of one InferenceDeployment, by replica index."""
+        out = {}
+        for domain in _values(self.domains_index):
+            meta = domain["metadata"]
+            labels = meta.get("labels") or {}
+            if meta.get("namespace") != namespace or labels.get(DEPLOYMENT_LABEL) != name:
+                continue
+            owners = meta.get("ownerReferences") or []
+            index = str(labels.get(REPLICA_LABEL, ""))
+            if index.isdigit() and not (
+                uid and owners and all(o.get("uid") != uid for o in owners)
+            ):
+                out[int(index)] = domain
+        return out
 
     def pool_bodies(self) -> list[dict[str, Any]]:
         return list(_values(self.pools_index))

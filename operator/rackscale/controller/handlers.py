@@ -16,10 +16,25 @@ from typing import Any
 import kopf
 
 from rackscale.api import GROUP, VERSION
-from rackscale.controller.cluster import ClusterView, is_gpu_pod, slim_node, slim_pod
+from rackscale.controller.cluster import (
+    ClusterView,
+    is_gpu_pod,
+    slim_compute_domain,
+    slim_node,
+    slim_pod,
+)
 from rackscale.controller.kube import Kube, api_client
 from rackscale.controller.reconcile import Options, Reconciler
 from rackscale.controller.worker import Worker
+from rackscale.render import (
+    COMPUTE_DOMAIN_CRD,
+    COMPUTE_DOMAIN_GROUP,
+    COMPUTE_DOMAIN_PLURAL,
+    COMPUTE_DOMAIN_VERSION,
+    DEPLOYMENT_LABEL,
+)
+
+CRDS = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 
 
 @kopf.on.login()
@@ -76,6 +91,23 @@ def inferencedeployments(
     return {(namespace, name): copy.deepcopy(dict(body))}
 
 
+# NVIDIA's ComputeDomains, watched once their CRD exists (kopf watches CRDs appear and go), and
+# that CRD itself: whether it is served decides whether replicas spanning trays get one.
+@kopf.index(
+    COMPUTE_DOMAIN_GROUP,
+    COMPUTE_DOMAIN_VERSION,
+    COMPUTE_DOMAIN_PLURAL,
+    labels={DEPLOYMENT_LABEL: kopf.PRESENT},
+)
+def computedomains(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, name): slim_compute_domain(body)}
+
+
+@kopf.index(*CRDS, field="metadata.name", value=COMPUTE_DOMAIN_CRD)
+def computedomain_crd(name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
+    return {name: {"spec": dict(body.spec), "status": dict(body.status)}}
+
+
 def _wake(memo: kopf.Memo, indices: dict[str, Any]) -> None:
     worker: Worker | None = memo.get("worker")
     if worker is not None:
@@ -84,12 +116,21 @@ def _wake(memo: kopf.Memo, indices: dict[str, Any]) -> None:
             indices["gpu_pods"],
             indices["rackpools"],
             indices["inferencedeployments"],
+            domains=indices["computedomains"],
+            crds=indices["computedomain_crd"],
         )
 
 
 @kopf.on.event("nodes")
 @kopf.on.event(GROUP, VERSION, "rackpools")
 @kopf.on.event(GROUP, VERSION, "inferencedeployments")
+@kopf.on.event(
+    COMPUTE_DOMAIN_GROUP,
+    COMPUTE_DOMAIN_VERSION,
+    COMPUTE_DOMAIN_PLURAL,
+    labels={DEPLOYMENT_LABEL: kopf.PRESENT},
+)
+@kopf.on.event(*CRDS, field="metadata.name", value=COMPUTE_DOMAIN_CRD)
 @kopf.on.event("pods", when=lambda body, **_: is_gpu_pod(body))
 async def changed(memo: kopf.Memo, **kwargs: Any) -> None:
     """Any watch event: kopf passes the indices by their function names."""

@@ -12,6 +12,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from rackscale.api import GROUP, VERSION
+from rackscale.render import COMPUTE_DOMAIN_GROUP, COMPUTE_DOMAIN_PLURAL, COMPUTE_DOMAIN_VERSION
 
 log = logging.getLogger("rackscale.kube")
 
@@ -22,6 +23,8 @@ class Writer(Protocol):
     async def create_pod(self, body: dict[str, Any]) -> str: ...
     async def delete_pod(self, namespace: str, name: str, *, force: bool = False) -> None: ...
     async def ensure_service(self, body: dict[str, Any]) -> None: ...
+    async def create_compute_domain(self, body: dict[str, Any]) -> bool: ...
+    async def delete_compute_domain(self, namespace: str, name: str) -> None: ...
     async def patch_deployment_status(
         self, namespace: str, name: str, status: dict[str, Any]
     ) -> None: ...
@@ -81,6 +84,38 @@ class Kube:
             )
         except ApiException as error:
             if error.status != 409:
+                raise
+
+    async def create_compute_domain(self, body: dict[str, Any]) -> bool:
+        """Create a replica's ComputeDomain; False when one of that name still exists (the last
+        one of its replica is being deleted: the replica waits for it)."""
+        try:
+            await asyncio.to_thread(
+                self.custom.create_namespaced_custom_object,
+                COMPUTE_DOMAIN_GROUP,
+                COMPUTE_DOMAIN_VERSION,
+                body["metadata"]["namespace"],
+                COMPUTE_DOMAIN_PLURAL,
+                body,
+            )
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            return False
+        return True
+
+    async def delete_compute_domain(self, namespace: str, name: str) -> None:
+        try:
+            await asyncio.to_thread(
+                self.custom.delete_namespaced_custom_object,
+                COMPUTE_DOMAIN_GROUP,
+                COMPUTE_DOMAIN_VERSION,
+                namespace,
+                COMPUTE_DOMAIN_PLURAL,
+                name,
+            )
+        except ApiException as error:
+            if error.status != 404:
                 raise
 
     async def patch_deployment_status(

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from rackscale.render import (
+    COMPUTE_DOMAIN_LABEL,
     FIRST_RANK_ANNOTATION,
     MODE_ANNOTATION,
     RACKS_ANNOTATION,
@@ -35,6 +36,9 @@ class ReplicaState:
     outdated: bool = False
     ready: bool = False
     node_lost: bool = False  # the kubelet cannot confirm a graceful delete
+    domain: str | None = None  # its ComputeDomain, named by its pods
+    domain_ready: bool = False
+    leftover_domain: str | None = None  # a ComputeDomain its pods no longer use: delete it
 
     @property
     def mode(self) -> str:
@@ -54,7 +58,8 @@ class Actions:
 
     delete: list[tuple[ReplicaState, str]] = field(default_factory=list)  # (replica, cause)
     place: list[int] = field(default_factory=list)
-    waiting: list[int] = field(default_factory=list)  # old pods still terminating
+    waiting: list[int] = field(default_factory=list)  # old pods (or domain) still going away
+    delete_domains: list[str] = field(default_factory=list)  # ComputeDomains of no pod
 
 
 def _annotation(pod: Mapping[str, Any], key: str) -> str:
@@ -141,6 +146,33 @@ def _lost(
     return None, False
 
 
+def _domain(
+    group: list[dict[str, Any]],
+    domain: Mapping[str, Any] | None,
+    now: datetime,
+    timeout: float,
+) -> tuple[str | None, bool, str | None]:
+    """The replica's ComputeDomain (named by its pods), whether it is Ready, and why the
+    replica must restart for it (None: it need not): IMEX state cannot be repaired in place."""
+    name = _label(group[0], COMPUTE_DOMAIN_LABEL) or None
+    if name is None:
+        return None, False, None
+    meta = (domain or {}).get("metadata") or {}
+    if meta.get("name") != name or meta.get("deletionTimestamp"):
+        domain = None
+    ready = domain is not None and (domain.get("status") or {}).get("status") == "Ready"
+    if ready:
+        return name, True, None
+    # Not Ready (or not shown yet): counted from the domain's creation, else its pods'.
+    times = [parse_time(meta.get("creationTimestamp"))] if domain is not None else []
+    times += [parse_time((p.get("metadata") or {}).get("creationTimestamp")) for p in group]
+    since = min((t for t in times if t is not None), default=None)
+    if since is not None and (now - since).total_seconds() > timeout:
+        what = "did not turn Ready" if domain is not None else "is gone"
+        return name, False, f"ComputeDomain {name} {what} within {int(timeout)}s"
+    return name, False, None
+
+
 def classify(
     pods: Iterable[dict[str, Any]],
     replicas: int,
@@ -149,35 +181,53 @@ def classify(
     nodes: Mapping[str, bool],
     now: datetime,
     unschedulable_after: float,
+    domains: Mapping[int, Mapping[str, Any]] | None = None,
+    domain_after: float = 300.0,
 ) -> list[ReplicaState]:
-    """Every replica index that is wanted or still has pods, in index order.
+    """Every replica index that is wanted, still has pods or a ComputeDomain, in index order.
 
-    `nodes` maps node name to readiness; `digest` is the template hash pods must carry.
+    `nodes` maps node name to readiness; `digest` is the template hash pods must carry;
+    `domains` maps replica index to its ComputeDomain as the watch shows it.
     """
+    domains = domains or {}
     grouped: dict[int, list[dict[str, Any]]] = {}
     for pod in pods:
         index = _index(pod, REPLICA_LABEL)
         if index is not None:
             grouped.setdefault(index, []).append(pod)
     states = []
-    for index in sorted(set(range(replicas)) | set(grouped)):
+    for index in sorted(set(range(replicas)) | set(grouped) | set(domains)):
         group = sorted(grouped.get(index, []), key=lambda p: _index(p, SHARD_LABEL) or 0)
         if not group:
-            states.append(ReplicaState(index, "Missing"))
+            meta = (domains.get(index) or {}).get("metadata") or {}
+            if not meta:
+                if index < replicas:
+                    states.append(ReplicaState(index, "Missing"))
+                continue
+            # Its pods are gone but not its ComputeDomain: a replica gets a fresh one.
+            leftover = None if meta.get("deletionTimestamp") else str(meta.get("name"))
+            states.append(ReplicaState(index, "Terminating", leftover_domain=leftover))
             continue
+        named = _label(group[0], COMPUTE_DOMAIN_LABEL) or None
         if any((p.get("metadata") or {}).get("deletionTimestamp") for p in group):
-            states.append(ReplicaState(index, "Terminating", group))
+            states.append(ReplicaState(index, "Terminating", group, domain=named))
             continue
         if index >= replicas:
-            states.append(ReplicaState(index, "Excess", group))
+            states.append(ReplicaState(index, "Excess", group, domain=named))
             continue
         shards_text = _annotation(group[0], SHARDS_ANNOTATION)
         shards = int(shards_text) if shards_text.isdigit() else len(group)
         why, node_lost = _lost(group, shards, nodes, now, unschedulable_after)
+        domain, domain_ready, domain_why = _domain(group, domains.get(index), now, domain_after)
+        why = why or domain_why
         outdated = any(_annotation(p, TEMPLATE_HASH_ANNOTATION) != digest for p in group)
-        ready = why is None and all(pod_ready(p) for p in group)
+        ready = why is None and all(pod_ready(p) for p in group) and (domain_ready or not domain)
         condition: Condition = "Broken" if why else "Running"
-        states.append(ReplicaState(index, condition, group, why, outdated, ready, node_lost))
+        states.append(
+            ReplicaState(
+                index, condition, group, why, outdated, ready, node_lost, domain, domain_ready
+            )
+        )
     return states
 
 
@@ -186,6 +236,8 @@ def decide(states: list[ReplicaState]) -> Actions:
     actions = Actions()
     unavailable = 0
     for state in states:
+        if state.leftover_domain:
+            actions.delete_domains.append(state.leftover_domain)
         if state.condition == "Excess":
             actions.delete.append((state, "scale-down"))
         elif state.condition == "Broken":

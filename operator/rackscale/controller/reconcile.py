@@ -23,7 +23,14 @@ from rackscale.controller import lifecycle, metrics, status
 from rackscale.controller.cluster import ClusterView
 from rackscale.controller.kube import Writer, now
 from rackscale.placement import Decision, ReplicaPlan, Waiting, place_pass
-from rackscale.render import PoolFacts, render_replica, render_services, template_hash
+from rackscale.render import (
+    PoolFacts,
+    compute_domain_name,
+    render_compute_domain,
+    render_replica,
+    render_services,
+    template_hash,
+)
 from rackscale.topology import Snapshot, build_snapshot
 
 log = logging.getLogger("rackscale.reconcile")
@@ -34,15 +41,19 @@ class Options:
     """How the operator behaves; `rackscale run` sets them from its flags."""
 
     unschedulable_timeout: float = 60.0  # seconds a pinned pod may stay unschedulable
+    compute_domain_timeout: float = 300.0  # seconds a replica's ComputeDomain may stay not Ready
     resync: float = 10.0  # seconds between reconciles when nothing is heard
     debounce: float = 0.2  # seconds to gather a burst of watch events into one reconcile
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Options:
-        """Defaults, overridden by RACKSCALE_UNSCHEDULABLE_TIMEOUT and RACKSCALE_RESYNC."""
+        """Defaults, overridden by RACKSCALE_UNSCHEDULABLE_TIMEOUT,
+        RACKSCALE_COMPUTE_DOMAIN_TIMEOUT and RACKSCALE_RESYNC."""
         options = cls()
         if value := environ.get("RACKSCALE_UNSCHEDULABLE_TIMEOUT"):
             options.unschedulable_timeout = float(value)
+        if value := environ.get("RACKSCALE_COMPUTE_DOMAIN_TIMEOUT"):
+            options.compute_domain_timeout = float(value)
         if value := environ.get("RACKSCALE_RESYNC"):
             options.resync = float(value)
         return options
@@ -57,6 +68,7 @@ class _Memory:
     prefer: dict[int, tuple[str, ...]] = field(default_factory=dict)  # replica -> racks to keep
     warned: dict[int, str] = field(default_factory=dict)  # replica -> last reason posted
     services: bool = False
+    domains_missing: bool = False  # the Event saying multi-node NVLink is not set up was posted
 
 
 @dataclass(slots=True)
@@ -104,7 +116,12 @@ class Reconciler:
         """The placement ledger as the cluster view shows it now: pods just created count, and
         pods just deleted hold their GPUs, as being released."""
         pods = [self._as_deleted(p) for p in self.view.pods()]
-        return build_snapshot(self.view.nodes(), pods, self.view.pools())
+        return build_snapshot(
+            self.view.nodes(),
+            pods,
+            self.view.pools(),
+            compute_domains=self.view.compute_domains_served(),
+        )
 
     # ---- pools -------------------------------------------------------------------------------
 
@@ -117,7 +134,11 @@ class Reconciler:
         for name, pool in snapshot.pools.items():
             current = (bodies.get(name) or {}).get("status") or {}
             built[name] = status.pool_status(
-                pool, snapshot.conflicts, current.get("conditions") or [], stamp
+                pool,
+                snapshot.conflicts,
+                current.get("conditions") or [],
+                stamp,
+                domains_served=self.view.compute_domains_served(),
             )
             new = status.dump(built[name])
             if status.changed(new, current):
@@ -193,6 +214,9 @@ class Reconciler:
         step.actions = lifecycle.decide(step.states)
         for state, cause in step.actions.delete:
             await self._delete(step, state, cause=cause)
+        for name in step.actions.delete_domains:
+            log.info("%s: deleting ComputeDomain %s, which no pod uses", deployment.key, name)
+            await self.writer.delete_compute_domain(deployment.namespace, name)
         wanted = range(deployment.spec.replicas)
         step.returning = [i for i in step.actions.waiting if i in wanted] + [
             state.replica for state, cause in step.actions.delete if cause != "scale-down"
@@ -249,22 +273,43 @@ class Reconciler:
             # Re-read: pods written in this pass count for the status it reports.
             states = self._classify(step, fresh=True)
         resource = self._gpu_resource(deployment)
-        new = status.dump(
-            status.deployment_status(deployment, states, step.progress, resource, now())
+        built = status.deployment_status(
+            deployment,
+            states,
+            step.progress,
+            resource,
+            now(),
+            domains_missing=self._domains_missing(deployment),
         )
+        new = status.dump(built)
         current = dict(step.obj.get("status") or {})
         if status.changed(new, current):
             await self.writer.patch_deployment_status(deployment.namespace, deployment.name, new)
+        if status.domains_missing(built) and not memory.domains_missing:
+            await self.writer.event(
+                step.obj, "Warning", "ComputeDomainsMissing", status.DOMAINS_MISSING
+            )
+            memory.domains_missing = True
 
     def _classify(self, step: _Step, *, fresh: bool = False) -> list[lifecycle.ReplicaState]:
+        deployment = step.deployment
         return lifecycle.classify(
-            self._pods(step.deployment, step.uid, fresh=fresh),
-            step.deployment.spec.replicas,
+            self._pods(deployment, step.uid, fresh=fresh),
+            deployment.spec.replicas,
             digest=step.digest,
             nodes=self.view.node_readiness(),
             now=datetime.now(UTC),
             unschedulable_after=self.options.unschedulable_timeout,
+            domains=self.view.domains_of(deployment.namespace, deployment.name, step.uid),
+            domain_after=self.options.compute_domain_timeout,
         )
+
+    def _domains_missing(self, deployment: InferenceDeployment) -> bool:
+        """Its pool would give replicas spanning trays ComputeDomains, but none are served."""
+        name = deployment.spec.placement.rack_pool
+        pool = next((p for p in self.view.pools() if p.name == name), None)
+        wanted = pool is not None and pool.spec.wants_compute_domains
+        return wanted and not self.view.compute_domains_served()
 
     async def _refuse(self, body: Mapping[str, Any], message: str) -> None:
         """A spec the operator cannot act on: phase Failed, one Event, no pods."""
@@ -319,6 +364,8 @@ class Reconciler:
             self.view.forget(pod)
             if pod["metadata"].get("uid"):
                 self.deleting.add(pod["metadata"]["uid"])
+        if state.domain:  # IMEX state does not outlive a member: the replica gets a fresh one
+            await self.writer.delete_compute_domain(deployment.namespace, state.domain)
 
     def _facts(
         self, deployment: InferenceDeployment, plan: ReplicaPlan, snapshot: Snapshot
@@ -364,9 +411,16 @@ class Reconciler:
         memory.unplaced.pop(index, None)
         memory.warned.pop(index, None)
         pods = render_replica(deployment, plan, self._facts(deployment, plan, snapshot))
+        if plan.compute_domain and not await self._create_domain(deployment, index):
+            if decision.reservation:
+                decision.reservation.undo()
+            return
         if not await self._create(deployment, pods):
             if decision.reservation:
                 decision.reservation.undo()
+            if plan.compute_domain:
+                name = compute_domain_name(deployment.name, index)
+                await self.writer.delete_compute_domain(deployment.namespace, name)
             await self.writer.event(
                 obj,
                 "Warning",
@@ -393,6 +447,26 @@ class Reconciler:
                 f"replica {index}: {len(plan.pods)} pods, {gpus} GPUs, {plan.mode} mode on {where}",
             )
         log.info("%s: placed replica %d on %s", deployment.key, index, where)
+
+    async def _create_domain(self, deployment: InferenceDeployment, replica: int) -> bool:
+        """The replica's fresh ComputeDomain, before its pods; False: the last one of that name
+        is still being deleted, so the replica is placed again on a later pass."""
+        body = render_compute_domain(deployment, replica)
+        try:
+            if await self.writer.create_compute_domain(body):
+                return True
+        except Exception as error:
+            log.warning("%s: creating ComputeDomain failed: %s", deployment.key, error)
+            await self.writer.event(
+                body,
+                "Warning",
+                "FailedCreate",
+                f"replica {replica}: creating its ComputeDomain failed ({error}); "
+                "it will be placed again",
+            )
+            return False
+        log.info("%s: replica %d waits for its old ComputeDomain to go", deployment.key, replica)
+        return False
 
     async def _create(self, deployment: InferenceDeployment, pods: list[dict[str, Any]]) -> bool:
         """Create a replica's pods; on any failure remove those created, so none is left half."""

@@ -17,6 +17,13 @@ from rackscale.api.rackpool import RackPoolStatus, RackStatus
 from rackscale.controller.lifecycle import ReplicaState, first_rank, pod_gpus, pod_node
 from rackscale.topology.snapshot import Pool
 
+DOMAINS_MISSING = (
+    "the API server does not serve computedomains.resource.nvidia.com (NVIDIA's DRA driver is "
+    "not installed): replicas whose pods span trays get no IMEX channel, so multi-node NVLink is "
+    "not set up and NCCL falls back to the network; install the driver, or set the RackPool's "
+    "computeDomains: Off to silence this"
+)
+
 
 @dataclass(slots=True)
 class Progress:
@@ -49,6 +56,8 @@ def _placement(state: ReplicaState, resource: str) -> ReplicaPlacement:
         replica=state.replica,
         mode=mode,
         racks=state.racks,
+        compute_domain=state.domain,
+        compute_domain_ready=state.domain_ready if state.domain else None,
         pods=[
             ReplicaPod(
                 name=p["metadata"]["name"],
@@ -71,8 +80,12 @@ def deployment_status(
     progress: Progress,
     gpu_resource: str,
     now: str,
+    *,
+    domains_missing: bool = False,
 ) -> InferenceDeploymentStatus:
-    """The status a person reads: phase, mode, counts, placements and four conditions."""
+    """The status a person reads: phase, mode, counts, placements and four conditions (five
+    where ComputeDomains apply). `domains_missing`: the pool wants ComputeDomains and the API
+    server does not serve them."""
     desired = deployment.spec.replicas
     wanted = [s for s in states if s.replica < desired]
     running = [s for s in wanted if s.condition == "Running"]
@@ -204,6 +217,7 @@ def deployment_status(
         phase = "Placed"
 
     summary = _summary(phase, placed_cond, progressing, degraded, counts)
+    domains = _domains_condition(wanted, placements, domains_missing)
     previous = (deployment.status.conditions if deployment.status else []) or []
     return InferenceDeploymentStatus(
         observed_generation=deployment.metadata.get("generation"),
@@ -218,11 +232,55 @@ def deployment_status(
         rack_list=",".join(racks),
         placements=placements,
         conditions=_conditions(
-            [placed_cond, available, progressing, degraded, *summary],
+            [placed_cond, available, progressing, degraded, *summary, *domains],
             [c.model_dump(by_alias=True) for c in previous],
             now,
         ),
     )
+
+
+def _domains_condition(
+    wanted: list[ReplicaState], placements: list[ReplicaPlacement], missing: bool
+) -> list[Condition]:
+    """`ComputeDomains`: whether the replicas spanning trays have their IMEX channels. Shown only
+    where a replica has a ComputeDomain, or should have one and cannot."""
+    with_domain = [s for s in wanted if s.domain]
+    if with_domain:
+        waiting = [s for s in with_domain if not s.domain_ready]
+        if waiting:
+            return [
+                Condition(
+                    type="ComputeDomains",
+                    status="False",
+                    reason="NotReady",
+                    message=f"replica {waiting[0].replica}: ComputeDomain {waiting[0].domain} "
+                    "is not Ready yet (its IMEX daemons are starting)",
+                )
+            ]
+        return [
+            Condition(
+                type="ComputeDomains",
+                status="True",
+                reason="Ready",
+                message=f"{_plural(len(with_domain), 'ComputeDomain')} Ready",
+            )
+        ]
+    spanning = [p for p in placements if p.mode == "Rack" and len({q.node for q in p.pods}) > 1]
+    if missing and spanning:
+        return [
+            Condition(
+                type="ComputeDomains",
+                status="False",
+                reason="NotInstalled",
+                message=DOMAINS_MISSING,
+            )
+        ]
+    return []
+
+
+def domains_missing(status: InferenceDeploymentStatus) -> bool:
+    """Whether the status says multi-node NVLink is not set up for want of ComputeDomains."""
+    return any(c.type == "ComputeDomains" and c.reason == "NotInstalled" for c in status.conditions)
 
 
 def _summary(
@@ -280,6 +338,7 @@ def pool_status(
     conflicts: Mapping[str, list[str]],
     previous: Iterable[Mapping[str, Any]],
     now: str,
+    domains_served: bool = False,
 ) -> RackPoolStatus:
     """Racks, health, free racks and GPUs of one pool, and the deployments on each rack."""
     racks = []
@@ -357,8 +416,30 @@ def pool_status(
         nodes=sum(r.nodes for r in racks),
         gpus=gpus,
         rack_statuses=racks,
-        conditions=_conditions([ready, overlap], previous, now),
+        conditions=_conditions(
+            [ready, overlap, *_pool_domains(pool, domains_served)], previous, now
+        ),
     )
+
+
+def _pool_domains(pool: Pool, served: bool) -> list[Condition]:
+    """`ComputeDomains` on a pool that wants them: whether the API server serves them."""
+    if not pool.spec.wants_compute_domains:
+        return []
+    if served:
+        return [
+            Condition(
+                type="ComputeDomains",
+                status="True",
+                reason="Served",
+                message="replicas whose pods span trays get a ComputeDomain (IMEX channels)",
+            )
+        ]
+    return [
+        Condition(
+            type="ComputeDomains", status="False", reason="NotInstalled", message=DOMAINS_MISSING
+        )
+    ]
 
 
 def dump(status: InferenceDeploymentStatus | RackPoolStatus) -> dict[str, Any]:

@@ -25,11 +25,20 @@ class Worker:
         self.last_pass: float | None = None
         self.last_duration = 0.0
 
-    def observe(self, nodes: Index, pods: Index, pools: Index, deployments: Index) -> None:
+    def observe(
+        self,
+        nodes: Index,
+        pods: Index,
+        pools: Index,
+        deployments: Index,
+        *,
+        domains: Index | None = None,
+        crds: Index | None = None,
+    ) -> None:
         """Called on every watch event: bind kopf's live indices once, then ask for a pass."""
         view = self.reconciler.view
         if not view.bound:
-            view.bind(nodes, pods, pools, deployments)
+            view.bind(nodes, pods, pools, deployments, domains=domains, crds=crds)
         view.version += 1
         self.wake.set()
 

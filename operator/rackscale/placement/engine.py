@@ -18,7 +18,7 @@ from rackscale.api.inferencedeployment import InferenceDeployment
 from rackscale.placement.ledger import Reservation
 from rackscale.placement.reasons import Problem, summarize
 from rackscale.placement.shape import Shape, shape_of
-from rackscale.topology.snapshot import Node, Pool, Rack, Snapshot
+from rackscale.topology.snapshot import Node, Pool, Rack, Snapshot, compute_domain_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +35,7 @@ class ReplicaPlan:
     mode: Literal["Rack", "DevicePlugin"]
     racks: tuple[str, ...]
     pods: tuple[PodPlan, ...]
+    compute_domain: str | None = None  # its ComputeDomain, when its pods span trays (13)
 
 
 @dataclass(slots=True)
@@ -91,6 +92,7 @@ class _Request:
     tolerations: tuple[dict[str, Any], ...]
     only: frozenset[str] | None = None  # consider just these racks (keeping a replica in place)
     explain: bool = True  # say why, rack by rack, when the replica does not fit
+    domain: str | None = None  # its ComputeDomain: one pod per node, on nodes holding no other
 
     @property
     def key(self) -> str:
@@ -249,9 +251,9 @@ def _keep_releasing(snapshot: Snapshot, want: Waiting) -> list[Rack]:
 def _release(pool: Pool, sign: int) -> None:
     """Free (-1) or take back (+1) what the pods being deleted hold. An exclusive replica's
     hold on its rack stays until its pods are gone."""
-    for node, gpus, namespace, deployment in pool.releasing:
+    for node, gpus, namespace, deployment, domain in pool.releasing:
         assert node.rack is not None
-        node.rack.use(node, sign * gpus, namespace, deployment)
+        node.rack.use(node, sign * gpus, namespace, deployment, domain)
 
 
 def _kept_text(racks: list[Rack]) -> str:
@@ -359,6 +361,10 @@ def _request(
     request = _Request(
         deployment, replica, pool, shape, tuple(template_spec.get("tolerations") or ())
     )
+    if pool.compute_domains and scope != "Node" and shape.pods > 1:
+        # Its pods span trays: NVLink between them needs a ComputeDomain (guarantee 13).
+        name = compute_domain_name(deployment.name, replica)
+        request.domain = f"{deployment.namespace}/{name}"
     largest = pool.largest_node_gpus
     if request.slot > largest:
         what = (
@@ -403,7 +409,15 @@ def _racks(request: _Request) -> Iterator[Rack]:
     return iter(racks) if request.only is None else (r for r in racks if r.name in request.only)
 
 
+def _usable(request: _Request, node: Node) -> bool:
+    """Whether the request may put a pod on the node: schedulable for its tolerations and, for
+    a replica with a ComputeDomain, holding no pod of another ComputeDomain (guarantee 13)."""
+    return node.schedulable(request.tolerations) and not (request.domain and node.domains)
+
+
 def _slots(request: _Request, rack: Rack) -> int:
+    if request.domain:  # one pod per node
+        return sum(n.free >= request.slot and _usable(request, n) for n in rack.nodes)
     if request.slow:
         tol = request.tolerations
         return sum(n.free // request.slot for n in rack.nodes if n.schedulable(tol))
@@ -411,9 +425,10 @@ def _slots(request: _Request, rack: Rack) -> int:
 
 
 def _free(request: _Request, rack: Rack) -> int:
-    """Free GPUs of the rack this request may use: tolerations can open tainted nodes."""
-    if request.slow:
-        return sum(n.free for n in rack.nodes if n.schedulable(request.tolerations))
+    """Free GPUs of the rack this request may use: tolerations can open tainted nodes, and
+    nodes of other ComputeDomains are closed to a replica with one."""
+    if request.slow or request.domain:
+        return sum(n.free for n in rack.nodes if _usable(request, n))
     return rack.free
 
 
@@ -439,6 +454,11 @@ def _problem(request: _Request, rack: Rack, need: int) -> Problem | None:
     barrier = _barrier(request, rack)
     if barrier is not None or _slots(request, rack) >= need:
         return barrier
+    if request.domain:
+        tol = request.tolerations
+        trays = sum(n.free >= request.slot and n.schedulable(tol) for n in rack.nodes)
+        if trays >= need:  # only the one-ComputeDomain-per-node rule stands in the way
+            return Problem("compute-domain", str(_slots(request, rack)))
     free = _free(request, rack)
     if rack.health == "Degraded":
         return Problem("degraded", str(free))
@@ -587,19 +607,19 @@ def _reserve(
     request: _Request, shares: list[tuple[Rack, int]], nodes: list[Node] | None = None
 ) -> tuple[ReplicaPlan, Reservation]:
     """Take `slots` slots on each rack (best-fit nodes inside it) and number the pods in order."""
-    reservation = Reservation(request.deployment.namespace, request.key)
+    reservation = Reservation(request.deployment.namespace, request.key, request.domain)
     shape, slot = request.shape, request.slot
     pods: list[PodPlan] = []
     for rack, slots in shares:
         if request.exclusive:
             reservation.hold(rack, (request.key, request.replica))
         usable = nodes or sorted(
-            (n for n in rack.nodes if n.free >= slot and n.schedulable(request.tolerations)),
+            (n for n in rack.nodes if n.free >= slot and _usable(request, n)),
             key=lambda n: (n.free, n.name),
         )
         left = slots
         for node in usable:
-            take = min(node.free // slot, left)
+            take = min(1 if request.domain else node.free // slot, left)
             for _ in range(take * slot // shape.pod_gpus):
                 shard = len(pods)
                 pods.append(PodPlan(shard, node.name, shape.pod_gpus, shard * shape.pod_gpus))
@@ -609,5 +629,7 @@ def _reserve(
             if not left:
                 break
         assert not left, f"rack {rack.name} lost room while placing"
-    plan = ReplicaPlan(request.replica, "Rack", tuple(r.name for r, _ in shares), tuple(pods))
+    racks = tuple(r.name for r, _ in shares)
+    domain = request.domain.split("/", 1)[1] if request.domain else None
+    plan = ReplicaPlan(request.replica, "Rack", racks, tuple(pods), domain)
     return plan, reservation

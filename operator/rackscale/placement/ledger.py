@@ -13,13 +13,14 @@ class Reservation:
 
     namespace: str
     deployment: str
+    domain: str | None = None  # the replica's ComputeDomain (`namespace/name`), if it has one
     takes: list[tuple[Node, int]] = field(default_factory=list)
     holds: list[tuple[Rack, tuple[str, int] | None]] = field(default_factory=list)
     undone: bool = False
 
     def take(self, node: Node, gpus: int) -> None:
         assert node.rack is not None, f"node {node.name} is in no rack"
-        node.rack.use(node, gpus, self.namespace, self.deployment)
+        node.rack.use(node, gpus, self.namespace, self.deployment, self.domain)
         self.takes.append((node, gpus))
 
     def hold(self, rack: Rack, holder: tuple[str, int]) -> None:
@@ -33,6 +34,6 @@ class Reservation:
         self.undone = True
         for node, gpus in reversed(self.takes):
             assert node.rack is not None
-            node.rack.use(node, -gpus, self.namespace, self.deployment)
+            node.rack.use(node, -gpus, self.namespace, self.deployment, self.domain)
         for rack, before in reversed(self.holds):
             rack.hold(before)

@@ -9,6 +9,10 @@ from dataclasses import dataclass
 _PHRASES = {
     "too-few": ("has too few free", "have too few free"),
     "split": ("has its free GPUs split across nodes", "have their free GPUs split across nodes"),
+    "compute-domain": (
+        "has too few trays holding no other ComputeDomain (one pod per tray)",
+        "have too few trays holding no other ComputeDomain (one pod per tray)",
+    ),
     "degraded": ("is Degraded", "are Degraded"),
     "unavailable": ("is Unavailable", "are Unavailable"),
     "in-use": (
@@ -19,6 +23,10 @@ _PHRASES = {
     "held": ("is held exclusively by", "are held exclusively by"),
     "kept": ("is kept for", "are kept for"),
 }
+
+
+# Causes whose detail is a number (free GPUs, usable trays), listed rather than named.
+_COUNTED = ("too-few", "split", "compute-domain", "degraded")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +41,7 @@ def summarize(problems: list[Problem]) -> str:
     """`2 racks have too few free (8, 16), 1 is Degraded, 1 is held exclusively by llm/kimi`."""
     grouped: dict[tuple[str, str], list[str]] = defaultdict(list)
     for p in problems:
-        label = "" if p.cause in ("too-few", "split", "degraded") else p.detail
+        label = "" if p.cause in _COUNTED else p.detail
         grouped[(p.cause, label)].append(p.detail)
     order = list(_PHRASES)
     parts: list[str] = []
@@ -46,7 +54,7 @@ def summarize(problems: list[Problem]) -> str:
         text = " ".join(x for x in (str(n), noun, verb) if x)
         if label:
             text += f" {label}"
-        elif cause in ("too-few", "split"):
+        elif cause in _COUNTED and cause != "degraded":
             text += (
                 " ("
                 + ", ".join(sorted(details, key=_number)[:8])

@@ -1,6 +1,17 @@
 """Placement -> Pod and Service manifests: labels, env, affinity, tolerations, owners. Pure."""
 
+from rackscale.render.computedomain import (
+    CHANNEL_CLAIM,
+    COMPUTE_DOMAIN_API_VERSION,
+    COMPUTE_DOMAIN_CRD,
+    COMPUTE_DOMAIN_GROUP,
+    COMPUTE_DOMAIN_PLURAL,
+    COMPUTE_DOMAIN_VERSION,
+    channel_template_name,
+    render_compute_domain,
+)
 from rackscale.render.names import (
+    COMPUTE_DOMAIN_LABEL,
     DEPLOYMENT_LABEL,
     EXCLUSIVE_LABEL,
     FIRST_RANK_ANNOTATION,
@@ -13,6 +24,7 @@ from rackscale.render.names import (
     SHARD_LABEL,
     SHARDS_ANNOTATION,
     TEMPLATE_HASH_ANNOTATION,
+    compute_domain_name,
     headless_service_name,
     leader_address,
     pod_name,
@@ -21,6 +33,13 @@ from rackscale.render.pods import PoolFacts, render_replica, template_hash
 from rackscale.render.services import render_services
 
 __all__ = [
+    "CHANNEL_CLAIM",
+    "COMPUTE_DOMAIN_API_VERSION",
+    "COMPUTE_DOMAIN_CRD",
+    "COMPUTE_DOMAIN_GROUP",
+    "COMPUTE_DOMAIN_LABEL",
+    "COMPUTE_DOMAIN_PLURAL",
+    "COMPUTE_DOMAIN_VERSION",
     "DEPLOYMENT_LABEL",
     "EXCLUSIVE_LABEL",
     "FIRST_RANK_ANNOTATION",
@@ -34,9 +53,12 @@ __all__ = [
     "SHARD_LABEL",
     "TEMPLATE_HASH_ANNOTATION",
     "PoolFacts",
+    "channel_template_name",
+    "compute_domain_name",
     "headless_service_name",
     "leader_address",
     "pod_name",
+    "render_compute_domain",
     "render_replica",
     "render_services",
     "template_hash",

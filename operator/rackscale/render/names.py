@@ -7,7 +7,13 @@ from typing import Any
 
 from rackscale.api.common import API_VERSION
 from rackscale.api.inferencedeployment import InferenceDeployment
-from rackscale.topology.snapshot import DEPLOYMENT_LABEL, EXCLUSIVE_LABEL, REPLICA_LABEL
+from rackscale.topology.snapshot import (
+    COMPUTE_DOMAIN_LABEL,
+    DEPLOYMENT_LABEL,
+    EXCLUSIVE_LABEL,
+    REPLICA_LABEL,
+    compute_domain_name,
+)
 
 SHARD_LABEL = "rackscale.dev/shard"
 RACK_LABEL = "rackscale.dev/rack"
@@ -21,6 +27,7 @@ RACK_ANNOTATION = "rackscale.dev/rack"  # the exact rack name; the label is sani
 RACKS_ANNOTATION = "rackscale.dev/racks"
 
 __all__ = [
+    "COMPUTE_DOMAIN_LABEL",
     "DEPLOYMENT_LABEL",
     "EXCLUSIVE_LABEL",
     "FIRST_RANK_ANNOTATION",
@@ -33,6 +40,7 @@ __all__ = [
     "SHARDS_ANNOTATION",
     "SHARD_LABEL",
     "TEMPLATE_HASH_ANNOTATION",
+    "compute_domain_name",
     "headless_service_name",
     "label_value",
     "leader_address",

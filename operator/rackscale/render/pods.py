@@ -12,6 +12,7 @@ from typing import Any
 from rackscale.api.inferencedeployment import InferenceDeployment
 from rackscale.api.rackpool import DEFAULT_GPU_RESOURCE, DEFAULT_RACK_LABEL, POOL_TAINT_KEY
 from rackscale.placement.engine import PodPlan, ReplicaPlan
+from rackscale.render.computedomain import claim_channel
 from rackscale.render.names import (
     DEPLOYMENT_LABEL,
     EXCLUSIVE_LABEL,
@@ -127,7 +128,7 @@ def _pod(
     else:
         _avoid_racks(spec, facts.rack_labels)
 
-    return {
+    rendered = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -139,6 +140,9 @@ def _pod(
         },
         "spec": spec,
     }
+    if plan.compute_domain:
+        claim_channel(rendered, plan.compute_domain)
+    return rendered
 
 
 def _rack_of(pod: PodPlan, plan: ReplicaPlan, facts: PoolFacts) -> str:

@@ -19,6 +19,13 @@ from rackscale.topology.objects import gpu_request, node_gpus, node_ready, pinne
 DEPLOYMENT_LABEL = "rackscale.dev/deployment"
 REPLICA_LABEL = "rackscale.dev/replica"
 EXCLUSIVE_LABEL = "rackscale.dev/exclusive"
+# A pod of a replica with a ComputeDomain names it: a node holds pods of at most one.
+COMPUTE_DOMAIN_LABEL = "rackscale.dev/compute-domain"
+
+
+def compute_domain_name(deployment: str, replica: int) -> str:
+    """The ComputeDomain of one replica, in the deployment's namespace: `<name>-<replica>`."""
+    return f"{deployment}-{replica}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +58,7 @@ class Node:
     taints: tuple[Taint, ...] = ()  # NoSchedule/NoExecute taints, the pool's own excepted
     pool: str | None = None
     rack: Rack | None = None
+    domains: Counter[str] = field(default_factory=Counter)  # ComputeDomain -> its pods here
 
     @property
     def free(self) -> int:
@@ -120,8 +128,16 @@ class Rack:
         for index in indexes:
             (index.add if add else index.remove)(self.key)
 
-    def use(self, node: Node, gpus: int, namespace: str | None, deployment: str | None) -> None:
-        """Add `gpus` (negative to release) held on `node` by a pod, keeping the indexes true."""
+    def use(
+        self,
+        node: Node,
+        gpus: int,
+        namespace: str | None,
+        deployment: str | None,
+        domain: str | None = None,
+    ) -> None:
+        """Add `gpus` (negative to release) held on `node` by a pod, keeping the indexes true;
+        `domain`: the pod's ComputeDomain (`namespace/name`), if it has one."""
         self._index(add=False)
         if node.healthy:
             self.free_histogram[node.free] -= 1
@@ -134,7 +150,12 @@ class Rack:
             self.free += node.free - before
             self.free_histogram[node.free] += 1
         step = 1 if gpus > 0 else -1
-        for counter, name in ((self.namespaces, namespace), (self.deployments, deployment)):
+        counters = (
+            (self.namespaces, namespace),
+            (self.deployments, deployment),
+            (node.domains, domain),
+        )
+        for counter, name in counters:
             if name is not None:
                 counter[name] += step
                 if counter[name] <= 0:
@@ -161,6 +182,7 @@ class Releasing(NamedTuple):
     gpus: int
     namespace: str
     deployment: str | None
+    domain: str | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -178,6 +200,7 @@ class Pool:
     tainted_nodes: int = 0  # ready, uncordoned nodes kept out by a taint someone may tolerate
     node_gpus: int = 0  # the usual GPUs of one node (most common allocatable, larger on a tie)
     largest_node_gpus: int = 0
+    compute_domains: bool = False  # replicas spanning nodes get ComputeDomains (guarantee 13)
 
     def blocks(self) -> dict[str | None, list[Rack]]:
         grouped: dict[str | None, list[Rack]] = {}
@@ -218,33 +241,48 @@ def _taints(node: dict[str, Any], pool: str | None) -> tuple[Taint, ...]:
     return tuple(taints)
 
 
-def _pod_deployment(pod: dict[str, Any]) -> tuple[str | None, tuple[str, int] | None]:
+def _pod_deployment(
+    pod: dict[str, Any],
+) -> tuple[str | None, tuple[str, int] | None, str | None]:
+    """A pod's deployment (`namespace/name`), its exclusive hold and its ComputeDomain."""
     meta = pod.get("metadata") or {}
     labels = meta.get("labels") or {}
+    namespace = meta.get("namespace") or "default"
+    domain = labels.get(COMPUTE_DOMAIN_LABEL)
+    domain_key = f"{namespace}/{domain}" if domain else None
     name = labels.get(DEPLOYMENT_LABEL)
     if not name:
-        return None, None
-    key = f"{meta.get('namespace') or 'default'}/{name}"
+        return None, None, domain_key
+    key = f"{namespace}/{name}"
     holder = None
     if labels.get(EXCLUSIVE_LABEL) == "true":
         holder = (key, int(labels.get(REPLICA_LABEL, "0")))
-    return key, holder
+    return key, holder, domain_key
 
 
 def build_snapshot(
     nodes: Iterable[dict[str, Any]],
     pods: Iterable[dict[str, Any]],
     pools: Iterable[RackPool],
+    *,
+    compute_domains: bool = False,
 ) -> Snapshot:
     """Racks from node labels, usage from every non-terminated GPU pod, rackscale's or not.
 
     A pod being deleted (`deletionTimestamp` set) still holds its GPUs; it is also listed in its
-    pool's `releasing`, so that a pass can keep the room it leaves for a waiting replica."""
+    pool's `releasing`, so that a pass can keep the room it leaves for a waiting replica.
+    `compute_domains`: the API server serves NVIDIA's ComputeDomains, so the pools that want
+    them (`RackPoolSpec.wants_compute_domains`) use them."""
     pool_list = sorted(pools, key=lambda p: p.name)
     by_name: dict[str, Node] = {}
     conflicts: dict[str, list[str]] = {}
     built = {
-        p.name: Pool(p.name, p.spec, generation=(p.metadata or {}).get("generation"))
+        p.name: Pool(
+            p.name,
+            p.spec,
+            generation=(p.metadata or {}).get("generation"),
+            compute_domains=compute_domains and p.spec.wants_compute_domains,
+        )
         for p in pool_list
     }
     ordinary: Counter[int] = Counter()
@@ -319,12 +357,12 @@ def build_snapshot(
         if node.rack is None:
             node.used += gpus
             continue
-        deployment, holder = _pod_deployment(pod)
+        deployment, holder, domain = _pod_deployment(pod)
         meta = pod.get("metadata") or {}
         namespace = meta.get("namespace") or "default"
-        node.rack.use(node, gpus, namespace, deployment)
+        node.rack.use(node, gpus, namespace, deployment, domain)
         if meta.get("deletionTimestamp"):
-            node.rack.pool.releasing.append(Releasing(node, gpus, namespace, deployment))
+            node.rack.pool.releasing.append(Releasing(node, gpus, namespace, deployment, domain))
         if holder and node.rack.held_by is None:
             node.rack.hold(holder)
 

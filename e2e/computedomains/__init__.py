@@ -1,0 +1,1 @@
+"""NVIDIA's ComputeDomain API on the local test cluster, and a stand-in for its driver."""

@@ -126,8 +126,7 @@ def binaries() -> dict[str, Path]:
         "kube-controller-manager": kube / "kube-controller-manager",
         "kubectl": kube / "kubectl",
         "kwok": kwok / "kwok",
-        # The driver stand-in is this Python; resolved, as /proc/<pid>/exe shows it.
-        "dra-standin": Path(os.path.realpath(sys.executable)),
+        "dra-standin": Path(sys.executable),  # the driver stand-in runs in this Python
     }
 
 

@@ -95,6 +95,12 @@ def up(profile: str) -> int:
     _say("kubectl get idep,rp")
     _kubectl(kubectl, "get", "idep", "-A")
     _kubectl(kubectl, "get", "rp")
+    _say("kubectl get computedomains -A: IMEX channels of the replicas spanning trays")
+    _kubectl(
+        kubectl, "get", "computedomains", "-A", "-o",
+        "custom-columns=NAMESPACE:.metadata.namespace,NAME:.metadata.name,"
+        "STATUS:.status.status,CLAIM-TEMPLATE:.spec.channel.resourceClaimTemplate.name",
+    )  # fmt: skip
     print(
         f"""
 The operator keeps running against the local cluster. Try:

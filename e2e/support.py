@@ -171,15 +171,22 @@ def events(kube: client.ApiClient, namespace: str, name: str) -> list[str]:
 
 def check_guarantees(kube: client.ApiClient) -> None:
     """Every pod on the cluster against design section 4: no node over-allocated, every pinned
-    pod bound where it was pinned, every rack-mode replica inside one rack."""
+    pod bound where it was pinned, every rack-mode replica inside one rack, and no node holding
+    pods of two ComputeDomains or two pods of one (guarantee 13)."""
     core = client.CoreV1Api(kube)
     nodes = {n.metadata.name: n for n in core.list_node().items}
     response = core.list_pod_for_all_namespaces(_preload_content=False)
     used: Counter[str] = Counter()
     replicas: dict[tuple[str, str, str], set[str]] = defaultdict(set)
-    for pod in json.loads(response.data)["items"]:
-        if pod["status"].get("phase") in ("Succeeded", "Failed"):
-            continue
+    live = [
+        p
+        for p in json.loads(response.data)["items"]
+        if p["status"].get("phase") not in ("Succeeded", "Failed")
+    ]
+    for node, held in node_domains(live).items():
+        assert len(set(held)) <= 1, f"node {node} holds pods of ComputeDomains {sorted(held)}"
+        assert len(held) == len(set(held)), f"node {node} holds two pods of {held}"
+    for pod in live:
         node = pod["spec"].get("nodeName")
         gpus = sum(
             int((c.get("resources") or {}).get("limits", {}).get(GPU, 0))
@@ -205,10 +212,21 @@ def check_guarantees(kube: client.ApiClient) -> None:
         assert len(racks) == 1, f"replica {key} spans racks {racks}"
 
 
+def node_domains(pods: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Node -> the ComputeDomain (`namespace/name`) of each pod there that has one."""
+    held: dict[str, list[str]] = defaultdict(list)
+    for pod in pods:
+        domain = (pod["metadata"].get("labels") or {}).get("rackscale.dev/compute-domain")
+        node = pod["spec"].get("nodeName") or pinned_node(pod)
+        if domain and node:
+            held[node].append(f"{pod['metadata']['namespace']}/{domain}")
+    return held
+
+
 @contextlib.contextmanager
-def gb200_pool(kube: client.ApiClient, prefix: str) -> Iterator[str]:
+def gb200_pool(kube: client.ApiClient, prefix: str, **spec: Any) -> Iterator[str]:
     """A RackPool over the profile's GB200 racks, alone (other pools would share its nodes),
-    deleted afterwards."""
+    deleted afterwards; `spec` adds to its spec."""
     objects = client.CustomObjectsApi(kube)
     others = objects.list_cluster_custom_object(GROUP, VERSION, "rackpools")["items"]
     if others:
@@ -228,6 +246,7 @@ def gb200_pool(kube: client.ApiClient, prefix: str) -> Iterator[str]:
             "rackLabel": CLIQUE,
             "blockLabel": profiles.BLOCK_LABEL,
             "gpusPerRack": 72,
+            **spec,
         },
     }
     objects.create_cluster_custom_object(GROUP, VERSION, "rackpools", body)

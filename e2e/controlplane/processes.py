@@ -76,7 +76,9 @@ def alive(pid: int, binary: str | None = None) -> bool:
         exe = os.readlink(f"/proc/{pid}/exe")
     except OSError:
         return False
-    return os.path.basename(exe).removesuffix(" (deleted)") == os.path.basename(binary)
+    # A binary named through a symlink (a virtualenv's python) runs as the file it points to.
+    real = os.path.basename(os.path.realpath(binary))
+    return os.path.basename(exe).removesuffix(" (deleted)") == real
 
 
 def _group_members(pgid: int) -> list[int]:

@@ -60,6 +60,14 @@ def register(commands: Any) -> None:
         "(default %(default)s)",
     )
     cmd.add_argument(
+        "--compute-domain-timeout",
+        type=float,
+        default=float(os.environ.get("RACKSCALE_COMPUTE_DOMAIN_TIMEOUT", "300")),
+        metavar="SECONDS",
+        help="a replica whose ComputeDomain is not Ready this long restarts with a fresh one "
+        "(default %(default)s)",
+    )
+    cmd.add_argument(
         "--resync",
         type=float,
         default=float(os.environ.get("RACKSCALE_RESYNC", "10")),
@@ -102,7 +110,11 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         logging.getLogger("kubernetes").setLevel(logging.WARNING)
     importlib.import_module(HANDLERS)  # registers the handlers with kopf
-    options = Options(unschedulable_timeout=args.unschedulable_timeout, resync=args.resync)
+    options = Options(
+        unschedulable_timeout=args.unschedulable_timeout,
+        compute_domain_timeout=args.compute_domain_timeout,
+        resync=args.resync,
+    )
     liveness = None if args.liveness in ("", "none") else args.liveness
     kopf.run(
         standalone=True,

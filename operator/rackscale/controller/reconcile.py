@@ -335,6 +335,7 @@ class Reconciler:
             gpu_resource=pool.spec.gpu_resource if pool else DEFAULT_GPU_RESOURCE,
             rack_labels=tuple(sorted(labels)),
             node_racks=racks,
+            nvlink_domain=pool.spec.nvlink_domain if pool else "Node",
         )
 
     def _gpu_resource(self, deployment: InferenceDeployment) -> str:

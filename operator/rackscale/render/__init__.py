@@ -17,7 +17,7 @@ from rackscale.render.names import (
     leader_address,
     pod_name,
 )
-from rackscale.render.pods import PoolFacts, render_replica, template_hash
+from rackscale.render.pods import PoolFacts, pool_facts, render_replica, template_hash
 from rackscale.render.services import render_services
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "headless_service_name",
     "leader_address",
     "pod_name",
+    "pool_facts",
     "render_replica",
     "render_services",
     "template_hash",

@@ -32,6 +32,7 @@ from rackscale.render.names import (
     owner_reference,
     pod_name,
 )
+from rackscale.topology.snapshot import Snapshot
 
 _AFFINITY_REQUIRED = "requiredDuringSchedulingIgnoredDuringExecution"
 _PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
@@ -53,6 +54,25 @@ class PoolFacts:
         if plan.mode != "Rack" or self.nvlink_domain != "Rack":
             return False
         return len({pod.node for pod in plan.pods}) > 1
+
+
+def pool_facts(deployment: InferenceDeployment, plan: ReplicaPlan, snapshot: Snapshot) -> PoolFacts:
+    """What rendering `plan` needs from the snapshot it was placed in: the deployment's pool,
+    its GPU resource and NVLink domain, every pool's rack label, the rack of each chosen node."""
+    pool = snapshot.pools.get(deployment.spec.placement.rack_pool or "")
+    labels = {p.spec.rack_label for p in snapshot.pools.values()} or {DEFAULT_RACK_LABEL}
+    racks = {}
+    for pod in plan.pods:
+        rack = snapshot.rack_of(pod.node) if pod.node else None
+        if pod.node and rack is not None:
+            racks[pod.node] = rack.name
+    return PoolFacts(
+        pool=pool.name if pool else None,
+        gpu_resource=pool.spec.gpu_resource if pool else DEFAULT_GPU_RESOURCE,
+        rack_labels=tuple(sorted(labels)),
+        node_racks=racks,
+        nvlink_domain=pool.spec.nvlink_domain if pool else "Node",
+    )
 
 
 def template_hash(deployment: InferenceDeployment) -> str:

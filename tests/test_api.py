@@ -63,6 +63,11 @@ def test_defaults_follow_the_design() -> None:
         ({"port": 70000}, "spec.port: Input should be less than or equal to 65535"),
         ({"paralelism": {"tensor": 2}}, "spec.paralelism: Extra inputs are not permitted"),
         ({"template": {"spec": {}}}, "spec.template.spec.containers: a pod template needs"),
+        (
+            {"workerTemplate": {"spec": {"containers": []}}},
+            "spec.workerTemplate.spec.containers: a worker pod template needs",
+        ),
+        ({"workerTemplate": {}}, "spec.workerTemplate.spec.containers: a worker pod template"),
         ({"model": {"name": "x", "precision": "fp7"}}, "spec.model.precision: Input should be"),
     ],
 )

@@ -126,6 +126,16 @@ def test_every_container_gets_the_topology_env_and_keeps_its_own() -> None:
         "RACKSCALE_EXPERT_PARALLEL": "8",
         "RACKSCALE_LEADER_ADDRESS": "r1-1-0.r1-shards.llm.svc",
         "RACKSCALE_RACK": "b0/clique-a",
+        "RACKSCALE_NNODES": "2",
+        "RACKSCALE_NODE_RANK": "1",
+        "RACKSCALE_DATA_PARALLEL_START_RANK": "0",
+        "RACKSCALE_DATA_PARALLEL_SIZE_LOCAL": "1",
+        "RACKSCALE_COORDINATION_PORT": "29600",
+    }
+    assert {k: v for k, v in values.items() if k.startswith("LWS_")} == {
+        "LWS_LEADER_ADDRESS": "r1-1-0.r1-shards.llm.svc",
+        "LWS_GROUP_SIZE": "2",
+        "LWS_WORKER_INDEX": "1",
     }
     assert [e["name"] for e in pod["spec"]["containers"][0]["env"]].count("RACKSCALE_RACK") == 1
     assert env(pod, 1)["RACKSCALE_SHARD"] == "1"
@@ -215,3 +225,145 @@ def test_rendering_does_not_touch_the_users_template() -> None:
     before = repr(dep.spec.template)
     render_replica(dep, RACK_PLAN, FACTS)
     assert repr(dep.spec.template) == before
+
+
+PROBED = {
+    "spec": {
+        "containers": [
+            {
+                "name": "server",
+                "image": "vllm",
+                "readinessProbe": {"httpGet": {"path": "/health", "port": 8000}},
+                "livenessProbe": {"tcpSocket": {"port": 8000}},
+                "startupProbe": {"exec": {"command": ["true"]}},
+            }
+        ]
+    }
+}
+
+
+def test_workers_from_the_leaders_template_run_without_its_probes() -> None:
+    leader, worker = render_replica(idep(template=PROBED), RACK_PLAN, FACTS)
+    probes = {"readinessProbe", "livenessProbe", "startupProbe"}
+    assert probes <= set(leader["spec"]["containers"][0])
+    assert not probes & set(worker["spec"]["containers"][0])
+
+
+def test_a_worker_template_shapes_shards_1_to_n_and_keeps_its_own_probes() -> None:
+    worker_template = {
+        "metadata": {"labels": {"role": "worker"}},
+        "spec": {
+            "containers": [
+                {
+                    "name": "worker",
+                    "image": "vllm",
+                    "args": ["--headless"],
+                    "readinessProbe": {"exec": {"command": ["true"]}},
+                }
+            ]
+        },
+    }
+    dep = idep(template=PROBED, workerTemplate=worker_template)
+    leader, worker = render_replica(dep, RACK_PLAN, FACTS)
+    assert leader["spec"]["containers"][0]["name"] == "server"
+    assert "role" not in leader["metadata"]["labels"]
+    (container,) = worker["spec"]["containers"]
+    assert (container["name"], container["args"]) == ("worker", ["--headless"])
+    assert container["readinessProbe"] == {"exec": {"command": ["true"]}}
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "4"}
+    assert env(worker)["LWS_WORKER_INDEX"] == "1"
+    assert worker["metadata"]["labels"]["role"] == "worker"
+    assert worker["metadata"]["labels"]["rackscale.dev/shard"] == "1"
+    assert pinned_node(worker) == "gb-a-02"
+
+
+def test_the_worker_template_is_part_of_the_template_hash() -> None:
+    base = template_hash(idep())
+    worker_template = {"spec": {"containers": [{"name": "w", "image": "vllm"}]}}
+    with_workers = template_hash(idep(workerTemplate=worker_template))
+    assert with_workers != base
+    other = {"spec": {"containers": [{"name": "w", "image": "vllm:v2"}]}}
+    assert template_hash(idep(workerTemplate=other)) != with_workers
+
+
+def test_nccl_uses_nvlink_across_nodes_only_where_the_rack_is_the_nvlink_domain() -> None:
+    rack_facts = PoolFacts(
+        pool="gb200",
+        rack_labels=("nvidia.com/gpu.clique",),
+        node_racks=FACTS.node_racks,
+        nvlink_domain="Rack",
+    )
+    for pod in render_replica(idep(), RACK_PLAN, rack_facts):
+        for index in (0, 1):
+            assert env(pod, index)["NCCL_MNNVL_ENABLE"] == "1"
+            assert env(pod, index)["NCCL_CUMEM_ENABLE"] == "1"
+    # NVLink ends at the node (HGX), or the replica sits on one node: nothing to enable.
+    for facts, plan in (
+        (FACTS, RACK_PLAN),
+        (rack_facts, ReplicaPlan(0, "Rack", ("b0/clique-a",), (PodPlan(0, "gb-a-01", 4, 0),))),
+        (rack_facts, DP_PLAN),
+    ):
+        dep = idep(parallelism={"tensor": 4}) if len(plan.pods) == 1 else idep()
+        for pod in render_replica(dep, plan, facts):
+            assert "NCCL_MNNVL_ENABLE" not in env(pod)
+
+
+def test_the_templates_own_nccl_settings_are_kept() -> None:
+    template = {
+        "spec": {
+            "containers": [
+                {
+                    "name": "server",
+                    "image": "x",
+                    "env": [{"name": "NCCL_MNNVL_ENABLE", "value": "0"}],
+                }
+            ]
+        }
+    }
+    facts = PoolFacts(pool="gb200", node_racks=FACTS.node_racks, nvlink_domain="Rack")
+    pod = render_replica(idep(template=template), RACK_PLAN, facts)[0]
+    names = [e["name"] for e in pod["spec"]["containers"][0]["env"]]
+    assert names.count("NCCL_MNNVL_ENABLE") == 1
+    assert env(pod)["NCCL_MNNVL_ENABLE"] == "0"
+    assert env(pod)["NCCL_CUMEM_ENABLE"] == "1"
+
+
+def test_data_parallel_ranks_of_a_pod_follow_the_tensor_fastest_order() -> None:
+    # 32 GPUs as TP 2 x DP 16 in 8 pods of 4: each pod holds two whole data-parallel ranks.
+    plan = ReplicaPlan(
+        0, "Rack", ("b0/clique-a",), tuple(PodPlan(i, f"n{i}", 4, 4 * i) for i in range(8))
+    )
+    dep = idep(parallelism={"tensor": 2, "data": 16, "expert": 32})
+    pods = render_replica(dep, plan, PoolFacts(pool="gb200"))
+    ranks = [
+        (
+            int(env(p)["RACKSCALE_DATA_PARALLEL_START_RANK"]),
+            int(env(p)["RACKSCALE_DATA_PARALLEL_SIZE_LOCAL"]),
+        )
+        for p in pods
+    ]
+    assert ranks == [(2 * i, 2) for i in range(8)]
+    # TP 8 over pods of 4: a data-parallel rank spans two pods.
+    dep = idep(parallelism={"tensor": 8, "data": 4, "expert": 32})
+    pods = render_replica(dep, plan, PoolFacts(pool="gb200"))
+    assert [env(p)["RACKSCALE_DATA_PARALLEL_START_RANK"] for p in pods] == [
+        str(i // 2) for i in range(8)
+    ]
+    assert {env(p)["RACKSCALE_DATA_PARALLEL_SIZE_LOCAL"] for p in pods} == {"1"}
+
+
+def test_rackscale_variables_come_first_so_the_containers_env_can_use_them() -> None:
+    template = {
+        "spec": {
+            "containers": [
+                {
+                    "name": "server",
+                    "image": "x",
+                    "env": [{"name": "MASTER_ADDR", "value": "$(RACKSCALE_LEADER_ADDRESS)"}],
+                }
+            ]
+        }
+    }
+    pod = render_replica(idep(template=template), RACK_PLAN, FACTS)[1]
+    names = [e["name"] for e in pod["spec"]["containers"][0]["env"]]
+    assert names.index("RACKSCALE_LEADER_ADDRESS") < names.index("MASTER_ADDR")

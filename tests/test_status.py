@@ -90,6 +90,33 @@ def test_healthy_replicas_need_nothing_and_report_ready() -> None:
     }
 
 
+def test_a_replica_is_ready_only_when_every_shard_is_ready() -> None:
+    dep, pods, nodes = placed()
+    # One worker of replica 1 still starting (its engine not up): the replica does not serve.
+    starting = [
+        {**p, "status": {**p["status"], "conditions": [{"type": "Ready", "status": "False"}]}}
+        if p["metadata"]["name"] == "ds-1-5"
+        else p
+        for p in pods
+    ]
+    states = classify(dep, starting, nodes)
+    assert [(s.condition, s.ready) for s in states] == [("Running", True), ("Running", False)]
+    assert lifecycle.decide(states).delete == []  # not ready is not lost: nothing restarts
+    status = dump(deployment_status(dep, states, Progress(), "nvidia.com/gpu", STAMP))
+    assert (status["phase"], status["ready"], status["readyReplicas"]) == ("Placed", "1/2", 1)
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+    assert conditions["Available"] == ("True", "ReplicasReady")
+    assert conditions["Ready"] == ("False", "Placed")
+    # Only the leader not ready: the same.
+    leader_down = [
+        {**p, "status": {**p["status"], "conditions": [{"type": "Ready", "status": "False"}]}}
+        if p["metadata"]["name"] == "ds-0-0"
+        else p
+        for p in pods
+    ]
+    assert [s.ready for s in classify(dep, leader_down, nodes)] == [False, True]
+
+
 def test_a_lost_shard_restarts_only_its_replica() -> None:
     dep, pods, nodes = placed()
     survivors = [p for p in pods if p["metadata"]["name"] != "ds-1-3"]

@@ -10,6 +10,7 @@ from typing import Any
 
 from rackscale.api.common import GROUP, VERSION
 from rackscale.api.crd import definitions
+from rackscale.api.environment import ENVIRONMENT, MULTI_NODE_NVLINK_ENV
 
 HEADER = f"""# API reference: `{GROUP}/{VERSION}`
 
@@ -153,7 +154,35 @@ def render() -> str:
                 ]
             out += _table(section, part)
             out.append("")
+    out += _environment()
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _environment() -> list[str]:
+    """What every container of a shard finds in its environment (rackscale.api.environment)."""
+    nccl = ", ".join(f"`{name}={value}`" for name, value in MULTI_NODE_NVLINK_ENV)
+    out = [
+        "## Pod environment",
+        "",
+        "Every container (and init container) of every pod the operator creates gets these "
+        "variables, set before the container's own `env`: its `command`, `args` and `env` "
+        "values may use them as `$(NAME)`, which the kubelet expands. A variable of the same "
+        "name in the template is replaced.",
+        "",
+        "| variable | value |",
+        "| --- | --- |",
+    ]
+    out += [f"| `{name}` | {_cell(meaning)} |" for name, meaning in ENVIRONMENT]
+    out += [
+        "",
+        "When a replica's NVLink domain is larger than a node (its RackPool has `nvlinkDomain: "
+        "Rack` and its pods are on more than one node), every container (not the init "
+        f"containers) also gets {nccl}, which NCCL needs to use NVLink across nodes, unless the "
+        "container's `env` already sets them (its value is kept; a value from `envFrom` alone "
+        "is overridden).",
+        "",
+    ]
+    return out
 
 
 def main() -> int:

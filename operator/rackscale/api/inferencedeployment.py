@@ -143,6 +143,14 @@ class InferenceDeploymentSpec(Spec):
         description="A PodTemplateSpec: the user's containers.",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
+    worker_template: dict[str, Any] | None = Field(
+        default=None,
+        description="A PodTemplateSpec for shards 1..n (the workers), as LeaderWorkerSet's "
+        "workerTemplate: spec.template is then the leader's (shard 0). Absent: every shard is "
+        "rendered from spec.template, workers without its readiness, liveness and startup "
+        "probes (they probe the leader's server on spec.port).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
 
     @property
     def gpus_per_replica(self) -> int:
@@ -171,6 +179,18 @@ class InferenceDeploymentSpec(Spec):
         containers = (value.get("spec") or {}).get("containers")
         if not isinstance(containers, list) or not containers:
             raise FieldError("spec.containers", "a pod template needs at least one container")
+        return value
+
+    @field_validator("worker_template")
+    @classmethod
+    def _worker_template_has_containers(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return value
+        containers = (value.get("spec") or {}).get("containers")
+        if not isinstance(containers, list) or not containers:
+            raise FieldError(
+                "spec.containers", "a worker pod template needs at least one container"
+            )
         return value
 
 

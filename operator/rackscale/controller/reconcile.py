@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from rackscale.api import InferenceDeployment, format_errors
-from rackscale.api.rackpool import DEFAULT_GPU_RESOURCE, DEFAULT_RACK_LABEL
+from rackscale.api.rackpool import DEFAULT_GPU_RESOURCE
 from rackscale.controller import lifecycle, metrics, status
 from rackscale.controller.cluster import ClusterView
 from rackscale.controller.kube import Writer, now
@@ -26,6 +26,7 @@ from rackscale.placement import Decision, ReplicaPlan, Waiting, place_pass
 from rackscale.render import (
     PoolFacts,
     compute_domain_name,
+    pool_facts,
     render_compute_domain,
     render_replica,
     render_services,
@@ -370,19 +371,7 @@ class Reconciler:
     def _facts(
         self, deployment: InferenceDeployment, plan: ReplicaPlan, snapshot: Snapshot
     ) -> PoolFacts:
-        pool = snapshot.pools.get(deployment.spec.placement.rack_pool or "")
-        labels = {p.spec.rack_label for p in snapshot.pools.values()} or {DEFAULT_RACK_LABEL}
-        racks = {}
-        for pod in plan.pods:
-            rack = snapshot.rack_of(pod.node) if pod.node else None
-            if pod.node and rack is not None:
-                racks[pod.node] = rack.name
-        return PoolFacts(
-            pool=pool.name if pool else None,
-            gpu_resource=pool.spec.gpu_resource if pool else DEFAULT_GPU_RESOURCE,
-            rack_labels=tuple(sorted(labels)),
-            node_racks=racks,
-        )
+        return pool_facts(deployment, plan, snapshot)
 
     def _gpu_resource(self, deployment: InferenceDeployment) -> str:
         name = deployment.spec.placement.rack_pool

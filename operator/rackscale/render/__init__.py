@@ -29,7 +29,7 @@ from rackscale.render.names import (
     leader_address,
     pod_name,
 )
-from rackscale.render.pods import PoolFacts, render_replica, template_hash
+from rackscale.render.pods import PoolFacts, pool_facts, render_replica, template_hash
 from rackscale.render.services import render_services
 
 __all__ = [
@@ -58,6 +58,7 @@ __all__ = [
     "headless_service_name",
     "leader_address",
     "pod_name",
+    "pool_facts",
     "render_compute_domain",
     "render_replica",
     "render_services",

@@ -9,7 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rackscale.api.inferencedeployment import InferenceDeployment
+from rackscale.api.environment import COORDINATION_PORT, ENVIRONMENT, MULTI_NODE_NVLINK_ENV
+from rackscale.api.inferencedeployment import InferenceDeployment, Parallelism
 from rackscale.api.rackpool import DEFAULT_GPU_RESOURCE, DEFAULT_RACK_LABEL, POOL_TAINT_KEY
 from rackscale.placement.engine import PodPlan, ReplicaPlan
 from rackscale.render.computedomain import claim_channel
@@ -32,8 +33,10 @@ from rackscale.render.names import (
     owner_reference,
     pod_name,
 )
+from rackscale.topology.snapshot import Snapshot
 
 _AFFINITY_REQUIRED = "requiredDuringSchedulingIgnoredDuringExecution"
+_PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,18 +47,47 @@ class PoolFacts:
     gpu_resource: str = DEFAULT_GPU_RESOURCE  # the pool's; device-plugin pods use the default
     rack_labels: tuple[str, ...] = (DEFAULT_RACK_LABEL,)  # device-plugin pods avoid these nodes
     node_racks: Mapping[str, str] | None = None  # node name -> rack name, for rack-mode pods
+    nvlink_domain: str = "Node"  # the pool's nvlinkDomain: Rack when NVLink joins a rack's nodes
+
+    def nvlink_crosses_nodes(self, plan: ReplicaPlan) -> bool:
+        """Whether the replica's GPUs reach each other over NVLink across nodes: a rack-mode
+        replica of a pool with `nvlinkDomain: Rack` whose pods are on more than one node."""
+        if plan.mode != "Rack" or self.nvlink_domain != "Rack":
+            return False
+        return len({pod.node for pod in plan.pods}) > 1
+
+
+def pool_facts(deployment: InferenceDeployment, plan: ReplicaPlan, snapshot: Snapshot) -> PoolFacts:
+    """What rendering `plan` needs from the snapshot it was placed in: the deployment's pool,
+    its GPU resource and NVLink domain, every pool's rack label, the rack of each chosen node."""
+    pool = snapshot.pools.get(deployment.spec.placement.rack_pool or "")
+    labels = {p.spec.rack_label for p in snapshot.pools.values()} or {DEFAULT_RACK_LABEL}
+    racks = {}
+    for pod in plan.pods:
+        rack = snapshot.rack_of(pod.node) if pod.node else None
+        if pod.node and rack is not None:
+            racks[pod.node] = rack.name
+    return PoolFacts(
+        pool=pool.name if pool else None,
+        gpu_resource=pool.spec.gpu_resource if pool else DEFAULT_GPU_RESOURCE,
+        rack_labels=tuple(sorted(labels)),
+        node_racks=racks,
+        nvlink_domain=pool.spec.nvlink_domain if pool else "Node",
+    )
 
 
 def template_hash(deployment: InferenceDeployment) -> str:
     """A digest of everything in the spec that shapes a pod; `replicas` and `model` excluded."""
     spec = deployment.spec
-    shaping = {
+    shaping: dict[str, Any] = {
         "template": spec.template,
         "parallelism": spec.parallelism.model_dump(mode="json"),
         "gpusPerPod": spec.gpus_per_pod,
         "placement": spec.placement.model_dump(mode="json", by_alias=True),
         "port": spec.port,
     }
+    if spec.worker_template is not None:  # absent, the digest of existing pods stays the same
+        shaping["workerTemplate"] = spec.worker_template
     text = json.dumps(shaping, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -75,7 +107,9 @@ def _pod(
     facts: PoolFacts,
     digest: str,
 ) -> dict[str, Any]:
-    template = copy.deepcopy(deployment.spec.template)
+    worker_template = deployment.spec.worker_template
+    from_leader = pod.shard == 0 or worker_template is None
+    template = copy.deepcopy(deployment.spec.template if from_leader else worker_template or {})
     meta_in: dict[str, Any] = template.get("metadata") or {}
     spec: dict[str, Any] = template.get("spec") or {}
     rack_mode = plan.mode == "Rack"
@@ -112,11 +146,14 @@ def _pod(
         annotations[RACKS_ANNOTATION] = ",".join(plan.racks)
 
     resource = facts.gpu_resource if rack_mode else DEFAULT_GPU_RESOURCE
-    spec["containers"] = _containers(
-        spec.get("containers") or [], _env(deployment, plan, pod, rack), resource, pod.gpus
-    )
+    env = _env(deployment, plan, pod, rack)
+    containers = _containers(spec.get("containers") or [], env, resource, pod.gpus)
+    if pod.shard > 0 and worker_template is None:
+        containers = [_without_probes(c) for c in containers]
+    if facts.nvlink_crosses_nodes(plan):
+        containers = [_with_defaults(c, MULTI_NODE_NVLINK_ENV) for c in containers]
+    spec["containers"] = containers
     if spec.get("initContainers"):
-        env = _env(deployment, plan, pod, rack)
         spec["initContainers"] = [_with_env(c, env) for c in spec["initContainers"]]
     spec["hostname"] = name
     spec["subdomain"] = headless_service_name(deployment.name)
@@ -155,6 +192,8 @@ def _env(
     deployment: InferenceDeployment, plan: ReplicaPlan, pod: PodPlan, rack: str
 ) -> list[dict[str, str]]:
     par = deployment.spec.parallelism
+    leader = leader_address(deployment, plan.replica)
+    start, local = _data_parallel_ranks(par, pod.first_rank, pod.gpus)
     values = {
         "RACKSCALE_REPLICA": plan.replica,
         "RACKSCALE_SHARD": pod.shard,
@@ -165,17 +204,49 @@ def _env(
         "RACKSCALE_PIPELINE_PARALLEL": par.pipeline,
         "RACKSCALE_DATA_PARALLEL": par.data,
         "RACKSCALE_EXPERT_PARALLEL": par.expert,
-        "RACKSCALE_LEADER_ADDRESS": leader_address(deployment, plan.replica),
+        "RACKSCALE_LEADER_ADDRESS": leader,
         "RACKSCALE_RACK": rack,
+        "RACKSCALE_NNODES": len(plan.pods),
+        "RACKSCALE_NODE_RANK": pod.shard,
+        "RACKSCALE_DATA_PARALLEL_START_RANK": start,
+        "RACKSCALE_DATA_PARALLEL_SIZE_LOCAL": local,
+        "RACKSCALE_COORDINATION_PORT": COORDINATION_PORT,
+        "LWS_LEADER_ADDRESS": leader,
+        "LWS_GROUP_SIZE": len(plan.pods),
+        "LWS_WORKER_INDEX": pod.shard,
     }
-    return [{"name": k, "value": str(v)} for k, v in values.items()]
+    assert len(values) == len(ENVIRONMENT), "every variable has its meaning in api.environment"
+    return [{"name": name, "value": str(values[name])} for name, _ in ENVIRONMENT]
+
+
+def _data_parallel_ranks(par: Parallelism, first_rank: int, gpus: int) -> tuple[int, int]:
+    """(data-parallel rank of the pod's first GPU, data-parallel ranks among its GPUs), for
+    ranks numbered tensor-fastest: rank = t + tensor * (d + data * p)."""
+    ranks = {(rank // par.tensor) % par.data for rank in range(first_rank, first_rank + gpus)}
+    return (first_rank // par.tensor) % par.data, max(len(ranks), 1)
 
 
 def _with_env(container: dict[str, Any], env: list[dict[str, str]]) -> dict[str, Any]:
-    """The container's own env, rackscale's variables replacing any of the same name."""
+    """rackscale's variables, then the container's own env without any of the same name: set
+    first, they can be used as `$(NAME)` in the container's env values."""
     ours = {e["name"] for e in env}
     kept = [e for e in container.get("env") or [] if e.get("name") not in ours]
-    return {**container, "env": kept + env}
+    return {**container, "env": env + kept}
+
+
+def _with_defaults(
+    container: dict[str, Any], defaults: Sequence[tuple[str, str]]
+) -> dict[str, Any]:
+    """Variables added unless the container's env already names them: its own value wins."""
+    env = list(container.get("env") or [])
+    have = {e.get("name") for e in env}
+    env += [{"name": name, "value": value} for name, value in defaults if name not in have]
+    return {**container, "env": env}
+
+
+def _without_probes(container: dict[str, Any]) -> dict[str, Any]:
+    """A worker rendered from the leader's template: its probes check the leader's server."""
+    return {k: v for k, v in container.items() if k not in _PROBES}
 
 
 def _containers(

@@ -66,24 +66,10 @@ def is_gpu_pod(body: Mapping[str, Any]) -> bool:
 
 def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     """What placement, status and lifecycle need of a Pod."""
-    meta = body.get("metadata") or {}
     spec = body.get("spec") or {}
     status = body.get("status") or {}
     return {
-        "metadata": {
-            k: meta.get(k)
-            for k in (
-                "name",
-                "namespace",
-                "uid",
-                "labels",
-                "annotations",
-                "creationTimestamp",
-                "deletionTimestamp",
-                "ownerReferences",
-            )
-            if meta.get(k) is not None
-        },
+        "metadata": _slim_meta(body),
         "spec": {
             "nodeName": spec.get("nodeName"),
             "affinity": spec.get("affinity"),
@@ -100,23 +86,28 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _slim_meta(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The metadata the operator reads of the objects it owns: identity, labels, owners, age."""
+    meta = body.get("metadata") or {}
+    return {k: meta[k] for k in _META if meta.get(k) is not None}
+
+
+_META = (
+    "name",
+    "namespace",
+    "uid",
+    "labels",
+    "annotations",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "ownerReferences",
+)
+
+
 def slim_compute_domain(body: Mapping[str, Any]) -> dict[str, Any]:
     """What the operator needs of a ComputeDomain: whose it is, and whether it is Ready."""
-    meta = body.get("metadata") or {}
     return {
-        "metadata": {
-            k: meta.get(k)
-            for k in (
-                "name",
-                "namespace",
-                "uid",
-                "labels",
-                "creationTimestamp",
-                "deletionTimestamp",
-                "ownerReferences",
-            )
-            if meta.get(k) is not None
-        },
+        "metadata": _slim_meta(body),
         "status": {"status": ((body.get("status") or {}).get("status"))},
     }
 

@@ -17,6 +17,10 @@ HGX_RACK = "rackscale.dev/rack"
 POOL_TAINT = "rackscale.dev/pool"
 MAINTENANCE = "maintenance"
 GPU = "nvidia.com/gpu"
+GPU_MEMORY = "nvidia.com/gpu.memory"
+# MiB per GPU as GPU Feature Discovery labels it: none (unknown), A100 40 GB, H100 80 GB, GB200.
+MEMORIES = [None, None, 40960, 81559, 189471]
+PRECISIONS = ["fp4", "nvfp4", "fp6", "fp8", "int4", "int8", "bf16", "fp16", "fp32"]
 # Deployments live in the first two; foreign pods also in a third, so tenancy has rivals.
 NAMESPACES = ("llm", "batch")
 FOREIGN_NAMESPACES = ("llm", "batch", "other")
@@ -136,6 +140,9 @@ def clusters(
         trays = draw(st.integers(2, max_trays))
         gpus = draw(st.sampled_from([4, 8, 2]))
         labels = {PRODUCT: GB200}
+        memory = draw(st.sampled_from(MEMORIES))
+        if memory:
+            labels[GPU_MEMORY] = str(memory)
         if blocks and draw(st.integers(0, 5)) == 5:  # a rack not yet given its block label
             labels[CLIQUE] = f"u{r}"
         elif blocks:  # racks are numbered inside each block: r0 of b0 and r0 of b1 are two racks
@@ -153,12 +160,14 @@ def clusters(
     }
     if blocks:
         spec["blockLabel"] = BLOCK
+    if draw(st.integers(0, 5)) == 5:  # the pool says, whatever the labels say
+        spec["gpuMemoryMiB"] = draw(st.sampled_from(MEMORIES[2:]))
     pools = [_pool("gb200", GB200, spec)]
 
     hgx = draw(st.integers(0, 3))
     for i in range(hgx):
         name = f"hgx-{i}"
-        labels = {PRODUCT: H200, HGX_RACK: f"h{i % 2}"}
+        labels = {PRODUCT: H200, HGX_RACK: f"h{i % 2}", GPU_MEMORY: "143771"}
         nodes.append(node(name, 8, labels, **draw(health("hgx"))))
         pods.extend(draw(foreign_pods(name, 8)))
     if hgx:
@@ -218,6 +227,15 @@ def deployments(
     }
     if per_pod:
         spec["gpusPerPod"] = per_pod
+    if draw(st.integers(0, 2)) == 2:  # a model of known size: it must fit the GPUs' memory
+        model: dict[str, Any] = {
+            "name": "model",
+            "parametersBillions": draw(st.sampled_from([1, 8, 70, 405, 671, 1000])),
+            "precision": draw(st.sampled_from(PRECISIONS)),
+        }
+        if kv := draw(st.sampled_from([None, 0, 40, 250.5])):
+            model["kvCacheGiB"] = kv
+        spec["model"] = model
     tolerations = draw(st.sampled_from(TOLERATIONS))
     if tolerations:
         spec["template"] = {

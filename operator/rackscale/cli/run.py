@@ -9,6 +9,8 @@ import os
 import sys
 from typing import Any
 
+from rackscale.api.pricing import Price, parse_price
+
 HANDLERS = "rackscale.controller.handlers"
 
 
@@ -60,6 +62,14 @@ def register(commands: Any) -> None:
         "(default %(default)s)",
     )
     cmd.add_argument(
+        "--device-plugin-gpu-hour",
+        type=_price,
+        default=os.environ.get("RACKSCALE_DEVICE_PLUGIN_GPU_HOUR") or None,
+        metavar="PRICE",
+        help="price of one GPU-hour on ordinary nodes, e.g. 2.10 or '2.10 USD': device-plugin "
+        "replicas count in a deployment's status.costPerHour (default: they are left out)",
+    )
+    cmd.add_argument(
         "--resync",
         type=float,
         default=float(os.environ.get("RACKSCALE_RESYNC", "10")),
@@ -74,6 +84,13 @@ def register(commands: Any) -> None:
     )
     cmd.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     cmd.set_defaults(handler=run)
+
+
+def _price(text: str) -> Price:
+    try:
+        return parse_price(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,7 +119,11 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         logging.getLogger("kubernetes").setLevel(logging.WARNING)
     importlib.import_module(HANDLERS)  # registers the handlers with kopf
-    options = Options(unschedulable_timeout=args.unschedulable_timeout, resync=args.resync)
+    options = Options(
+        unschedulable_timeout=args.unschedulable_timeout,
+        resync=args.resync,
+        ordinary_price=args.device_plugin_gpu_hour,
+    )
     liveness = None if args.liveness in ("", "none") else args.liveness
     kopf.run(
         standalone=True,

@@ -15,6 +15,10 @@ _PHRASES = {
         "is in use (an exclusive replica takes whole free racks)",
         "are in use (an exclusive replica takes whole free racks)",
     ),
+    "memory": (
+        "has GPUs with too little memory for it",
+        "have GPUs with too little memory for it",
+    ),
     "tenant": ("holds pods of namespace", "hold pods of namespace"),
     "held": ("is held exclusively by", "are held exclusively by"),
     "kept": ("is kept for", "are kept for"),
@@ -33,7 +37,7 @@ def summarize(problems: list[Problem]) -> str:
     """`2 racks have too few free (8, 16), 1 is Degraded, 1 is held exclusively by llm/kimi`."""
     grouped: dict[tuple[str, str], list[str]] = defaultdict(list)
     for p in problems:
-        label = "" if p.cause in ("too-few", "split", "degraded") else p.detail
+        label = "" if p.cause in ("too-few", "split", "degraded", "memory") else p.detail
         grouped[(p.cause, label)].append(p.detail)
     order = list(_PHRASES)
     parts: list[str] = []
@@ -46,7 +50,7 @@ def summarize(problems: list[Problem]) -> str:
         text = " ".join(x for x in (str(n), noun, verb) if x)
         if label:
             text += f" {label}"
-        elif cause in ("too-few", "split"):
+        elif cause in ("too-few", "split", "memory"):
             text += (
                 " ("
                 + ", ".join(sorted(details, key=_number)[:8])

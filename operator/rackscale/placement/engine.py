@@ -400,9 +400,12 @@ def _memory_filter(request: _Request) -> None:
         return
     pool = request.pool
     sizes = ", ".join(f"{_gib(mib)} GiB" for mib in sorted(m for m in nodes if m is not None))
+    racks = len(pool.racks)
+    where = f"all {racks} racks ({small} nodes)" if racks > 1 else f"its one rack ({small} nodes)"
     raise NoRoom(
-        f"{_need_text(need)}: all {len(pool.racks)} racks ({small} nodes) of RackPool "
-        f"{pool.name} have GPUs with too little memory ({sizes}); {_what_fits(request, need)}"
+        f"{_need_text(need)}: {where} of RackPool {pool.name} "
+        f"{'have' if racks > 1 else 'has'} GPUs with too little memory ({sizes}); "
+        f"{_what_fits(request, need)}"
     )
 
 

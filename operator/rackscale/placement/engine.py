@@ -623,9 +623,39 @@ def _best_racks(request: _Request) -> list[tuple[Rack, int]]:
     shape = request.shape
     per_unit = shape.unit_gpus // request.slot
     by_block = request.deployment.spec.placement.replica_scope == "Block"
+    # Whole stages need racks with room for one: when those alone give a whole-stage split on
+    # as few racks as any split can use, no finer cut can do better, and far fewer racks are
+    # looked at.
+    fewest = _fewest_possible(request)
+    if fewest is not None and shape.part_gpus > shape.unit_gpus:
+        found = _best_split(request, shape.part_gpus, per_unit, by_block)
+        if found is not None and found[0][0] == fewest and found[0][1] < 2:
+            return found[1]
+    found = _best_split(request, shape.unit_gpus, per_unit, by_block)
+    if found is None:
+        raise NoRoom(_why_no_racks(request, per_unit, by_block) if request.explain else "")
+    return found[1]
+
+
+def _fewest_possible(request: _Request) -> int | None:
+    """The fewest racks any split can use: the replica over the most free GPUs of one rack
+    (None when the free-GPU index does not tell)."""
+    if request.slow or request.only is not None:
+        return None
+    index = request.pool.empty_by_free if request.exclusive else request.pool.by_free
+    if not index:
+        return None
+    most = index[-1][0]
+    return -(-request.shape.gpus // most) if most else None
+
+
+def _best_split(
+    request: _Request, min_free: int, per_unit: int, by_block: bool
+) -> tuple[tuple[int, int, int, str], list[tuple[Rack, int]]] | None:
+    """The best split over racks with at least `min_free` free GPUs: (rank, shares)."""
     groups: dict[str | None, list[tuple[Rack, int]]] = {}
     # Only racks with room for one unit can help: the free-GPU index yields just those.
-    for rack in _candidates(request, shape.unit_gpus):
+    for rack in _candidates(request, min_free):
         if (by_block and rack.block is None) or _barrier(request, rack) is not None:
             continue  # nothing is known of the spine between racks without a block label
         units = _slots(request, rack) // per_unit
@@ -633,16 +663,14 @@ def _best_racks(request: _Request) -> list[tuple[Rack, int]]:
             groups.setdefault(rack.block if by_block else None, []).append((rack, units))
     best: tuple[tuple[int, int, int, str], list[tuple[Rack, int]]] | None = None
     for block, capacity in groups.items():
-        found = _split(request, capacity)
+        found = _split(request, capacity, best[0][0] if best else None)
         if found:
             kind, chosen = found
             free = sum(_free(request, r) for r, _ in chosen)
             rank = (len(chosen), kind, free, block or "")
             if best is None or rank < best[0]:
                 best = (rank, chosen)
-    if best is None:
-        raise NoRoom(_why_no_racks(request, per_unit, by_block) if request.explain else "")
-    return best[1]
+    return best
 
 
 def _why_no_racks(request: _Request, per_unit: int, by_block: bool) -> str:
@@ -679,15 +707,26 @@ def _why_no_racks(request: _Request, per_unit: int, by_block: bool) -> str:
 
 
 def _split(
-    request: _Request, capacity: list[tuple[Rack, int]]
+    request: _Request, capacity: list[tuple[Rack, int]], most: int | None = None
 ) -> tuple[int, list[tuple[Rack, int]]] | None:
     """The fewest racks of `capacity` (rack, free units, in best-fit order) that hold the
-    replica, and the slots each takes, in rack-name order; None if they cannot.
+    replica, and the slots each takes, in rack-name order; None if they cannot (or need more
+    than `most` racks).
 
     With that many racks, the first that works of: whole pipeline stages shared evenly (kind
     0), whole stages shared as evenly as the racks allow (1), any cut between units shared as
     evenly as the racks allow (2)."""
     shape = request.shape
+    units = [u for _, u in capacity]
+    if sum(units) < shape.units:
+        return None
+    units.sort(reverse=True)
+    count, room = 0, 0
+    while room < shape.units:
+        room += units[count]
+        count += 1
+    if most is not None and count > most:
+        return None
     own = request.key
     # `capacity` comes in best-fit order already; Spread moves racks holding this deployment last.
     order = capacity
@@ -695,20 +734,11 @@ def _split(
         order = [c for c in capacity if not c[0].deployments.get(own)] + [
             c for c in capacity if c[0].deployments.get(own)
         ]
-    largest = sorted((u for _, u in order), reverse=True)
-    count, room = 0, 0
-    while room < shape.units and count < len(largest):
-        room += largest[count]
-        count += 1
-    if room < shape.units:
-        return None
     per_unit = shape.unit_gpus // request.slot
     stage_units = shape.part_gpus // shape.unit_gpus
     stages = [(r, u // stage_units) for r, u in order if u >= stage_units]
-    for kind, chosen in enumerate(
-        (_even(stages, shape.parts, count), _fill(stages, shape.parts, count))
-    ):
-        if chosen:
+    for kind, choose in enumerate((_even, _fill)):
+        if chosen := choose(stages, shape.parts, count):
             return kind, [(r, n * stage_units * per_unit) for r, n in chosen]
     chosen = _fill(order, shape.units, count)
     assert chosen is not None, "the largest racks hold it, so a fill exists"

@@ -161,3 +161,13 @@ def test_plan_prints_cost_per_deployment_and_the_total(
     costs = [(p["costPerHour"], p["currency"]) for p in result["placements"]]
     assert costs == [("204.80", "USD"), ("8.40", "USD")]  # 64 x 3.20; 4 x 2.10
     assert result["totalCostPerHour"] == {"USD": "213.20"}
+
+
+def test_the_ordinary_node_price_comes_from_the_flag_or_the_environment() -> None:
+    from rackscale.controller.reconcile import Options
+
+    options = Options.from_env({"RACKSCALE_DEVICE_PLUGIN_GPU_HOUR": "2.10 EUR"})
+    assert options.ordinary_price == Price(Decimal("2.10"), "EUR")
+    assert Options.from_env({}).ordinary_price is None
+    with pytest.raises(SystemExit):  # argparse names the flag and the problem
+        cli(["run", "--device-plugin-gpu-hour", "cheap"])

@@ -199,17 +199,25 @@ def deployments(
 ) -> InferenceDeployment:
     """One InferenceDeployment that passes validation, aimed at one of `pools` (or none).
 
-    `spanning`: pipeline stages and a Block or Any scope, so the replica may span racks.
+    `spanning`: a Block or Any scope in a pool, pipeline stages or data-parallel groups inside a
+    stage, and mostly small TP/EP groups and pods, so the replica may span racks and be cut
+    between or inside its stages.
     """
     tensor = draw(st.sampled_from([2, 4] if spanning else [1, 2, 4, 8]))
-    # Stages are what lets a replica span racks.
-    pipeline = draw(st.sampled_from([2, 3, 4] if spanning else [1, 2, 2, 3, 4]))
-    data = draw(st.sampled_from([1, 2]))
+    # Stages, or data-parallel groups inside a stage, let a replica span racks.
+    pipeline = draw(st.sampled_from([1, 2, 3, 4] if spanning else [1, 2, 2, 3, 4]))
+    data = draw(st.sampled_from([1, 2, 4] if spanning else [1, 2]))
     gpus = tensor * pipeline * data
-    expert = draw(st.sampled_from(_divisors(gpus, gpus)))
-    per_pod = draw(st.none() | st.sampled_from(_divisors(gpus, 8)))
+    if spanning and draw(st.integers(0, 3)):  # mostly groups no larger than a TP group or two
+        expert = draw(st.sampled_from(_divisors(gpus, 2 * tensor)))
+        per_pod = draw(st.none() | st.sampled_from(_divisors(tensor, 4)))
+    else:
+        expert = draw(st.sampled_from(_divisors(gpus, gpus)))
+        per_pod = draw(st.none() | st.sampled_from(_divisors(gpus, 8)))
     # Mostly a pool; sometimes none at all (device-plugin mode from the start).
     pool = draw(st.sampled_from(pools)) if pools and draw(st.integers(0, 7)) else None
+    if spanning and pools:
+        pool = pools[0]
     placement: dict[str, Any] = {
         "replicaScope": draw(
             st.sampled_from(["Block", "Any"] if spanning else ["Rack", "Node", "Block", "Any"])
@@ -260,3 +268,54 @@ def workloads(
     names = tuple(p.name for p in cluster.pools)
     count = draw(st.integers(1, max_deployments))
     return cluster, [draw(deployments(names, i, spanning)) for i in range(count)]
+
+
+@st.composite
+def split_workloads(draw: st.DrawFn) -> tuple[Cluster, list[InferenceDeployment]]:
+    """Healthy small racks, partly used, and replicas larger than a rack whose TP and EP groups
+    are small: most must span racks, many cut inside a pipeline stage."""
+    nodes: list[dict[str, Any]] = []
+    pods: list[dict[str, Any]] = []
+    blocks = draw(st.integers(0, 2))
+    for r in range(draw(st.integers(2, 6))):
+        gpus = draw(st.sampled_from([2, 4]))
+        labels = {PRODUCT: GB200}
+        if blocks:
+            labels[BLOCK], labels[CLIQUE] = f"b{r % blocks}", f"r{r // blocks}"
+        else:
+            labels[CLIQUE] = f"r{r}"
+        for t in range(draw(st.integers(1, 4))):
+            name = f"gb-{r}-{t}"
+            nodes.append(node(name, gpus, labels))
+            if used := draw(st.integers(0, gpus)) * (draw(st.integers(0, 2)) == 2):
+                pods.append(pod(f"{name}-foreign", name, used))
+    spec: dict[str, Any] = {"gpusPerRack": 16}
+    if blocks:
+        spec["blockLabel"] = BLOCK
+    cluster = Cluster(tuple(nodes), tuple(pods), (_pool("gb200", GB200, spec),))
+    deps = []
+    for i in range(draw(st.integers(1, 3))):
+        tensor = draw(st.sampled_from([1, 2, 4]))
+        pipeline = draw(st.sampled_from([1, 2, 3]))
+        data = draw(st.sampled_from([1, 2, 3, 4]))
+        gpus = tensor * pipeline * data
+        spec = {
+            "replicas": draw(st.integers(1, 2)),
+            "parallelism": {
+                "tensor": tensor,
+                "pipeline": pipeline,
+                "data": data,
+                "expert": draw(st.sampled_from(_divisors(gpus, 2 * tensor))),
+            },
+            "placement": {
+                "rackPool": "gb200",
+                "replicaScope": draw(st.sampled_from(["Any", "Block"] if blocks else ["Any"])),
+                "spread": draw(st.sampled_from(["Spread", "Pack"])),
+                "fallback": "Never",
+            },
+        }
+        if per_pod := draw(st.none() | st.sampled_from(_divisors(tensor, 2))):
+            spec["gpusPerPod"] = per_pod
+        meta = {"name": f"dep-{i}", "namespace": "llm"}
+        deps.append(InferenceDeployment.model_validate({"metadata": meta, "spec": spec}))
+    return cluster, deps

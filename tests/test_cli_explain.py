@@ -181,7 +181,7 @@ def test_explain_shows_memory_needed_against_its_gpus_and_the_cost() -> None:
     text = explain(Cluster(deployment=deployment, nodes=nvl72(1), pools=[POOL]))
     # 405e9 bytes = 377.2 GiB of weights; 2 GiB x 8 of overhead; 8 x 185 GiB of GPUs.
     assert (
-        "  memory: 394 GiB per replica (377 GiB of weights at fp8, 0 GiB KV cache, 16 GiB runtime "
-        "overhead); its GPUs have: replica 0 1480 GiB"
+        "  memory: 394 GiB per replica (377 GiB of weights at fp8, 16 GiB runtime overhead); "
+        "its GPUs have: replica 0 1480 GiB"
     ) in text
     assert "  cost: 25.60 USD/h" in text

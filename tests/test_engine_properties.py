@@ -6,7 +6,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from fractions import Fraction
-from itertools import combinations
+from itertools import combinations, pairwise
 from math import ceil, gcd, lcm
 from typing import Any
 
@@ -34,6 +34,7 @@ from tests.strategies import (
     POOL_TAINT,
     Cluster,
     pod,
+    split_workloads,
     workloads,
 )
 
@@ -459,6 +460,10 @@ def check_decision(world: World, dep: InferenceDeployment, decision: Decision) -
         _slot, unit, part = world.shape(dep, pods[0].gpus)
         share = Counter(world.rack_of[str(p.node)] for p in pods for _ in range(p.gpus))
         assert all(s % unit == 0 for s in share.values()), f"shares {share}, unit {unit}"
+        # Each rack holds one run of consecutive ranks.
+        rank_racks = [world.rack_of[str(p.node)] for p in pods for _ in range(p.gpus)]
+        runs = 1 + sum(a != b for a, b in pairwise(rank_racks))
+        assert runs == len(racks), f"ranks leave and re-enter racks: {rank_racks}"
         if world.whole_stages_fit(dep, pods[0].gpus, len(racks)):
             assert all(s % part == 0 for s in share.values()), f"shares {share}, stages {part}"
 
@@ -627,6 +632,19 @@ def test_replicas_that_span_racks_keep_the_guarantees(
     workload: tuple[Cluster, list[InferenceDeployment]],
 ) -> None:
     """Guarantee 12 in depth: replicas with stages on small racks, most of which must span."""
+    cluster, deployments = workload
+    plans = place(build_snapshot(cluster.nodes, cluster.pods, cluster.pools), deployments)
+    check_plans(cluster, deployments, plans)
+
+
+@settings(SETTINGS, max_examples=150)
+@given(split_workloads())
+def test_replicas_cut_inside_their_stages_keep_the_guarantees(
+    workload: tuple[Cluster, list[InferenceDeployment]],
+) -> None:
+    """Guarantee 12 for cuts between whole TP/EP groups: replicas larger than a rack with small
+    groups, on partly used racks. Fewest racks by brute force, shares of whole units, whole
+    stages whenever as few racks hold them, ranks in contract order, nothing else broken."""
     cluster, deployments = workload
     plans = place(build_snapshot(cluster.nodes, cluster.pods, cluster.pools), deployments)
     check_plans(cluster, deployments, plans)

@@ -269,11 +269,13 @@ def _memory_and_cost(deployment: InferenceDeployment, status: Mapping[str, Any])
             for p in status.get("placements") or []
             if p.get("gpuMemoryMiB") is not None
         ]
+        parts = [f"{need.weights_mib // 1024} GiB of weights at {need.precision}"]
+        if need.kv_cache_mib:
+            parts.append(f"{need.kv_cache_mib // 1024} GiB KV cache")
+        parts.append(f"{need.overhead_mib // 1024} GiB runtime overhead")
         lines.append(
-            f"  memory: {-(-need.total_mib // 1024)} GiB per replica ({need.weights_mib // 1024} "
-            f"GiB of weights at {need.precision}, {need.kv_cache_mib // 1024} GiB KV cache, "
-            f"{need.overhead_mib // 1024} GiB runtime overhead); its GPUs have: "
-            + (", ".join(have) or "not known yet")
+            f"  memory: {-(-need.total_mib // 1024)} GiB per replica ({', '.join(parts)}); "
+            "its GPUs have: " + (", ".join(have) or "not known yet")
         )
     if status.get("costPerHour") is not None:
         lines.append(f"  cost: {status['costPerHour']} {status.get('currency', '')}/h")

@@ -7,9 +7,11 @@ every pod's node against the placement guarantees.
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -468,3 +470,44 @@ def test_a_lost_node_moves_its_replica_to_another_rack(
     ready(kube, llm, "n", 1)
     assert "ReplicaRestarting" in events(kube, llm, "n")
     check_guarantees(kube)
+
+
+@pytest.mark.usefixtures("operator")
+def test_cost_and_memory_show_in_status_and_in_kubectl_wide(
+    kube: client.ApiClient, pool: str, llm: str, kubectl: list[str]
+) -> None:
+    objects = client.CustomObjectsApi(kube)
+    price = {"spec": {"pricing": {"perGpuHour": "3.20", "currency": "USD"}}}
+    objects.patch_cluster_custom_object(GROUP, VERSION, "rackpools", pool, price)
+    body = inference_deployment("priced", pool, replicas=1, tensor=8, fallback="Never")
+    body["spec"]["model"] = {"name": "llama-405b", "parametersBillions": 405, "precision": "fp8"}
+    apply(kube, llm, body)
+    status = ready(kube, llm, "priced", 1)["status"]
+    # By hand: 8 GPUs x 3.20 = 25.60 an hour; 405e9 bytes = 386,239 MiB (rounded up) + 2 GiB x 8.
+    assert (status["costPerHour"], status["currency"]) == ("25.60", "USD")
+    assert status["memoryNeededMiB"] == 386239 + 8 * 2048
+    assert status["placements"][0]["gpuMemoryMiB"] == 8 * 189471  # the profile's GB200 label
+
+    wide = subprocess.run(
+        [*kubectl, "get", "idep", "-n", llm, "-o", "wide"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert wide[0].split()[-2:] == ["COST/H", "CURRENCY"]
+    assert wide[1].split()[-2:] == ["25.60", "USD"]
+    short = subprocess.run(
+        [*kubectl, "get", "idep", "-n", llm], capture_output=True, text=True, check=True
+    ).stdout
+    assert "COST/H" not in short
+
+    def priced() -> dict[str, Any] | None:
+        pool_status = objects.get_cluster_custom_object(GROUP, VERSION, "rackpools", pool)
+        found = (pool_status.get("status") or {}).get("cost")
+        return pool_status["status"] if found else None
+
+    pool_status = eventually(priced, f"RackPool {pool} to show its idle cost")
+    cost, gpus = pool_status["cost"], pool_status["gpus"]
+    assert Decimal(cost["idlePerHour"]) == Decimal("3.20") * gpus["free"]
+    assert Decimal(cost["fragmentedPerHour"]) == Decimal("3.20") * pool_status["fragmentedGpus"]
+    assert pool_status["fragmentedGpus"] == 72 - 8  # the one rack in use keeps 64 free

@@ -17,6 +17,10 @@ HGX_RACK = "rackscale.dev/rack"
 POOL_TAINT = "rackscale.dev/pool"
 MAINTENANCE = "maintenance"
 GPU = "nvidia.com/gpu"
+GPU_MEMORY = "nvidia.com/gpu.memory"
+# MiB per GPU as GPU Feature Discovery labels it: none (unknown), A100 40 GB, H100 80 GB, GB200.
+MEMORIES = [None, None, 40960, 81559, 189471]
+PRECISIONS = ["fp4", "nvfp4", "fp6", "fp8", "int4", "int8", "bf16", "fp16", "fp32"]
 # Deployments live in the first two; foreign pods also in a third, so tenancy has rivals.
 NAMESPACES = ("llm", "batch")
 FOREIGN_NAMESPACES = ("llm", "batch", "other")
@@ -136,6 +140,9 @@ def clusters(
         trays = draw(st.integers(2, max_trays))
         gpus = draw(st.sampled_from([4, 8, 2]))
         labels = {PRODUCT: GB200}
+        memory = draw(st.sampled_from(MEMORIES))
+        if memory:
+            labels[GPU_MEMORY] = str(memory)
         if blocks and draw(st.integers(0, 5)) == 5:  # a rack not yet given its block label
             labels[CLIQUE] = f"u{r}"
         elif blocks:  # racks are numbered inside each block: r0 of b0 and r0 of b1 are two racks
@@ -153,12 +160,14 @@ def clusters(
     }
     if blocks:
         spec["blockLabel"] = BLOCK
+    if draw(st.integers(0, 5)) == 5:  # the pool says, whatever the labels say
+        spec["gpuMemoryMiB"] = draw(st.sampled_from(MEMORIES[2:]))
     pools = [_pool("gb200", GB200, spec)]
 
     hgx = draw(st.integers(0, 3))
     for i in range(hgx):
         name = f"hgx-{i}"
-        labels = {PRODUCT: H200, HGX_RACK: f"h{i % 2}"}
+        labels = {PRODUCT: H200, HGX_RACK: f"h{i % 2}", GPU_MEMORY: "143771"}
         nodes.append(node(name, 8, labels, **draw(health("hgx"))))
         pods.extend(draw(foreign_pods(name, 8)))
     if hgx:
@@ -190,17 +199,25 @@ def deployments(
 ) -> InferenceDeployment:
     """One InferenceDeployment that passes validation, aimed at one of `pools` (or none).
 
-    `spanning`: pipeline stages and a Block or Any scope, so the replica may span racks.
+    `spanning`: a Block or Any scope in a pool, pipeline stages or data-parallel groups inside a
+    stage, and mostly small TP/EP groups and pods, so the replica may span racks and be cut
+    between or inside its stages.
     """
     tensor = draw(st.sampled_from([2, 4] if spanning else [1, 2, 4, 8]))
-    # Stages are what lets a replica span racks.
-    pipeline = draw(st.sampled_from([2, 3, 4] if spanning else [1, 2, 2, 3, 4]))
-    data = draw(st.sampled_from([1, 2]))
+    # Stages, or data-parallel groups inside a stage, let a replica span racks.
+    pipeline = draw(st.sampled_from([1, 2, 3, 4] if spanning else [1, 2, 2, 3, 4]))
+    data = draw(st.sampled_from([1, 2, 4] if spanning else [1, 2]))
     gpus = tensor * pipeline * data
-    expert = draw(st.sampled_from(_divisors(gpus, gpus)))
-    per_pod = draw(st.none() | st.sampled_from(_divisors(gpus, 8)))
+    if spanning and draw(st.integers(0, 3)):  # mostly groups no larger than a TP group or two
+        expert = draw(st.sampled_from(_divisors(gpus, 2 * tensor)))
+        per_pod = draw(st.none() | st.sampled_from(_divisors(tensor, 4)))
+    else:
+        expert = draw(st.sampled_from(_divisors(gpus, gpus)))
+        per_pod = draw(st.none() | st.sampled_from(_divisors(gpus, 8)))
     # Mostly a pool; sometimes none at all (device-plugin mode from the start).
     pool = draw(st.sampled_from(pools)) if pools and draw(st.integers(0, 7)) else None
+    if spanning and pools:
+        pool = pools[0]
     placement: dict[str, Any] = {
         "replicaScope": draw(
             st.sampled_from(["Block", "Any"] if spanning else ["Rack", "Node", "Block", "Any"])
@@ -218,6 +235,15 @@ def deployments(
     }
     if per_pod:
         spec["gpusPerPod"] = per_pod
+    if draw(st.integers(0, 2)) == 2:  # a model of known size: it must fit the GPUs' memory
+        model: dict[str, Any] = {
+            "name": "model",
+            "parametersBillions": draw(st.sampled_from([1, 8, 70, 405, 671, 1000])),
+            "precision": draw(st.sampled_from(PRECISIONS)),
+        }
+        if kv := draw(st.sampled_from([None, 0, 40, 250.5])):
+            model["kvCacheGiB"] = kv
+        spec["model"] = model
     tolerations = draw(st.sampled_from(TOLERATIONS))
     if tolerations:
         spec["template"] = {
@@ -242,3 +268,54 @@ def workloads(
     names = tuple(p.name for p in cluster.pools)
     count = draw(st.integers(1, max_deployments))
     return cluster, [draw(deployments(names, i, spanning)) for i in range(count)]
+
+
+@st.composite
+def split_workloads(draw: st.DrawFn) -> tuple[Cluster, list[InferenceDeployment]]:
+    """Healthy small racks, partly used, and replicas larger than a rack whose TP and EP groups
+    are small: most must span racks, many cut inside a pipeline stage."""
+    nodes: list[dict[str, Any]] = []
+    pods: list[dict[str, Any]] = []
+    blocks = draw(st.integers(0, 2))
+    for r in range(draw(st.integers(2, 6))):
+        gpus = draw(st.sampled_from([2, 4]))
+        labels = {PRODUCT: GB200}
+        if blocks:
+            labels[BLOCK], labels[CLIQUE] = f"b{r % blocks}", f"r{r // blocks}"
+        else:
+            labels[CLIQUE] = f"r{r}"
+        for t in range(draw(st.integers(1, 4))):
+            name = f"gb-{r}-{t}"
+            nodes.append(node(name, gpus, labels))
+            if used := draw(st.integers(0, gpus)) * (draw(st.integers(0, 2)) == 2):
+                pods.append(pod(f"{name}-foreign", name, used))
+    spec: dict[str, Any] = {"gpusPerRack": 16}
+    if blocks:
+        spec["blockLabel"] = BLOCK
+    cluster = Cluster(tuple(nodes), tuple(pods), (_pool("gb200", GB200, spec),))
+    deps = []
+    for i in range(draw(st.integers(1, 3))):
+        tensor = draw(st.sampled_from([1, 2, 4]))
+        pipeline = draw(st.sampled_from([1, 2, 3]))
+        data = draw(st.sampled_from([1, 2, 3, 4]))
+        gpus = tensor * pipeline * data
+        spec = {
+            "replicas": draw(st.integers(1, 2)),
+            "parallelism": {
+                "tensor": tensor,
+                "pipeline": pipeline,
+                "data": data,
+                "expert": draw(st.sampled_from(_divisors(gpus, 2 * tensor))),
+            },
+            "placement": {
+                "rackPool": "gb200",
+                "replicaScope": draw(st.sampled_from(["Any", "Block"] if blocks else ["Any"])),
+                "spread": draw(st.sampled_from(["Spread", "Pack"])),
+                "fallback": "Never",
+            },
+        }
+        if per_pod := draw(st.none() | st.sampled_from(_divisors(tensor, 2))):
+            spec["gpusPerPod"] = per_pod
+        meta = {"name": f"dep-{i}", "namespace": "llm"}
+        deps.append(InferenceDeployment.model_validate({"metadata": meta, "spec": spec}))
+    return cluster, deps

@@ -167,3 +167,21 @@ def test_the_kubectl_plugin_offers_racks_plan_and_explain(
     with pytest.raises(SystemExit):
         cli.kubectl_plugin(["explain", "--help"])
     assert "-n NAMESPACE" in capsys.readouterr().out
+
+
+def test_explain_shows_memory_needed_against_its_gpus_and_the_cost() -> None:
+    deployment = body("moe", replicas=1, data=1)
+    deployment["spec"]["model"] = {"name": "m", "parametersBillions": 405, "precision": "fp8"}
+    deployment["status"] = {
+        "phase": "Ready",
+        "placements": [{"replica": 0, "mode": "Rack", "gpuMemoryMiB": 8 * 189471}],
+        "costPerHour": "25.60",
+        "currency": "USD",
+    }
+    text = explain(Cluster(deployment=deployment, nodes=nvl72(1), pools=[POOL]))
+    # 405e9 bytes = 377.2 GiB of weights; 2 GiB x 8 of overhead; 8 x 185 GiB of GPUs.
+    assert (
+        "  memory: 394 GiB per replica (377 GiB of weights at fp8, 16 GiB runtime overhead); "
+        "its GPUs have: replica 0 1480 GiB"
+    ) in text
+    assert "  cost: 25.60 USD/h" in text

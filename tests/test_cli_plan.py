@@ -46,7 +46,10 @@ def test_json_output_is_the_documented_shape(
     assert code == 0
     result = json.loads(out)
     [placement] = result["placements"]
-    assert set(placement) == {"deployment", "mode", "replicas", "reason"}
+    assert set(placement) == {
+        *("deployment", "mode", "replicas", "reason"),
+        *("memoryNeededMiB", "costPerHour", "currency"),
+    }
     assert (placement["deployment"], placement["mode"], placement["reason"]) == (
         "llm/deepseek-r1",
         "Rack",
@@ -54,7 +57,7 @@ def test_json_output_is_the_documented_shape(
     )
     assert [r["replica"] for r in placement["replicas"]] == [0, 1]
     first = placement["replicas"][0]
-    assert set(first) == {"replica", "mode", "racks", "computeDomain", "pods"}
+    assert set(first) == {"replica", "mode", "racks", "computeDomain", "pods", "gpuMemoryMiB"}
     assert first["mode"] == "Rack"
     assert first["computeDomain"] == "deepseek-r1-0"  # 8 trays of one NVLink domain
     assert len(first["pods"]) == 8
@@ -96,7 +99,8 @@ def test_table_names_modes_racks_and_reasons(
     )
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["DEPLOYMENT", "MODE", "PLACED", "GPUS", "RACKS"]
+    # The examples name their models, so the memory column shows; no pool has a price.
+    assert lines[0].split() == ["DEPLOYMENT", "MODE", "PLACED", "GPUS", "MEMORY", "RACKS"]
     assert lines[1].split()[:4] == ["llm/deepseek-r1", "Rack", "2/2", "64"]
     assert lines[2].split()[:4] == ["llm/llama-405b", "Unplaced", "0/1", "0"]
     assert "8 pods x 4 GPUs, 1 per node: gb200-0000-00 .. gb200-0000-07" in out

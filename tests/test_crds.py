@@ -67,10 +67,20 @@ def test_names_columns_and_subresources() -> None:
     assert (rp["scope"], rp["names"]["shortNames"]) == ("Cluster", ["rp"])
     assert (idep["scope"], idep["names"]["shortNames"]) == ("Namespaced", ["idep"])
     columns = {
-        kind: [c["name"].upper() for c in d["versions"][0]["additionalPrinterColumns"]]
+        kind: [
+            c["name"].upper()
+            for c in d["versions"][0]["additionalPrinterColumns"]
+            if not c.get("priority")
+        ]
         for kind, d in defs.items()
     }
     assert columns["InferenceDeployment"] == ["READY", "GPUS", "MODE", "RACKS", "PHASE", "AGE"]
+    wide = [
+        (c["name"], c["jsonPath"])
+        for c in defs["InferenceDeployment"]["versions"][0]["additionalPrinterColumns"]
+        if c.get("priority") == 1
+    ]  # `kubectl get idep -o wide` adds the cost; the default view stays short
+    assert wide == [("Cost/h", ".status.costPerHour"), ("Currency", ".status.currency")]
     racks = [
         c
         for c in defs["InferenceDeployment"]["versions"][0]["additionalPrinterColumns"]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable
-from itertools import combinations
-from math import gcd, lcm
+from fractions import Fraction
+from itertools import combinations, pairwise
+from math import ceil, gcd, lcm
 from typing import Any
 
 from hypothesis import HealthCheck, example, given, settings
@@ -24,7 +25,18 @@ from rackscale.placement import (
 )
 from rackscale.topology import Snapshot, build_snapshot
 from tests.factory import BLOCK, CLIQUE, PRODUCT, node
-from tests.strategies import GB200, GPU, H200, HGX_RACK, POOL_TAINT, Cluster, pod, workloads
+from tests.strategies import (
+    GB200,
+    GPU,
+    GPU_MEMORY,
+    H200,
+    HGX_RACK,
+    POOL_TAINT,
+    Cluster,
+    pod,
+    split_workloads,
+    workloads,
+)
 
 DEPLOYMENT_LABEL = "rackscale.dev/deployment"
 REPLICA = "rackscale.dev/replica"
@@ -172,13 +184,26 @@ class World:
         return gcd(gpus, common) if common else gpus
 
     def shape(self, dep: InferenceDeployment, pod_gpus: int) -> tuple[int, int, int]:
-        """(slot, part, parts): GPUs that must share a node, GPUs one rack takes as a unit."""
+        """(slot, unit, part): GPUs that must share a node; GPUs no rack boundary may cut (whole
+        TP and EP groups and pods); whole pipeline stages made of units."""
         par = dep.spec.parallelism
         domain = lcm(par.tensor, par.expert, pod_gpus)
         pool = self.pools[dep.spec.placement.rack_pool or ""]
         slot = domain if pool.nvlink_domain == "Node" else pod_gpus
-        part = lcm(par.tensor * par.data, domain)
-        return slot, part, par.gpus // part
+        return slot, domain, lcm(par.tensor * par.data, domain)
+
+    def gpu_memory(self, node_name: str) -> int | None:
+        """MiB per GPU: the pool's gpuMemoryMiB, else the node's nvidia.com/gpu.memory label."""
+        spec = self.pools.get(self.pool_of.get(node_name, ""))
+        if spec is not None and spec.gpu_memory_mib:
+            return spec.gpu_memory_mib
+        label = self.raw[node_name]["metadata"]["labels"].get(GPU_MEMORY)
+        return int(label) if label else None
+
+    def fits_memory(self, dep: InferenceDeployment, node_name: str) -> bool:
+        need = memory_need(dep)
+        mib = self.gpu_memory(node_name)
+        return need is None or mib is None or mib * dep.spec.parallelism.gpus >= need[0]
 
     def eligible(self, dep: InferenceDeployment, rack: str) -> bool:
         """Whether the rack may take any of the replica: not held, right tenant, empty if asked."""
@@ -207,45 +232,75 @@ class World:
             return None
         gpus = dep.spec.parallelism.gpus
         tolerations = (dep.spec.template.get("spec") or {}).get("tolerations") or []
-        slot, _part, parts = self.shape(dep, pod_gpus)
+        slot, unit, _part = self.shape(dep, pod_gpus)
         mine = [r for r in sorted(self.rack_nodes) if self.rack_pool[r] == pool_name]
         racks = [r for r in mine if self.eligible(dep, r) and (only is None or r in only)]
-        usable = {r: [n for n in self.rack_nodes[r] if self.healthy(n, tolerations)] for r in racks}
+        usable = {
+            r: [n for n in self.rack_nodes[r] if self.usable(dep, n, tolerations)] for r in racks
+        }
         if placement.replica_scope == "Node":
             fits = any(self.free(n) >= gpus for r in racks for n in usable[r])
             return 1 if fits else None
         slots = {r: sum(self.free(n) // slot for n in usable[r]) for r in racks}
         if any(s * slot >= gpus for s in slots.values()):
             return 1
-        if placement.replica_scope == "Rack" or parts < 2:
+        units = gpus // unit
+        if placement.replica_scope == "Rack" or units < 2:
             return None
-        per_part = (gpus // parts) // slot
-        capacity = {r: slots[r] // per_part for r in racks}
-        groups: dict[Any, list[str]] = {}
-        for r in racks:
-            key = self.rack_block[r] if placement.replica_scope == "Block" else ""
-            if key is not None:  # a rack without the block label is in no block
-                groups.setdefault(key, []).append(r)
-        for count in range(2, parts + 1):
-            small, larger = divmod(parts, count)
-            for group in groups.values():
+        capacity = {r: slots[r] // (unit // slot) for r in racks}
+        for count in range(2, units + 1):
+            for group in self.groups(dep, racks):
                 for chosen in combinations(group, count):
-                    caps = sorted((capacity[r] for r in chosen), reverse=True)
-                    if all(c >= small + (i < larger) for i, c in enumerate(caps)):
+                    if sum(capacity[r] for r in chosen) >= units:
                         return count
         return None
+
+    def groups(self, dep: InferenceDeployment, racks: list[str]) -> list[list[str]]:
+        """The sets of racks a multi-rack replica may combine: one block, or the whole pool."""
+        groups: dict[Any, list[str]] = {}
+        for r in racks:
+            key = self.rack_block[r] if dep.spec.placement.replica_scope == "Block" else ""
+            if key is not None:  # a rack without the block label is in no block
+                groups.setdefault(key, []).append(r)
+        return list(groups.values())
+
+    def whole_stages_fit(self, dep: InferenceDeployment, pod_gpus: int, count: int) -> bool:
+        """Whether `count` racks of one group can hold the replica as whole pipeline stages."""
+        gpus = dep.spec.parallelism.gpus
+        tolerations = (dep.spec.template.get("spec") or {}).get("tolerations") or []
+        slot, _unit, part = self.shape(dep, pod_gpus)
+        racks = [
+            r
+            for r in sorted(self.rack_nodes)
+            if self.rack_pool[r] == dep.spec.placement.rack_pool and self.eligible(dep, r)
+        ]
+        stages = {
+            r: sum(
+                self.free(n) // slot for n in self.rack_nodes[r] if self.usable(dep, n, tolerations)
+            )
+            // (part // slot)
+            for r in racks
+        }
+        return any(
+            sum(stages[r] for r in chosen) >= gpus // part
+            for group in self.groups(dep, racks)
+            for chosen in combinations(group, count)
+        )
+
+    def usable(self, dep: InferenceDeployment, node_name: str, tolerations: list[Any]) -> bool:
+        return self.healthy(node_name, tolerations) and self.fits_memory(dep, node_name)
 
     def best_fit(self, dep: InferenceDeployment, pod_gpus: int) -> int | None:
         """Guarantee 9: the least free GPUs of a rack that can hold the replica alone, among
         those without a replica of the same deployment first when it asks to spread."""
         placement = dep.spec.placement
         gpus = dep.spec.parallelism.gpus
-        slot, _part, _parts = self.shape(dep, pod_gpus)
+        slot, _unit, _part = self.shape(dep, pod_gpus)
         fits = []
         for r in sorted(self.rack_nodes):
             if self.rack_pool[r] != placement.rack_pool or not self.eligible(dep, r):
                 continue
-            usable = [n for n in self.rack_nodes[r] if self.healthy(n, [])]
+            usable = [n for n in self.rack_nodes[r] if self.usable(dep, n, [])]
             if placement.replica_scope == "Node":
                 room = any(self.free(n) >= gpus for n in usable)
             else:
@@ -255,11 +310,11 @@ class World:
         if placement.spread == "Spread":
             fresh = [r for r in fits if not any(o[0] == dep.key for o in self.owners[r])]
             fits = fresh or fits
-        return min((self.rack_free(r) for r in fits), default=None)
+        return min((self.rack_free(r, dep) for r in fits), default=None)
 
-    def rack_free(self, rack: str) -> int:
-        """Free GPUs on the rack's healthy nodes: what best fit compares."""
-        return sum(self.free(n) for n in self.rack_nodes[rack] if self.healthy(n, []))
+    def rack_free(self, rack: str, dep: InferenceDeployment) -> int:
+        """Free GPUs on the rack's healthy nodes large enough for `dep`: what best fit compares."""
+        return sum(self.free(n) for n in self.rack_nodes[rack] if self.usable(dep, n, []))
 
     def apply(self, dep: InferenceDeployment, plan: ReplicaPlan) -> None:
         owner = (dep.key, plan.replica)
@@ -269,6 +324,23 @@ class World:
         if dep.spec.placement.exclusive and plan.mode == "Rack":
             for p in plan.pods:
                 self.held[self.rack_of[str(p.node)]] = owner
+
+
+BYTES = {"fp4": 0.5, "nvfp4": 0.5, "int4": 0.5, "fp6": 0.75, "fp8": 1, "int8": 1}
+BYTES |= {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+def memory_need(dep: InferenceDeployment) -> tuple[int, int] | None:
+    """(MiB the replica needs, MiB each of its GPUs must hold), by hand: weights at the
+    precision's bytes, KV cache, 2 GiB of runtime overhead per GPU."""
+    model = dep.spec.model
+    if model is None or model.parameters_billions is None or model.precision is None:
+        return None
+    gpus = dep.spec.parallelism.gpus
+    weights = Fraction(str(model.parameters_billions)) * 10**9 * Fraction(BYTES[model.precision])
+    total = ceil(weights / 2**20) + ceil(Fraction(str(model.kv_cache_gib or 0)) * 1024)
+    total += 2048 * gpus
+    return total, ceil(Fraction(total, gpus))
 
 
 def _affinity_node(spec: dict[str, Any]) -> str | None:
@@ -377,17 +449,33 @@ def check_decision(world: World, dep: InferenceDeployment, decision: Decision) -
     # Guarantee 9: best fit, after spreading.
     if len(racks) == 1 and not tolerations:
         best = world.best_fit(dep, pods[0].gpus)
-        assert world.rack_free(racks[0]) == best, f"{racks[0]} is not the best fit ({best} free)"
+        assert world.rack_free(racks[0], dep) == best, f"{racks[0]} not the best fit ({best} free)"
 
-    # Guarantee 12: fewest racks, even shares of whole parts.
+    # Guarantee 12: fewest racks, cut only between whole TP/EP groups and pods, whole pipeline
+    # stages per rack whenever as few racks can hold them.
     fewest = world.fewest_racks(dep, pods[0].gpus)
     assert len(racks) == fewest, f"used {len(racks)} racks where {fewest} suffice"
     if len(racks) > 1:
         assert scope in ("Block", "Any")
-        _slot, part, _parts = world.shape(dep, pods[0].gpus)
+        _slot, unit, part = world.shape(dep, pods[0].gpus)
         share = Counter(world.rack_of[str(p.node)] for p in pods for _ in range(p.gpus))
-        assert all(s % part == 0 for s in share.values()), f"shares {share}, part {part}"
-        assert max(share.values()) - min(share.values()) <= part, f"uneven shares {share}"
+        assert all(s % unit == 0 for s in share.values()), f"shares {share}, unit {unit}"
+        # Each rack holds one run of consecutive ranks.
+        rank_racks = [world.rack_of[str(p.node)] for p in pods for _ in range(p.gpus)]
+        runs = 1 + sum(a != b for a, b in pairwise(rank_racks))
+        assert runs == len(racks), f"ranks leave and re-enter racks: {rank_racks}"
+        if world.whole_stages_fit(dep, pods[0].gpus, len(racks)):
+            assert all(s % part == 0 for s in share.values()), f"shares {share}, stages {part}"
+
+    # Guarantee 14: every GPU holds its share of the model, so their sum holds all of it.
+    need = memory_need(dep)
+    if need is not None:
+        memory = [world.gpu_memory(str(p.node)) for p in pods]
+        for p, mib in zip(pods, memory, strict=True):
+            assert mib is None or mib >= need[1], f"{p.node}: {mib} MiB per GPU, needs {need[1]}"
+        if None not in memory:
+            total = sum(p.gpus * int(mib or 0) for p, mib in zip(pods, memory, strict=True))
+            assert total >= need[0], f"{total} MiB of GPU memory for a replica needing {need[0]}"
 
     world.apply(dep, plan)
     # Guarantee 1, counting foreign pods and every plan so far.
@@ -544,6 +632,19 @@ def test_replicas_that_span_racks_keep_the_guarantees(
     workload: tuple[Cluster, list[InferenceDeployment]],
 ) -> None:
     """Guarantee 12 in depth: replicas with stages on small racks, most of which must span."""
+    cluster, deployments = workload
+    plans = place(build_snapshot(cluster.nodes, cluster.pods, cluster.pools), deployments)
+    check_plans(cluster, deployments, plans)
+
+
+@settings(SETTINGS, max_examples=150)
+@given(split_workloads())
+def test_replicas_cut_inside_their_stages_keep_the_guarantees(
+    workload: tuple[Cluster, list[InferenceDeployment]],
+) -> None:
+    """Guarantee 12 for cuts between whole TP/EP groups: replicas larger than a rack with small
+    groups, on partly used racks. Fewest racks by brute force, shares of whole units, whole
+    stages whenever as few racks hold them, ranks in contract order, nothing else broken."""
     cluster, deployments = workload
     plans = place(build_snapshot(cluster.nodes, cluster.pods, cluster.pools), deployments)
     check_plans(cluster, deployments, plans)

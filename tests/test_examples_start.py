@@ -34,11 +34,20 @@ def _documents(name: str) -> list[dict[str, Any]]:
 
 NODES = _documents("cluster.yaml")[0]["items"]
 POOLS = [RackPool.model_validate(d) for d in _documents("rackpool-gb200.yaml")]
-DEPLOYMENTS = sorted(
+ALL_DEPLOYMENTS = sorted(
     p.name
     for p in EXAMPLES.glob("*.yaml")
     if any(d.get("kind") == "InferenceDeployment" for d in _documents(p.name))
 )
+# Examples for `rackscale plan` only: one refused for memory on purpose, one for another
+# vendor's pool (not in cluster.yaml). Every other example must start on the GB200 cluster.
+PLANNING_ONLY = ("llama-405b-tp4.yaml", "llama-405b-trn2.yaml")
+DEPLOYMENTS = [name for name in ALL_DEPLOYMENTS if name not in PLANNING_ONLY]
+
+
+def test_every_example_is_checked_or_named_planning_only() -> None:
+    assert set(PLANNING_ONLY) <= set(ALL_DEPLOYMENTS)
+    assert len(DEPLOYMENTS) >= 4
 
 
 # --- the kubelet: $(VAR) expansion --------------------------------------------------------------

@@ -336,7 +336,8 @@ def test_block_replica_never_leaves_its_block_but_any_may() -> None:
     assert plans[0].mode == "Unplaced"
     assert plans[0].reason is not None
     assert plans[0].reason.startswith(
-        "replica 0: no block holds 128 free GPUs as 16 parts of 8 (whole pipeline stages)"
+        "replica 0: no block holds 128 free GPUs as 16 parts of 8 "
+        "(whole tensor- and expert-parallel groups and pods)"
     )
 
     anywhere = deployment("moe", tensor=8, pipeline=16, gpusPerPod=4, replicaScope="Any")
@@ -353,11 +354,48 @@ def test_racks_numbered_inside_blocks_are_distinct_racks() -> None:
     assert [r.racks for r in plans[0].replicas] == [("b0/r1",), ("b1/r1",)]
 
 
-def test_replica_with_one_stage_never_spans_racks() -> None:
+def test_replica_with_one_stage_spans_racks_between_tensor_groups() -> None:
+    # 128 GPUs, one pipeline stage of 16 TP groups of 8: two racks of 72 hold 8 groups each.
     dep = deployment("wide", tensor=8, data=16, gpusPerPod=4, replicaScope="Any", fallback="Never")
+    replica = only(plan(nvl72(2), [dep]))
+    assert replica.racks == ("clique-0000", "clique-0001")
+    by_rack = Counter(rack_of(str(p.node)) for p in replica.pods for _ in range(p.gpus))
+    assert by_rack == {"clique-0000": 64, "clique-0001": 64}
+    # Rank order is the contract's: every TP group of 8 consecutive ranks sits in one rack.
+    rank_rack = [rack_of(str(p.node)) for p in replica.pods for _ in range(p.gpus)]
+    assert all(len(set(rank_rack[g : g + 8])) == 1 for g in range(0, 128, 8))
+
+
+def test_replica_whose_expert_group_is_the_whole_replica_never_spans_racks() -> None:
+    dep = deployment(
+        "moe", tensor=8, data=16, expert=128, gpusPerPod=4, replicaScope="Any", fallback="Never"
+    )
     plans = plan(nvl72(2), [dep])
     assert plans[0].mode == "Unplaced"
-    assert "the replica has one pipeline stage, so it cannot span racks" in str(plans[0].reason)
+    assert (
+        "its tensor- and expert-parallel groups and pods need 128 GPUs in one NVLink domain, "
+        "so it cannot span racks" in str(plans[0].reason)
+    )
+
+
+def test_whole_stages_per_rack_when_that_costs_no_extra_rack() -> None:
+    # TP 4 x DP 4 x PP 2: stages of 16 GPUs, TP groups of 4. Racks of 20 free take a stage each.
+    nodes = block_nodes({"b0/r0": 5, "b0/r1": 5})
+    dep = deployment("two", tensor=4, data=4, pipeline=2, gpusPerPod=4, replicaScope="Any")
+    replica = only(plan(nodes, [dep], pools=[pool(blockLabel=BLOCK)]))
+    assert shares(replica) == {"b0/r0": 16, "b0/r1": 16}
+
+
+def test_split_inside_a_stage_when_whole_stages_need_an_extra_rack() -> None:
+    # 24 + 12 free: whole stages of 16 would need three racks; cut between TP groups, two do.
+    nodes = block_nodes({"b0/r0": 6, "b0/r1": 3, "b0/r2": 3})
+    dep = deployment("two", tensor=4, data=4, pipeline=2, gpusPerPod=4, replicaScope="Any")
+    replica = only(plan(nodes, [dep], pools=[pool(blockLabel=BLOCK)]))
+    # As even as the racks allow: 12 on the small rack (all it has), 20 on the large one.
+    assert sorted(shares(replica).values()) == [12, 20]
+    assert shares(replica)["b0/r0"] == 20
+    rank_rack = [str(p.node)[:5] for p in replica.pods for _ in range(p.gpus)]
+    assert all(len(set(rank_rack[g : g + 4])) == 1 for g in range(0, 32, 4))
 
 
 # Spread and Pack
@@ -661,7 +699,8 @@ def test_multi_rack_reason_counts_gpus_a_toleration_opens() -> None:
     # Three stages of 4 GPUs, two racks of 4 GPUs each: the same words as without the taint.
     assert plans[0].reason == (
         "replica 0: no set of racks in the pool holds 12 free GPUs as 3 parts of 4 "
-        "(whole pipeline stages): the pool has room for 2 parts (racks with 4, 4 free)"
+        "(whole tensor- and expert-parallel groups and pods): the pool has room for 2 parts "
+        "(racks with 4, 4 free)"
     )
 
 

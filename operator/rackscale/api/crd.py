@@ -88,6 +88,7 @@ def _crd(
     columns: list[dict[str, Any]],
     name_rule: dict[str, Any],
     scale: bool = False,
+    wide: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     subresources: dict[str, Any] = {"status": {}}
     if scale:
@@ -119,6 +120,7 @@ def _crd(
                     "additionalPrinterColumns": [
                         *columns,
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                        *(wide or []),
                     ],
                     "schema": {
                         "openAPIV3Schema": {
@@ -171,6 +173,10 @@ def definitions() -> dict[str, dict[str, Any]]:
             {"name": "Mode", "type": "string", "jsonPath": ".status.mode"},
             {"name": "Racks", "type": "string", "jsonPath": ".status.rackList"},
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        ],
+        wide=[  # priority 1: only `kubectl get -o wide` shows them
+            {"name": "Cost/h", "type": "string", "jsonPath": ".status.costPerHour", "priority": 1},
+            {"name": "Currency", "type": "string", "jsonPath": ".status.currency", "priority": 1},
         ],
     )
     return {

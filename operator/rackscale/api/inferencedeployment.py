@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -86,18 +88,86 @@ class Placement(Spec):
     )
 
 
+Precision = Literal["fp4", "nvfp4", "fp6", "fp8", "int4", "int8", "bf16", "fp16", "fp32"]
+
+# Bytes one weight takes at each precision: what the weights of a model need in GPU memory.
+BYTES_PER_PARAMETER: dict[str, Decimal] = {
+    "fp4": Decimal("0.5"), "nvfp4": Decimal("0.5"), "int4": Decimal("0.5"),
+    "fp6": Decimal("0.75"),
+    "fp8": Decimal(1), "int8": Decimal(1),
+    "bf16": Decimal(2), "fp16": Decimal(2),
+    "fp32": Decimal(4),
+}  # fmt: skip
+assert set(BYTES_PER_PARAMETER) == set(get_args(Precision))
+
+# What an inference engine holds on every GPU beside weights and KV cache: CUDA context,
+# activations, CUDA graphs and communication buffers. A conservative figure for vLLM and SGLang.
+RUNTIME_OVERHEAD_MIB_PER_GPU = 2048
+MIB = 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryNeed:
+    """The GPU memory one replica needs, in MiB: weights, KV cache and runtime overhead."""
+
+    weights_mib: int
+    kv_cache_mib: int
+    overhead_mib: int
+    gpus: int
+    precision: str
+
+    @property
+    def total_mib(self) -> int:
+        return self.weights_mib + self.kv_cache_mib + self.overhead_mib
+
+    @property
+    def per_gpu_mib(self) -> int:
+        """What each GPU must hold: the replica's need shared evenly, rounded up."""
+        return -(-self.total_mib // self.gpus)
+
+
 class Model(Spec):
-    """What is served; informational."""
+    """What is served; with parameters and precision, placement checks that it fits in memory."""
 
     name: str = Field(
         min_length=1, max_length=253, description="The model, e.g. deepseek-ai/DeepSeek-R1."
     )
     parameters_billions: float | None = Field(
-        default=None, gt=0, description="Parameters, in billions."
+        default=None, gt=0, le=1000000, description="Parameters, in billions."
     )
-    precision: Literal["fp4", "fp8", "int4", "int8", "bf16", "fp16", "fp32"] | None = Field(
-        default=None, description="Precision of the served weights."
+    precision: Precision | None = Field(
+        default=None,
+        description="Precision of the served weights: bytes per parameter fp4/nvfp4/int4 0.5, "
+        "fp6 0.75, fp8/int8 1, bf16/fp16 2, fp32 4.",
     )
+    kv_cache_gib: float | None = Field(
+        default=None,
+        ge=0,
+        le=10000000,
+        alias="kvCacheGiB",
+        description="GPU memory for the KV cache of one replica, in GiB (default 0). Placement "
+        "needs weights + KV cache + 2 GiB of runtime overhead per GPU.",
+    )
+
+    def need(self, gpus: int, precision: str | None = None) -> MemoryNeed | None:
+        """The replica's memory need on `gpus` GPUs (at another precision if given); None
+        without parameters or precision."""
+        precision = precision or self.precision
+        if self.parameters_billions is None or precision is None:
+            return None
+        weights = Decimal(str(self.parameters_billions)) * 10**9 * BYTES_PER_PARAMETER[precision]
+        kv = Decimal(str(self.kv_cache_gib or 0)) * 1024
+        return MemoryNeed(
+            weights_mib=_ceil(weights / MIB),
+            kv_cache_mib=_ceil(kv),
+            overhead_mib=RUNTIME_OVERHEAD_MIB_PER_GPU * gpus,
+            gpus=gpus,
+            precision=precision,
+        )
+
+
+def _ceil(value: Decimal) -> int:
+    return int(value.to_integral_value(rounding=ROUND_CEILING))
 
 
 class InferenceDeploymentSpec(Spec):
@@ -222,6 +292,11 @@ class ReplicaPlacement(Status):
         default=None,
         description="Whether that ComputeDomain reports Ready; the replica is not ready before.",
     )
+    gpu_memory_mib: int | None = Field(
+        default=None,
+        alias="gpuMemoryMiB",
+        description="Summed memory of its GPUs in MiB (Rack mode, when every node's is known).",
+    )
 
 
 Phase = Literal["Pending", "Placing", "Placed", "Ready", "Degraded", "Failed"]
@@ -249,6 +324,18 @@ class InferenceDeploymentStatus(Status):
     ready: str = Field(default="0/0", description="readyReplicas/replicas, for kubectl get.")
     gpus: int = Field(default=0, description="GPUs held by the placed replicas.")
     racks: list[str] = Field(default_factory=list, description="Racks the replicas use.")
+    memory_needed_mib: int | None = Field(
+        default=None,
+        alias="memoryNeededMiB",
+        description="GPU memory one replica needs in MiB: weights (spec.model) + KV cache + "
+        "runtime overhead; compare each placement's gpuMemoryMiB.",
+    )
+    cost_per_hour: str | None = Field(
+        default=None,
+        description="What the placed replicas' GPUs cost per hour (RackPool spec.pricing; "
+        "device-plugin GPUs only with the operator's ordinary-node price), a decimal string.",
+    )
+    currency: str | None = Field(default=None, description="The currency of costPerHour.")
     rack_list: str = Field(default="", description="The same racks, comma-separated: kubectl get.")
     placements: list[ReplicaPlacement] = Field(
         default_factory=list, description="Where each replica went."

@@ -15,8 +15,10 @@ from rackscale.api.common import (
     Status,
     check_name,
 )
+from rackscale.api.pricing import Pricing
 
 DEFAULT_RACK_LABEL = "nvidia.com/gpu.clique"
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB per GPU, as GPU Feature Discovery sets it
 DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
 POOL_TAINT_KEY = "rackscale.dev/pool"
 
@@ -133,6 +135,17 @@ class RackPoolSpec(Spec):
         "computedomains.resource.nvidia.com. Off: never. Applies only to pools of nvidia.com/gpu "
         "with nvlinkDomain Rack.",
     )
+    gpu_memory_mib: int | None = Field(
+        default=None,
+        ge=1,
+        le=100000000,
+        alias="gpuMemoryMiB",
+        description="Memory of one GPU in MiB; default: each node's nvidia.com/gpu.memory label "
+        "(GPU Feature Discovery). Set it for GPUs that carry no such label.",
+    )
+    pricing: Pricing | None = Field(
+        default=None, description="Price per GPU-hour: cost per deployment and of idle GPUs."
+    )
 
     @property
     def wants_compute_domains(self) -> bool:
@@ -171,6 +184,17 @@ class RackStatus(Status):
     )
 
 
+class PoolCost(Status):
+    """What the pool's unused GPUs cost per hour, from spec.pricing."""
+
+    currency: str = Field(description="The currency of the figures.")
+    per_gpu_hour: str = Field(description="The price of one GPU-hour (spec.pricing).")
+    idle_per_hour: str = Field(description="Free GPUs (gpus.free) times the price.")
+    fragmented_per_hour: str = Field(
+        description="Fragmented GPUs (fragmentedGpus) times the price: part of idlePerHour."
+    )
+
+
 class RackPoolStatus(Status):
     """What the operator last saw of the pool."""
 
@@ -184,6 +208,14 @@ class RackPoolStatus(Status):
     )
     nodes: int = Field(default=0, description="Nodes in the pool's racks.")
     gpus: GpuCounts = Field(default_factory=GpuCounts, description="GPUs of all its racks.")
+    fragmented_gpus: int = Field(
+        default=0,
+        description="Free GPUs on racks that hold work: idle, and no whole-rack replica can use "
+        "them.",
+    )
+    cost: PoolCost | None = Field(
+        default=None, description="Cost per hour of idle and fragmented GPUs (with spec.pricing)."
+    )
     rack_statuses: list[RackStatus] = Field(default_factory=list, description="One per rack.")
     conditions: list[Condition] = Field(
         default_factory=list,

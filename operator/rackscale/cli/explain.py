@@ -108,7 +108,8 @@ def _why_racks(deployment: InferenceDeployment, racks: list[str]) -> str:
     if len(racks) > 1:
         return (
             f"replicaScope {placement.replica_scope}: too large for one rack, so the fewest "
-            "racks that hold it, whole pipeline stages per rack"
+            "racks that hold it, cut only between whole tensor- and expert-parallel groups, "
+            "whole pipeline stages per rack where that costs no extra rack"
         )
     if placement.spread == "Spread" and deployment.spec.replicas > 1:
         return (
@@ -179,6 +180,7 @@ def explain(cluster: Cluster) -> str:
         f"{par.data}, expert {par.expert})"
         + (f", {spec.gpus_per_pod} GPUs per pod" if spec.gpus_per_pod else "")
     )
+    lines.extend(_memory_and_cost(deployment, status))
     if placement.rack_pool:
         lines.append(
             f"  placement: RackPool {placement.rack_pool}, replicaScope {placement.replica_scope}, "
@@ -254,6 +256,30 @@ def explain(cluster: Cluster) -> str:
         lines.append("  none yet: is the operator running? (kubectl get pods -A | grep rackscale)")
     lines += ["Events:", *(_events(cluster.events) or ["  none"])]
     return "\n".join(lines)
+
+
+def _memory_and_cost(deployment: InferenceDeployment, status: Mapping[str, Any]) -> list[str]:
+    """Memory one replica needs against what each placed replica's GPUs have, and the cost."""
+    lines = []
+    model = deployment.spec.model
+    need = model.need(deployment.spec.gpus_per_replica) if model else None
+    if need is not None:
+        have = [
+            f"replica {p.get('replica')} {p['gpuMemoryMiB'] // 1024} GiB"
+            for p in status.get("placements") or []
+            if p.get("gpuMemoryMiB") is not None
+        ]
+        parts = [f"{need.weights_mib // 1024} GiB of weights at {need.precision}"]
+        if need.kv_cache_mib:
+            parts.append(f"{need.kv_cache_mib // 1024} GiB KV cache")
+        parts.append(f"{need.overhead_mib // 1024} GiB runtime overhead")
+        lines.append(
+            f"  memory: {-(-need.total_mib // 1024)} GiB per replica ({', '.join(parts)}); "
+            "its GPUs have: " + (", ".join(have) or "not known yet")
+        )
+    if status.get("costPerHour") is not None:
+        lines.append(f"  cost: {status['costPerHour']} {status.get('currency', '')}/h")
+    return lines
 
 
 def _condition(status: Mapping[str, Any], kind: str) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from rackscale.api import InferenceDeployment, RackPool
+from rackscale.api.pricing import Price, parse_price
+from rackscale.cli import fit
 from rackscale.cli.manifests import InputError, objects, parse
 from rackscale.placement import DeploymentPlan, ReplicaPlan, place, place_together
 from rackscale.topology import Snapshot, build_snapshot
@@ -43,8 +45,23 @@ def register(commands: Any) -> None:
         help="plan as on a cluster without NVIDIA's DRA driver (no ComputeDomains): replicas "
         "spanning trays are then not held to one pod per tray",
     )
+    cmd.add_argument(
+        "--device-plugin-gpu-hour",
+        type=_price,
+        default=None,
+        metavar="PRICE",
+        help="price of one GPU-hour on ordinary nodes (2.10 or '2.10 USD'): device-plugin "
+        "replicas count in the cost (default: left out); pools price theirs in spec.pricing",
+    )
     cmd.add_argument("deployments", nargs="+", type=Path, metavar="DEPLOYMENT.yaml")
     cmd.set_defaults(handler=run)
+
+
+def _price(text: str) -> Price:
+    try:
+        return parse_price(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def load(
@@ -83,15 +100,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"rackscale plan: {error}", file=sys.stderr)
         return 2
     plans = (place_together if args.together else place)(snapshot, deployments)
+    ordinary = args.device_plugin_gpu_hour
     if args.output == "json":
-        print(json.dumps(as_json(snapshot, plans), indent=2))
+        print(json.dumps(as_json(snapshot, plans, deployments, ordinary), indent=2))
     else:
-        print(as_table(snapshot, plans, deployments))
+        print(as_table(snapshot, plans, deployments, ordinary))
     return 0
 
 
-def replica_json(replica: ReplicaPlan) -> dict[str, Any]:
-    return {
+def replica_json(replica: ReplicaPlan, snapshot: Snapshot | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
         "replica": replica.replica,
         "mode": replica.mode,
         "racks": list(replica.racks),
@@ -101,20 +119,34 @@ def replica_json(replica: ReplicaPlan) -> dict[str, Any]:
             for p in replica.pods
         ],
     }
+    if snapshot is not None and replica.mode == "Rack":
+        out["gpuMemoryMiB"] = fit.replica_memory(snapshot, replica)
+    return out
 
 
-def as_json(snapshot: Snapshot, plans: list[DeploymentPlan]) -> dict[str, Any]:
+def as_json(
+    snapshot: Snapshot,
+    plans: list[DeploymentPlan],
+    deployments: list[InferenceDeployment] | None = None,
+    ordinary: Price | None = None,
+) -> dict[str, Any]:
+    fits = [
+        fit.fit_of(snapshot, p, d, ordinary) for p, d in zip(plans, deployments or [], strict=False)
+    ]
     out: dict[str, Any] = {
         "placements": [
             {
                 "deployment": plan.deployment,
                 "mode": plan.mode,
-                "replicas": [replica_json(r) for r in plan.replicas],
+                "replicas": [replica_json(r, snapshot) for r in plan.replicas],
                 "reason": plan.reason,
+                **(fit.fit_json(fits[i]) if i < len(fits) else {}),
             }
-            for plan in plans
+            for i, plan in enumerate(plans)
         ]
     }
+    if totals := fit.totals_json(fits):
+        out["totalCostPerHour"] = totals
     if snapshot.conflicts:
         out["warnings"] = conflict_warnings(snapshot)
     return out
@@ -145,10 +177,18 @@ def _pods(replica: ReplicaPlan) -> str:
 
 
 def as_table(
-    snapshot: Snapshot, plans: list[DeploymentPlan], deployments: list[InferenceDeployment]
+    snapshot: Snapshot,
+    plans: list[DeploymentPlan],
+    deployments: list[InferenceDeployment],
+    ordinary: Price | None = None,
 ) -> str:
-    rows = [("DEPLOYMENT", "MODE", "PLACED", "GPUS", "RACKS")]
-    for plan, dep in zip(plans, deployments, strict=True):
+    fits = [fit.fit_of(snapshot, p, d, ordinary) for p, d in zip(plans, deployments, strict=True)]
+    # The memory and cost columns only when some deployment has such figures.
+    memory = any(f.needed_mib is not None for f in fits)
+    cost = any(f.cost is not None for f in fits)
+    head = ["DEPLOYMENT", "MODE", "PLACED", "GPUS"]
+    rows = [(*head, *(["MEMORY"] if memory else []), *(["COST/H"] if cost else []), "RACKS")]
+    for plan, dep, sized in zip(plans, deployments, fits, strict=True):
         racks = sorted({r for rep in plan.replicas for r in rep.racks})
         gpus = sum(p.gpus for rep in plan.replicas for p in rep.pods)
         rows.append(
@@ -157,6 +197,8 @@ def as_table(
                 plan.mode,
                 f"{len(plan.replicas)}/{dep.spec.replicas}",
                 str(gpus),
+                *([fit.memory_column(sized)] if memory else []),
+                *([fit.cost_column(sized)] if cost else []),
                 ",".join(racks) or "-",
             )
         )
@@ -164,13 +206,18 @@ def as_table(
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
-    for plan in plans:
+    if total := fit.total_line(fits):
+        lines.append(total)
+    for plan, sized in zip(plans, fits, strict=True):
         lines.append("")
         lines.append(f"{plan.deployment}:")
         for rep in plan.replicas:
             where = ",".join(rep.racks) or "ordinary GPU nodes"
             domain = f", ComputeDomain {rep.compute_domain}" if rep.compute_domain else ""
-            lines.append(f"  replica {rep.replica}  {rep.mode:<12} {where}  {_pods(rep)}{domain}")
+            lines.append(
+                f"  replica {rep.replica}  {rep.mode:<12} {where}  {_pods(rep)}{domain}"
+                + fit.replica_note(sized, rep.replica)
+            )
         if plan.reason:
             lines.append(f"  reason: {plan.reason}")
     lines.extend(f"warning: {w}" for w in conflict_warnings(snapshot))

@@ -74,6 +74,17 @@ def bar(used: int, total: int) -> str:
     return "[" + "#" * filled + "-" * (BAR - filled) + "]"
 
 
+def idle_cost(pool: RackPoolStatus) -> str:
+    """`, idle 96.00 USD/h (fragmented 32.00)` for a pool with spec.pricing."""
+    if pool.cost is None:
+        return ""
+    return (
+        f", idle {pool.cost.idle_per_hour} {pool.cost.currency}/h "
+        f"({pool.gpus.free} GPUs; fragmented {pool.cost.fragmented_per_hour}, "
+        f"{pool.fragmented_gpus} GPUs)"
+    )
+
+
 def as_table(pools: dict[str, RackPoolStatus]) -> str:
     if not pools:
         return "no RackPools: create one (see examples/) to group nodes into racks"
@@ -81,7 +92,7 @@ def as_table(pools: dict[str, RackPoolStatus]) -> str:
     for name, pool in pools.items():
         lines.append(
             f"{name}: {pool.racks} racks, {pool.healthy_racks} healthy, {pool.free_racks} free, "
-            f"{pool.gpus.allocated}/{pool.gpus.allocatable} GPUs in use"
+            f"{pool.gpus.allocated}/{pool.gpus.allocatable} GPUs in use" + idle_cost(pool)
         )
         width = max((len(r.name) for r in pool.rack_statuses), default=4)
         for rack in pool.rack_statuses:

@@ -9,6 +9,8 @@ import os
 import sys
 from typing import Any
 
+from rackscale.api.pricing import Price, parse_price
+
 HANDLERS = "rackscale.controller.handlers"
 
 
@@ -68,6 +70,14 @@ def register(commands: Any) -> None:
         "(default %(default)s)",
     )
     cmd.add_argument(
+        "--device-plugin-gpu-hour",
+        type=_price,
+        default=os.environ.get("RACKSCALE_DEVICE_PLUGIN_GPU_HOUR") or None,
+        metavar="PRICE",
+        help="price of one GPU-hour on ordinary nodes, e.g. 2.10 or '2.10 USD': device-plugin "
+        "replicas count in a deployment's status.costPerHour (default: they are left out)",
+    )
+    cmd.add_argument(
         "--resync",
         type=float,
         default=float(os.environ.get("RACKSCALE_RESYNC", "10")),
@@ -82,6 +92,13 @@ def register(commands: Any) -> None:
     )
     cmd.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     cmd.set_defaults(handler=run)
+
+
+def _price(text: str) -> Price:
+    try:
+        return parse_price(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         unschedulable_timeout=args.unschedulable_timeout,
         compute_domain_timeout=args.compute_domain_timeout,
         resync=args.resync,
+        ordinary_price=args.device_plugin_gpu_hour,
     )
     liveness = None if args.liveness in ("", "none") else args.liveness
     kopf.run(

@@ -65,6 +65,7 @@ _REASONS: tuple[tuple[str, str], ...] = (
     ("no node holds", "no-node-with-room"),
     ("no block holds", "no-block-with-room"),
     ("no set of racks", "no-racks-with-room"),
+    ("of GPU memory", "gpu-memory"),
 )
 REASON_CATEGORIES = (*(category for _, category in _REASONS), "other")
 
@@ -137,6 +138,19 @@ class PoolCollector(Collector):
         racks = GaugeMetricFamily(
             "rackscale_pool_racks", "Racks of a RackPool by health", labels=["pool", "health"]
         )
+        fragmented = GaugeMetricFamily(
+            "rackscale_pool_fragmented_gpus",
+            "Free GPUs on racks of a RackPool that hold work: no whole-rack replica can use them",
+            labels=["pool"],
+        )
+        costs = {
+            kind: GaugeMetricFamily(
+                f"rackscale_pool_{kind}_cost_per_hour",
+                f"What the {kind} GPUs of a RackPool cost per hour (spec.pricing)",
+                labels=["pool", "currency"],
+            )
+            for kind in ("idle", "fragmented")
+        }
         free_racks = GaugeMetricFamily(
             "rackscale_pool_free_racks",
             "Healthy racks of a RackPool with no GPU in use (what a whole-rack replica can take)",
@@ -152,20 +166,57 @@ class PoolCollector(Collector):
             for health in HEALTHS:
                 racks.add_metric([name, health], healths[health])
             free_racks.add_metric([name], status.free_racks)
+            fragmented.add_metric([name], status.fragmented_gpus)
+            if status.cost is not None:
+                currency = status.cost.currency
+                costs["idle"].add_metric([name, currency], float(status.cost.idle_per_hour))
+                costs["fragmented"].add_metric(
+                    [name, currency], float(status.cost.fragmented_per_hour)
+                )
         yield from pool_gpus.values()
         yield from rack_gpus.values()
         yield racks
         yield free_racks
+        yield fragmented
+        yield from costs.values()
+
+
+class CostCollector(Collector):
+    """Cost per hour of every InferenceDeployment whose GPUs have a price, from the last pass."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._costs: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def update(self, costs: Mapping[tuple[str, str], tuple[str, str]]) -> None:
+        """(namespace, name) -> (cost per hour as a decimal string, currency)."""
+        with self._lock:
+            self._costs = dict(costs)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            costs = dict(self._costs)
+        family = GaugeMetricFamily(
+            "rackscale_deployment_cost_per_hour",
+            "What the placed GPUs of an InferenceDeployment cost per hour (status.costPerHour)",
+            labels=["namespace", "deployment", "currency"],
+        )
+        for (namespace, name), (amount, currency) in sorted(costs.items()):
+            family.add_metric([namespace, name, currency], float(amount))
+        yield family
 
 
 POOLS = PoolCollector()
+COSTS = CostCollector()
 _registered: set[int] = set()
 
 
 def register(registry: CollectorRegistry = REGISTRY) -> None:
-    """Add the pool collector once (the other metrics register themselves on import)."""
+    """Add the pool and cost collectors once (the other metrics register themselves on
+    import)."""
     if id(registry) not in _registered:
         registry.register(POOLS)
+        registry.register(COSTS)
         _registered.add(id(registry))
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from rackscale.api import InferenceDeployment, format_errors
+from rackscale.api.pricing import Price, parse_price
 from rackscale.api.rackpool import DEFAULT_GPU_RESOURCE
 from rackscale.controller import lifecycle, metrics, status
 from rackscale.controller.cluster import ClusterView
@@ -33,6 +34,7 @@ from rackscale.render import (
     template_hash,
 )
 from rackscale.topology import Snapshot, build_snapshot
+from rackscale.topology.snapshot import gpu_memory
 
 log = logging.getLogger("rackscale.reconcile")
 
@@ -45,6 +47,7 @@ class Options:
     compute_domain_timeout: float = 300.0  # seconds a replica's ComputeDomain may stay not Ready
     resync: float = 10.0  # seconds between reconciles when nothing is heard
     debounce: float = 0.2  # seconds to gather a burst of watch events into one reconcile
+    ordinary_price: Price | None = None  # per GPU-hour on ordinary nodes (device-plugin mode)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Options:
@@ -57,6 +60,8 @@ class Options:
             options.compute_domain_timeout = float(value)
         if value := environ.get("RACKSCALE_RESYNC"):
             options.resync = float(value)
+        if value := environ.get("RACKSCALE_DEVICE_PLUGIN_GPU_HOUR"):
+            options.ordinary_price = parse_price(value)
         return options
 
 
@@ -97,6 +102,8 @@ class Reconciler:
         self.options = options or Options()
         self.memory: dict[str, _Memory] = {}
         self.deleting: set[str] = set()  # uids of pods deleted and not yet shown as deleted
+        self.costs: dict[tuple[str, str], tuple[str, str]] = {}  # deployment -> cost, currency
+        self._nodes: dict[str, dict[str, Any]] | None = None  # by name, for one pass
 
     def _pods(
         self, deployment: InferenceDeployment, uid: str, *, fresh: bool = False
@@ -159,6 +166,7 @@ class Reconciler:
             if uid not in live:
                 del self.memory[uid]
         self.view.begin_pass()
+        self.costs, self._nodes = {}, None
         try:
             healed = await asyncio.gather(*(self._heal(b) for b in bodies), return_exceptions=True)
             errors = {i: r for i, r in enumerate(healed) if isinstance(r, BaseException)}
@@ -171,6 +179,7 @@ class Reconciler:
             errors |= {i: r for i, r in zip(ok, finished, strict=True) if r is not None}
         finally:
             self.view.end_pass()
+        metrics.COSTS.update(self.costs)
         metrics.count_unplaced(
             reason for memory in self.memory.values() for reason in memory.unplaced.values()
         )
@@ -281,7 +290,13 @@ class Reconciler:
             resource,
             now(),
             domains_missing=self._domains_missing(deployment),
+            sizes=self._sizes(deployment, states),
         )
+        if built.cost_per_hour is not None and built.currency is not None:
+            self.costs[(deployment.namespace, deployment.name)] = (
+                built.cost_per_hour,
+                built.currency,
+            )
         new = status.dump(built)
         current = dict(step.obj.get("status") or {})
         if status.changed(new, current):
@@ -372,6 +387,30 @@ class Reconciler:
         self, deployment: InferenceDeployment, plan: ReplicaPlan, snapshot: Snapshot
     ) -> PoolFacts:
         return pool_facts(deployment, plan, snapshot)
+
+    def _sizes(
+        self, deployment: InferenceDeployment, states: list[lifecycle.ReplicaState]
+    ) -> status.Sizes:
+        """GPU memory of the nodes the deployment runs on, and the prices of its GPUs."""
+        pool = next(
+            (p for p in self.view.pools() if p.name == deployment.spec.placement.rack_pool), None
+        )
+        memory: dict[str, int | None] = {}
+        if deployment.spec.model is not None and pool is not None:
+            if self._nodes is None:
+                self._nodes = {n["metadata"]["name"]: n for n in self.view.nodes()}
+            for state in states:
+                for pod in state.pods:
+                    name = (pod.get("spec") or {}).get("nodeName") or lifecycle.pod_node(pod)
+                    raw = self._nodes.get(name or "")
+                    if raw is not None and name:
+                        labels = (raw.get("metadata") or {}).get("labels") or {}
+                        memory[name] = gpu_memory(labels, pool.spec)
+        return status.Sizes(
+            node_memory=memory,
+            pool_price=pool.spec.pricing.price if pool and pool.spec.pricing else None,
+            ordinary_price=self.options.ordinary_price,
+        )
 
     def _gpu_resource(self, deployment: InferenceDeployment) -> str:
         name = deployment.spec.placement.rack_pool

@@ -13,7 +13,8 @@ from rackscale.api.inferencedeployment import (
     ReplicaPlacement,
     ReplicaPod,
 )
-from rackscale.api.rackpool import RackPoolStatus, RackStatus
+from rackscale.api.pricing import Price, cost_per_hour, money
+from rackscale.api.rackpool import PoolCost, RackPoolStatus, RackStatus
 from rackscale.controller.lifecycle import ReplicaState, first_rank, pod_gpus, pod_node
 from rackscale.topology.snapshot import Pool
 
@@ -36,6 +37,16 @@ class Progress:
     scaling_down: list[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    """What a deployment's status reports beside its pods: the memory of each GPU of the nodes
+    it runs on (MiB, None unknown), and the prices of its GPUs."""
+
+    node_memory: Mapping[str, int | None] = field(default_factory=dict)
+    pool_price: Price | None = None
+    ordinary_price: Price | None = None  # device-plugin GPUs, from the operator's flag
+
+
 def _conditions(
     wanted: Iterable[Condition], previous: Iterable[Mapping[str, Any]], now: str
 ) -> list[Condition]:
@@ -50,9 +61,9 @@ def _conditions(
     return out
 
 
-def _placement(state: ReplicaState, resource: str) -> ReplicaPlacement:
+def _placement(state: ReplicaState, resource: str, sizes: Sizes) -> ReplicaPlacement:
     mode = "DevicePlugin" if state.mode == "DevicePlugin" else "Rack"
-    return ReplicaPlacement(
+    placement = ReplicaPlacement(
         replica=state.replica,
         mode=mode,
         racks=state.racks,
@@ -68,6 +79,13 @@ def _placement(state: ReplicaState, resource: str) -> ReplicaPlacement:
             for p in state.pods
         ],
     )
+    if mode == "Rack" and placement.pods:
+        memory = [sizes.node_memory.get(p.node or "") for p in placement.pods]
+        if None not in memory:
+            placement.gpu_memory_mib = sum(
+                p.gpus * int(m or 0) for p, m in zip(placement.pods, memory, strict=True)
+            )
+    return placement
 
 
 def _plural(n: int, word: str) -> str:
@@ -82,17 +100,20 @@ def deployment_status(
     now: str,
     *,
     domains_missing: bool = False,
+    sizes: Sizes | None = None,
 ) -> InferenceDeploymentStatus:
     """The status a person reads: phase, mode, counts, placements and four conditions (five
-    where ComputeDomains apply). `domains_missing`: the pool wants ComputeDomains and the API
-    server does not serve them."""
+    where ComputeDomains apply); memory needed against what each placement's GPUs have, and cost
+    per hour. `domains_missing`: the pool wants ComputeDomains and the API server does not serve
+    them."""
+    sizes = sizes or Sizes()
     desired = deployment.spec.replicas
     wanted = [s for s in states if s.replica < desired]
     running = [s for s in wanted if s.condition == "Running"]
     placed = [s for s in wanted if s.condition in ("Running", "Broken")]
     ready = [s for s in running if s.ready]
     shown = [s for s in states if s.pods]
-    placements = [_placement(s, gpu_resource) for s in shown if s.replica < desired]
+    placements = [_placement(s, gpu_resource, sizes) for s in shown if s.replica < desired]
     modes = {p.mode for p in placements}
     intended = "Rack" if deployment.spec.placement.rack_pool else "DevicePlugin"
     mode = (modes.pop() if len(modes) == 1 else "Mixed") if modes else intended
@@ -219,6 +240,15 @@ def deployment_status(
     summary = _summary(phase, placed_cond, progressing, degraded, counts)
     domains = _domains_condition(wanted, placements, domains_missing)
     previous = (deployment.status.conditions if deployment.status else []) or []
+    model = deployment.spec.model
+    need = model.need(deployment.spec.gpus_per_replica) if model else None
+    by_mode = {
+        mode: sum(p.gpus for pl in placements if pl.mode == mode for p in pl.pods)
+        for mode in ("Rack", "DevicePlugin")
+    }
+    cost = cost_per_hour(
+        by_mode["Rack"], by_mode["DevicePlugin"], sizes.pool_price, sizes.ordinary_price
+    )
     return InferenceDeploymentStatus(
         observed_generation=deployment.metadata.get("generation"),
         phase=phase,
@@ -230,6 +260,9 @@ def deployment_status(
         gpus=sum(p.gpus for pl in placements for p in pl.pods),
         racks=(racks := sorted({r for p in placements for r in p.racks})),
         rack_list=",".join(racks),
+        memory_needed_mib=need.total_mib if need else None,
+        cost_per_hour=money(cost[0]) if cost else None,
+        currency=cost[1] if cost else None,
         placements=placements,
         conditions=_conditions(
             [placed_cond, available, progressing, degraded, *summary, *domains],
@@ -408,6 +441,16 @@ def pool_status(
             reason="Disjoint",
             message="no node is selected by another RackPool",
         )
+    fragmented = sum(r.gpus.free for r in racks if r.gpus.allocated)
+    cost = None
+    if pool.spec.pricing is not None:
+        price = pool.spec.pricing.price
+        cost = PoolCost(
+            currency=price.currency,
+            per_gpu_hour=money(price.per_gpu_hour),
+            idle_per_hour=money(price.of(gpus.free)),
+            fragmented_per_hour=money(price.of(fragmented)),
+        )
     return RackPoolStatus(
         observed_generation=pool.generation,
         racks=len(racks),
@@ -415,6 +458,8 @@ def pool_status(
         free_racks=len(free),
         nodes=sum(r.nodes for r in racks),
         gpus=gpus,
+        fragmented_gpus=fragmented,
+        cost=cost,
         rack_statuses=racks,
         conditions=_conditions(
             [ready, overlap, *_pool_domains(pool, domains_served)], previous, now

@@ -14,7 +14,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from rackscale.api.inferencedeployment import InferenceDeployment
+from sortedcontainers import SortedList
+
+from rackscale.api.inferencedeployment import (
+    BYTES_PER_PARAMETER,
+    RUNTIME_OVERHEAD_MIB_PER_GPU,
+    InferenceDeployment,
+    MemoryNeed,
+)
 from rackscale.placement.ledger import Reservation
 from rackscale.placement.reasons import Problem, summarize
 from rackscale.placement.shape import Shape, shape_of
@@ -93,6 +100,8 @@ class _Request:
     only: frozenset[str] | None = None  # consider just these racks (keeping a replica in place)
     explain: bool = True  # say why, rack by rack, when the replica does not fit
     domain: str | None = None  # its ComputeDomain: one pod per node, on nodes holding no other
+    memory: MemoryNeed | None = None  # what the replica needs in GPU memory (spec.model)
+    memory_split: bool = False  # some of the pool's nodes have GPUs too small for it, some not
 
     @property
     def key(self) -> str:
@@ -111,8 +120,9 @@ class _Request:
 
     @property
     def slow(self) -> bool:
-        """Tolerations may open tainted nodes that the free-GPU index does not count."""
-        return bool(self.tolerations) and self.pool.tainted_nodes > 0
+        """Tolerations may open tainted nodes that the free-GPU index does not count, or some
+        nodes the index counts have GPUs too small for the replica."""
+        return (bool(self.tolerations) and self.pool.tainted_nodes > 0) or self.memory_split
 
 
 def place(snapshot: Snapshot, deployments: Iterable[InferenceDeployment]) -> list[DeploymentPlan]:
@@ -374,10 +384,116 @@ def _request(
             else f"a pod of {shape.pod_gpus} GPUs"
         )
         raise NoRoom(f"{what} cannot fit one node of RackPool {pool_name} (at most {largest} GPUs)")
+    _memory_filter(request)
     return request
 
 
+def _memory_filter(request: _Request) -> None:
+    """Keep the replica off GPUs too small for it. Its weights, KV cache and runtime overhead
+    are shared evenly by its GPUs, so each GPU must hold that share; a node whose GPU memory is
+    unknown is not refused. Refuses at once when no node of the pool is large enough."""
+    model = request.deployment.spec.model
+    need = model.need(request.shape.gpus) if model else None
+    if need is None:
+        return
+    request.memory = need
+    nodes = request.pool.gpu_memory
+    small = sum(n for mib, n in nodes.items() if mib is not None and mib < need.per_gpu_mib)
+    if not small:
+        return
+    if small < sum(nodes.values()):
+        request.memory_split = True
+        return
+    pool = request.pool
+    sizes = ", ".join(f"{_gib(mib)} GiB" for mib in sorted(m for m in nodes if m is not None))
+    racks = len(pool.racks)
+    where = f"all {racks} racks ({small} nodes)" if racks > 1 else f"its one rack ({small} nodes)"
+    raise NoRoom(
+        f"{_need_text(need)}: {where} of RackPool {pool.name} "
+        f"{'have' if racks > 1 else 'has'} GPUs with too little memory ({sizes}); "
+        f"{_what_fits(request, need)}"
+    )
+
+
+def _fits_memory(request: _Request, node: Node) -> bool:
+    memory = node.gpu_memory_mib
+    return request.memory is None or memory is None or memory >= request.memory.per_gpu_mib
+
+
+def _usable(request: _Request, node: Node) -> bool:
+    """Whether the node may take shards of this request: schedulable for its tolerations, with
+    GPUs large enough for it and, for a replica with a ComputeDomain, holding no pod of another
+    ComputeDomain (guarantee 13)."""
+    return (
+        node.schedulable(request.tolerations)
+        and _fits_memory(request, node)
+        and not (request.domain and node.domains)
+    )
+
+
+def _gib(mib: int) -> str:
+    return f"{mib / 1024:.1f}".removesuffix(".0")
+
+
+def _need_text(need: MemoryNeed) -> str:
+    """`the replica needs 788.9 GiB of GPU memory (624.9 GiB of weights at fp8, ...)`."""
+    parts = [f"{_gib(need.weights_mib)} GiB of weights at {need.precision}"]
+    if need.kv_cache_mib:
+        parts.append(f"{_gib(need.kv_cache_mib)} GiB KV cache")
+    parts.append(f"{_gib(need.overhead_mib)} GiB runtime overhead")
+    return (
+        f"the replica needs {_gib(need.total_mib)} GiB of GPU memory ({', '.join(parts)}), "
+        f"{_gib(need.per_gpu_mib)} GiB on each of its {need.gpus} GPUs"
+    )
+
+
+def _what_fits(request: _Request, need: MemoryNeed) -> str:
+    """What would fit the pool's largest GPUs: more GPUs per replica, or a lower precision."""
+    largest = max((m for m in request.pool.gpu_memory if m is not None), default=0)
+    room = largest - RUNTIME_OVERHEAD_MIB_PER_GPU
+    content = need.weights_mib + need.kv_cache_mib
+    ways = []
+    if room > 0:
+        ways.append(f"on {-(-content // room)} or more GPUs of {_gib(largest)} GiB")
+    model = request.deployment.spec.model
+    assert model is not None
+    current = BYTES_PER_PARAMETER[need.precision]
+    lower = sorted(
+        (p for p, b in BYTES_PER_PARAMETER.items() if b < current),
+        key=lambda p: (-BYTES_PER_PARAMETER[p], p),
+    )
+    fitting = [p for p in lower if (o := model.need(need.gpus, p)) and o.per_gpu_mib <= largest]
+    if fitting:
+        ways.append(f"on {need.gpus} GPUs at precision {fitting[0]}")
+    text = "it would fit " + ", or ".join(ways) if ways else "it fits no GPU of the pool"
+    return text if fitting else f"{text}; no lower precision fits {need.gpus} GPUs"
+
+
+def _memory_note(request: _Request) -> str:
+    """The nodes refused for memory in a pool where others are large enough."""
+    need = request.memory
+    assert need is not None
+    small = sorted(
+        (m, n) for m, n in request.pool.gpu_memory.items() if m is not None and m < need.per_gpu_mib
+    )
+    nodes = sum(n for _, n in small)
+    sizes = ", ".join(f"{_gib(m)} GiB" for m, _ in small)
+    return (
+        f"{nodes} node{'s' if nodes != 1 else ''} refused for memory (GPUs of {sizes}): "
+        f"{_need_text(need)}"
+    )
+
+
 def _place_in_pool(request: _Request) -> tuple[ReplicaPlan, Reservation]:
+    try:
+        return _place_in_racks(request)
+    except NoRoom as why:
+        if request.explain and request.memory_split:
+            raise NoRoom(f"{why}; {_memory_note(request)}") from None
+        raise
+
+
+def _place_in_racks(request: _Request) -> tuple[ReplicaPlan, Reservation]:
     scope = request.deployment.spec.placement.replica_scope
     if scope == "Node":
         node = _best_node(request)
@@ -386,7 +502,7 @@ def _place_in_pool(request: _Request) -> tuple[ReplicaPlan, Reservation]:
     rack = _best_rack(request, request.shape.gpus // request.slot)
     if rack is not None:
         return _reserve(request, [(rack, request.shape.gpus // request.slot)])
-    if scope == "Rack" or request.shape.parts < 2:
+    if scope == "Rack" or request.shape.units < 2:
         if not request.explain:
             raise NoRoom("")
         problems = [
@@ -398,7 +514,10 @@ def _place_in_pool(request: _Request) -> tuple[ReplicaPlan, Reservation]:
             + (
                 ""
                 if scope == "Rack"
-                else "; the replica has one pipeline stage, so it cannot span racks"
+                else (
+                    f"; its tensor- and expert-parallel groups and pods need {request.shape.gpus} "
+                    "GPUs in one NVLink domain, so it cannot span racks"
+                )
             )
         )
     return _reserve(request, _best_racks(request))
@@ -409,24 +528,17 @@ def _racks(request: _Request) -> Iterator[Rack]:
     return iter(racks) if request.only is None else (r for r in racks if r.name in request.only)
 
 
-def _usable(request: _Request, node: Node) -> bool:
-    """Whether the request may put a pod on the node: schedulable for its tolerations and, for
-    a replica with a ComputeDomain, holding no pod of another ComputeDomain (guarantee 13)."""
-    return node.schedulable(request.tolerations) and not (request.domain and node.domains)
-
-
 def _slots(request: _Request, rack: Rack) -> int:
     if request.domain:  # one pod per node
         return sum(n.free >= request.slot and _usable(request, n) for n in rack.nodes)
     if request.slow:
-        tol = request.tolerations
-        return sum(n.free // request.slot for n in rack.nodes if n.schedulable(tol))
+        return sum(n.free // request.slot for n in rack.nodes if _usable(request, n))
     return rack.slots(request.slot)
 
 
 def _free(request: _Request, rack: Rack) -> int:
-    """Free GPUs of the rack this request may use: tolerations can open tainted nodes, and
-    nodes of other ComputeDomains are closed to a replica with one."""
+    """Free GPUs of the rack this request may use: tolerations can open tainted nodes, GPUs too
+    small close them, and so do other ComputeDomains to a replica with one."""
     if request.slow or request.domain:
         return sum(n.free for n in rack.nodes if _usable(request, n))
     return rack.free
@@ -444,6 +556,8 @@ def _barrier(request: _Request, rack: Rack) -> Problem | None:
             return Problem("tenant", others[0] + " (tenancy Exclusive)")
     if request.exclusive and rack.used:
         return Problem("in-use")
+    if request.memory_split and not any(_fits_memory(request, n) for n in rack.nodes):
+        return Problem("memory", f"{_gib(min(n.gpu_memory_mib or 0 for n in rack.nodes))} GiB")
     if rack.health == "Unavailable" and not request.slow:
         return Problem("unavailable")
     return None
@@ -456,7 +570,10 @@ def _problem(request: _Request, rack: Rack, need: int) -> Problem | None:
         return barrier
     if request.domain:
         tol = request.tolerations
-        trays = sum(n.free >= request.slot and n.schedulable(tol) for n in rack.nodes)
+        trays = sum(
+            n.free >= request.slot and n.schedulable(tol) and _fits_memory(request, n)
+            for n in rack.nodes
+        )
         if trays >= need:  # only the one-ComputeDomain-per-node rule stands in the way
             return Problem("compute-domain", str(_slots(request, rack)))
     free = _free(request, rack)
@@ -502,7 +619,7 @@ def _best_node(request: _Request) -> Node:
                 continue
             if _problem(request, rack, need // request.slot) is not None:
                 continue
-            fits = [n for n in rack.nodes if n.free >= need and n.schedulable(request.tolerations)]
+            fits = [n for n in rack.nodes if n.free >= need and _usable(request, n)]
             if fits:
                 return min(fits, key=lambda n: (n.free, n.name))
     if not request.explain:
@@ -510,7 +627,7 @@ def _best_node(request: _Request) -> Node:
     barriers = [p for p in (_barrier(request, r) for r in _racks(request)) if p]
     reachable = [r for r in _racks(request) if _barrier(request, r) is None]
     most = max(
-        (n.free for r in reachable for n in r.nodes if n.schedulable(request.tolerations)),
+        (n.free for r in reachable for n in r.nodes if _usable(request, n)),
         default=0,
     )
     parts = [summarize(barriers)] if barriers else []
@@ -521,30 +638,64 @@ def _best_node(request: _Request) -> Node:
 
 
 def _best_racks(request: _Request) -> list[tuple[Rack, int]]:
-    """Fewest racks of one block (of the pool for scope Any) sharing the pipeline stages evenly."""
-    per_part = request.shape.part_gpus // request.slot
+    """Fewest racks of one block (of the pool for scope Any) that hold the replica, cut only
+    between whole NVLink groups (`Shape.unit_gpus`); whole pipeline stages per rack when that
+    costs no extra rack (shared evenly first), then the block whose racks have the least free
+    GPUs."""
+    shape = request.shape
+    per_unit = shape.unit_gpus // request.slot
     by_block = request.deployment.spec.placement.replica_scope == "Block"
+    # Whole stages need racks with room for one: when those alone give a whole-stage split on
+    # as few racks as any split can use, no finer cut can do better, and far fewer racks are
+    # looked at.
+    fewest = _fewest_possible(request)
+    if fewest is not None and shape.part_gpus > shape.unit_gpus:
+        found = _best_split(request, shape.part_gpus, per_unit, by_block)
+        if found is not None and found[0][0] == fewest and found[0][1] < 2:
+            return found[1]
+    found = _best_split(request, shape.unit_gpus, per_unit, by_block)
+    if found is None:
+        raise NoRoom(_why_no_racks(request, per_unit, by_block) if request.explain else "")
+    return found[1]
+
+
+def _fewest_possible(request: _Request) -> int | None:
+    """The fewest racks any split can use: the replica over the most free GPUs of one rack
+    (None when the free-GPU index does not tell)."""
+    if request.slow or request.only is not None:
+        return None
+    index = request.pool.empty_by_free if request.exclusive else request.pool.by_free
+    if not index:
+        return None
+    most = index[-1][0]
+    return -(-request.shape.gpus // most) if most else None
+
+
+def _best_split(
+    request: _Request, min_free: int, per_unit: int, by_block: bool
+) -> tuple[tuple[int, int, int, str], list[tuple[Rack, int]]] | None:
+    """The best split over racks with at least `min_free` free GPUs: (rank, shares)."""
     groups: dict[str | None, list[tuple[Rack, int]]] = {}
-    # Only racks with room for one part can help: the free-GPU index yields just those.
-    for rack in _candidates(request, request.shape.part_gpus):
+    # Only racks with room for one unit can help: the free-GPU index yields just those.
+    for rack in _candidates(request, min_free):
         if (by_block and rack.block is None) or _barrier(request, rack) is not None:
             continue  # nothing is known of the spine between racks without a block label
-        parts = _slots(request, rack) // per_part
-        if parts:
-            groups.setdefault(rack.block if by_block else None, []).append((rack, parts))
-    best: tuple[tuple[int, int, str], list[tuple[Rack, int]]] | None = None
+        units = _slots(request, rack) // per_unit
+        if units:
+            groups.setdefault(rack.block if by_block else None, []).append((rack, units))
+    best: tuple[tuple[int, int, int, str], list[tuple[Rack, int]]] | None = None
     for block, capacity in groups.items():
-        chosen = _split(request, capacity)
-        if chosen:
-            rank = (len(chosen), sum(_free(request, r) for r, _ in chosen), block or "")
+        found = _split(request, capacity, best[0][0] if best else None)
+        if found:
+            kind, chosen = found
+            free = sum(_free(request, r) for r, _ in chosen)
+            rank = (len(chosen), kind, free, block or "")
             if best is None or rank < best[0]:
                 best = (rank, chosen)
-    if best is None:
-        raise NoRoom(_why_no_racks(request, per_part, by_block) if request.explain else "")
-    return [(rack, parts * per_part) for rack, parts in best[1]]
+    return best
 
 
-def _why_no_racks(request: _Request, per_part: int, by_block: bool) -> str:
+def _why_no_racks(request: _Request, per_unit: int, by_block: bool) -> str:
     """What each block (or the pool) lacks for a multi-rack replica, rack by rack."""
     shape = request.shape
     groups = request.pool.blocks() if by_block else {None: list(request.pool.racks.values())}
@@ -557,50 +708,107 @@ def _why_no_racks(request: _Request, per_part: int, by_block: bool) -> str:
             continue
         room = []
         for rack in racks:
-            problem = _problem(request, rack, per_part)
+            problem = _problem(request, rack, per_unit)
             if problem:
                 problems.append(problem)
             else:
                 room.append(rack)
         if room:
-            parts = sum(_slots(request, r) // per_part for r in room)
+            units = sum(_slots(request, r) // per_unit for r in room)
             frees = ", ".join(str(_free(request, r)) for r in room)
             where = f"block {block}" if block is not None else "the pool"
-            noun = "part" if parts == 1 else "parts"
-            short.append(f"{where} has room for {parts} {noun} (racks with {frees} free)")
+            noun = "part" if units == 1 else "parts"
+            short.append(f"{where} has room for {units} {noun} (racks with {frees} free)")
     where = "block" if by_block else "set of racks in the pool"
     details = "; ".join(short + ([summarize(problems)] if problems else []))
     return (
-        f"no {where} holds {shape.gpus} free GPUs as {shape.parts} parts of "
-        f"{shape.part_gpus} (whole pipeline stages): {details or 'the pool has no racks'}"
+        f"no {where} holds {shape.gpus} free GPUs as {shape.units} parts of "
+        f"{shape.unit_gpus} (whole tensor- and expert-parallel groups and pods): "
+        f"{details or 'the pool has no racks'}"
     )
 
 
-def _split(request: _Request, capacity: list[tuple[Rack, int]]) -> list[tuple[Rack, int]] | None:
-    """The fewest racks whose parts differ by at most one, chosen by best fit; None if none."""
-    parts = request.shape.parts
+def _split(
+    request: _Request, capacity: list[tuple[Rack, int]], most: int | None = None
+) -> tuple[int, list[tuple[Rack, int]]] | None:
+    """The fewest racks of `capacity` (rack, free units, in best-fit order) that hold the
+    replica, and the slots each takes, in rack-name order; None if they cannot (or need more
+    than `most` racks).
+
+    With that many racks, the first that works of: whole pipeline stages shared evenly (kind
+    0), whole stages shared as evenly as the racks allow (1), any cut between units shared as
+    evenly as the racks allow (2)."""
+    shape = request.shape
+    units = [u for _, u in capacity]
+    if sum(units) < shape.units:
+        return None
+    units.sort(reverse=True)
+    count, room = 0, 0
+    while room < shape.units:
+        room += units[count]
+        count += 1
+    if most is not None and count > most:
+        return None
     own = request.key
-    spread = request.deployment.spec.placement.spread == "Spread"
     # `capacity` comes in best-fit order already; Spread moves racks holding this deployment last.
     order = capacity
-    if spread:
+    if request.deployment.spec.placement.spread == "Spread":
         order = [c for c in capacity if not c[0].deployments.get(own)] + [
             c for c in capacity if c[0].deployments.get(own)
         ]
-    for count in range(2, min(parts, len(order)) + 1):
-        small, larger = divmod(parts, count)
-        if small == 0:
-            break
-        big_racks = [c for c in order if c[1] >= small + 1][:larger]
-        if len(big_racks) < larger:
-            continue
-        taken = {id(r) for r, _ in big_racks}
-        rest = [c for c in order if id(c[0]) not in taken and c[1] >= small][: count - larger]
-        if len(rest) < count - larger:
-            continue
-        chosen = [(r, small + 1) for r, _ in big_racks] + [(r, small) for r, _ in rest]
-        return sorted(chosen, key=lambda c: c[0].name)
-    return None
+    per_unit = shape.unit_gpus // request.slot
+    stage_units = shape.part_gpus // shape.unit_gpus
+    stages = [(r, u // stage_units) for r, u in order if u >= stage_units]
+    for kind, choose in enumerate((_even, _fill)):
+        if chosen := choose(stages, shape.parts, count):
+            return kind, [(r, n * stage_units * per_unit) for r, n in chosen]
+    chosen = _fill(order, shape.units, count)
+    assert chosen is not None, "the largest racks hold it, so a fill exists"
+    return 2, [(r, n * per_unit) for r, n in chosen]
+
+
+def _even(order: list[tuple[Rack, int]], need: int, count: int) -> list[tuple[Rack, int]] | None:
+    """`count` racks, in best-fit order, whose shares of `need` differ by at most one."""
+    small, larger = divmod(need, count)
+    if small == 0:
+        return None
+    big_racks = [c for c in order if c[1] >= small + 1][:larger]
+    if len(big_racks) < larger:
+        return None
+    taken = {id(r) for r, _ in big_racks}
+    rest = [c for c in order if id(c[0]) not in taken and c[1] >= small][: count - larger]
+    if len(rest) < count - larger:
+        return None
+    chosen = [(r, small + 1) for r, _ in big_racks] + [(r, small) for r, _ in rest]
+    return sorted(chosen, key=lambda c: c[0].name)
+
+
+def _fill(order: list[tuple[Rack, int]], need: int, count: int) -> list[tuple[Rack, int]] | None:
+    """`count` racks taken in best-fit order whenever the largest of those after them can
+    still make up `need`, sharing `need` as evenly as their room allows."""
+    if count > len(order):
+        return None
+    later = SortedList(u for _, u in order)  # room of the racks not yet looked at
+    chosen: list[tuple[Rack, int]] = []
+    room = 0
+    for rack, units in order:
+        later.remove(units)
+        left = count - len(chosen) - 1
+        if room + units + (sum(later[len(later) - left :]) if left else 0) >= need:
+            chosen.append((rack, units))
+            room += units
+            if len(chosen) == count:
+                break
+    if len(chosen) < count or room < need:
+        return None
+    shares = []
+    remaining = need
+    for i, (rack, units) in enumerate(sorted(chosen, key=lambda c: (c[1], c[0].name))):
+        share = min(units, -(-remaining // (count - i)))
+        shares.append((rack, share))
+        remaining -= share
+    assert remaining == 0
+    return sorted(shares, key=lambda c: c[0].name)
 
 
 def _reserve(

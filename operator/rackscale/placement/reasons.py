@@ -19,6 +19,10 @@ _PHRASES = {
         "is in use (an exclusive replica takes whole free racks)",
         "are in use (an exclusive replica takes whole free racks)",
     ),
+    "memory": (
+        "has GPUs with too little memory for it",
+        "have GPUs with too little memory for it",
+    ),
     "tenant": ("holds pods of namespace", "hold pods of namespace"),
     "held": ("is held exclusively by", "are held exclusively by"),
     "kept": ("is kept for", "are kept for"),
@@ -26,7 +30,7 @@ _PHRASES = {
 
 
 # Causes whose detail is a number (free GPUs, usable trays), listed rather than named.
-_COUNTED = ("too-few", "split", "compute-domain", "degraded")
+_COUNTED = ("too-few", "split", "compute-domain", "memory", "degraded")
 
 
 @dataclass(frozen=True, slots=True)

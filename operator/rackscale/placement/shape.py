@@ -34,9 +34,19 @@ class Shape:
         return lcm(self.tensor, self.expert, self.pod_gpus)
 
     @property
+    def unit_gpus(self) -> int:
+        """The smallest run of ranks a multi-rack replica may give one rack: whole NVLink
+        groups (`domain_gpus`)."""
+        return self.domain_gpus
+
+    @property
+    def units(self) -> int:
+        return self.gpus // self.unit_gpus
+
+    @property
     def part_gpus(self) -> int:
-        """The smallest run of ranks a multi-rack replica may give one rack: whole pipeline
-        stages made of whole NVLink groups."""
+        """Whole pipeline stages made of whole NVLink groups: what a multi-rack replica gives
+        each rack when that costs no extra rack."""
         return lcm(self.stage_gpus, self.domain_gpus)
 
     @property

@@ -13,7 +13,13 @@ from typing import Any, NamedTuple
 
 from sortedcontainers import SortedList
 
-from rackscale.api.rackpool import DEFAULT_GPU_RESOURCE, POOL_TAINT_KEY, RackPool, RackPoolSpec
+from rackscale.api.rackpool import (
+    DEFAULT_GPU_RESOURCE,
+    GPU_MEMORY_LABEL,
+    POOL_TAINT_KEY,
+    RackPool,
+    RackPoolSpec,
+)
 from rackscale.topology.objects import gpu_request, node_gpus, node_ready, pinned_node, terminated
 
 DEPLOYMENT_LABEL = "rackscale.dev/deployment"
@@ -59,6 +65,7 @@ class Node:
     pool: str | None = None
     rack: Rack | None = None
     domains: Counter[str] = field(default_factory=Counter)  # ComputeDomain -> its pods here
+    gpu_memory_mib: int | None = None  # per GPU: the pool's gpuMemoryMiB, else the node's label
 
     @property
     def free(self) -> int:
@@ -201,6 +208,7 @@ class Pool:
     node_gpus: int = 0  # the usual GPUs of one node (most common allocatable, larger on a tie)
     largest_node_gpus: int = 0
     compute_domains: bool = False  # replicas spanning nodes get ComputeDomains (guarantee 13)
+    gpu_memory: Counter[int | None] = field(default_factory=Counter)  # nodes by MiB per GPU
 
     def blocks(self) -> dict[str | None, list[Rack]]:
         grouped: dict[str | None, list[Rack]] = {}
@@ -214,6 +222,7 @@ class Pool:
         counts.pop(0, None)
         self.node_gpus = _most_common(counts)
         self.largest_node_gpus = max(counts, default=0)
+        self.gpu_memory = Counter(n.gpu_memory_mib for r in self.racks.values() for n in r.nodes)
 
 
 @dataclass(eq=False, slots=True)
@@ -309,6 +318,7 @@ def build_snapshot(
             cordoned=bool((raw.get("spec") or {}).get("unschedulable")),
             taints=_taints(raw, pool.name if pool else None),
             pool=pool.name if pool else None,
+            gpu_memory_mib=gpu_memory(labels, pool.spec if pool else None),
         )
         by_name[node.name] = node
         if pool is None:
@@ -367,6 +377,14 @@ def build_snapshot(
             node.rack.hold(holder)
 
     return Snapshot(built, by_name, conflicts, ordinary_node_gpus=_most_common(ordinary))
+
+
+def gpu_memory(labels: dict[str, str], spec: RackPoolSpec | None) -> int | None:
+    """MiB per GPU: the pool's `gpuMemoryMiB`, else GPU Feature Discovery's label; None unknown."""
+    if spec is not None and spec.gpu_memory_mib:
+        return spec.gpu_memory_mib
+    value = labels.get(GPU_MEMORY_LABEL, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def _most_common(sizes: Counter[int]) -> int:

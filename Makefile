@@ -97,6 +97,10 @@ bench: $(STAMP) e2e-binaries ## rackscale against kube-scheduler alone, every pa
 bench-quick: $(STAMP) ## The same at tiny sizes, without a cluster (writes to bench/out/).
 	$(PY) -m bench --quick
 
+.PHONY: bench-plan
+bench-plan: $(STAMP) ## `rackscale plan` on 1,000 racks (18,000 nodes), 2,000 replicas; figures to bench/out/.
+	$(PY) -m bench.plan_speed
+
 .PHONY: bench-placement
 bench-placement: $(STAMP) ## Placement engine speed at 100 and 1,000 racks; figures to bench/out/.
 	$(PY) -m bench.placement

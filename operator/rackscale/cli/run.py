@@ -44,6 +44,20 @@ def register(commands: Any) -> None:
         help="liveness endpoint (default %(default)s; 'none' to disable)",
     )
     cmd.add_argument(
+        "--readiness",
+        default="none",
+        metavar="URL",
+        help="readiness endpoint, such as http://0.0.0.0:8081/readyz (the chart's): 200 once a "
+        "reconcile pass has completed, 503 before (default: none)",
+    )
+    cmd.add_argument(
+        "--pool-grace",
+        type=float,
+        default=float(os.environ.get("RACKSCALE_POOL_GRACE", "300")),
+        metavar="SECONDS",
+        help="a RackPool matching no rack this long turns Stalled (default %(default)s)",
+    )
+    cmd.add_argument(
         "--metrics-port",
         type=int,
         default=int(os.environ.get("RACKSCALE_METRICS_PORT", "9090")),
@@ -87,6 +101,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"rackscale run: {message} (--metrics-port 0 turns them off)", file=sys.stderr)
             return 1
 
+    if args.readiness not in ("", "none"):
+        from rackscale.controller import readiness
+
+        try:
+            readiness.serve(args.readiness)
+        except OSError as error:
+            message = f"cannot serve readiness at {args.readiness}: {error}"
+            print(f"rackscale run: {message} (--readiness none turns it off)", file=sys.stderr)
+            return 1
+
     import kopf
 
     from rackscale.controller.reconcile import Options
@@ -102,7 +126,11 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         logging.getLogger("kubernetes").setLevel(logging.WARNING)
     importlib.import_module(HANDLERS)  # registers the handlers with kopf
-    options = Options(unschedulable_timeout=args.unschedulable_timeout, resync=args.resync)
+    options = Options(
+        unschedulable_timeout=args.unschedulable_timeout,
+        resync=args.resync,
+        pool_grace=args.pool_grace,
+    )
     liveness = None if args.liveness in ("", "none") else args.liveness
     kopf.run(
         standalone=True,

@@ -18,12 +18,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from rackscale.api import InferenceDeployment, format_errors
-from rackscale.api.rackpool import DEFAULT_GPU_RESOURCE, DEFAULT_RACK_LABEL
+from rackscale.api.rackpool import DEFAULT_GPU_RESOURCE
 from rackscale.controller import lifecycle, metrics, status
 from rackscale.controller.cluster import ClusterView
 from rackscale.controller.kube import Writer, now
-from rackscale.placement import Decision, ReplicaPlan, Waiting, place_pass
-from rackscale.render import PoolFacts, render_replica, render_services, template_hash
+from rackscale.placement import Decision, Waiting, place_pass
+from rackscale.render import pool_facts, render_replica, render_services, template_hash
 from rackscale.topology import Snapshot, build_snapshot
 
 log = logging.getLogger("rackscale.reconcile")
@@ -36,11 +36,15 @@ class Options:
     unschedulable_timeout: float = 60.0  # seconds a pinned pod may stay unschedulable
     resync: float = 10.0  # seconds between reconciles when nothing is heard
     debounce: float = 0.2  # seconds to gather a burst of watch events into one reconcile
+    pool_grace: float = status.POOL_GRACE_SECONDS  # a pool matching no rack this long: Stalled
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Options:
-        """Defaults, overridden by RACKSCALE_UNSCHEDULABLE_TIMEOUT and RACKSCALE_RESYNC."""
+        """Defaults, overridden by RACKSCALE_UNSCHEDULABLE_TIMEOUT, RACKSCALE_RESYNC and
+        RACKSCALE_POOL_GRACE."""
         options = cls()
+        if value := environ.get("RACKSCALE_POOL_GRACE"):
+            options.pool_grace = float(value)
         if value := environ.get("RACKSCALE_UNSCHEDULABLE_TIMEOUT"):
             options.unschedulable_timeout = float(value)
         if value := environ.get("RACKSCALE_RESYNC"):
@@ -117,7 +121,11 @@ class Reconciler:
         for name, pool in snapshot.pools.items():
             current = (bodies.get(name) or {}).get("status") or {}
             built[name] = status.pool_status(
-                pool, snapshot.conflicts, current.get("conditions") or [], stamp
+                pool,
+                snapshot.conflicts,
+                current.get("conditions") or [],
+                stamp,
+                self.options.pool_grace,
             )
             new = status.dump(built[name])
             if status.changed(new, current):
@@ -320,23 +328,6 @@ class Reconciler:
             if pod["metadata"].get("uid"):
                 self.deleting.add(pod["metadata"]["uid"])
 
-    def _facts(
-        self, deployment: InferenceDeployment, plan: ReplicaPlan, snapshot: Snapshot
-    ) -> PoolFacts:
-        pool = snapshot.pools.get(deployment.spec.placement.rack_pool or "")
-        labels = {p.spec.rack_label for p in snapshot.pools.values()} or {DEFAULT_RACK_LABEL}
-        racks = {}
-        for pod in plan.pods:
-            rack = snapshot.rack_of(pod.node) if pod.node else None
-            if pod.node and rack is not None:
-                racks[pod.node] = rack.name
-        return PoolFacts(
-            pool=pool.name if pool else None,
-            gpu_resource=pool.spec.gpu_resource if pool else DEFAULT_GPU_RESOURCE,
-            rack_labels=tuple(sorted(labels)),
-            node_racks=racks,
-        )
-
     def _gpu_resource(self, deployment: InferenceDeployment) -> str:
         name = deployment.spec.placement.rack_pool
         for pool in self.view.pools():
@@ -363,7 +354,7 @@ class Reconciler:
             return
         memory.unplaced.pop(index, None)
         memory.warned.pop(index, None)
-        pods = render_replica(deployment, plan, self._facts(deployment, plan, snapshot))
+        pods = render_replica(deployment, plan, pool_facts(deployment, plan, snapshot))
         if not await self._create(deployment, pods):
             if decision.reservation:
                 decision.reservation.undo()

@@ -17,6 +17,7 @@ from rackscale.render.names import (
     leader_address,
     pod_name,
 )
+from rackscale.render.plan import plan_objects, pool_facts
 from rackscale.render.pods import PoolFacts, render_replica, template_hash
 from rackscale.render.services import render_services
 
@@ -36,7 +37,9 @@ __all__ = [
     "PoolFacts",
     "headless_service_name",
     "leader_address",
+    "plan_objects",
     "pod_name",
+    "pool_facts",
     "render_replica",
     "render_services",
     "template_hash",

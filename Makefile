@@ -75,9 +75,10 @@ plan: $(STAMP) ## Offline what-if on the example cluster (or CLUSTER=... DEPLOYM
 ##@ Local control plane
 
 .PHONY: e2e-binaries
-e2e-binaries: ## Build etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, kwok and helm (cached by version).
+e2e-binaries: ## Build etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, kwok, helm and kube-score (cached by version).
 	bash e2e/controlplane/build.sh
 	bash e2e/controlplane/build-helm.sh
+	bash e2e/controlplane/build-kube-score.sh
 
 .PHONY: cluster-up
 cluster-up: $(STAMP) e2e-binaries ## Start the local control plane with fake GPU racks (PROFILE=default).

@@ -229,3 +229,111 @@ def test_python_dash_m_works_like_the_console_script(capsys: pytest.CaptureFixtu
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out.startswith("rackscale ")
+
+
+# ---- a CI gate: exit codes, bad files, output formats, fast reading ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"\x7fELF\x02\x01\x01\x00\x00\x00binary", "not a text file (it holds binary data)"),
+        (b"kind: Node\nmetadata: {name: caf\xe9}\n", "not UTF-8 text (invalid byte at offset"),
+        (b"", "no objects found"),
+        (b"# only a comment\n---\n", "no objects found"),
+        (b'{"apiVersion": "v1", "kind": "List", "items": []}', "no objects found"),
+    ],
+)
+def test_unreadable_and_empty_files_are_one_line(
+    cluster: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, expected: str
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    for args in (["--cluster", bad, EXAMPLES / "deepseek-r1.yaml"], ["--cluster", cluster, bad]):
+        code, out, err = run(capsys, "plan", *args)
+        assert code == 2
+        assert out == ""
+        assert err.count("\n") == 1
+        assert err.startswith(f"error: {bad}: {expected}")
+
+
+def test_a_rack_pool_missing_from_the_cluster_names_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nodes = write(tmp_path / "nodes.yaml", *nvl72(1))
+    code, out, err = run(capsys, "plan", "--cluster", nodes, EXAMPLES / "deepseek-r1.yaml")
+    assert (code, out) == (2, "")
+    assert err.startswith(f"error: {EXAMPLES / 'deepseek-r1.yaml'}: InferenceDeployment llm/")
+    assert "spec.placement.rackPool: RackPool 'gb200' is not in the cluster files" in err
+
+
+def test_the_exit_code_says_whether_everything_fits(
+    cluster: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "plan", "--cluster", cluster, EXAMPLES / "deepseek-r1.yaml")
+    assert (code, err) == (0, "")
+    code, out, err = run(
+        capsys, "plan", "--cluster", cluster, "-o", "json",
+        EXAMPLES / "deepseek-r1.yaml", EXAMPLES / "llama-405b-block.yaml",
+    )  # fmt: skip
+    assert code == 3
+    assert json.loads(out)["placements"][1]["mode"] == "Unplaced"  # printed first, whole
+    assert err == "error: 1 replica left unplaced\n"
+
+
+def test_wide_and_no_headers(cluster: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys, "plan", "--cluster", cluster, "-o", "wide", "--no-headers",
+        EXAMPLES / "deepseek-r1.yaml",
+    )  # fmt: skip
+    assert code == 0
+    first = out.splitlines()[0].split()
+    assert first[:4] == ["llm/deepseek-r1", "Rack", "2/2", "64"]
+    assert first[-3:] == ["Rack", "16", "16"]  # scope, pods, nodes
+
+
+def test_yaml_prints_the_pods_and_services_the_operator_would_create(
+    cluster: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(
+        capsys, "plan", "--cluster", cluster, "-o", "yaml", EXAMPLES / "deepseek-r1.yaml"
+    )
+    assert code == 0
+    listing = yaml.safe_load(out)
+    assert listing["kind"] == "List"
+    kinds = [(o["kind"], o["metadata"]["name"]) for o in listing["items"]]
+    pods = [name for kind, name in kinds if kind == "Pod"]
+    assert len(pods) == 16
+    assert pods[0] == "deepseek-r1-0-0"
+    assert [name for kind, name in kinds if kind == "Service"] == [
+        "deepseek-r1-shards",
+        "deepseek-r1",
+    ]
+    first = listing["items"][0]
+    term = first["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["nodeSelectorTerms"][0]  # pinned to the node the engine chose
+    env = {e["name"]: e.get("value") for e in first["spec"]["containers"][0]["env"]}
+    assert env["RACKSCALE_WORLD_SIZE"] == "32"
+
+
+def test_nodes_as_kubectl_prints_them_in_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nodes = tmp_path / "nodes.json"
+    nodes.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": nvl72(1)}))
+    code, out, _ = run(
+        capsys, "plan", "--cluster", nodes, "--cluster", EXAMPLES / "rackpool-gb200.yaml",
+        "-o", "json", EXAMPLES / "kimi-k2-exclusive.yaml",
+    )  # fmt: skip
+    assert code == 0
+    assert json.loads(out)["placements"][0]["mode"] == "Rack"
+
+
+def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["plan", "--help"])
+    text = capsys.readouterr().out
+    for line in ("0  every replica", "2  bad input", "3  some replica is left unplaced"):
+        assert line in text

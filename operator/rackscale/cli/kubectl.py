@@ -77,13 +77,13 @@ def dump(data: Any, output: str) -> str:
 
 
 def columns(rows: list[tuple[str, ...]], headers: bool) -> list[str]:
-    """Rows as kubectl aligns them: columns three spaces apart, the header row first."""
+    """Rows aligned in columns two spaces apart, the header row first (unless dropped)."""
     shown = rows if headers else rows[1:]
     if not shown:
         return []
     widths = [max(len(r[i]) for r in shown) for i in range(len(rows[0]))]
     return [
-        "   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in shown
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in shown
     ]
 
 

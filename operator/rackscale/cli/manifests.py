@@ -264,6 +264,14 @@ class _Reader:
                 if content.startswith(("- ", "---", "...")) or content == "-":
                     return out
             self.i += 1
+            if keep is not None and content[0].isalpha():
+                # A plain key left out: skipped before anything is parsed (most lines are).
+                colon = content.find(":")
+                plain = colon > 0 and content[colon + 1 : colon + 2] in ("", " ")
+                if plain and content[:colon] not in keep:
+                    content = None
+                    self._skip(indent)
+                    continue
             key, value = _key(content)
             content = None
             if key is None:

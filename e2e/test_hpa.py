@@ -81,7 +81,6 @@ def test_an_hpa_reads_the_scale_subresource_and_its_selector(
 
     status = eventually(reported, "the HPA controller to report on served", timeout=120)
     conditions = {c["type"]: c for c in status["conditions"]}
-    print("HPA status:", status)
     assert conditions["AbleToScale"]["status"] == "True"
     assert conditions["AbleToScale"]["reason"] == "SucceededGetScale"
     assert status["current_replicas"] == 1

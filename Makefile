@@ -75,9 +75,10 @@ plan: $(STAMP) ## Offline what-if on the example cluster (or CLUSTER=... DEPLOYM
 ##@ Local control plane
 
 .PHONY: e2e-binaries
-e2e-binaries: ## Build etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, kwok and helm (cached by version).
+e2e-binaries: ## Build etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, kwok, helm and kube-score (cached by version).
 	bash e2e/controlplane/build.sh
 	bash e2e/controlplane/build-helm.sh
+	bash e2e/controlplane/build-kube-score.sh
 
 .PHONY: cluster-up
 cluster-up: $(STAMP) e2e-binaries ## Start the local control plane with fake GPU racks (PROFILE=default).
@@ -96,6 +97,10 @@ bench: $(STAMP) e2e-binaries ## rackscale against kube-scheduler alone, every pa
 .PHONY: bench-quick
 bench-quick: $(STAMP) ## The same at tiny sizes, without a cluster (writes to bench/out/).
 	$(PY) -m bench --quick
+
+.PHONY: bench-plan
+bench-plan: $(STAMP) ## `rackscale plan` on 1,000 racks (18,000 nodes), 2,000 replicas; figures to bench/out/.
+	$(PY) -m bench.plan_speed
 
 .PHONY: bench-placement
 bench-placement: $(STAMP) ## Placement engine speed at 100 and 1,000 racks; figures to bench/out/.

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import churn, machine, optimal, placement, report
+from bench import churn, machine, optimal, placement, plan_speed, report
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
@@ -31,6 +31,7 @@ FULL = {
     "optimal_instances": 200,
     "optimal_solver_seconds": 5.0,
     "overhead": [(100, 50, 20), (1000, 500, 10)],  # (racks, deployments filling them, passes)
+    "plan_speed": (1000, 2000),  # (racks, replicas): `rackscale plan` as a CI gate
 }
 QUICK = {
     "placement_racks": [10],
@@ -42,6 +43,7 @@ QUICK = {
     "optimal_instances": 10,
     "optimal_solver_seconds": 1.0,
     "overhead": [(20, 10, 5)],
+    "plan_speed": (20, 40),
 }
 
 
@@ -77,6 +79,13 @@ def _overhead(params: dict[str, Any]) -> dict[str, Any]:
         )
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     return {"runs": runs}
+
+
+def _plan_speed(params: dict[str, Any], out: Path) -> dict[str, Any]:
+    racks, replicas = params["plan_speed"]
+    result = plan_speed.run(racks, replicas, out / "plan-speed")
+    plan_speed.show(result)
+    return result
 
 
 def _part(name: str, parts: dict[str, Any], work: Callable[[], dict[str, Any]]) -> None:
@@ -135,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: optimal.run(params["optimal_instances"], seed, params["optimal_solver_seconds"]),
     )
     _part("overhead", parts, lambda: _overhead(params))
+    _part("plan_speed", parts, lambda: _plan_speed(params, QUICK_OUT))
     figures["parts"] = parts
     figures["load_average_end"] = machine.load_average()
     figures["seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)

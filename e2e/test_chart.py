@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -164,6 +165,54 @@ def permissions(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
 def test_lint_strict(helm: Callable[..., Any]) -> None:
     helm("lint", "--strict", str(CHART))
     helm("lint", "--strict", str(CHART), "--set", "metrics.serviceMonitor.enabled=true")
+    helm(
+        "lint", "--strict", str(CHART), "--set", "metrics.prometheusRule.enabled=true",
+        "--set", "metrics.networkPolicy.enabled=true",
+    )  # fmt: skip
+
+
+def test_optional_prometheus_rule_carries_the_alerts(helm: Callable[..., Any]) -> None:
+    assert not of_kind(objects(render(helm)), "PrometheusRule")
+    enabled = objects(
+        render(
+            helm,
+            "metrics.prometheusRule.enabled=true",
+            "metrics.prometheusRule.labels.release=prom",
+            "metrics.prometheusRule.unplacedFor=30m",
+        )
+    )
+    (rule,) = of_kind(enabled, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "prom"
+    [group] = rule["spec"]["groups"]
+    alerts = {r["alert"]: r for r in group["rules"]}
+    shipped = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    assert set(alerts) == {r["alert"] for r in shipped}
+    for r in shipped:  # the same expressions tests/test_alerts.py evaluates
+        assert alerts[r["alert"]]["expr"] == r["expr"]
+    assert alerts["RackscaleReplicasUnplaced"]["for"] == "30m"
+    assert alerts["RackscaleNoReconcilePass"]["for"] == "10m"
+    assert "30m" in alerts["RackscaleReplicasUnplaced"]["annotations"]["summary"]
+
+
+def test_optional_network_policy_opens_only_the_metrics_port(
+    helm: Callable[..., Any], rendered: dict[tuple[str, str], Any]
+) -> None:
+    assert not of_kind(rendered, "NetworkPolicy")
+    enabled = objects(
+        render(
+            helm,
+            "metrics.networkPolicy.enabled=true",
+            "metrics.networkPolicy.from[0].namespaceSelector.matchLabels.name=monitoring",
+        )
+    )
+    (policy,) = of_kind(enabled, "NetworkPolicy")
+    (deployment,) = of_kind(enabled, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    [ingress] = policy["spec"]["ingress"]
+    assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert ingress["from"] == [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]
 
 
 def test_one_operator_replaced_by_recreate(rendered: dict[tuple[str, str], Any]) -> None:
@@ -177,16 +226,20 @@ def test_one_operator_replaced_by_recreate(rendered: dict[tuple[str, str], Any])
     assert args.metrics_port == 9090
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert args.liveness == f"http://0.0.0.0:{ports['health']}/healthz"
+    assert args.readiness == f"http://0.0.0.0:{ports['readiness']}/readyz"
+    assert args.pool_grace == 300
     assert ports["metrics"] == 9090
 
 
-def test_probes_hit_the_liveness_endpoint(rendered: dict[tuple[str, str], Any]) -> None:
+def test_liveness_and_readiness_are_separate_probes(rendered: dict[tuple[str, str], Any]) -> None:
     (deployment,) = of_kind(rendered, "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert container["resources"]["requests"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "readiness"}
+    requests = container["resources"]["requests"]
+    assert {"cpu", "memory", "ephemeral-storage"} <= set(requests)
     assert container["resources"]["limits"]["memory"]
+    assert container["resources"]["limits"]["ephemeral-storage"]
 
 
 def test_hardened_security_context(rendered: dict[tuple[str, str], Any]) -> None:
@@ -312,13 +365,16 @@ def kubectl() -> Callable[..., subprocess.CompletedProcess[str]]:
 def test_server_side_dry_run_accepts_every_object(
     helm: Callable[..., Any], kubectl: Callable[..., Any], kubeconfig: str, namespace: str
 ) -> None:
-    manifest = render(helm, namespace=namespace)
+    manifest = render(helm, "metrics.networkPolicy.enabled=true", namespace=namespace)
     done = kubectl("apply", "--dry-run=server", "-f", "-", kubeconfig=kubeconfig, stdin=manifest)
     assert done.returncode == 0, done.stderr
     applied = {line.split()[0] for line in done.stdout.splitlines() if "(server dry run)" in line}
     kinds = {kind for kind, _ in objects(manifest)}
     assert len(applied) == len(objects(manifest)), done.stdout
-    assert {"Deployment", "ClusterRole", "ClusterRoleBinding", "ServiceAccount", "Service"} <= kinds
+    assert {
+        "Deployment", "ClusterRole", "ClusterRoleBinding", "ServiceAccount", "Service",
+        "NetworkPolicy",
+    } <= kinds  # fmt: skip
 
 
 @pytest.fixture
@@ -465,14 +521,18 @@ def running_operator(
     deployment = client.AppsV1Api(kube).read_namespaced_deployment(f"{name}-rackscale", namespace)
     args = list(deployment.spec.template.spec.containers[0].args)
     # Two operators on one machine, and the installed pod's ports mean nothing here.
+    readiness = f"http://127.0.0.1:{free_port()}/readyz"
     args = [
         f"--liveness=http://127.0.0.1:{free_port()}/healthz"
         if a.startswith("--liveness=")
         else f"--metrics-port={free_port()}"
         if a.startswith("--metrics-port=")
+        else f"--readiness={readiness}"
+        if a.startswith("--readiness=")
         else a
         for a in args
     ]
+    (workdir / "readiness-url").write_text(readiness)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE")}
     env["KUBECONFIG"] = sa_config
     log = workdir / "operator.log"
@@ -559,6 +619,10 @@ def test_operator_as_the_service_account_places_without_a_denial(
 
     # Pods created (pods: create), status written (inferencedeployments/status: patch).
     eventually(lambda: placed(2), "2 replicas placed, their 4 pods bound and the status written")
+    # Ready once a pass completed: the chart's readinessProbe, on its own endpoint.
+    url = (operator_as_service_account.parent / "readiness-url").read_text()
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        assert (answer.status, answer.read()) == (200, b"ok\n")
     # Services created (services: create) and an Event posted (events: create).
     for service in ("llm", "llm-shards"):
         core.read_namespaced_service(service, workload)
@@ -694,3 +758,48 @@ def test_a_missing_permission_shows_in_the_operator_log(
             "the operator to log that it may not watch CustomResourceDefinitions",
             60,
         )
+
+
+# ---- the chart linter -------------------------------------------------------------------------
+
+KUBE_SCORE_VERSION = "v1.20.0"  # as e2e/controlplane/build-kube-score.sh builds it
+
+
+def kube_score_findings(manifest: str) -> dict[tuple[str, str], list[str]]:
+    """(kind, check id) -> summaries, for every warning or critical finding of kube-score."""
+    cache = Path(os.environ.get("RACKSCALE_CACHE") or Path.home() / ".cache" / "rackscale")
+    binary = cache / "bin" / f"kube-score-{KUBE_SCORE_VERSION}" / "kube-score"
+    if not os.access(binary, os.X_OK):
+        pytest.fail(
+            f"{binary} is missing: build it with `bash e2e/controlplane/build-kube-score.sh` "
+            "(`make e2e-binaries` does)",
+            pytrace=False,
+        )
+    done = subprocess.run(
+        [str(binary), "score", "-", "--output-format", "json"],
+        input=manifest, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.stdout, done.stderr  # exit code 1 means findings; the JSON says which
+    found: dict[tuple[str, str], list[str]] = {}
+    for obj in json.loads(done.stdout):
+        for check in obj["checks"]:
+            if not check["skipped"] and check["grade"] < 10:
+                key = (obj["type_meta"]["kind"], check["check"]["id"])
+                found[key] = [c["summary"] for c in check.get("comments") or []]
+    return found
+
+
+def test_kube_score_finds_only_what_the_readme_keeps_on_purpose(helm: Callable[..., Any]) -> None:
+    readme = (CHART / "README.md").read_text()
+    section = readme.split("## Linter findings kept on purpose", 1)[1].split("\n## ", 1)[0]
+    kept = set(re.findall(r"^\| `([a-z-]+)`", section, re.MULTILINE))
+    found = kube_score_findings(render(helm))
+    assert {check for _, check in found} == kept, found
+    assert {kind for kind, _ in found} == {"Deployment"}
+    # With the optional NetworkPolicy the ingress finding goes; the egress one stays, documented.
+    with_policy = kube_score_findings(render(helm, "metrics.networkPolicy.enabled=true"))
+    assert set(with_policy) <= set(found)
+    assert with_policy[("Deployment", "pod-networkpolicy")] == [
+        "The pod does not have a matching egress NetworkPolicy"
+    ]
+    assert "only an egress one remains" in section

@@ -108,6 +108,17 @@ def test_deployment_names_must_make_valid_pod_and_service_names(name: str, ok: b
             },
             "spec.nodeSelector.matchExpressions.0.values: must be empty",
         ),
+        ({"gpuResource": "gpu"}, "spec.gpuResource: 'gpu' is not an extended"),
+        ({"gpuResource": "kubernetes.io/gpu"}, "spec.gpuResource: 'kubernetes.io"),
+        ({"blockLabel": "-bad"}, "spec.blockLabel: '-bad' is not a valid label key"),
+        (
+            {"nodeSelector": {"matchLabels": {"bad key": "x"}}},
+            "spec.nodeSelector.matchLabels: 'bad key' is not a valid label key",
+        ),
+        (
+            {"nodeSelector": {"matchExpressions": [{"key": "a/b/c", "operator": "Exists"}]}},
+            "spec.nodeSelector.matchExpressions.0.key: 'a/b/c' is not a valid label key",
+        ),
     ],
 )
 def test_bad_pool_names_the_field(spec: dict[str, Any], expected: str) -> None:
@@ -151,3 +162,29 @@ def test_every_example_is_valid() -> None:
                 RackPool.model_validate(doc)
                 seen.add(doc["kind"])
     assert seen == {"InferenceDeployment", "RackPool"}
+
+
+@pytest.mark.parametrize(
+    ("placement", "template", "expected"),
+    [
+        (
+            {"rackPool": "GB200"},
+            {},
+            "spec.placement.rackPool: 'GB200' must be at most",
+        ),
+        ({}, {"spec": {"containers": []}}, "spec.template.spec.containers: a pod template needs"),
+        ({}, {"metadata": {"labels": {}}}, "spec.template.spec.containers: a pod template needs"),
+    ],
+)
+def test_names_and_templates_are_checked(
+    placement: dict[str, Any], template: dict[str, Any], expected: str
+) -> None:
+    body = {"metadata": {"name": "d"}, "spec": {"placement": placement, "template": template}}
+    lines = errors(InferenceDeployment, body)
+    assert any(line.startswith(expected) for line in lines), lines
+
+
+def test_pool_names_may_start_with_a_digit_and_the_message_says_so() -> None:
+    assert RackPool.model_validate({"metadata": {"name": "0-gb200"}}).name == "0-gb200"
+    [line] = errors(RackPool, {"metadata": {"name": "-gb200"}})
+    assert "starting and ending with a letter or digit" in line

@@ -33,7 +33,7 @@ def test_quick_mode_writes_json_markdown_and_plots(run: tuple[Path, dict]) -> No
 def test_every_part_is_measured_or_says_why_not(run: tuple[Path, dict]) -> None:
     _, figures = run
     parts = figures["parts"]
-    assert set(parts) == {"placement", "apply", "churn", "optimal", "overhead"}
+    assert set(parts) == {"placement", "apply", "churn", "optimal", "overhead", "plan_speed"}
     assert not [name for name, part in parts.items() if "error" in part]
     assert "skipped" in parts["apply"]
     assert {r["racks"] for r in parts["placement"]["runs"]} == {10}
@@ -44,6 +44,11 @@ def test_every_part_is_measured_or_says_why_not(run: tuple[Path, dict]) -> None:
     }
     assert set(parts["optimal"]["families"]) == {"over", "under"}
     assert parts["overhead"]["runs"][0]["pods"] > 0
+    speed = parts["plan_speed"]
+    assert (speed["racks"], speed["replicas"]) == (20, 40)
+    for source in ("yaml", "json"):  # the CLI's own exit code: every replica placed
+        assert speed[source]["exit_code"] == 0
+        assert speed[source]["unplaced"] == 0
 
 
 def test_the_headline_compares_against_targets(run: tuple[Path, dict]) -> None:

@@ -76,7 +76,7 @@ def test_deployments_see_the_ones_before_them(
         EXAMPLES / "llama-405b-block.yaml",
         EXAMPLES / "llama-8b.yaml",
     )  # fmt: skip
-    assert code == 0
+    assert code == 3  # llama-405b is left unplaced
     kimi, llama405, llama8 = json.loads(out)["placements"]
     assert kimi["mode"] == "Rack"
     assert llama405["mode"] == "Unplaced"
@@ -97,7 +97,7 @@ def test_table_names_modes_racks_and_reasons(
         EXAMPLES / "deepseek-r1.yaml",
         EXAMPLES / "llama-405b-block.yaml",
     )
-    assert code == 0
+    assert code == 3  # one replica unplaced: exit code 3, the table printed first
     lines = out.splitlines()
     # The examples name their models, so the memory column shows; no pool has a price.
     assert lines[0].split() == ["DEPLOYMENT", "MODE", "PLACED", "GPUS", "MEMORY", "RACKS"]
@@ -136,7 +136,7 @@ def test_together_places_as_one_operator_pass(
 
     def modes(*extra: str | Path) -> list[tuple[str, str]]:
         code, out, _ = run(capsys, *args, *extra, small, large)
-        assert code == 0
+        assert code == 3  # one of the two is left out either way
         return [(p["deployment"], p["mode"]) for p in json.loads(out)["placements"]]
 
     # One after another, the small one opens the only rack; together, the large one gets it.
@@ -155,7 +155,7 @@ BAD_DEPLOYMENT = {
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        ("a: [unclosed", "not valid YAML (line 1)"),
+        ("a: [unclosed", "not valid YAML (line "),
         ("- just\n- a list\n", "document 1 is not a Kubernetes object (no kind)"),
         (yaml.safe_dump({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}}),
          "Service s: unexpected kind 'Service' (expected InferenceDeployment)"),
@@ -174,7 +174,7 @@ def test_bad_input_is_one_line_naming_file_object_and_field(
     assert code == 2
     assert out == ""
     assert len(err.strip().splitlines()) == 1
-    assert err.startswith(f"rackscale plan: {bad}: ")
+    assert err.startswith(f"error: {bad}: ")
     assert expected in err
 
 
@@ -216,7 +216,7 @@ def test_nodes_selected_by_two_pools_are_reported(
     code, out, _ = run(
         capsys, "plan", "--cluster", cluster, "-o", "json", EXAMPLES / "deepseek-r1.yaml"
     )
-    assert code == 0
+    assert code == 3
     result = json.loads(out)
     assert (
         "node gb200-0000-00 is selected by RackPools gb200, other and belongs to none"
@@ -234,3 +234,122 @@ def test_python_dash_m_works_like_the_console_script(capsys: pytest.CaptureFixtu
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out.startswith("rackscale ")
+
+
+# ---- a CI gate: exit codes, bad files, output formats, fast reading ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"\x7fELF\x02\x01\x01\x00\x00\x00binary", "not a text file (it holds binary data)"),
+        (b"kind: Node\nmetadata: {name: caf\xe9}\n", "not UTF-8 text (invalid byte at offset"),
+        (b"", "no objects found"),
+        (b"# only a comment\n---\n", "no objects found"),
+        (b'{"apiVersion": "v1", "kind": "List", "items": []}', "no objects found"),
+    ],
+)
+def test_unreadable_and_empty_files_are_one_line(
+    cluster: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, expected: str
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    for args in (["--cluster", bad, EXAMPLES / "deepseek-r1.yaml"], ["--cluster", cluster, bad]):
+        code, out, err = run(capsys, "plan", *args)
+        assert code == 2
+        assert out == ""
+        assert err.count("\n") == 1
+        assert err.startswith(f"error: {bad}: {expected}")
+
+
+def test_a_rack_pool_missing_from_the_cluster_names_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nodes = write(tmp_path / "nodes.yaml", *nvl72(1))
+    code, out, err = run(capsys, "plan", "--cluster", nodes, EXAMPLES / "deepseek-r1.yaml")
+    assert (code, out) == (2, "")
+    assert err.startswith(f"error: {EXAMPLES / 'deepseek-r1.yaml'}: InferenceDeployment llm/")
+    assert "spec.placement.rackPool: RackPool 'gb200' is not in the cluster files" in err
+
+
+def test_the_exit_code_says_whether_everything_fits(
+    cluster: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "plan", "--cluster", cluster, EXAMPLES / "deepseek-r1.yaml")
+    assert (code, err) == (0, "")
+    code, out, err = run(
+        capsys, "plan", "--cluster", cluster, "-o", "json",
+        EXAMPLES / "deepseek-r1.yaml", EXAMPLES / "llama-405b-block.yaml",
+    )  # fmt: skip
+    assert code == 3
+    assert json.loads(out)["placements"][1]["mode"] == "Unplaced"  # printed first, whole
+    assert err == "error: 1 replica left unplaced\n"
+
+
+def test_wide_and_no_headers(cluster: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys, "plan", "--cluster", cluster, "-o", "wide", "--no-headers",
+        EXAMPLES / "deepseek-r1.yaml",
+    )  # fmt: skip
+    assert code == 0
+    first = out.splitlines()[0].split()
+    assert first[:4] == ["llm/deepseek-r1", "Rack", "2/2", "64"]
+    assert first[-3:] == ["Rack", "16", "16"]  # scope, pods, nodes
+
+
+def test_yaml_prints_the_pods_and_services_the_operator_would_create(
+    cluster: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(
+        capsys, "plan", "--cluster", cluster, "-o", "yaml", EXAMPLES / "deepseek-r1.yaml"
+    )
+    assert code == 0
+    listing = yaml.safe_load(out)
+    assert listing["kind"] == "List"
+    kinds = [(o["kind"], o["metadata"]["name"]) for o in listing["items"]]
+    pods = [name for kind, name in kinds if kind == "Pod"]
+    assert len(pods) == 16
+    assert pods[0] == "deepseek-r1-0-0"
+    assert [name for kind, name in kinds if kind == "Service"] == [
+        "deepseek-r1-shards",
+        "deepseek-r1",
+    ]
+    # Each replica's ComputeDomain comes before its pods, as the operator creates them.
+    assert kinds[0] == ("ComputeDomain", "deepseek-r1-0")
+    assert [name for kind, name in kinds if kind == "ComputeDomain"] == [
+        "deepseek-r1-0",
+        "deepseek-r1-1",
+    ]
+    assert kinds.index(("ComputeDomain", "deepseek-r1-1")) == 9  # after replica 0's 8 pods
+    first = listing["items"][1]
+    claims = first["spec"]["resourceClaims"]
+    assert claims == [
+        {"name": "compute-domain-channel", "resourceClaimTemplateName": "deepseek-r1-0-channel"}
+    ]
+    term = first["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["nodeSelectorTerms"][0]  # pinned to the node the engine chose
+    env = {e["name"]: e.get("value") for e in first["spec"]["containers"][0]["env"]}
+    assert env["RACKSCALE_WORLD_SIZE"] == "32"
+
+
+def test_nodes_as_kubectl_prints_them_in_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nodes = tmp_path / "nodes.json"
+    nodes.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": nvl72(1)}))
+    code, out, _ = run(
+        capsys, "plan", "--cluster", nodes, "--cluster", EXAMPLES / "rackpool-gb200.yaml",
+        "-o", "json", EXAMPLES / "kimi-k2-exclusive.yaml",
+    )  # fmt: skip
+    assert code == 0
+    assert json.loads(out)["placements"][0]["mode"] == "Rack"
+
+
+def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["plan", "--help"])
+    text = capsys.readouterr().out
+    for line in ("0  every replica", "2  bad input", "3  some replica is left unplaced"):
+        assert line in text

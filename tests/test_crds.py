@@ -74,13 +74,18 @@ def test_names_columns_and_subresources() -> None:
         ]
         for kind, d in defs.items()
     }
-    assert columns["InferenceDeployment"] == ["READY", "GPUS", "MODE", "RACKS", "PHASE", "AGE"]
+    # The long ones (the rack list, cost) only with `kubectl get -o wide`.
+    assert columns["InferenceDeployment"] == ["READY", "GPUS", "MODE", "PHASE", "AGE"]
     wide = [
         (c["name"], c["jsonPath"])
         for c in defs["InferenceDeployment"]["versions"][0]["additionalPrinterColumns"]
         if c.get("priority") == 1
-    ]  # `kubectl get idep -o wide` adds the cost; the default view stays short
-    assert wide == [("Cost/h", ".status.costPerHour"), ("Currency", ".status.currency")]
+    ]  # `kubectl get idep -o wide` adds the racks and cost; the default view stays short
+    assert wide == [
+        ("Racks", ".status.rackList"),
+        ("Cost/h", ".status.costPerHour"),
+        ("Currency", ".status.currency"),
+    ]
     racks = [
         c
         for c in defs["InferenceDeployment"]["versions"][0]["additionalPrinterColumns"]
@@ -125,3 +130,62 @@ def test_the_crd_schema_refuses_what_the_models_refuse() -> None:
     messages = sorted(e.message for e in jsonschema.Draft4Validator(schema).iter_errors(bad))
     assert any("-1 is less than the minimum of 0" in m for m in messages), messages
     assert any("'Row' is not one of" in m for m in messages), messages
+
+
+def test_every_cel_rule_names_its_field_and_the_name_rules_agree() -> None:
+    for kind in ("RackPool", "InferenceDeployment"):
+        rules = [
+            (path, r)
+            for path, node in walk(schema_of(kind))
+            for r in node.get("x-kubernetes-validations", [])
+        ]
+        assert len(rules) >= 4, kind
+        for path, rule in rules:
+            assert rule.get("fieldPath", "").startswith("."), f"{kind}{path}: {rule}"
+    [rp_rule] = schema_of("RackPool")["x-kubernetes-validations"]
+    assert "[a-z0-9]([-a-z0-9]*[a-z0-9])?" in rp_rule["rule"]
+    assert "starting and ending with a letter or digit" in rp_rule["message"]
+    [idep_rule] = schema_of("InferenceDeployment")["x-kubernetes-validations"]
+    assert "starting with a letter" in idep_rule["message"]
+
+
+def test_kubernetes_names_are_checked_with_kubernetes_own_cel_library() -> None:
+    pool_rules = {
+        r["fieldPath"]: r["rule"]
+        for _, node in walk(schema_of("RackPool"))
+        for r in node.get("x-kubernetes-validations", [])
+    }
+    for field in (".rackLabel", ".blockLabel", ".gpuResource", ".matchLabels", ".key"):
+        assert "format.qualifiedName()" in pool_rules[field], field
+    dep_rules = {
+        r["fieldPath"]: r["rule"]
+        for _, node in walk(schema_of("InferenceDeployment"))
+        for r in node.get("x-kubernetes-validations", [])
+    }
+    assert "format.dns1123Label()" in dep_rules[".rackPool"]
+    assert "size(self.template.spec.containers) > 0" in dep_rules[".template.spec.containers"]
+
+
+def test_conditions_are_list_maps_and_times_are_date_time() -> None:
+    for kind in ("RackPool", "InferenceDeployment"):
+        conditions = schema_of(kind)["properties"]["status"]["properties"]["conditions"]
+        assert conditions["x-kubernetes-list-type"] == "map"
+        assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+        assert "type" in conditions["items"]["required"]
+        stamp = conditions["items"]["properties"]["lastTransitionTime"]
+        assert stamp["format"] == "date-time"
+
+
+def test_scale_selector_status_default_and_wide_columns() -> None:
+    defs = {
+        d["spec"]["names"]["kind"]: d["spec"]["versions"][0] for d in crd.definitions().values()
+    }
+    scale = defs["InferenceDeployment"]["subresources"]["scale"]
+    assert scale["labelSelectorPath"] == ".status.selector"
+    status = defs["InferenceDeployment"]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    assert status["properties"]["selector"]["type"] == "string"
+    assert status["default"] == {"observedGeneration": 0}
+    columns = {c["name"]: c for c in defs["InferenceDeployment"]["additionalPrinterColumns"]}
+    wide = {"Racks", "Cost/h", "Currency"}
+    assert all(columns[n]["priority"] == 1 for n in wide)
+    assert all(c.get("priority", 0) == 0 for n, c in columns.items() if n not in wide)

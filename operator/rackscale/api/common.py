@@ -20,6 +20,23 @@ LABEL_KEY = re.compile(
 # A DNS-1035 label: what Service names need, and so what an InferenceDeployment's name needs.
 DNS_1035 = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 DNS_1123 = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# What each name pattern asks for, in the words of the refusal (the CRD's and the models').
+NAME_RULES = {
+    DNS_1035: "lower-case letters, digits and '-', starting with a letter and ending with a "
+    "letter or digit",
+    DNS_1123: "lower-case letters, digits and '-', starting and ending with a letter or digit",
+}
+
+
+def cel(rule: str, message: str, field_path: str) -> dict[str, Any]:
+    """One x-kubernetes-validations entry; the API server's refusal names `field_path`."""
+    return {"rule": rule, "message": message, "fieldPath": field_path}
+
+
+def qualified_name_rule(expr: str) -> str:
+    """CEL: `expr` is a label key (optional DNS-subdomain prefix, `/`, a name of at most 63
+    characters), checked by Kubernetes' own format library."""
+    return f"!format.qualifiedName().validate({expr}).hasValue()"
 
 
 class FieldError(ValueError):
@@ -52,11 +69,20 @@ class Condition(Status):
     reason: str = Field(default="", description="One CamelCase word: why it has this status.")
     message: str = Field(default="", description="What happened, for a person to act on.")
     last_transition_time: str | None = Field(
-        default=None, description="When the status last changed (RFC 3339)."
+        default=None,
+        description="When the status last changed (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
     )
     observed_generation: int | None = Field(
         default=None, description="The metadata.generation the condition was computed for."
     )
+
+
+# `conditions` lists: one entry per type, so server-side apply and kstatus merge them by type.
+CONDITIONS_LIST: dict[str, Any] = {
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["type"],
+}
 
 
 class GpuCounts(Status):
@@ -94,9 +120,5 @@ def check_name(
     if not isinstance(name, str) or not name:
         raise FieldError("name", "is required")
     if len(name) > max_length or not re.match(pattern, name):
-        raise FieldError(
-            "name",
-            f"{name!r} must be at most {max_length} lower-case letters, digits and '-', "
-            "starting with a letter and ending with a letter or digit",
-        )
+        raise FieldError("name", f"{name!r} must be at most {max_length} {NAME_RULES[pattern]}")
     return metadata

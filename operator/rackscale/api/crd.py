@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from rackscale.api.common import DNS_1035, DNS_1123, GROUP, VERSION
+from rackscale.api.common import DNS_1035, DNS_1123, GROUP, NAME_RULES, VERSION
 from rackscale.api.inferencedeployment import (
     MAX_NAME_LENGTH,
     InferenceDeploymentSpec,
@@ -72,8 +72,8 @@ def _name_rule(max_length: int, pattern: str) -> dict[str, Any]:
     return {
         "rule": f"self.metadata.name.size() <= {max_length} && "
         f"self.metadata.name.matches('{pattern}')",
-        "message": f"metadata.name must be at most {max_length} lower-case letters, digits and "
-        "'-', starting with a letter and ending with a letter or digit",
+        "message": f"metadata.name must be at most {max_length} {NAME_RULES[pattern]}",
+        "fieldPath": ".metadata.name",
     }
 
 
@@ -95,6 +95,8 @@ def _crd(
         subresources["scale"] = {
             "specReplicasPath": ".spec.replicas",
             "statusReplicasPath": ".status.replicas",
+            # A HorizontalPodAutoscaler reads the leader pods' metrics through this selector.
+            "labelSelectorPath": ".status.selector",
         }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -128,9 +130,19 @@ def _crd(
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
+                                # Declared so the name rule's fieldPath names a field.
+                                "metadata": {
+                                    "type": "object",
+                                    "properties": {"name": {"type": "string"}},
+                                },
                                 "spec": structural(spec),
-                                "status": structural(status),
+                                "status": {
+                                    **structural(status),
+                                    # Until the operator writes status, observedGeneration 0
+                                    # trails metadata.generation: kstatus (Flux), Argo CD and
+                                    # `kubectl wait` read a new object as in progress.
+                                    "default": {"observedGeneration": 0},
+                                },
                             },
                             "x-kubernetes-validations": [name_rule],
                         }
@@ -171,7 +183,7 @@ def definitions() -> dict[str, dict[str, Any]]:
             {"name": "Ready", "type": "string", "jsonPath": ".status.ready"},
             {"name": "GPUs", "type": "integer", "jsonPath": ".status.gpus"},
             {"name": "Mode", "type": "string", "jsonPath": ".status.mode"},
-            {"name": "Racks", "type": "string", "jsonPath": ".status.rackList"},
+            {"name": "Racks", "type": "string", "jsonPath": ".status.rackList", "priority": 1},
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         ],
         wide=[  # priority 1: only `kubectl get -o wide` shows them

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, Literal, get_args
@@ -9,11 +10,15 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from rackscale.api.common import (
+    CONDITIONS_LIST,
     DNS_1035,
+    DNS_1123,
+    NAME_RULES,
     Condition,
     FieldError,
     Spec,
     Status,
+    cel,
     check_name,
 )
 
@@ -63,6 +68,19 @@ class Parallelism(Spec):
 class Placement(Spec):
     """Where replicas may go and what happens when they do not fit."""
 
+    model_config = Spec.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.rackPool) || "
+                    "!format.dns1123Label().validate(self.rackPool).hasValue()",
+                    f"rackPool must name a RackPool: at most 63 {NAME_RULES[DNS_1123]}",
+                    ".rackPool",
+                )
+            ]
+        }
+    }
+
     rack_pool: str | None = Field(
         default=None,
         min_length=1,
@@ -86,6 +104,13 @@ class Placement(Spec):
         description="When the pool cannot hold a replica: run it in device-plugin mode on "
         "ordinary nodes, or leave it pending.",
     )
+
+    @field_validator("rack_pool")
+    @classmethod
+    def _pool_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(DNS_1123, value):
+            raise ValueError(f"{value!r} must be at most 63 {NAME_RULES[DNS_1123]}")
+        return value
 
 
 Precision = Literal["fp4", "nvfp4", "fp6", "fp8", "int4", "int8", "bf16", "fp16", "fp32"]
@@ -189,6 +214,14 @@ class InferenceDeploymentSpec(Spec):
                     "message": "exclusive needs placement.rackPool: only racks can be exclusive",
                     "fieldPath": ".placement.exclusive",
                 },
+                cel(
+                    "!has(self.template) || (!has(self.template.spec) && "
+                    "!has(self.template.metadata)) || (has(self.template.spec) && "
+                    "has(self.template.spec.containers) && "
+                    "size(self.template.spec.containers) > 0)",
+                    "a pod template needs at least one container",
+                    ".template.spec.containers",
+                ),
             ]
         }
     }
@@ -211,7 +244,32 @@ class InferenceDeploymentSpec(Spec):
     template: dict[str, Any] = Field(
         default_factory=dict,
         description="A PodTemplateSpec: the user's containers.",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        # Kept whole; `spec.containers` is declared so that the CRD can check it is not empty.
+        json_schema_extra={
+            "x-kubernetes-preserve-unknown-fields": True,
+            "properties": {
+                "metadata": {
+                    "type": "object",
+                    "description": "Labels and annotations for every pod.",
+                    "x-kubernetes-preserve-unknown-fields": True,
+                },
+                "spec": {
+                    "type": "object",
+                    "description": "A PodSpec.",
+                    "x-kubernetes-preserve-unknown-fields": True,
+                    "properties": {
+                        "containers": {
+                            "type": "array",
+                            "description": "The containers: at least one.",
+                            "items": {
+                                "type": "object",
+                                "x-kubernetes-preserve-unknown-fields": True,
+                            },
+                        }
+                    },
+                },
+            },
+        },
     )
     worker_template: dict[str, Any] | None = Field(
         default=None,
@@ -318,7 +376,15 @@ class InferenceDeploymentStatus(Status):
     mode: Mode | None = Field(
         default=None, description="The replicas' common mode, or Mixed when they differ."
     )
-    replicas: int = Field(default=0, description="Replicas wanted (spec.replicas).")
+    replicas: int = Field(
+        default=0,
+        description="Replicas that exist now (those with pods): the scale subresource's count.",
+    )
+    selector: str = Field(
+        default="",
+        description="The label selector of the leader pods (shard 0 of each replica), as a "
+        "string: what a HorizontalPodAutoscaler reads through the scale subresource.",
+    )
     placed_replicas: int = Field(default=0, description="Replicas whose pods all exist.")
     ready_replicas: int = Field(default=0, description="Replicas whose pods are all Ready.")
     ready: str = Field(default="0/0", description="readyReplicas/replicas, for kubectl get.")
@@ -345,6 +411,7 @@ class InferenceDeploymentStatus(Status):
         description="Placed, Available, Progressing, Degraded, and Ready, Reconciling, Stalled "
         "for kstatus (docs/operator.md, docs/gitops.md); ComputeDomains when a replica spans "
         "trays of a pool that uses them.",
+        json_schema_extra=CONDITIONS_LIST,
     )
 
 

@@ -7,13 +7,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from rackscale.api.common import (
+    CONDITIONS_LIST,
     LABEL_KEY,
     Condition,
     FieldError,
     GpuCounts,
     Spec,
     Status,
+    cel,
     check_name,
+    qualified_name_rule,
 )
 from rackscale.api.pricing import Pricing
 
@@ -36,7 +39,13 @@ class LabelSelectorRequirement(Spec):
                     "message": "values must be non-empty for In and NotIn, "
                     "and empty for Exists and DoesNotExist",
                     "fieldPath": ".values",
-                }
+                },
+                cel(
+                    qualified_name_rule("self.key"),
+                    "key must be a label key: an optional DNS subdomain and '/', then at most 63 "
+                    "letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+                    ".key",
+                ),
             ]
         }
     }
@@ -54,6 +63,8 @@ class LabelSelectorRequirement(Spec):
 
     @model_validator(mode="after")
     def _values_match_operator(self) -> LabelSelectorRequirement:
+        if not LABEL_KEY.match(self.key):
+            raise FieldError("key", f"{self.key!r} is not a valid label key")
         if self.operator in ("In", "NotIn") and not self.values:
             raise FieldError("values", f"must be non-empty for operator {self.operator}")
         if self.operator in ("Exists", "DoesNotExist") and self.values:
@@ -73,8 +84,26 @@ class LabelSelectorRequirement(Spec):
 class LabelSelector(Spec):
     """A standard Kubernetes LabelSelector; empty selects every node."""
 
+    model_config = Spec.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.matchLabels) || self.matchLabels.all(k, "
+                    + qualified_name_rule("k")
+                    + ")",
+                    "matchLabels keys must be label keys: an optional DNS subdomain and '/', then "
+                    "at most 63 letters, digits, '-', '_' or '.', starting and ending with a "
+                    "letter or digit",
+                    ".matchLabels",
+                )
+            ]
+        }
+    }
+
     match_labels: dict[str, str] = Field(
-        default_factory=dict, description="Labels a node must carry with exactly these values."
+        default_factory=dict,
+        description="Labels a node must carry with exactly these values.",
+        json_schema_extra={"maxProperties": 64},
     )
     match_expressions: list[LabelSelectorRequirement] = Field(
         default_factory=list,
@@ -82,14 +111,53 @@ class LabelSelector(Spec):
         description="Further requirements on node labels; all must hold.",
     )
 
+    @field_validator("match_labels")
+    @classmethod
+    def _label_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not LABEL_KEY.match(key):
+                raise ValueError(f"{key!r} is not a valid label key")
+        return value
+
     def matches(self, labels: dict[str, str]) -> bool:
         return all(labels.get(k) == v for k, v in self.match_labels.items()) and all(
             e.matches(labels) for e in self.match_expressions
         )
 
 
+_LABEL_KEY_WORDS = (
+    "a label key: an optional DNS subdomain and '/', then at most 63 letters, digits, '-', '_' "
+    "or '.', starting and ending with a letter or digit"
+)
+
+
 class RackPoolSpec(Spec):
     """Which nodes form the pool, how racks and NVLink domains are named, and the GPU resource."""
+
+    model_config = Spec.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.rackLabel) || " + qualified_name_rule("self.rackLabel"),
+                    f"rackLabel must be {_LABEL_KEY_WORDS}",
+                    ".rackLabel",
+                ),
+                cel(
+                    "!has(self.blockLabel) || " + qualified_name_rule("self.blockLabel"),
+                    f"blockLabel must be {_LABEL_KEY_WORDS}",
+                    ".blockLabel",
+                ),
+                cel(
+                    "!has(self.gpuResource) || (self.gpuResource.contains('/') && "
+                    + qualified_name_rule("self.gpuResource")
+                    + " && !self.gpuResource.startsWith('kubernetes.io/'))",
+                    "gpuResource must be an extended resource name: a domain outside "
+                    "kubernetes.io, '/', then a name (such as nvidia.com/gpu)",
+                    ".gpuResource",
+                ),
+            ]
+        }
+    }
 
     node_selector: LabelSelector = Field(
         default_factory=LabelSelector,
@@ -157,11 +225,21 @@ class RackPoolSpec(Spec):
             and self.gpu_resource == DEFAULT_GPU_RESOURCE
         )
 
-    @field_validator("rack_label", "block_label", "gpu_resource")
+    @field_validator("rack_label", "block_label")
     @classmethod
     def _valid_label_key(cls, value: str | None) -> str | None:
         if value is not None and not LABEL_KEY.match(value):
-            raise ValueError(f"{value!r} is not a valid label key or resource name")
+            raise ValueError(f"{value!r} is not a valid label key")
+        return value
+
+    @field_validator("gpu_resource")
+    @classmethod
+    def _extended_resource(cls, value: str) -> str:
+        if "/" not in value or not LABEL_KEY.match(value) or value.startswith("kubernetes.io/"):
+            raise ValueError(
+                f"{value!r} is not an extended resource name: a domain outside kubernetes.io, "
+                "'/', then a name (such as nvidia.com/gpu)"
+            )
         return value
 
 
@@ -220,8 +298,9 @@ class RackPoolStatus(Status):
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Ready (the pool has healthy racks), NodesOverlap (another pool selects "
-        "some of its nodes) and, where computeDomains apply, ComputeDomains (whether the API "
-        "server serves them).",
+        "some of its nodes), Reconciling and Stalled (for kstatus) and, where computeDomains "
+        "apply, ComputeDomains (whether the API server serves them).",
+        json_schema_extra=CONDITIONS_LIST,
     )
 
 

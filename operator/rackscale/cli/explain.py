@@ -9,8 +9,6 @@ even when the operator has not written status for a while.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from rackscale.api import GROUP, VERSION, InferenceDeployment, RackPool, format_errors
+from rackscale.cli import kubectl
 from rackscale.placement import place_replica
 from rackscale.render import DEPLOYMENT_LABEL, MODE_ANNOTATION, RACKS_ANNOTATION, REPLICA_LABEL
 from rackscale.topology import Snapshot, build_snapshot, pinned_node
@@ -46,7 +45,8 @@ def register(commands: Any) -> None:
     )
     cmd.add_argument("name", metavar="NAME", help="the InferenceDeployment (kubectl get idep)")
     cmd.add_argument("-n", "--namespace", default=None, help="default: the context's namespace")
-    cmd.add_argument("--kubeconfig", default=None, help="default: $KUBECONFIG or ~/.kube/config")
+    kubectl.add_output(cmd)
+    kubectl.add_cluster(cmd)
     cmd.set_defaults(handler=run)
 
 
@@ -292,43 +292,69 @@ def _condition(status: Mapping[str, Any], kind: str) -> dict[str, Any]:
 # ---- reading the cluster ------------------------------------------------------------------------
 
 
-def _read(api: Any, method: str, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-    response = getattr(api, method)(*args, _preload_content=False, **kwargs)
-    return list(json.loads(response.data).get("items") or [])
+def as_data(cluster: Cluster) -> dict[str, Any]:
+    """`-o json|yaml`: the explanation's lines beside the objects it was made from."""
+    meta = cluster.deployment.get("metadata") or {}
+    return {
+        "deployment": f"{meta.get('namespace')}/{meta.get('name')}",
+        "explanation": explain(cluster).splitlines(),
+        "status": cluster.deployment.get("status") or {},
+        "pods": sorted(
+            (p.get("metadata") or {}).get("name", "")
+            for p in cluster.pods
+            if (p.get("metadata") or {}).get("namespace") == meta.get("namespace")
+            and _labels(p).get(DEPLOYMENT_LABEL) == meta.get("name")
+        ),
+        "events": cluster.events[-EVENTS_SHOWN:],
+    }
 
 
-def current_namespace(kubeconfig: str | None) -> str:
-    """The namespace of the kubeconfig's current context, as kubectl would use it."""
+def current_namespace(args: argparse.Namespace) -> str:
+    """The namespace of the kubeconfig's (or --context's) context, as kubectl would use it."""
     from kubernetes import config
 
     try:
-        _, active = config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        contexts, active = config.list_kube_config_contexts(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
     except Exception:
         return "default"
+    if args.context:
+        active = next((c for c in contexts or [] if c.get("name") == args.context), active)
     return str(((active or {}).get("context") or {}).get("namespace") or "default")
 
 
-def fetch(name: str, namespace: str, kubeconfig: str | None) -> Cluster:
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
-    with client.ApiClient(configuration) as api:
-        core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
-        response: Any = custom.get_namespaced_custom_object(
-            GROUP, VERSION, namespace, "inferencedeployments", name, _preload_content=False
+def fetch(args: argparse.Namespace, namespace: str) -> Cluster:
+    name = args.name
+    with kubectl.Cluster(args) as cluster:
+        core, custom = cluster.core, cluster.custom
+        body = cluster.call(
+            f"get inferencedeployments.rackscale.dev {name} -n {namespace}",
+            custom,
+            "get_namespaced_custom_object",
+            GROUP,
+            VERSION,
+            namespace,
+            "inferencedeployments",
+            name,
         )
-        body = json.loads(response.data)
         return Cluster(
             deployment=body,
-            nodes=_read(core, "list_node"),
-            pods=_read(
+            nodes=cluster.items("list nodes", core, "list_node"),
+            pods=cluster.items(
+                "list pods --all-namespaces",
                 core,
                 "list_pod_for_all_namespaces",
                 field_selector="status.phase!=Succeeded,status.phase!=Failed",
             ),
-            pools=_read(custom, "list_cluster_custom_object", GROUP, VERSION, "rackpools"),
-            events=_read(
+            pools=cluster.items(
+                "list rackpools.rackscale.dev",
+                custom,
+                "list_cluster_custom_object",
+                GROUP,
+                VERSION,
+                "rackpools",
+            ),
+            events=cluster.items(
+                f"list events -n {namespace}",
                 core,
                 "list_namespaced_event",
                 namespace,
@@ -338,19 +364,19 @@ def fetch(name: str, namespace: str, kubeconfig: str | None) -> Cluster:
 
 
 def run(args: argparse.Namespace) -> int:
-    namespace = args.namespace or current_namespace(args.kubeconfig)
+    namespace = args.namespace or current_namespace(args)
     try:
-        cluster = fetch(args.name, namespace, args.kubeconfig)
-    except Exception as error:
-        status = getattr(error, "status", None)
-        if status == 404:
-            print(
-                f"explain: InferenceDeployment {namespace}/{args.name} not found "
-                "(kubectl get idep -A lists them)",
-                file=sys.stderr,
+        cluster = fetch(args, namespace)
+    except kubectl.ClusterError as error:
+        message = str(error)
+        if message.startswith("not found: get inferencedeployments"):
+            message = (
+                f"InferenceDeployment {namespace}/{args.name} not found "
+                "(kubectl get idep -A lists them)"
             )
-        else:
-            print(f"explain: cannot read the cluster: {error}", file=sys.stderr)
-        return 1
-    print(explain(cluster))
-    return 0
+        return kubectl.fail(message, kubectl.CLUSTER_ERROR)
+    if args.output in ("json", "yaml"):
+        print(kubectl.dump(as_data(cluster), args.output))
+    else:
+        print(explain(cluster))
+    return kubectl.OK

@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import threading
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rackscale.api import InferenceDeployment, RackPool
 from rackscale.api.pricing import Price, parse_price
-from rackscale.cli import fit
-from rackscale.cli.manifests import InputError, objects, parse
+from rackscale.cli import fit, kubectl
+from rackscale.cli.manifests import FAST_ABOVE_BYTES, InputError, describe, objects, parse
+from rackscale.controller.cluster import slim_node
 from rackscale.placement import DeploymentPlan, ReplicaPlan, place, place_together
+from rackscale.render import plan_objects
 from rackscale.topology import Snapshot, build_snapshot
+
+EPILOG = """exit codes:
+  0  every replica of every deployment is placed (in a RackPool, or on ordinary GPU nodes)
+  2  bad input: a file that cannot be read, is not YAML or JSON, holds no objects, or holds an
+     invalid object (the message names the file, the object and the field)
+  3  some replica is left unplaced: the plan is printed first, so a CI step fails on a pull
+     request that would not fit
+
+Nodes may come as `kubectl get nodes -o yaml` or `-o json` prints them (JSON reads fastest)."""
 
 
 def register(commands: Any) -> None:
@@ -23,6 +36,8 @@ def register(commands: Any) -> None:
         help="place deployments on a cluster described in files, without touching a cluster",
         description="Place InferenceDeployments, in the order given, on the Nodes, RackPools and "
         "Pods of CLUSTER.yaml, and print where every shard would go or why it cannot.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cmd.add_argument(
         "--cluster",
@@ -30,9 +45,9 @@ def register(commands: Any) -> None:
         type=Path,
         action="append",
         metavar="CLUSTER.yaml",
-        help="Nodes, RackPools and (optionally) running Pods; may be repeated",
+        help="Nodes, RackPools and (optionally) running Pods, as YAML or JSON; may be repeated",
     )
-    cmd.add_argument("-o", "--output", choices=("json", "table"), default="table")
+    kubectl.add_output(cmd)
     cmd.add_argument(
         "--together",
         action="store_true",
@@ -64,48 +79,180 @@ def _price(text: str) -> Price:
         raise argparse.ArgumentTypeError(str(error)) from error
 
 
-def load(
-    cluster_files: list[Path], deployment_files: list[Path], *, compute_domains: bool = True
-) -> tuple[Snapshot, list[InferenceDeployment]]:
-    """The snapshot and deployments of the files; ComputeDomains are taken as served, as on a
-    GB200 cluster with NVIDIA's DRA driver, unless `compute_domains` is False."""
-    nodes: list[dict[str, Any]] = []
-    pods: list[dict[str, Any]] = []
-    pools: list[RackPool] = []
-    for cluster in cluster_files:
-        for obj in objects(cluster, ("Node", "Pod", "RackPool")):
+@dataclass(slots=True)
+class Loaded:
+    """What the files hold: plain Nodes and Pods (only the fields the snapshot reads), models."""
+
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    pools: list[RackPool] = field(default_factory=list)
+    deployments: list[InferenceDeployment] = field(default_factory=list)
+
+
+class Progress:
+    """A line on stderr while loading takes more than a second, and only on a terminal."""
+
+    def __init__(self, after: float = 1.0) -> None:
+        self.shown = False
+        self.message = ""
+        self.live = sys.stderr.isatty()
+        self.timer = threading.Timer(after, self._show) if self.live else None
+        if self.timer is not None:
+            self.timer.daemon = True
+            self.timer.start()
+
+    def _show(self) -> None:
+        self.shown = True
+        print(f"\r\033[K{self.message} ...", end="", file=sys.stderr, flush=True)
+
+    def __call__(self, message: str) -> None:
+        self.message = message
+        if self.shown:
+            self._show()
+
+    def done(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.shown:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+
+def label_keys(pools: list[RackPool]) -> frozenset[str]:
+    """The node labels the pools read: all the snapshot needs of a node's labels."""
+    keys: set[str] = set()
+    for pool in pools:
+        spec = pool.spec
+        keys.add(spec.rack_label)
+        if spec.block_label:
+            keys.add(spec.block_label)
+        keys.update(spec.node_selector.match_labels)
+        keys.update(e.key for e in spec.node_selector.match_expressions)
+    return frozenset(keys)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # read() names the file
+
+
+def read(
+    cluster_files: list[Path],
+    deployment_files: list[Path],
+    progress: Callable[[str], None] | None = None,
+) -> Loaded:
+    """Read and check every file; a deployment's rackPool must be a RackPool of the cluster."""
+    kinds = ("Node", "Pod", "RackPool")
+    # Small files first: their RackPools say which labels the nodes of large files need.
+    order = sorted(
+        range(len(cluster_files)), key=lambda i: _size(cluster_files[i]) > FAST_ABOVE_BYTES
+    )
+    found: dict[int, tuple[list[dict[str, Any]], list[RackPool]]] = {}
+    known: list[RackPool] = []
+    for index in order:
+        path = cluster_files[index]
+        labels = label_keys(known) if known else None
+        objs = list(objects(path, kinds, progress, labels))
+        pools = [parse(RackPool, o, path) for o in objs if o["kind"] == "RackPool"]
+        if labels is not None and not label_keys(pools) <= labels:
+            objs = list(objects(path, kinds, progress))  # its own pools read other labels
+        found[index] = (objs, pools)
+        known += pools
+    loaded = Loaded()
+    for index, cluster in enumerate(cluster_files):
+        objs, pools = found[index]
+        for obj in objs:
             if obj["kind"] == "Node":
-                nodes.append(obj)
+                loaded.nodes.append(slim_node(obj))
             elif obj["kind"] == "Pod":
-                pods.append(obj)
-            else:
-                pool = parse(RackPool, obj, cluster)
-                if any(p.name == pool.name for p in pools):
-                    raise InputError(f"{cluster}: RackPool {pool.name} is defined twice")
-                pools.append(pool)
-    deployments = [
-        parse(InferenceDeployment, obj, path)
-        for path in deployment_files
-        for obj in objects(path, ("InferenceDeployment",))
-    ]
-    return build_snapshot(nodes, pods, pools, compute_domains=compute_domains), deployments
+                loaded.pods.append(obj)
+        for pool in pools:
+            if any(p.name == pool.name for p in loaded.pools):
+                raise InputError(f"{cluster}: RackPool {pool.name} is defined twice")
+            loaded.pools.append(pool)
+    names = sorted(p.name for p in loaded.pools)
+    for path in deployment_files:
+        for obj in objects(path, ("InferenceDeployment",), progress):
+            deployment = parse(InferenceDeployment, obj, path)
+            wanted = deployment.spec.placement.rack_pool
+            if wanted is not None and wanted not in names:
+                known_names = ", ".join(names) or "none"
+                raise InputError(
+                    f"{path}: {describe(obj)}: spec.placement.rackPool: RackPool {wanted!r} is "
+                    f"not in the cluster files (they define {known_names}; add it with --cluster)"
+                )
+            loaded.deployments.append(deployment)
+    return loaded
+
+
+def snapshot_of(
+    loaded: Loaded, *, compute_domains: bool = True
+) -> tuple[Snapshot, list[InferenceDeployment]]:
+    """The snapshot of what was read; ComputeDomains are taken as served, as on a GB200 cluster
+    with NVIDIA's DRA driver, unless `compute_domains` is False."""
+    snapshot = build_snapshot(
+        loaded.nodes, loaded.pods, loaded.pools, compute_domains=compute_domains
+    )
+    return snapshot, loaded.deployments
+
+
+def load(
+    cluster_files: list[Path], deployment_files: list[Path]
+) -> tuple[Snapshot, list[InferenceDeployment]]:
+    return snapshot_of(read(cluster_files, deployment_files))
+
+
+def place_all(
+    snapshot: Snapshot, deployments: list[InferenceDeployment], *, together: bool
+) -> list[DeploymentPlan]:
+    return (place_together if together else place)(snapshot, deployments)
+
+
+def unplaced(plans: list[DeploymentPlan], deployments: list[InferenceDeployment]) -> int:
+    """Replicas the plan leaves out."""
+    return sum(
+        max(d.spec.replicas - len(p.replicas), 0) for p, d in zip(plans, deployments, strict=True)
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    progress = Progress()
     try:
-        snapshot, deployments = load(
-            args.cluster, args.deployments, compute_domains=not args.no_compute_domains
+        snapshot, deployments = snapshot_of(
+            read(args.cluster, args.deployments, progress),
+            compute_domains=not args.no_compute_domains,
         )
     except InputError as error:
-        print(f"rackscale plan: {error}", file=sys.stderr)
-        return 2
-    plans = (place_together if args.together else place)(snapshot, deployments)
+        return kubectl.fail(str(error), kubectl.BAD_INPUT)
+    finally:
+        progress.done()
+    plans = place_all(snapshot, deployments, together=args.together)
     ordinary = args.device_plugin_gpu_hour
     if args.output == "json":
-        print(json.dumps(as_json(snapshot, plans, deployments, ordinary), indent=2))
+        print(kubectl.dump(as_json(snapshot, plans, deployments, ordinary), "json"))
+    elif args.output == "yaml":
+        print(as_yaml(snapshot, plans, deployments))
     else:
-        print(as_table(snapshot, plans, deployments, ordinary))
-    return 0
+        print(as_table(snapshot, plans, deployments, ordinary, wide=args.output == "wide",
+                       headers=not args.no_headers))  # fmt: skip
+    missing = unplaced(plans, deployments)
+    if missing:
+        print(
+            f"error: {missing} replica{'s' if missing != 1 else ''} left unplaced",
+            file=sys.stderr,
+        )
+        return kubectl.UNPLACED
+    return kubectl.OK
+
+
+def as_yaml(
+    snapshot: Snapshot, plans: list[DeploymentPlan], deployments: list[InferenceDeployment]
+) -> str:
+    """The ComputeDomains, Pods and Services the operator would create for the plan, as one
+    `kind: List`."""
+    items = plan_objects(snapshot, plans, deployments)
+    return kubectl.dump({"apiVersion": "v1", "kind": "List", "items": items}, "yaml")
 
 
 def replica_json(replica: ReplicaPlan, snapshot: Snapshot | None = None) -> dict[str, Any]:
@@ -181,31 +328,42 @@ def as_table(
     plans: list[DeploymentPlan],
     deployments: list[InferenceDeployment],
     ordinary: Price | None = None,
+    *,
+    wide: bool = False,
+    headers: bool = True,
 ) -> str:
     fits = [fit.fit_of(snapshot, p, d, ordinary) for p, d in zip(plans, deployments, strict=True)]
     # The memory and cost columns only when some deployment has such figures.
     memory = any(f.needed_mib is not None for f in fits)
     cost = any(f.cost is not None for f in fits)
-    head = ["DEPLOYMENT", "MODE", "PLACED", "GPUS"]
-    rows = [(*head, *(["MEMORY"] if memory else []), *(["COST/H"] if cost else []), "RACKS")]
+    head = (
+        "DEPLOYMENT",
+        "MODE",
+        "PLACED",
+        "GPUS",
+        *(["MEMORY"] if memory else []),
+        *(["COST/H"] if cost else []),
+        "RACKS",
+    )
+    rows: list[tuple[str, ...]] = [(*head, "SCOPE", "PODS", "NODES") if wide else head]
     for plan, dep, sized in zip(plans, deployments, fits, strict=True):
         racks = sorted({r for rep in plan.replicas for r in rep.racks})
         gpus = sum(p.gpus for rep in plan.replicas for p in rep.pods)
-        rows.append(
-            (
-                plan.deployment,
-                plan.mode,
-                f"{len(plan.replicas)}/{dep.spec.replicas}",
-                str(gpus),
-                *([fit.memory_column(sized)] if memory else []),
-                *([fit.cost_column(sized)] if cost else []),
-                ",".join(racks) or "-",
-            )
+        row: tuple[str, ...] = (
+            plan.deployment,
+            plan.mode,
+            f"{len(plan.replicas)}/{dep.spec.replicas}",
+            str(gpus),
+            *([fit.memory_column(sized)] if memory else []),
+            *([fit.cost_column(sized)] if cost else []),
+            ",".join(racks) or "-",
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]
+        if wide:
+            pods = [p for rep in plan.replicas for p in rep.pods]
+            nodes = {p.node for p in pods if p.node}
+            row = (*row, dep.spec.placement.replica_scope, str(len(pods)), str(len(nodes)))
+        rows.append(row)
+    lines = kubectl.columns(rows, headers)
     if total := fit.total_line(fits):
         lines.append(total)
     for plan, sized in zip(plans, fits, strict=True):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -11,6 +10,7 @@ from pydantic import ValidationError
 
 from rackscale.api import GROUP, VERSION, RackPool, format_errors
 from rackscale.api.rackpool import RackPoolStatus
+from rackscale.cli import kubectl
 from rackscale.topology import Snapshot, build_snapshot
 
 BAR = 18
@@ -23,31 +23,29 @@ def register(commands: Any) -> None:
         description="Read nodes, pods and RackPools from the current cluster ($KUBECONFIG) and "
         "print each rack's health, a bar of used/free GPUs and the deployments on it.",
     )
-    cmd.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    cmd.add_argument("--kubeconfig", default=None, help="default: $KUBECONFIG or ~/.kube/config")
+    kubectl.add_output(cmd)
+    kubectl.add_cluster(cmd)
     cmd.set_defaults(handler=run)
 
 
-def _read(api: Any, method: str, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-    response = getattr(api, method)(*args, _preload_content=False, **kwargs)
-    return list(json.loads(response.data).get("items") or [])
-
-
-def fetch(kubeconfig: str | None) -> tuple[Snapshot, list[str]]:
+def fetch(args: argparse.Namespace) -> tuple[Snapshot, list[str]]:
     """The snapshot of the live cluster, and warnings about RackPools that cannot be read."""
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
-    with client.ApiClient(configuration) as api:
-        core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
-        nodes = _read(core, "list_node")
-        pods = _read(
-            core,
+    with kubectl.Cluster(args) as cluster:
+        nodes = cluster.items("list nodes", cluster.core, "list_node")
+        pods = cluster.items(
+            "list pods --all-namespaces",
+            cluster.core,
             "list_pod_for_all_namespaces",
             field_selector="status.phase!=Succeeded,status.phase!=Failed",
         )
-        raw_pools = _read(custom, "list_cluster_custom_object", GROUP, VERSION, "rackpools")
+        raw_pools = cluster.items(
+            "list rackpools.rackscale.dev",
+            cluster.custom,
+            "list_cluster_custom_object",
+            GROUP,
+            VERSION,
+            "rackpools",
+        )
     pools, warnings = [], []
     for raw in raw_pools:
         try:
@@ -85,24 +83,29 @@ def idle_cost(pool: RackPoolStatus) -> str:
     )
 
 
-def as_table(pools: dict[str, RackPoolStatus]) -> str:
+def as_table(pools: dict[str, RackPoolStatus], *, wide: bool = False, headers: bool = True) -> str:
+    """One summary line per pool (a header: `--no-headers` drops it), one line per rack; wide
+    adds the rack's nodes and free GPUs."""
     if not pools:
         return "no RackPools: create one (see examples/) to group nodes into racks"
     lines = []
     for name, pool in pools.items():
-        lines.append(
-            f"{name}: {pool.racks} racks, {pool.healthy_racks} healthy, {pool.free_racks} free, "
-            f"{pool.gpus.allocated}/{pool.gpus.allocatable} GPUs in use" + idle_cost(pool)
-        )
+        if headers:
+            lines.append(
+                f"{name}: {pool.racks} racks, {pool.healthy_racks} healthy, "
+                f"{pool.free_racks} free, {pool.gpus.allocated}/{pool.gpus.allocatable} GPUs in use"
+                + idle_cost(pool)
+            )
         width = max((len(r.name) for r in pool.rack_statuses), default=4)
         for rack in pool.rack_statuses:
             used, total = rack.gpus.allocated, rack.gpus.allocatable
             who = ", ".join(rack.deployments) or "-"
             if rack.held_by:
                 who += f" (held by {rack.held_by})"
+            extra = f"{rack.nodes:>3} nodes  {rack.gpus.free:>4} free  " if wide else ""
             lines.append(
                 f"  {rack.name:<{width}}  {rack.health:<11}  {bar(used, total)}  "
-                f"{used:>4}/{total:<4}  {who}"
+                f"{used:>4}/{total:<4}  {extra}{who}"
             )
         for cond in pool.conditions:
             if cond.type == "NodesOverlap" and cond.status == "True":
@@ -126,15 +129,14 @@ def as_json(pools: dict[str, RackPoolStatus]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        snapshot, warnings = fetch(args.kubeconfig)
-    except Exception as error:  # no cluster, no credentials, no CRDs: one line, not a traceback
-        print(f"rackscale racks: cannot read the cluster: {error}", file=sys.stderr)
-        return 1
+        snapshot, warnings = fetch(args)
+    except kubectl.ClusterError as error:  # no cluster, no credentials, no CRDs: one line
+        return kubectl.fail(str(error), kubectl.CLUSTER_ERROR)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     pools = statuses(snapshot)
-    if args.output == "json":
-        print(json.dumps(as_json(pools), indent=2))
+    if args.output in ("json", "yaml"):
+        print(kubectl.dump(as_json(pools), args.output))
     else:
-        print(as_table(pools))
-    return 0
+        print(as_table(pools, wide=args.output == "wide", headers=not args.no_headers))
+    return kubectl.OK

@@ -46,6 +46,20 @@ def register(commands: Any) -> None:
         help="liveness endpoint (default %(default)s; 'none' to disable)",
     )
     cmd.add_argument(
+        "--readiness",
+        default="none",
+        metavar="URL",
+        help="readiness endpoint, such as http://0.0.0.0:8081/readyz (the chart's): 200 once a "
+        "reconcile pass has completed, 503 before (default: none)",
+    )
+    cmd.add_argument(
+        "--pool-grace",
+        type=float,
+        default=float(os.environ.get("RACKSCALE_POOL_GRACE", "300")),
+        metavar="SECONDS",
+        help="a RackPool matching no rack this long turns Stalled (default %(default)s)",
+    )
+    cmd.add_argument(
         "--metrics-port",
         type=int,
         default=int(os.environ.get("RACKSCALE_METRICS_PORT", "9090")),
@@ -112,6 +126,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"rackscale run: {message} (--metrics-port 0 turns them off)", file=sys.stderr)
             return 1
 
+    if args.readiness not in ("", "none"):
+        from rackscale.controller import readiness
+
+        try:
+            readiness.serve(args.readiness)
+        except OSError as error:
+            message = f"cannot serve readiness at {args.readiness}: {error}"
+            print(f"rackscale run: {message} (--readiness none turns it off)", file=sys.stderr)
+            return 1
+
     import kopf
 
     from rackscale.controller.reconcile import Options
@@ -132,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
         compute_domain_timeout=args.compute_domain_timeout,
         resync=args.resync,
         ordinary_price=args.device_plugin_gpu_hour,
+        pool_grace=args.pool_grace,
     )
     liveness = None if args.liveness in ("", "none") else args.liveness
     kopf.run(

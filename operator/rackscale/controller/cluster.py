@@ -36,7 +36,8 @@ def slim_node(body: Mapping[str, Any]) -> dict[str, Any]:
         "metadata": {"name": meta.get("name"), "labels": dict(meta.get("labels") or {})},
         "spec": {"unschedulable": spec.get("unschedulable"), "taints": spec.get("taints") or []},
         "status": {
-            "allocatable": dict(status.get("allocatable") or {}),
+            # Hand-written cluster files (`rackscale plan`) may give capacity alone.
+            "allocatable": {**(status.get("capacity") or {}), **(status.get("allocatable") or {})},
             "conditions": [
                 {"type": c.get("type"), "status": c.get("status")}
                 for c in status.get("conditions") or []

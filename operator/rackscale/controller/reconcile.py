@@ -23,9 +23,8 @@ from rackscale.api.rackpool import DEFAULT_GPU_RESOURCE
 from rackscale.controller import lifecycle, metrics, status
 from rackscale.controller.cluster import ClusterView
 from rackscale.controller.kube import Writer, now
-from rackscale.placement import Decision, ReplicaPlan, Waiting, place_pass
+from rackscale.placement import Decision, Waiting, place_pass
 from rackscale.render import (
-    PoolFacts,
     compute_domain_name,
     pool_facts,
     render_compute_domain,
@@ -48,12 +47,15 @@ class Options:
     resync: float = 10.0  # seconds between reconciles when nothing is heard
     debounce: float = 0.2  # seconds to gather a burst of watch events into one reconcile
     ordinary_price: Price | None = None  # per GPU-hour on ordinary nodes (device-plugin mode)
+    pool_grace: float = status.POOL_GRACE_SECONDS  # a pool matching no rack this long: Stalled
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Options:
         """Defaults, overridden by RACKSCALE_UNSCHEDULABLE_TIMEOUT,
-        RACKSCALE_COMPUTE_DOMAIN_TIMEOUT and RACKSCALE_RESYNC."""
+        RACKSCALE_COMPUTE_DOMAIN_TIMEOUT, RACKSCALE_RESYNC and RACKSCALE_POOL_GRACE."""
         options = cls()
+        if value := environ.get("RACKSCALE_POOL_GRACE"):
+            options.pool_grace = float(value)
         if value := environ.get("RACKSCALE_UNSCHEDULABLE_TIMEOUT"):
             options.unschedulable_timeout = float(value)
         if value := environ.get("RACKSCALE_COMPUTE_DOMAIN_TIMEOUT"):
@@ -146,6 +148,7 @@ class Reconciler:
                 snapshot.conflicts,
                 current.get("conditions") or [],
                 stamp,
+                self.options.pool_grace,
                 domains_served=self.view.compute_domains_served(),
             )
             new = status.dump(built[name])
@@ -383,11 +386,6 @@ class Reconciler:
         if state.domain:  # IMEX state does not outlive a member: the replica gets a fresh one
             await self.writer.delete_compute_domain(deployment.namespace, state.domain)
 
-    def _facts(
-        self, deployment: InferenceDeployment, plan: ReplicaPlan, snapshot: Snapshot
-    ) -> PoolFacts:
-        return pool_facts(deployment, plan, snapshot)
-
     def _sizes(
         self, deployment: InferenceDeployment, states: list[lifecycle.ReplicaState]
     ) -> status.Sizes:
@@ -438,7 +436,7 @@ class Reconciler:
             return
         memory.unplaced.pop(index, None)
         memory.warned.pop(index, None)
-        pods = render_replica(deployment, plan, self._facts(deployment, plan, snapshot))
+        pods = render_replica(deployment, plan, pool_facts(deployment, plan, snapshot))
         if plan.compute_domain and not await self._create_domain(deployment, index):
             if decision.reservation:
                 decision.reservation.undo()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from rackscale.api import Condition, InferenceDeployment
@@ -16,6 +17,7 @@ from rackscale.api.inferencedeployment import (
 from rackscale.api.pricing import Price, cost_per_hour, money
 from rackscale.api.rackpool import PoolCost, RackPoolStatus, RackStatus
 from rackscale.controller.lifecycle import ReplicaState, first_rank, pod_gpus, pod_node
+from rackscale.render import DEPLOYMENT_LABEL, LEADER_LABEL
 from rackscale.topology.snapshot import Pool
 
 DOMAINS_MISSING = (
@@ -253,7 +255,8 @@ def deployment_status(
         observed_generation=deployment.metadata.get("generation"),
         phase=phase,
         mode=mode,
-        replicas=desired,
+        replicas=len(shown),
+        selector=leader_selector(deployment),
         placed_replicas=len(placed),
         ready_replicas=len(ready),
         ready=f"{len(ready)}/{desired}",
@@ -316,6 +319,12 @@ def domains_missing(status: InferenceDeploymentStatus) -> bool:
     return any(c.type == "ComputeDomains" and c.reason == "NotInstalled" for c in status.conditions)
 
 
+def leader_selector(deployment: InferenceDeployment) -> str:
+    """The leader pods of the deployment, as `kubectl get pods -l` takes it: the scale
+    subresource's selector, so an HPA averages the metrics of the pods that serve."""
+    return f"{DEPLOYMENT_LABEL}={deployment.name},{LEADER_LABEL}=true"
+
+
 def _summary(
     phase: str, placed: Condition, progressing: Condition, degraded: Condition, counts: str
 ) -> list[Condition]:
@@ -366,11 +375,17 @@ def failed_status(
     return dump(status)
 
 
+# How long a RackPool may match no rack before it is Stalled: nodes of a new rack may be joining.
+POOL_GRACE_SECONDS = 300.0
+
+
 def pool_status(
     pool: Pool,
     conflicts: Mapping[str, list[str]],
     previous: Iterable[Mapping[str, Any]],
     now: str,
+    grace: float = POOL_GRACE_SECONDS,
+    *,
     domains_served: bool = False,
 ) -> RackPoolStatus:
     """Racks, health, free racks and GPUs of one pool, and the deployments on each rack."""
@@ -392,6 +407,7 @@ def pool_status(
             )
         )
     healthy = [r for r in racks if r.health == "Healthy"]
+    since = now
     free = [r for r in pool.racks.values() if r.empty and r.health == "Healthy"]
     gpus = GpuCounts(
         allocatable=sum(r.gpus.allocatable for r in racks),
@@ -406,6 +422,7 @@ def pool_status(
             message="no node matches spec.nodeSelector and carries the label "
             f"{pool.spec.rack_label}",
         )
+        since = _since(previous, "Ready", "False", now)
     elif not healthy:
         ready = Condition(
             type="Ready",
@@ -451,6 +468,7 @@ def pool_status(
             idle_per_hour=money(price.of(gpus.free)),
             fragmented_per_hour=money(price.of(fragmented)),
         )
+    progress = _pool_progress(ready, None if racks else since, now, grace)
     return RackPoolStatus(
         observed_generation=pool.generation,
         racks=len(racks),
@@ -462,7 +480,7 @@ def pool_status(
         cost=cost,
         rack_statuses=racks,
         conditions=_conditions(
-            [ready, overlap, *_pool_domains(pool, domains_served)], previous, now
+            [ready, overlap, *progress, *_pool_domains(pool, domains_served)], previous, now
         ),
     )
 
@@ -485,6 +503,50 @@ def _pool_domains(pool: Pool, served: bool) -> list[Condition]:
             type="ComputeDomains", status="False", reason="NotInstalled", message=DOMAINS_MISSING
         )
     ]
+
+
+def _since(previous: Iterable[Mapping[str, Any]], kind: str, state: str, now: str) -> str:
+    """When the condition `kind` took the status `state`; `now` when it has not yet."""
+    for cond in previous:
+        if cond.get("type") == kind and cond.get("status") == state:
+            return str(cond.get("lastTransitionTime") or now)
+    return now
+
+
+def _seconds_between(start: str, end: str) -> float:
+    try:
+        return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+    except ValueError:
+        return 0.0
+
+
+def _pool_progress(
+    ready: Condition, no_racks_since: str | None, now: str, grace: float
+) -> list[Condition]:
+    """`Reconciling` and `Stalled` for kstatus: a pool whose selector has matched no rack for
+    `grace` seconds is Stalled (nodes may still be joining before that)."""
+    if no_racks_since is None:
+        return [
+            Condition(type="Reconciling", status="False", reason="RacksFound",
+                      message=ready.message),
+            Condition(type="Stalled", status="False", reason="AsExpected",
+                      message=ready.message),
+        ]  # fmt: skip
+    waited = _seconds_between(no_racks_since, now)
+    if waited < grace:
+        return [
+            Condition(type="Reconciling", status="True", reason="WaitingForRacks",
+                      message=f"{ready.message}; waiting {grace:.0f} s for nodes to join"),
+            Condition(type="Stalled", status="False", reason="WaitingForRacks",
+                      message=ready.message),
+        ]  # fmt: skip
+    return [
+        Condition(type="Reconciling", status="False", reason="NoMatchingNodes",
+                  message=ready.message),
+        Condition(type="Stalled", status="True", reason="NoMatchingNodes",
+                  message=f"{ready.message}, for {waited:.0f} s: check spec.nodeSelector and "
+                  "spec.rackLabel against the node labels"),
+    ]  # fmt: skip
 
 
 def dump(status: InferenceDeploymentStatus | RackPoolStatus) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import logging
 import time
 from typing import Any
 
-from rackscale.controller import metrics
+from rackscale.controller import metrics, readiness
 from rackscale.controller.cluster import Index
 from rackscale.controller.reconcile import Reconciler
 
@@ -67,6 +67,7 @@ class Worker:
             self.last_pass = time.monotonic()
             self.last_duration = self.last_pass - started
             metrics.RECONCILE_PASSES.inc()
+            readiness.PASSED.set()
             metrics.RECONCILE_SECONDS.observe(self.last_duration)
             log.debug("reconcile pass %d took %.2fs", self.passes, self.last_duration)
 

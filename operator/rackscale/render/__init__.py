@@ -29,6 +29,7 @@ from rackscale.render.names import (
     leader_address,
     pod_name,
 )
+from rackscale.render.plan import plan_objects
 from rackscale.render.pods import PoolFacts, pool_facts, render_replica, template_hash
 from rackscale.render.services import render_services
 
@@ -57,6 +58,7 @@ __all__ = [
     "compute_domain_name",
     "headless_service_name",
     "leader_address",
+    "plan_objects",
     "pod_name",
     "pool_facts",
     "render_compute_domain",

@@ -1,0 +1,36 @@
+"""Everything the operator creates for a plan: one function, for the reconciler and `plan -o yaml`.
+
+`plan_objects` is the full list of objects for placed replicas (each replica's ComputeDomain,
+where it has one, and its Pods, then each deployment's Services), in the order the operator
+creates them. Objects a later feature adds per deployment or replica belong here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rackscale.api.inferencedeployment import InferenceDeployment
+from rackscale.placement import DeploymentPlan
+from rackscale.render.computedomain import render_compute_domain
+from rackscale.render.pods import pool_facts, render_replica
+from rackscale.render.services import render_services
+from rackscale.topology import Snapshot
+
+
+def plan_objects(
+    snapshot: Snapshot,
+    plans: Sequence[DeploymentPlan],
+    deployments: Sequence[InferenceDeployment],
+) -> list[dict[str, Any]]:
+    """The ComputeDomain and Pods of every placed replica and the Services of every deployment
+    with one."""
+    out: list[dict[str, Any]] = []
+    for plan, deployment in zip(plans, deployments, strict=True):
+        for replica in plan.replicas:
+            if replica.compute_domain:
+                out.append(render_compute_domain(deployment, replica.replica))
+            out += render_replica(deployment, replica, pool_facts(deployment, replica, snapshot))
+        if plan.replicas:
+            out += render_services(deployment)
+    return out

@@ -1,0 +1,109 @@
+"""The fast reader of large cluster files: the same objects as libyaml, less what it skips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bench.plan_speed import _node
+from rackscale.cli.manifests import SafeLoader, Unsupported, _Reader
+from rackscale.cli.plan import read
+from rackscale.controller.cluster import slim_node
+from tests.factory import gpu_pod
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def kubectl_yaml(nodes: int) -> str:
+    """Nodes as `kubectl get nodes -o yaml` lays them out (block style, keys sorted)."""
+    items = [_node(f"n-{i:03d}", i // 18, i % 18, 2, max(nodes // 18, 1)) for i in range(nodes)]
+    items[3]["spec"]["unschedulable"] = True
+    items[4]["spec"]["taints"] = [{"key": "k", "value": "it's", "effect": "NoSchedule"}]
+    items[5]["metadata"]["labels"]["odd"] = 'a "quoted" value: yes'
+    listing = {"apiVersion": "v1", "items": items, "kind": "List", "metadata": {}}
+    return yaml.safe_dump(listing, width=1000)
+
+
+def test_unpruned_it_reads_what_libyaml_reads() -> None:
+    text = kubectl_yaml(40)
+    assert _Reader(text, prune=False).documents() == list(yaml.load_all(text, Loader=SafeLoader))
+    for example in sorted((ROOT / "examples").glob("*.yaml")):
+        body = example.read_text()
+        try:
+            fast = _Reader(body, prune=False).documents()
+        except Unsupported:
+            continue  # comments after values, block scalars: libyaml reads those
+        assert fast == list(yaml.load_all(body, Loader=SafeLoader)), example
+
+
+def test_pruned_it_keeps_everything_the_snapshot_reads() -> None:
+    text = kubectl_yaml(40)
+    [full] = yaml.load_all(text, Loader=SafeLoader)
+    [fast] = _Reader(text, prune=True).documents()
+    assert [slim_node(n) for n in fast["items"]] == [slim_node(n) for n in full["items"]]
+    assert "annotations" not in fast["items"][0]["metadata"]
+    assert "nodeInfo" not in fast["items"][0]["status"]
+    assert fast["items"][0]["status"]["conditions"][-1] == {"status": "True", "type": "Ready"}
+
+
+def test_pods_keep_their_placement_and_requests() -> None:
+    pod = gpu_pod("p", "n-001", 4)
+    pod["metadata"]["annotations"] = {"a": "b"}
+    pod["status"] = {"phase": "Running", "podIP": "10.0.0.1"}
+    text = yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [pod]})
+    [fast] = _Reader(text, prune=True).documents()
+    [item] = fast["items"]
+    assert item["spec"]["nodeName"] == "n-001"
+    assert item["spec"]["containers"][0]["resources"] == pod["spec"]["containers"][0]["resources"]
+    assert item["status"] == {"phase": "Running"}
+    assert "annotations" not in item["metadata"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: &x 1\nb: *x\n",
+        "a: |\n  block\n",
+        "a: 1 # comment\n",
+        "a: [1, 2]\n",
+        "a:\n\t- 1\n",
+        'a: "\\x41"\n',
+        "a: plain\n  continued\n",
+    ],
+)
+def test_what_it_does_not_read_it_leaves_to_libyaml(text: str) -> None:
+    with pytest.raises(Unsupported):
+        _Reader(text, prune=False).documents()
+
+
+def test_large_files_keep_only_the_labels_the_pools_read(tmp_path: Path) -> None:
+    nodes = tmp_path / "nodes.yaml"
+    text = kubectl_yaml(400)
+    assert len(text) > 1 << 20  # large enough for the fast reader
+    nodes.write_text(text)
+    pool = tmp_path / "pool.yaml"
+    pool.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "rackscale.dev/v1alpha1",
+                "kind": "RackPool",
+                "metadata": {"name": "gb200"},
+                "spec": {
+                    "nodeSelector": {"matchLabels": {"nvidia.com/gpu.product": "NVIDIA-GB200"}},
+                    "blockLabel": "topology.rackscale.dev/block",
+                },
+            }
+        )
+    )
+    loaded = read([nodes, pool], [])
+    labels: dict[str, Any] = loaded.nodes[0]["metadata"]["labels"]
+    assert set(labels) == {
+        "nvidia.com/gpu.clique",
+        "nvidia.com/gpu.product",
+        "topology.rackscale.dev/block",
+    }
+    assert len(loaded.nodes) == 400
+    assert loaded.nodes[3]["spec"]["unschedulable"] is True

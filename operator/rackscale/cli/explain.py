@@ -18,7 +18,14 @@ from pydantic import ValidationError
 from rackscale.api import GROUP, VERSION, InferenceDeployment, RackPool, format_errors
 from rackscale.cli import kubectl
 from rackscale.placement import place_replica
-from rackscale.render import DEPLOYMENT_LABEL, MODE_ANNOTATION, RACKS_ANNOTATION, REPLICA_LABEL
+from rackscale.render import (
+    COMPUTE_DOMAIN_GROUP,
+    COMPUTE_DOMAIN_VERSION,
+    DEPLOYMENT_LABEL,
+    MODE_ANNOTATION,
+    RACKS_ANNOTATION,
+    REPLICA_LABEL,
+)
 from rackscale.topology import Snapshot, build_snapshot, pinned_node
 
 EVENTS_SHOWN = 10
@@ -33,6 +40,7 @@ class Cluster:
     pods: list[dict[str, Any]] = field(default_factory=list)  # every GPU pod of the cluster
     pools: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)  # the deployment's Events
+    compute_domains: bool = False  # the API server serves NVIDIA's ComputeDomains
 
 
 def register(commands: Any) -> None:
@@ -199,7 +207,9 @@ def explain(cluster: Cluster) -> str:
             pools.append(RackPool.model_validate(raw))
         except ValidationError:
             continue  # the API server refuses such pools; `rackscale racks` names them
-    snapshot = build_snapshot(cluster.nodes, cluster.pods, pools)
+    snapshot = build_snapshot(
+        cluster.nodes, cluster.pods, pools, compute_domains=cluster.compute_domains
+    )
     fallback = _condition(status, "Placed")
     by_replica = _pods_of(cluster, deployment)
 
@@ -360,6 +370,7 @@ def fetch(args: argparse.Namespace, namespace: str) -> Cluster:
                 namespace,
                 field_selector=f"involvedObject.name={name},involvedObject.kind=InferenceDeployment",
             ),
+            compute_domains=cluster.serves(COMPUTE_DOMAIN_GROUP, COMPUTE_DOMAIN_VERSION),
         )
 
 

@@ -127,6 +127,16 @@ class Cluster:
             raise ClusterError(self.explain(error, what)) from error
         return json.loads(response.data)
 
+    def serves(self, group: str, version: str) -> bool:
+        """Whether the API server serves `group/version` (discovery: every user may ask)."""
+        from kubernetes import client
+
+        found = self.call("get --raw /apis", client.ApisApi(self.api), "get_api_versions")
+        return any(
+            g.get("name") == group and any(v.get("version") == version for v in g["versions"])
+            for g in found.get("groups") or []
+        )
+
     def items(self, what: str, api: Any, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         return list(self.call(what, api, method, *args, **kwargs).get("items") or [])
 

@@ -115,7 +115,9 @@ load() {
     file="$state/image.tar"
     pids=()
     for node in $nodes; do
-      if docker exec "$node" ctr -n k8s.io images ls -q "name==docker.io/$image" 2>/dev/null | grep -q .; then continue; fi
+      # containerd names a one-part repository docker.io/library/<it>, others docker.io/<it>.
+      if docker exec "$node" ctr -n k8s.io images ls -q 2>/dev/null \
+        | grep -qxE "docker\.io/(library/)?${image//./\\.}"; then continue; fi
       [[ -f "$file" ]] || docker save -o "$file" "$image"
       docker exec -i "$node" ctr -n k8s.io images import --digests --snapshotter=overlayfs - <"$file" >/dev/null &
       pids+=($!)

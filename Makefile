@@ -88,6 +88,20 @@ cluster-up: $(STAMP) e2e-binaries ## Start the local control plane with fake GPU
 cluster-down: $(STAMP) ## Stop the local control plane (and the demo's operator) and remove its state.
 	$(PY) -m e2e.demo down
 
+##@ kind (real kubelets in Docker)
+
+.PHONY: kind-up
+kind-up: ## A kind cluster: 4 GPU trays in 2 racks, the fake-GPU device plugin, the operator from the chart (KIND_NODE_IMAGE=...).
+	bash e2e/kind/up.sh
+
+.PHONY: kind-down
+kind-down: ## Delete the kind cluster, its network, and the Docker engine kind-up started.
+	bash e2e/kind/down.sh
+
+.PHONY: test-kind
+test-kind: $(STAMP) ## Tests on kind: shard groups, a replica restarting as a unit, a stopped worker, device-plugin fallback.
+	bash e2e/kind/test.sh
+
 ##@ Benchmarks
 
 .PHONY: bench

@@ -19,6 +19,8 @@ from e2e.support import GROUP, OPERATOR, UNSCHEDULABLE_TIMEOUT, VERSION, eventua
 from rackscale.api import crd
 
 EXTERNAL_KUBECONFIG = cluster.EXTERNAL_KUBECONFIG
+# The kind tests need their own cluster and run with `make test-kind` (`pytest e2e/kind`).
+collect_ignore = ["kind"]
 
 
 @pytest.fixture(scope="session")

@@ -26,8 +26,8 @@ class Stage:
         return [rest for word, rest in self.instructions if word == keyword]
 
 
-def stages() -> list[Stage]:
-    """The Dockerfile's stages, each with its instructions (continuations joined)."""
+def logical_lines() -> list[str]:
+    """The Dockerfile's instructions, continuations joined, comments left out."""
     logical: list[str] = []
     pending = ""
     for raw in DOCKERFILE.read_text().splitlines():
@@ -40,14 +40,36 @@ def stages() -> list[Stage]:
         logical.append(pending + line)
         pending = ""
     assert not pending, "the Dockerfile ends inside a line continuation"
+    return logical
+
+
+def global_args() -> dict[str, str]:
+    """The ARGs before the first FROM, with their defaults: the only ones FROM may use."""
+    args: dict[str, str] = {}
+    for line in logical_lines():
+        word, _, rest = line.partition(" ")
+        if word.upper() == "FROM":
+            break
+        if word.upper() == "ARG":
+            name, _, default = rest.strip().partition("=")
+            args[name] = default
+    return args
+
+
+def stages(build_args: dict[str, str] | None = None) -> list[Stage]:
+    """The Dockerfile's stages, each with its instructions, FROM's ${ARG}s resolved."""
+    values = global_args() | (build_args or {})
     result: list[Stage] = []
-    for line in logical:
+    for line in logical_lines():
         word, _, rest = line.partition(" ")
         word, rest = word.upper(), rest.strip()
+        if word == "ARG" and not result:
+            continue
         if word == "FROM":
             match = re.fullmatch(r"(\S+)(?:\s+AS\s+(\S+))?", rest, flags=re.IGNORECASE)
             assert match, f"cannot read FROM {rest!r}"
-            result.append(Stage(image=match[1], name=match[2]))
+            image = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: values[m[1] or m[2]], match[1])
+            result.append(Stage(image=image, name=match[2]))
         else:
             assert result, f"{word} before the first FROM"
             result[-1].instructions.append((word, rest))
@@ -67,6 +89,19 @@ def test_multi_stage_on_pinned_base_images() -> None:
     builders = {stage.name for stage in all_stages[:-1]}
     assert any(re.match(rf"--from=({'|'.join(map(re.escape, builders))})\s", c) for c in copies)
     assert not runtime.args("RUN"), "the runtime stage only copies what the build stage made"
+
+
+def test_the_base_image_is_one_build_argument() -> None:
+    # One ARG names the base of every stage, so a local image can stand in where no registry
+    # answers (the kind tests build on one); the default is the pinned public image.
+    args = global_args()
+    assert "BASE_IMAGE" in args
+    froms = [line.split()[1] for line in logical_lines() if line.split()[0].upper() == "FROM"]
+    assert froms
+    assert set(froms) == {"${BASE_IMAGE}"}
+    local = stages({"BASE_IMAGE": "rackscale-kind/python:3.11-bookworm-r1"})
+    assert {stage.image for stage in local} == {"rackscale-kind/python:3.11-bookworm-r1"}
+    assert [stage.image for stage in stages()] == [args["BASE_IMAGE"]] * len(local)
 
 
 def test_runs_as_a_numeric_non_root_user() -> None:
@@ -97,6 +132,13 @@ def test_exposes_the_liveness_and_metrics_ports() -> None:
     assert liveness
     assert int(liveness[1]) in exposed
     assert 9090 in exposed
+
+
+def test_the_user_has_a_name_without_a_passwd_entry() -> None:
+    # kopf calls getpass.getuser() at start; for a uid missing from /etc/passwd only $USER (or
+    # $LOGNAME) keeps it from raising KeyError (seen on kind, running the operator's image).
+    env = " ".join(stages()[-1].args("ENV"))
+    assert re.search(r"\b(USER|LOGNAME)=\S+", env)
 
 
 def test_bytecode_is_not_written_at_run_time() -> None:

@@ -49,7 +49,7 @@ mapfile -t staging < <(sed -n -E 's#^[[:space:]]*(k8s\.io/[A-Za-z0-9._-]+)[[:spa
 rm -f "$dir/go.sum"
 
 cd "$dir"
-for cmd in kube-apiserver kube-scheduler kube-controller-manager kubectl; do
+for cmd in kube-apiserver kube-scheduler kube-controller-manager kubectl kubelet kubeadm kube-proxy; do
   go get -tool "k8s.io/kubernetes/cmd/${cmd}@${version}" || die "go get -tool k8s.io/kubernetes/cmd/${cmd} failed"
 done
 go mod tidy || die "go mod tidy failed in $dir"

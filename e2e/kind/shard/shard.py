@@ -1,0 +1,269 @@
+"""A shard of a test replica on kind: shards find their leader and form a group, as a real
+inference server's workers would (torch.distributed, vLLM's Ray cluster), with nothing to compute.
+
+Every container reads the RACKSCALE_* variables the operator sets. A follower resolves
+RACKSCALE_LEADER_ADDRESS through cluster DNS, connects to the leader's check-in port and reports its
+shard, first rank, rank count and world size, then stays connected; it exits when the leader goes.
+Every shard serves HTTP on the deployment's port, the leader's answering through the Service:
+
+  GET /ready   the readiness probe: on the leader 200 only once every shard of the replica has
+               checked in with consistent ranks, on a follower once it has checked in; 503 before
+  GET /        the group as JSON: replica, world size, the members and their ranks
+
+A follower whose leader goes exits with status 1; a leader whose member leaves turns unready.
+SIGUSR1 makes any shard exit with status 3, a crash on demand for the tests. With `restartPolicy:
+Never` an exit leaves the pod Failed, which is what makes the operator restart the whole replica.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+CHECKIN_PORT = int(os.environ.get("SHARD_CHECKIN_PORT", "29400"))
+
+
+def log(message: str, **fields: Any) -> None:
+    print(json.dumps({"time": round(time.time(), 3), "msg": message, **fields}), flush=True)
+
+
+def ranks_of(env: Any, default: int) -> int:
+    """One rank per GPU the device plugin handed this container, else an equal share."""
+    devices = [d for d in env.get("NVIDIA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if devices and devices[0] not in ("all", "none", "void"):
+        return len(devices)
+    return default
+
+
+@dataclass(frozen=True)
+class Identity:
+    replica: int
+    shard: int
+    shards: int
+    world_size: int
+    first_rank: int
+    ranks: int
+    leader: str
+    pod: str
+
+    @classmethod
+    def from_env(cls) -> Identity:
+        env = os.environ
+        missing = [
+            n
+            for n in (
+                "RACKSCALE_REPLICA",
+                "RACKSCALE_SHARD",
+                "RACKSCALE_SHARDS",
+                "RACKSCALE_WORLD_SIZE",
+                "RACKSCALE_FIRST_RANK",
+                "RACKSCALE_LEADER_ADDRESS",
+            )
+            if n not in env
+        ]
+        if missing:
+            sys.exit(f"shard: missing environment {', '.join(missing)} (set by the operator)")
+        shards = int(env["RACKSCALE_SHARDS"])
+        world = int(env["RACKSCALE_WORLD_SIZE"])
+        return cls(
+            replica=int(env["RACKSCALE_REPLICA"]),
+            shard=int(env["RACKSCALE_SHARD"]),
+            shards=shards,
+            world_size=world,
+            first_rank=int(env["RACKSCALE_FIRST_RANK"]),
+            ranks=ranks_of(env, world // shards),
+            leader=env["RACKSCALE_LEADER_ADDRESS"],
+            pod=env.get("HOSTNAME", socket.gethostname()),
+        )
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "replica": self.replica,
+            "shard": self.shard,
+            "shards": self.shards,
+            "world_size": self.world_size,
+            "first_rank": self.first_rank,
+            "ranks": self.ranks,
+            "pod": self.pod,
+            "devices": os.environ.get("NVIDIA_VISIBLE_DEVICES", ""),
+        }
+
+
+class Group:
+    """The leader's view of its replica: who checked in, and whether the ranks tile the world."""
+
+    def __init__(self, me: Identity) -> None:
+        self.me = me
+        self.lock = threading.Lock()
+        self.members: dict[int, dict[str, Any]] = {0: me.report()}
+        self.formed = False
+
+    def problem(self, report: dict[str, Any]) -> str | None:
+        for key in ("replica", "shards", "world_size"):
+            if report.get(key) != getattr(self.me, key):
+                return f"{key} {report.get(key)} differs from the leader's {getattr(self.me, key)}"
+        if not 0 < report["shard"] < self.me.shards:
+            return f"shard {report['shard']} is outside 1..{self.me.shards - 1}"
+        if report["shard"] in self.members:
+            return f"shard {report['shard']} is already checked in"
+        return None
+
+    def complete(self) -> bool:
+        if len(self.members) != self.me.shards:
+            return False
+        ranks = sorted(
+            r
+            for m in self.members.values()
+            for r in range(m["first_rank"], m["first_rank"] + m["ranks"])
+        )
+        return ranks == list(range(self.me.world_size))
+
+    def join(self, report: dict[str, Any]) -> str | None:
+        with self.lock:
+            problem = self.problem(report)
+            if problem:
+                return problem
+            self.members[report["shard"]] = report
+            log("check-in", **report, checked_in=len(self.members), of=self.me.shards)
+            if self.complete() and not self.formed:
+                self.formed = True
+                log(
+                    "group formed",
+                    replica=self.me.replica,
+                    world_size=self.me.world_size,
+                    shards=sorted(self.members),
+                )
+            return None
+
+    def leave(self, shard: int) -> None:
+        with self.lock:
+            self.members.pop(shard, None)
+            was = self.formed
+            self.formed = False
+        # Unready until the replica is restarted: the operator decides that (a Failed member pod,
+        # or its node lost), not the leader, so that a lost node is seen as one.
+        log("shard left", shard=shard, group_was_formed=was)
+
+    def view(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "replica": self.me.replica,
+                "world_size": self.me.world_size,
+                "formed": self.formed,
+                "members": [self.members[k] for k in sorted(self.members)],
+            }
+
+
+def serve_checkins(group: Group) -> None:
+    server = socket.create_server(("", CHECKIN_PORT), reuse_port=True)
+    log("leader listening for check-ins", port=CHECKIN_PORT, shards=group.me.shards)
+
+    def handle(conn: socket.socket, peer: Any) -> None:
+        file = conn.makefile("rwb")
+        line = file.readline()
+        try:
+            report = json.loads(line)
+        except ValueError:
+            log("bad check-in", peer=str(peer), line=line.decode(errors="replace"))
+            conn.close()
+            return
+        problem = group.join(report)
+        file.write((json.dumps({"ok": problem is None, "problem": problem}) + "\n").encode())
+        file.flush()
+        if problem:
+            log("check-in refused", problem=problem, **report)
+            conn.close()
+            return
+        # A connection held open is the member's liveness: EOF means it is gone.
+        while file.readline():
+            pass
+        group.leave(report["shard"])
+
+    while True:
+        conn, peer = server.accept()
+        threading.Thread(target=handle, args=(conn, peer), daemon=True).start()
+
+
+def serve_http(view_of: Callable[[], dict[str, Any]], port: int) -> None:
+    """/ready (200 once formed, or checked in for a follower) and / (the view as JSON)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            view = view_of()
+            if self.path == "/ready":
+                code, body = (200, b"ready\n") if view["formed"] else (503, b"forming\n")
+            else:
+                code, body = 200, (json.dumps(view) + "\n").encode()
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass  # the probe every few seconds would drown the check-ins
+
+    ThreadingHTTPServer(("", port), Handler).serve_forever()
+
+
+def follow(me: Identity, checked_in: threading.Event) -> None:
+    deadline = time.monotonic() + float(os.environ.get("SHARD_RESOLVE_TIMEOUT", "300"))
+    while True:
+        try:
+            address = socket.getaddrinfo(me.leader, CHECKIN_PORT, type=socket.SOCK_STREAM)[0][4]
+            conn = socket.create_connection(address, timeout=5)
+            break
+        except OSError as err:
+            if time.monotonic() > deadline:
+                log("leader not reachable", leader=me.leader, error=str(err))
+                sys.exit(1)
+            time.sleep(1)
+    log("leader resolved", leader=me.leader, address=address[0])
+    conn.settimeout(None)
+    file = conn.makefile("rwb")
+    file.write((json.dumps(me.report()) + "\n").encode())
+    file.flush()
+    answer = json.loads(file.readline() or b"{}")
+    if not answer.get("ok"):
+        log("check-in refused", problem=answer.get("problem"))
+        sys.exit(1)
+    log("checked in", **me.report())
+    checked_in.set()
+    if not file.readline():
+        log("leader gone")
+        sys.exit(1)
+
+
+def main() -> None:
+    me = Identity.from_env()
+    port = int(sys.argv[sys.argv.index("--port") + 1]) if "--port" in sys.argv else 8000
+    signal.signal(signal.SIGUSR1, lambda *_: os._exit(3))
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    log("starting", **me.report(), leader=me.leader)
+    if me.shard == 0:
+        group = Group(me)
+        if group.complete():  # a replica of one shard
+            group.formed = True
+            log("group formed", replica=me.replica, world_size=me.world_size, shards=[0])
+        threading.Thread(target=serve_checkins, args=(group,), daemon=True).start()
+        serve_http(group.view, port)
+    else:
+        checked_in = threading.Event()
+
+        def view() -> dict[str, Any]:
+            return {**me.report(), "formed": checked_in.is_set()}
+
+        threading.Thread(target=serve_http, args=(view, port), daemon=True).start()
+        follow(me, checked_in)
+
+
+if __name__ == "__main__":
+    main()

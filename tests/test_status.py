@@ -202,6 +202,22 @@ def test_terminating_pods_are_waited_for_not_replaced() -> None:
     assert (actions.waiting, actions.place, actions.delete) == ([0], [], [])
 
 
+def test_a_terminating_replica_stuck_on_a_lost_node_is_force_deleted() -> None:
+    """Its pods are being deleted (a restart for another cause) when a node goes NotReady: its
+    kubelet never confirms, so the pods there would wait for eviction unless forced."""
+    dep, pods, nodes = placed(replicas=1)
+    leaving = [{**p, "metadata": {**p["metadata"], "deletionTimestamp": STAMP}} for p in pods]
+    nodes[leaving[3]["spec"]["nodeName"]] = False
+    [state] = classify(dep, leaving, nodes)
+    assert state.condition == "Terminating"
+    assert state.node_lost
+    actions = lifecycle.decide([state])
+    assert actions.waiting == [0]
+    assert [(s.replica, cause) for s, cause in actions.delete] == [(0, "force")]
+    del nodes[leaving[3]["spec"]["nodeName"]]  # a node gone altogether: the same
+    assert lifecycle.decide(classify(dep, leaving, nodes)).delete[0][1] == "force"
+
+
 def test_unplaceable_deployment_says_why_and_is_pending() -> None:
     dep = deployment("big", replicas=1, tensor=8, data=16, gpusPerPod=4, fallback="Never")
     states = classify(dep, [], {})

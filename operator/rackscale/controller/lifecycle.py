@@ -210,7 +210,12 @@ def classify(
             continue
         named = _label(group[0], COMPUTE_DOMAIN_LABEL) or None
         if any((p.get("metadata") or {}).get("deletionTimestamp") for p in group):
-            states.append(ReplicaState(index, "Terminating", group, domain=named))
+            # A pod on a lost node never hears from its kubelet: only a forced delete ends it.
+            lost = any(
+                bool((p.get("spec") or {}).get("nodeName")) and not nodes.get(str(pod_node(p)))
+                for p in group
+            )
+            states.append(ReplicaState(index, "Terminating", group, domain=named, node_lost=lost))
             continue
         if index >= replicas:
             states.append(ReplicaState(index, "Excess", group, domain=named))
@@ -248,6 +253,8 @@ def decide(states: list[ReplicaState]) -> Actions:
             unavailable += 1
         elif state.condition == "Terminating":
             actions.waiting.append(state.replica)
+            if state.node_lost:  # going away, but stuck on a node that cannot confirm it
+                actions.delete.append((state, "force"))
             unavailable += 1
         elif not state.ready and not state.outdated:
             unavailable += 1

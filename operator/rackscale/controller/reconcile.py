@@ -232,7 +232,9 @@ class Reconciler:
             await self.writer.delete_compute_domain(deployment.namespace, name)
         wanted = range(deployment.spec.replicas)
         step.returning = [i for i in step.actions.waiting if i in wanted] + [
-            state.replica for state, cause in step.actions.delete if cause != "scale-down"
+            state.replica
+            for state, cause in step.actions.delete
+            if cause not in ("scale-down", "force")  # a forced one is waiting already
         ]
         return step
 
@@ -343,7 +345,9 @@ class Reconciler:
 
     async def _delete(self, step: _Step, state: lifecycle.ReplicaState, *, cause: str) -> None:
         obj, deployment, memory, progress = step.obj, step.deployment, step.memory, step.progress
-        if cause == "restart":
+        if cause == "force":
+            log.info("%s: force-deleting replica %d on a lost node", deployment.key, state.replica)
+        elif cause == "restart":
             metrics.REPLICA_RESTARTS.labels(cause=metrics.restart_cause(state.why)).inc()
             progress.restarting[state.replica] = state.why or "a shard was lost"
             await self.writer.event(

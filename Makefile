@@ -29,7 +29,7 @@ venv: $(STAMP) ## Create the virtual environment with everything the project nee
 ##@ Development
 
 .PHONY: test
-test: lint test-unit test-e2e ## Everything CI runs: lint, fast tests, then e2e tests on the local control plane.
+test: lint test-unit test-e2e test-kind ## Everything CI runs: lint, fast tests, e2e on the local control plane, then on kind.
 
 .PHONY: test-unit
 test-unit: $(STAMP) ## Fast tests: models, CRDs, snapshot, engine, rendering, CLI (no cluster).

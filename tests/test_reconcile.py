@@ -311,3 +311,28 @@ def test_the_worker_reconciles_at_once_when_the_view_is_bound(api: FakeAPI) -> N
 
     asyncio.run(scenario())
     assert worker.passes >= 1
+
+
+def test_a_replica_going_away_on_a_lost_node_is_force_deleted() -> None:
+    api = FakeAPI(nvl72(2) + hgx(2))
+    forced: list[str] = []
+    plain_delete = api.delete_pod
+
+    async def delete_pod(namespace: str, name: str, *, force: bool = False) -> None:
+        if force:
+            forced.append(name)
+        await plain_delete(namespace, name, force=force)
+
+    api.delete_pod = delete_pod  # type: ignore[method-assign]
+    api.apply("a", replicas=1, fallback="Never")
+    reconciler = Reconciler(api.view(), api)
+    asyncio.run(reconciler.reconcile_all())
+    api.slow_deletes = True
+    api.deployments[("llm", "a")][0]["spec"]["replicas"] = 0  # its pods start going away
+    asyncio.run(reconciler.reconcile_all())
+    assert not forced, "a graceful delete while every node answers"
+    (pod,) = api.pods[("llm", "a-0-3")]
+    (node,) = api.nodes[pod["spec"]["nodeName"]]
+    node["status"]["conditions"] = [{"type": "Ready", "status": "Unknown"}]
+    asyncio.run(reconciler.reconcile_all())
+    assert "a-0-3" in forced, "its kubelet cannot confirm: only a forced delete ends it"

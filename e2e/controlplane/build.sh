@@ -10,14 +10,9 @@ cache="${RACKSCALE_CACHE:-$HOME/.cache/rackscale}"
 
 die() { echo "build.sh: error: $*" >&2; exit 1; }
 log() { echo "build.sh: $*" >&2; }
-
-# The version a wrapper pins is whatever its go.mod requires; there is no second copy to drift.
-pinned() {
-  local gomod="$1" module="$2" v
-  v="$(sed -n -E "s#^[[:space:]]*(require[[:space:]]+)?${module//./\\.}[[:space:]]+(v[^[:space:]]+).*#\\2#p" "$gomod" | head -n1)"
-  [[ -n "$v" ]] || die "$gomod does not require $module; regenerate it (see e2e/README.md)"
-  echo "$v"
-}
+# pinned and ensure_go, shared with the kind build.
+# shellcheck source=go-modules.sh
+source "$here/go-modules.sh"
 
 k8s_version="$(pinned "$here/kubernetes/go.mod" k8s.io/kubernetes)"
 etcd_version="$(pinned "$here/etcd/go.mod" go.etcd.io/etcd/server/v3)"
@@ -31,13 +26,6 @@ have_all() {
   local dir="$1"; shift
   local b
   for b in "$@"; do [[ -x "$dir/$b" ]] || return 1; done
-}
-
-ensure_go() {
-  command -v go >/dev/null || die "go is not on PATH; install Go 1.26 or newer and retry"
-  export GOTOOLCHAIN="${GOTOOLCHAIN:-local}" CGO_ENABLED=0
-  # The committed go.sum files are the pins; a build must never rewrite them.
-  export GOFLAGS="${GOFLAGS:+$GOFLAGS }-mod=readonly"
 }
 
 # build DIR MODULE_DIR LDFLAGS PKG... : builds into a scratch dir, then renames it into place, so an

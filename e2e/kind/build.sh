@@ -17,20 +17,8 @@ cache="${RACKSCALE_CACHE:-$HOME/.cache/rackscale}"
 
 die() { echo "kind/build.sh: error: $*" >&2; exit 1; }
 log() { echo "kind/build.sh: $*" >&2; }
-
-pinned() {
-  local gomod="$1" module="$2" v
-  v="$(sed -n -E "s#^[[:space:]]*(require[[:space:]]+)?${module//./\\.}[[:space:]]+(v[^[:space:]]+).*#\\2#p" "$gomod" | head -n1)"
-  [[ -n "$v" ]] || die "$gomod does not require $module"
-  echo "$v"
-}
-
-ensure_go() {
-  command -v go >/dev/null || die "go is not on PATH; install Go 1.26 or newer and retry"
-  export GOTOOLCHAIN="${GOTOOLCHAIN:-local}" CGO_ENABLED=0
-  # The committed go.sum files are the pins; a build must never rewrite them.
-  export GOFLAGS="${GOFLAGS:+$GOFLAGS }-mod=readonly"
-}
+# shellcheck source=../controlplane/go-modules.sh
+source "$controlplane/go-modules.sh"
 
 # build DEST MODULE_DIR LDFLAGS PKG...: into a scratch dir renamed into place when whole.
 build() {

@@ -31,12 +31,10 @@ recipe() { cat "$@" | sha256sum | cut -c1-12; }
 BASE_RECIPE=1
 NODE_RECIPE=1
 PYTHON_RECIPE=1
-pinned() {
-  sed -n -E "s#^[[:space:]]*(require[[:space:]]+)?${2//./\\.}[[:space:]]+(v[^[:space:]]+).*#\\2#p" "$1" | head -n1
-}
+# shellcheck source=../controlplane/go-modules.sh
+source "$root/e2e/controlplane/go-modules.sh"
 kind_version="$(pinned "$here/modules/kind/go.mod" sigs.k8s.io/kind)"
 k8s_version="$(pinned "$root/e2e/controlplane/kubernetes/go.mod" k8s.io/kubernetes)"
-[[ -n "$kind_version" && -n "$k8s_version" ]] || die "cannot read the pinned kind and Kubernetes versions"
 
 kind_dir() {
   (cd "$here/modules/kind" && GOFLAGS=-mod=readonly GOTOOLCHAIN=local go list -m -f '{{.Dir}}' sigs.k8s.io/kind 2>/dev/null) \

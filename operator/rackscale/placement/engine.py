@@ -261,7 +261,7 @@ def _keep_releasing(snapshot: Snapshot, want: Waiting) -> list[Rack]:
 def _release(pool: Pool, sign: int) -> None:
     """Free (-1) or take back (+1) what the pods being deleted hold. An exclusive replica's
     hold on its rack stays until its pods are gone."""
-    for node, gpus, namespace, deployment, domain in pool.releasing:
+    for node, gpus, namespace, deployment, domain in pool.releasing.values():
         assert node.rack is not None
         node.rack.use(node, sign * gpus, namespace, deployment, domain)
 

@@ -1,7 +1,9 @@
-"""Reading the few facts placement needs out of plain Node and Pod dicts."""
+"""The few facts placement needs of Nodes and Pods: read from API bodies into typed slim objects."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -95,3 +97,135 @@ def node_gpus(node: dict[str, Any], resource: str) -> int:
         if amounts is not None and resource in amounts:
             return count(amounts[resource])
     return 0
+
+
+# ---- typed slim objects: what the operator keeps of each Node and Pod --------------------------
+
+Body = Mapping[str, Any]
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """What placement needs of a Node: identity, labels, schedulability and GPUs offered."""
+
+    name: str
+    labels: Mapping[str, str]
+    unschedulable: bool = False
+    taints: tuple[tuple[str, str, str], ...] = ()  # (key, value, effect)
+    allocatable: Mapping[str, str] = field(default_factory=dict)  # capacity overlaid
+    ready: bool = True
+
+    @classmethod
+    def of(cls, node: NodeInfo | Body) -> NodeInfo:
+        """The node as given, or read from an API body (or a hand-written cluster file)."""
+        return node if isinstance(node, NodeInfo) else cls.from_body(node)
+
+    @classmethod
+    def from_body(cls, body: Body) -> NodeInfo:
+        meta, spec, status = (_mapping(body.get(k)) for k in ("metadata", "spec", "status"))
+        return cls(
+            name=str(meta.get("name")),
+            labels={str(k): str(v) for k, v in _mapping(meta.get("labels")).items()},
+            unschedulable=bool(spec.get("unschedulable")),
+            taints=tuple(
+                (str(t.get("key", "")), str(t.get("value") or ""), str(t.get("effect") or ""))
+                for t in spec.get("taints") or []
+            ),
+            # Hand-written cluster files (`rackscale plan`) may give capacity alone.
+            allocatable={
+                str(k): str(v)
+                for k, v in {
+                    **_mapping(status.get("capacity")),
+                    **_mapping(status.get("allocatable")),
+                }.items()
+            },
+            ready=node_ready(dict(body)),
+        )
+
+    def gpus(self, resource: str) -> int:
+        value = self.allocatable.get(resource)
+        return count(value) if value is not None else 0
+
+
+@dataclass(frozen=True, slots=True)
+class PodInfo:
+    """What placement, lifecycle and status need of a Pod."""
+
+    namespace: str
+    name: str
+    uid: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    created: str | None = None
+    deleting: bool = False  # deletionTimestamp set
+    owners: tuple[str, ...] = ()  # owner uids
+    node_name: str | None = None  # bound by kube-scheduler
+    pinned: str | None = None  # bound, or pinned by a required affinity to one node
+    requests: Mapping[str, int] = field(default_factory=dict)  # extended resources held
+    phase: str | None = None
+    ready: bool = False
+    unschedulable_message: str | None = None  # PodScheduled False: its message or reason
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @classmethod
+    def of(cls, pod: PodInfo | Body) -> PodInfo:
+        return pod if isinstance(pod, PodInfo) else cls.from_body(pod)
+
+    @classmethod
+    def from_body(cls, body: Body) -> PodInfo:
+        meta, spec, status = (_mapping(body.get(k)) for k in ("metadata", "spec", "status"))
+        plain = dict(body)
+        return cls(
+            namespace=str(meta.get("namespace") or "default"),
+            name=str(meta.get("name") or ""),
+            uid=str(meta["uid"]) if meta.get("uid") else None,
+            labels={str(k): str(v) for k, v in _mapping(meta.get("labels")).items()},
+            annotations={str(k): str(v) for k, v in _mapping(meta.get("annotations")).items()},
+            created=str(meta["creationTimestamp"]) if meta.get("creationTimestamp") else None,
+            deleting=bool(meta.get("deletionTimestamp")),
+            owners=tuple(str(o.get("uid")) for o in meta.get("ownerReferences") or []),
+            node_name=str(spec["nodeName"]) if spec.get("nodeName") else None,
+            pinned=pinned_node(plain),
+            requests={r: gpu_request(plain, r) for r in _extended(spec)},
+            phase=str(status["phase"]) if status.get("phase") else None,
+            ready=_condition(status, "Ready", "True") is not None,
+            unschedulable_message=_unschedulable(status),
+        )
+
+    def gpus(self, resource: str) -> int:
+        return self.requests.get(resource, 0)
+
+    @property
+    def terminated(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+
+def _extended(spec: Mapping[str, Any]) -> set[str]:
+    """The extended resources (`vendor/name`) a pod's containers ask for."""
+    names = set()
+    for container in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]:
+        resources = _mapping(container.get("resources"))
+        for part in ("requests", "limits"):
+            names.update(str(n) for n in _mapping(resources.get(part)) if "/" in str(n))
+    return names
+
+
+def _condition(status: Mapping[str, Any], kind: str, value: str) -> Mapping[str, Any] | None:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == kind and cond.get("status") == value:
+            return _mapping(cond)
+    return None
+
+
+def _unschedulable(status: Mapping[str, Any]) -> str | None:
+    cond = _condition(status, "PodScheduled", "False")
+    if cond is None:
+        return None
+    return str(cond.get("message") or cond.get("reason") or "unschedulable")

@@ -1,13 +1,14 @@
 """The snapshot: racks of each pool with per-node usage, kept indexed for fast best-fit lookups.
 
-Built once from plain Node, Pod and RackPool objects. Usage is mutable so the placement engine can
-reserve and undo; every change goes through `Rack.use`, which keeps the indexes true.
+Built from typed Nodes, Pods and RackPools. Usage is mutable: pods are added and taken out as the
+watch shows them (`add_pod`, `remove_pod`), and the placement engine reserves and undoes; every
+change goes through `Rack.use`, which keeps the indexes true.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -20,7 +21,7 @@ from rackscale.api.rackpool import (
     RackPool,
     RackPoolSpec,
 )
-from rackscale.topology.objects import gpu_request, node_gpus, node_ready, pinned_node, terminated
+from rackscale.topology.objects import NodeInfo, PodInfo
 
 DEPLOYMENT_LABEL = "rackscale.dev/deployment"
 REPLICA_LABEL = "rackscale.dev/replica"
@@ -106,6 +107,7 @@ class Rack:
     namespaces: Counter[str] = field(default_factory=Counter)  # GPU pods by namespace
     deployments: Counter[str] = field(default_factory=Counter)  # rackscale pods by deployment
     held_by: tuple[str, int] | None = None  # (deployment, replica) holding it exclusively
+    holders: Counter[tuple[str, int]] = field(default_factory=Counter)  # exclusive pods here
     kept_for: str | None = None  # a waiting deployment one pass keeps it for (see `keep`)
 
     @property
@@ -203,7 +205,7 @@ class Pool:
     # (free GPUs, rack name) of every rack, and of the racks nothing uses: best fit is a bisect.
     by_free: SortedList = field(default_factory=SortedList)
     empty_by_free: SortedList = field(default_factory=SortedList)
-    releasing: list[Releasing] = field(default_factory=list)  # pods being deleted
+    releasing: dict[tuple[str, str], Releasing] = field(default_factory=dict)  # pods going
     tainted_nodes: int = 0  # ready, uncordoned nodes kept out by a taint someone may tolerate
     node_gpus: int = 0  # the usual GPUs of one node (most common allocatable, larger on a tie)
     largest_node_gpus: int = 0
@@ -238,50 +240,117 @@ class Snapshot:
         node = self.nodes.get(node_name)
         return node.rack if node else None
 
+    def add_pod(self, pod: PodInfo) -> Usage | None:
+        """Count what `pod` holds (None: nothing, e.g. it is done or on no known node)."""
+        node = self.nodes.get(pod.pinned) if pod.pinned else None
+        if node is None or pod.terminated:
+            return None
+        pool = self.pools.get(node.pool) if node.pool else None
+        gpus = pod.gpus(pool.spec.gpu_resource if pool else DEFAULT_GPU_RESOURCE)
+        if not gpus:
+            return None
+        deployment, holder, domain = _pod_deployment(pod)
+        usage = Usage(node, gpus, pod.namespace, deployment, domain, holder, pod.deleting)
+        rack = node.rack
+        if rack is None:
+            node.used += gpus
+            return usage
+        rack.use(node, gpus, pod.namespace, deployment, domain)
+        if pod.deleting:
+            rack.pool.releasing[pod.key] = Releasing(node, gpus, pod.namespace, deployment, domain)
+        if holder:
+            rack.holders[holder] += 1
+            if rack.held_by is None:
+                rack.hold(holder)
+        return usage
 
-def _taints(node: dict[str, Any], pool: str | None) -> tuple[Taint, ...]:
+    def remove_pod(self, key: tuple[str, str], usage: Usage) -> None:
+        """Take out exactly what `add_pod` counted for the pod `key`."""
+        node, rack = usage.node, usage.node.rack
+        if rack is None:
+            node.used -= usage.gpus
+            return
+        rack.use(node, -usage.gpus, usage.namespace, usage.deployment, usage.domain)
+        rack.pool.releasing.pop(key, None)
+        holder = usage.holder
+        if holder:
+            rack.holders[holder] -= 1
+            if rack.holders[holder] <= 0:
+                del rack.holders[holder]
+            if rack.held_by == holder and holder not in rack.holders:
+                rack.hold(min(rack.holders) if rack.holders else None)
+
+
+def _taints(node: NodeInfo, pool: str | None) -> tuple[Taint, ...]:
     taints = []
-    for t in (node.get("spec") or {}).get("taints") or []:
-        if t.get("effect") not in ("NoSchedule", "NoExecute"):
+    for key, value, effect in node.taints:
+        if effect not in ("NoSchedule", "NoExecute"):
             continue
-        if t.get("key") == POOL_TAINT_KEY and (pool is None or t.get("value") == pool):
+        if key == POOL_TAINT_KEY and (pool is None or value == pool):
             continue
-        taints.append(Taint(str(t.get("key", "")), str(t.get("value") or ""), str(t["effect"])))
+        taints.append(Taint(key, value, effect))
     return tuple(taints)
 
 
-def _pod_deployment(
-    pod: dict[str, Any],
-) -> tuple[str | None, tuple[str, int] | None, str | None]:
+def _pod_deployment(pod: PodInfo) -> tuple[str | None, tuple[str, int] | None, str | None]:
     """A pod's deployment (`namespace/name`), its exclusive hold and its ComputeDomain."""
-    meta = pod.get("metadata") or {}
-    labels = meta.get("labels") or {}
-    namespace = meta.get("namespace") or "default"
+    labels = pod.labels
     domain = labels.get(COMPUTE_DOMAIN_LABEL)
-    domain_key = f"{namespace}/{domain}" if domain else None
+    domain_key = f"{pod.namespace}/{domain}" if domain else None
     name = labels.get(DEPLOYMENT_LABEL)
     if not name:
         return None, None, domain_key
-    key = f"{namespace}/{name}"
+    key = f"{pod.namespace}/{name}"
     holder = None
     if labels.get(EXCLUSIVE_LABEL) == "true":
-        holder = (key, int(labels.get(REPLICA_LABEL, "0")))
+        replica = labels.get(REPLICA_LABEL, "0")
+        holder = (key, int(replica) if replica.isdigit() else 0)
     return key, holder, domain_key
 
 
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What one pod adds to the snapshot, so that it can be taken out again exactly."""
+
+    node: Node
+    gpus: int
+    namespace: str
+    deployment: str | None
+    domain: str | None
+    holder: tuple[str, int] | None
+    releasing: bool
+
+
 def build_snapshot(
-    nodes: Iterable[dict[str, Any]],
-    pods: Iterable[dict[str, Any]],
+    nodes: Iterable[NodeInfo | Mapping[str, Any]],
+    pods: Iterable[PodInfo | Mapping[str, Any]],
     pools: Iterable[RackPool],
     *,
     compute_domains: bool = False,
 ) -> Snapshot:
     """Racks from node labels, usage from every non-terminated GPU pod, rackscale's or not.
 
-    A pod being deleted (`deletionTimestamp` set) still holds its GPUs; it is also listed in its
-    pool's `releasing`, so that a pass can keep the room it leaves for a waiting replica.
-    `compute_domains`: the API server serves NVIDIA's ComputeDomains, so the pools that want
-    them (`RackPoolSpec.wants_compute_domains`) use them."""
+    Nodes and pods are typed slim objects, or API bodies (cluster files) read into them. A pod
+    being deleted still holds its GPUs; it is also listed in its pool's `releasing`, so that a
+    pass can keep the room it leaves for a waiting replica. `compute_domains`: the API server
+    serves NVIDIA's ComputeDomains, so the pools that want them use them."""
+    snapshot = build_racks(nodes, pools, compute_domains=compute_domains)
+    # A pod listed twice (say, in two cluster files) is one object: the later listing wins.
+    unique: dict[tuple[str, str] | int, PodInfo] = {}
+    for number, pod in enumerate(map(PodInfo.of, pods)):
+        unique[pod.key if pod.name else number] = pod
+    for pod in unique.values():
+        snapshot.add_pod(pod)
+    return snapshot
+
+
+def build_racks(
+    nodes: Iterable[NodeInfo | Mapping[str, Any]],
+    pools: Iterable[RackPool],
+    *,
+    compute_domains: bool = False,
+) -> Snapshot:
+    """The racks of every pool from node labels, with nothing in use yet."""
     pool_list = sorted(pools, key=lambda p: p.name)
     by_name: dict[str, Node] = {}
     conflicts: dict[str, list[str]] = {}
@@ -295,88 +364,63 @@ def build_snapshot(
         for p in pool_list
     }
     ordinary: Counter[int] = Counter()
-    # A node or pod listed twice (say, in two cluster files) is one object: the later listing wins.
-    unique_nodes = {str(n["metadata"]["name"]): n for n in nodes}
-    for _, raw in sorted(unique_nodes.items()):
-        meta = raw["metadata"]
-        labels = dict(meta.get("labels") or {})
+    # A node listed twice is one object: the later listing wins.
+    unique = {n.name: n for n in map(NodeInfo.of, nodes)}
+    for _, info in sorted(unique.items()):
         matching = [
             p
             for p in pool_list
-            if p.spec.rack_label in labels and p.spec.node_selector.matches(labels)
+            if p.spec.rack_label in info.labels and p.spec.node_selector.matches(dict(info.labels))
         ]
         if len(matching) > 1:
-            conflicts[meta["name"]] = [p.name for p in matching]
+            conflicts[info.name] = [p.name for p in matching]
         pool = matching[0] if len(matching) == 1 else None
-        resource = pool.spec.gpu_resource if pool else DEFAULT_GPU_RESOURCE
-        gpus = node_gpus(raw, resource)
-        node = Node(
-            name=meta["name"],
-            labels=labels,
-            allocatable=gpus,
-            ready=node_ready(raw),
-            cordoned=bool((raw.get("spec") or {}).get("unschedulable")),
-            taints=_taints(raw, pool.name if pool else None),
-            pool=pool.name if pool else None,
-            gpu_memory_mib=gpu_memory(labels, pool.spec if pool else None),
-        )
+        node = _node(info, pool)
         by_name[node.name] = node
         if pool is None:
-            if gpus and not matching:
-                ordinary[gpus] += 1
+            if node.allocatable and not matching:
+                ordinary[node.allocatable] += 1
             continue
-        target = built[pool.name]
-        block = labels.get(pool.spec.block_label) if pool.spec.block_label else None
-        rack_name = (
-            f"{block}/{labels[pool.spec.rack_label]}" if block else labels[pool.spec.rack_label]
-        )
-        rack = target.racks.get(rack_name)
-        if rack is None:
-            rack = target.racks[rack_name] = Rack(rack_name, block, target)
-        rack.nodes.append(node)
-        node.rack = rack
-        rack.allocatable += node.allocatable
-        if node.healthy:
-            rack.schedulable += node.allocatable
-            rack.free += node.allocatable
-            rack.free_histogram[node.allocatable] += 1
-        elif node.ready and not node.cordoned:
-            target.tainted_nodes += 1
-
+        _join(built[pool.name], node)
     for target in built.values():
         target.racks = dict(sorted(target.racks.items()))
         target.measure_nodes()
         for rack in target.racks.values():
             rack._index(add=True)
-
-    unique_pods: dict[tuple[str, str] | int, dict[str, Any]] = {}
-    for number, pod in enumerate(pods):
-        meta = pod.get("metadata") or {}
-        key = (meta.get("namespace") or "default", meta["name"]) if meta.get("name") else number
-        unique_pods[key] = pod
-    for pod in unique_pods.values():
-        node_name = pinned_node(pod)
-        pinned = by_name.get(node_name) if node_name else None
-        if pinned is None or terminated(pod):
-            continue
-        node = pinned
-        resource = built[node.pool].spec.gpu_resource if node.pool else DEFAULT_GPU_RESOURCE
-        gpus = gpu_request(pod, resource)
-        if not gpus:
-            continue
-        if node.rack is None:
-            node.used += gpus
-            continue
-        deployment, holder, domain = _pod_deployment(pod)
-        meta = pod.get("metadata") or {}
-        namespace = meta.get("namespace") or "default"
-        node.rack.use(node, gpus, namespace, deployment, domain)
-        if meta.get("deletionTimestamp"):
-            node.rack.pool.releasing.append(Releasing(node, gpus, namespace, deployment, domain))
-        if holder and node.rack.held_by is None:
-            node.rack.hold(holder)
-
     return Snapshot(built, by_name, conflicts, ordinary_node_gpus=_most_common(ordinary))
+
+
+def _node(info: NodeInfo, pool: RackPool | None) -> Node:
+    labels = dict(info.labels)
+    return Node(
+        name=info.name,
+        labels=labels,
+        allocatable=info.gpus(pool.spec.gpu_resource if pool else DEFAULT_GPU_RESOURCE),
+        ready=info.ready,
+        cordoned=info.unschedulable,
+        taints=_taints(info, pool.name if pool else None),
+        pool=pool.name if pool else None,
+        gpu_memory_mib=gpu_memory(labels, pool.spec if pool else None),
+    )
+
+
+def _join(pool: Pool, node: Node) -> None:
+    """Put `node` in its rack of `pool` (making the rack when it is the first)."""
+    spec, labels = pool.spec, node.labels
+    block = labels.get(spec.block_label) if spec.block_label else None
+    name = f"{block}/{labels[spec.rack_label]}" if block else labels[spec.rack_label]
+    rack = pool.racks.get(name)
+    if rack is None:
+        rack = pool.racks[name] = Rack(name, block, pool)
+    rack.nodes.append(node)
+    node.rack = rack
+    rack.allocatable += node.allocatable
+    if node.healthy:
+        rack.schedulable += node.allocatable
+        rack.free += node.allocatable
+        rack.free_histogram[node.allocatable] += 1
+    elif node.ready and not node.cordoned:
+        pool.tainted_nodes += 1
 
 
 def gpu_memory(labels: dict[str, str], spec: RackPoolSpec | None) -> int | None:

@@ -71,7 +71,7 @@ def _overhead(params: dict[str, Any]) -> dict[str, Any]:
     for racks, deployments, passes in params["overhead"]:
         # Its own process: the RSS is then the reconciler's state at that size and nothing else.
         done = subprocess.run(
-            [sys.executable, "-m", "bench.overhead", str(racks), str(deployments), str(passes)],
+            [sys.executable, "-m", "bench.passes", str(racks), str(deployments), str(passes)],
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -8,9 +8,9 @@ from typing import Any
 
 from lupa import lua51
 
-from rackscale.controller import lifecycle
-from rackscale.controller.status import Progress, deployment_status, dump, failed_status
 from rackscale.placement import place_deployment
+from rackscale.planner import lifecycle
+from rackscale.planner.status import Progress, deployment_status, dump, failed_status
 from rackscale.render import PoolFacts, render_replica, template_hash
 from rackscale.topology import build_snapshot
 from tests.factory import deployment, nvl72, pool

@@ -18,8 +18,8 @@ from rackscale.api.pricing import Price, cost_per_hour, money, parse_price
 from rackscale.cli.main import main as cli
 from rackscale.cli.racks import as_table
 from rackscale.controller import metrics
-from rackscale.controller.status import Progress, Sizes, deployment_status, dump, pool_status
 from rackscale.placement import place_deployment
+from rackscale.planner.status import Progress, Sizes, deployment_status, dump, pool_status
 from rackscale.topology import build_snapshot
 from tests.factory import deployment, hgx, nvl72, pool
 from tests.test_status import STAMP, classify, placed

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from rackscale.api.crd import definitions
-from rackscale.controller import lifecycle
-from rackscale.controller.status import Progress, deployment_status, dump, failed_status
-from rackscale.controller.status import pool_status as build_pool_status
+from rackscale.planner import lifecycle
+from rackscale.planner.status import Progress, deployment_status, dump, failed_status
+from rackscale.planner.status import pool_status as build_pool_status
 from rackscale.topology import build_snapshot
 from tests.factory import deployment, nvl72, pool
 from tests.test_argocd_health import as_object, health, written

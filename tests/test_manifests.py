@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -11,7 +10,7 @@ import yaml
 from bench.plan_speed import _node
 from rackscale.cli.manifests import SafeLoader, Unsupported, _Reader
 from rackscale.cli.plan import read
-from rackscale.controller.cluster import slim_node
+from rackscale.topology import NodeInfo
 from tests.factory import gpu_pod
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +42,9 @@ def test_pruned_it_keeps_everything_the_snapshot_reads() -> None:
     text = kubectl_yaml(40)
     [full] = yaml.load_all(text, Loader=SafeLoader)
     [fast] = _Reader(text, prune=True).documents()
-    assert [slim_node(n) for n in fast["items"]] == [slim_node(n) for n in full["items"]]
+    assert [NodeInfo.from_body(n) for n in fast["items"]] == [
+        NodeInfo.from_body(n) for n in full["items"]
+    ]
     assert "annotations" not in fast["items"][0]["metadata"]
     assert "nodeInfo" not in fast["items"][0]["status"]
     assert fast["items"][0]["status"]["conditions"][-1] == {"status": "True", "type": "Ready"}
@@ -99,11 +100,11 @@ def test_large_files_keep_only_the_labels_the_pools_read(tmp_path: Path) -> None
         )
     )
     loaded = read([nodes, pool], [])
-    labels: dict[str, Any] = loaded.nodes[0]["metadata"]["labels"]
+    labels = loaded.nodes[0].labels
     assert set(labels) == {
         "nvidia.com/gpu.clique",
         "nvidia.com/gpu.product",
         "topology.rackscale.dev/block",
     }
     assert len(loaded.nodes) == 400
-    assert loaded.nodes[3]["spec"]["unschedulable"] is True
+    assert loaded.nodes[3].unschedulable is True

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
@@ -10,42 +12,55 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rackscale.cli import main as cli
 from rackscale.controller import metrics
-from rackscale.controller.status import pool_status
-from rackscale.placement import place_deployment
+from rackscale.placement import REASON_CODES, place_deployment
+from rackscale.planner import lifecycle
+from rackscale.planner.status import pool_status
+from rackscale.render import pool_facts, render_replica, template_hash
 from rackscale.topology import build_snapshot
+from rackscale.topology import pinned_node as pod_node
 from tests.factory import deployment, nvl72, pool
 
 
-def test_engine_reasons_map_to_a_fixed_set_of_categories() -> None:
+def test_engine_reasons_are_counted_by_their_code() -> None:
     nodes = nvl72(2)
     snapshot = build_snapshot(nodes, [], [pool()])
     huge = deployment("huge", replicas=1, tensor=8, data=16, gpusPerPod=4, fallback="Never")
-    reason = place_deployment(snapshot, huge).decisions[0].reason
-    assert metrics.reason_category(reason) == "no-rack-with-room"
+    why = place_deployment(snapshot, huge).decisions[0].why
+    assert why is not None
+    assert why.code == "no-rack-with-room"
+    assert "no rack holds 128 free GPUs" in why.text  # the words, rendered from the code
     missing = deployment("x", replicas=1, rackPool="nowhere", fallback="Never")
-    reason = place_deployment(snapshot, missing).decisions[0].reason
-    assert metrics.reason_category(reason) == "pool-missing"
-    assert metrics.reason_category("something new the engine may say one day") == "other"
-    assert metrics.reason_category(None) == "other"
-    assert set(map(metrics.reason_category, ["a", "no block holds 9"])) <= set(
-        metrics.REASON_CATEGORIES
-    )
+    why = place_deployment(snapshot, missing).decisions[0].why
+    assert why is not None
+    assert why.code == "pool-missing"
+    assert set(REASON_CODES) <= set(metrics.REASON_CATEGORIES)
 
 
 def test_restart_causes_come_from_what_lifecycle_says_was_lost() -> None:
-    cases = {
-        "pod ds-0-1 failed": "pod-failed",
-        "node gb200-a-01 of pod ds-0-1 is gone": "lost-shard",
-        "shard 3 of 8 is gone": "lost-shard",
-        "node gb200-a-01 of pod ds-0-1 is NotReady": "node-not-ready",
-        "pod ds-0-1 could not be scheduled on node n1 for 60s (0/1 nodes are available)": (
-            "unschedulable-pin"
-        ),
-        "": "other",
-    }
-    for why, cause in cases.items():
-        assert metrics.restart_cause(why) == cause, why
-        assert cause in metrics.RESTART_CAUSES
+    now = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
+    dep = deployment("ds", replicas=1, tensor=8, data=2, gpusPerPod=4)
+    nodes = nvl72(1)
+    snapshot = build_snapshot(nodes, [], [pool()])
+    plan = place_deployment(snapshot, dep).replicas[0]
+    pods = render_replica(dep, plan, pool_facts(dep, plan, snapshot))
+    ready = {n["metadata"]["name"]: True for n in nodes}
+    for pod in pods:
+        pod["spec"]["nodeName"] = pod_node(pod)
+
+    def cause(pods: list[dict[str, Any]], readiness: dict[str, bool]) -> str | None:
+        (state,) = lifecycle.classify(
+            pods, 1, digest=template_hash(dep), nodes=readiness, now=now, unschedulable_after=60
+        )
+        return state.loss
+
+    assert cause(pods, ready) is None
+    assert cause(pods[1:], ready) == "lost-shard"
+    node = str(pods[0]["spec"]["nodeName"])
+    assert cause(pods, {**ready, node: False}) == "node-not-ready"
+    assert cause(pods, {k: v for k, v in ready.items() if k != node}) == "node-gone"
+    failed = [{**pods[0], "status": {"phase": "Failed"}}, *pods[1:]]
+    assert cause(failed, ready) == "pod-failed"
+    assert set(lifecycle.LOSSES) | {"template-change"} == set(metrics.RESTART_CAUSES)
 
 
 def test_pool_gauges_equal_the_pool_status() -> None:
@@ -80,9 +95,7 @@ def test_unplaced_gauge_counts_every_category_and_resets() -> None:
     def unplaced(reason: str) -> float | None:
         return REGISTRY.get_sample_value("rackscale_unplaced_replicas", {"reason": reason})
 
-    metrics.count_unplaced(
-        ["no rack holds 64 free GPUs", "no rack holds 8 free GPUs", "RackPool x does not exist"]
-    )
+    metrics.count_unplaced(["no-rack-with-room", "no-rack-with-room", "pool-missing"])
     assert unplaced("no-rack-with-room") == 2
     assert unplaced("pool-missing") == 1
     metrics.count_unplaced([])

@@ -10,8 +10,8 @@ from typing import Any
 import yaml
 
 from rackscale.api import InferenceDeployment, RackPool
-from rackscale.controller.status import pool_status
 from rackscale.placement import place
+from rackscale.planner.status import pool_status
 from rackscale.render import PoolFacts, render_replica
 from rackscale.topology import build_snapshot
 

@@ -7,60 +7,18 @@ from typing import Any
 
 import pytest
 
-from rackscale.controller.cluster import ClusterView, slim_compute_domain
 from rackscale.controller.reconcile import Options, Reconciler
 from tests.factory import hgx, nvl72
-from tests.test_reconcile import FakeAPI
-
-CRD = {
-    "spec": {"versions": [{"name": "v1beta1", "served": True}]},
-    "status": {"conditions": [{"type": "Established", "status": "True"}]},
-}
+from tests.fakeapi import FakeAPI
 
 
-class DomainAPI(FakeAPI):
-    """FakeAPI that also serves ComputeDomains; they turn Ready when `ready` says so."""
-
-    def __init__(self, nodes: list[dict[str, Any]], *, served: bool = True) -> None:
-        super().__init__(nodes)
-        self.domains: dict[Any, list[dict[str, Any]]] = {}
-        self.crds: dict[Any, list[dict[str, Any]]] = (
-            {"computedomains.resource.nvidia.com": [CRD]} if served else {}
-        )
-        self.ready = True
-        self.created_domains: list[str] = []
-        self.deleted_domains: list[str] = []
-
-    def view(self) -> ClusterView:
-        view = ClusterView()
-        view.bind(
-            self.nodes,
-            self.pods,
-            self.pools,
-            self.deployments,
-            domains=self.domains,
-            crds=self.crds,
-        )
-        return view
-
-    async def create_compute_domain(self, body: dict[str, Any]) -> bool:
-        key = (body["metadata"]["namespace"], body["metadata"]["name"])
-        if key in self.domains:
-            return False
-        meta = {**body["metadata"], "uid": f"cd-{len(self.created_domains)}"}
-        meta["creationTimestamp"] = "2026-11-28T10:00:00Z"
-        status = {"status": "Ready" if self.ready else "NotReady"}
-        self.domains[key] = [slim_compute_domain({**body, "metadata": meta, "status": status})]
-        self.created_domains.append(body["metadata"]["name"])
-        return True
-
-    async def delete_compute_domain(self, namespace: str, name: str) -> None:
-        if self.domains.pop((namespace, name), None):
-            self.deleted_domains.append(name)
+def DomainAPI(nodes: list[dict[str, Any]], *, served: bool = True) -> FakeAPI:  # noqa: N802
+    """FakeAPI whose API server serves ComputeDomains (or not)."""
+    return FakeAPI(nodes, domains_served=served)
 
 
 @pytest.fixture
-def api() -> DomainAPI:
+def api() -> FakeAPI:
     return DomainAPI(nvl72(2) + hgx(2))
 
 
@@ -68,7 +26,7 @@ def run(reconciler: Reconciler) -> None:
     asyncio.run(reconciler.reconcile_all())
 
 
-def test_a_replica_spanning_trays_gets_a_domain_and_its_pods_claim_it(api: DomainAPI) -> None:
+def test_a_replica_spanning_trays_gets_a_domain_and_its_pods_claim_it(api: FakeAPI) -> None:
     api.apply("r1", replicas=2, tensor=8, data=2, fallback="Never")  # 16 GPUs: 4 trays each
     run(Reconciler(api.view(), api))
     assert api.created_domains == ["r1-0", "r1-1"]
@@ -87,7 +45,7 @@ def test_a_replica_spanning_trays_gets_a_domain_and_its_pods_claim_it(api: Domai
     assert status["phase"] == "Ready"
 
 
-def test_a_domain_not_ready_holds_availability_then_restarts_its_replica(api: DomainAPI) -> None:
+def test_a_domain_not_ready_holds_availability_then_restarts_its_replica(api: FakeAPI) -> None:
     api.ready = False
     api.apply("r1", replicas=1, tensor=8, fallback="Never")
     reconciler = Reconciler(api.view(), api, Options(compute_domain_timeout=1e9))
@@ -100,6 +58,7 @@ def test_a_domain_not_ready_holds_availability_then_restarts_its_replica(api: Do
     assert status["placements"][0]["computeDomainReady"] is False
 
     reconciler.options.compute_domain_timeout = 0  # now long past: restart it as a unit
+    reconciler.cache.mark(None)  # as a resync does
     run(reconciler)
     assert api.deleted_domains == ["r1-0"]
     assert any(reason == "ReplicaRestarting" for _, reason, _ in api.events)
@@ -108,13 +67,14 @@ def test_a_domain_not_ready_holds_availability_then_restarts_its_replica(api: Do
     assert api.created_domains == ["r1-0", "r1-0"]
 
 
-def test_a_lost_shard_gives_its_replica_a_fresh_domain(api: DomainAPI) -> None:
+def test_a_lost_shard_gives_its_replica_a_fresh_domain(api: FakeAPI) -> None:
     api.apply("r1", replicas=2, tensor=8, fallback="Never")
     reconciler = Reconciler(api.view(), api)
     run(reconciler)
     first = {k: v[0]["metadata"]["uid"] for k, v in api.domains.items()}
     (pod,) = api.pods[("llm", "r1-1-1")]
     pod["status"] = {"phase": "Failed"}  # its container exited for good
+    api.touch("pods", ("llm", "r1-1-1"))
     run(reconciler)
     assert api.deleted_domains == ["r1-1"]
     run(reconciler)
@@ -124,7 +84,7 @@ def test_a_lost_shard_gives_its_replica_a_fresh_domain(api: DomainAPI) -> None:
     assert api.status("r1")["phase"] == "Ready"
 
 
-def test_a_leftover_domain_is_deleted_and_waited_for(api: DomainAPI) -> None:
+def test_a_leftover_domain_is_deleted_and_waited_for(api: FakeAPI) -> None:
     api.apply("r1", replicas=1, tensor=8, fallback="Never")
     left = {
         "metadata": {
@@ -133,7 +93,7 @@ def test_a_leftover_domain_is_deleted_and_waited_for(api: DomainAPI) -> None:
             "labels": {"rackscale.dev/deployment": "r1", "rackscale.dev/replica": "0"},
         }
     }
-    api.domains[("llm", "r1-0")] = [slim_compute_domain(left)]
+    api.domains[("llm", "r1-0")] = [left]
     reconciler = Reconciler(api.view(), api)
     run(reconciler)
     assert api.deleted_domains == ["r1-0"]
@@ -143,11 +103,11 @@ def test_a_leftover_domain_is_deleted_and_waited_for(api: DomainAPI) -> None:
     assert len(api.pods) == 8  # 32 GPUs, 4 a tray
 
 
-def test_scaling_down_deletes_the_domains_of_removed_replicas(api: DomainAPI) -> None:
+def test_scaling_down_deletes_the_domains_of_removed_replicas(api: FakeAPI) -> None:
     api.apply("r1", replicas=2, tensor=8, fallback="Never")
     reconciler = Reconciler(api.view(), api)
     run(reconciler)
-    api.deployments[("llm", "r1")][0]["spec"]["replicas"] = 1
+    api.edit("r1", lambda spec: spec.update(replicas=1))
     run(reconciler)
     assert api.deleted_domains == ["r1-1"]
     assert set(api.domains) == {("llm", "r1-0")}

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from rackscale.controller import lifecycle
-from rackscale.controller.status import Progress, deployment_status, dump, pool_status
 from rackscale.placement import place_deployment
+from rackscale.planner import lifecycle
+from rackscale.planner.status import Progress, deployment_status, dump, pool_status
 from rackscale.render import PoolFacts, render_replica, template_hash
 from rackscale.topology import build_snapshot
 from tests.factory import deployment, gpu_pod, nvl72, pool

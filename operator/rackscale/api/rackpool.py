@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -71,7 +72,7 @@ class LabelSelectorRequirement(Spec):
             raise FieldError("values", f"must be empty for operator {self.operator}")
         return self
 
-    def matches(self, labels: dict[str, str]) -> bool:
+    def matches(self, labels: Mapping[str, str]) -> bool:
         present = self.key in labels
         if self.operator == "Exists":
             return present
@@ -119,7 +120,7 @@ class LabelSelector(Spec):
                 raise ValueError(f"{key!r} is not a valid label key")
         return value
 
-    def matches(self, labels: dict[str, str]) -> bool:
+    def matches(self, labels: Mapping[str, str]) -> bool:
         return all(labels.get(k) == v for k, v in self.match_labels.items()) and all(
             e.matches(labels) for e in self.match_expressions
         )

@@ -15,10 +15,9 @@ from rackscale.api import InferenceDeployment, RackPool
 from rackscale.api.pricing import Price, parse_price
 from rackscale.cli import fit, kubectl
 from rackscale.cli.manifests import FAST_ABOVE_BYTES, InputError, describe, objects, parse
-from rackscale.controller.cluster import slim_node
 from rackscale.placement import DeploymentPlan, ReplicaPlan, place, place_together
 from rackscale.render import plan_objects
-from rackscale.topology import Snapshot, build_snapshot
+from rackscale.topology import NodeInfo, Snapshot, build_snapshot
 
 EPILOG = """exit codes:
   0  every replica of every deployment is placed (in a RackPool, or on ordinary GPU nodes)
@@ -83,7 +82,7 @@ def _price(text: str) -> Price:
 class Loaded:
     """What the files hold: plain Nodes and Pods (only the fields the snapshot reads), models."""
 
-    nodes: list[dict[str, Any]] = field(default_factory=list)
+    nodes: list[NodeInfo] = field(default_factory=list)
     pods: list[dict[str, Any]] = field(default_factory=list)
     pools: list[RackPool] = field(default_factory=list)
     deployments: list[InferenceDeployment] = field(default_factory=list)
@@ -164,7 +163,7 @@ def read(
         objs, pools = found[index]
         for obj in objs:
             if obj["kind"] == "Node":
-                loaded.nodes.append(slim_node(obj))
+                loaded.nodes.append(NodeInfo.from_body(obj))
             elif obj["kind"] == "Pod":
                 loaded.pods.append(obj)
         for pool in pools:

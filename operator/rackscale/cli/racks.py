@@ -57,7 +57,7 @@ def fetch(args: argparse.Namespace) -> tuple[Snapshot, list[str]]:
 
 
 def statuses(snapshot: Snapshot) -> dict[str, RackPoolStatus]:
-    from rackscale.controller.status import pool_status
+    from rackscale.planner.status import pool_status
 
     return {
         name: pool_status(pool, snapshot.conflicts, [], "")

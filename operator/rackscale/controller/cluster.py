@@ -1,57 +1,41 @@
-"""The operator's view of the cluster: kopf indices of nodes, GPU pods, RackPools and
-InferenceDeployments, plus the pods it has just created and not yet seen come back.
+"""The operator's one state: a typed cache of nodes, GPU pods, RackPools, InferenceDeployments
+and ComputeDomains, kept from watch events, with the placement snapshot kept in step with it.
 
-The placement ledger is a snapshot rebuilt from this view: it counts every non-terminated GPU
-pod, pinned-but-unbound ones included, so nothing can be booked twice.
+Every watch event goes through one `put_*` call. The pods the operator has just created or
+deleted, which the watch has not shown yet, are assumed here, and only here (Kueue's
+assume/forget): an assumed pod counts in the snapshot like any other until the watch shows it,
+or until `PENDING_GRACE_SECONDS` pass. The snapshot is updated a pod at a time; a change of
+nodes, pools or the ComputeDomain CRD rebuilds it once, on the next pass that reads it.
+
+Each put marks what it touches dirty, so a pass reconciles only the deployments whose object,
+pods or ComputeDomains changed (all of them when nodes or pools change).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
 
 from rackscale.api import RackPool, format_errors
 from rackscale.render import COMPUTE_DOMAIN_VERSION, DEPLOYMENT_LABEL, REPLICA_LABEL
-from rackscale.topology.objects import node_ready
+from rackscale.topology import NodeInfo, PodInfo, Snapshot, Usage, build_racks
+from rackscale.topology.objects import DomainInfo
 
 log = logging.getLogger("rackscale.cluster")
 
-Index = Mapping[Any, Iterable[Any]]
+Key = tuple[str, str]  # (namespace, name)
+Body = Mapping[str, Any]
 
 # How long a created pod counts from memory before the watch must have shown it.
 PENDING_GRACE_SECONDS = 60.0
 
 
-def slim_node(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What placement needs of a Node."""
-    meta = body.get("metadata") or {}
-    spec = body.get("spec") or {}
-    status = body.get("status") or {}
-    return {
-        "metadata": {"name": meta.get("name"), "labels": dict(meta.get("labels") or {})},
-        "spec": {"unschedulable": spec.get("unschedulable"), "taints": spec.get("taints") or []},
-        "status": {
-            # Hand-written cluster files (`rackscale plan`) may give capacity alone.
-            "allocatable": {**(status.get("capacity") or {}), **(status.get("allocatable") or {})},
-            "conditions": [
-                {"type": c.get("type"), "status": c.get("status")}
-                for c in status.get("conditions") or []
-                if c.get("type") == "Ready"
-            ],
-        },
-    }
-
-
-def _resources(containers: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    return [{"resources": dict(c.get("resources") or {})} for c in containers]
-
-
-def is_gpu_pod(body: Mapping[str, Any]) -> bool:
+def is_gpu_pod(body: Body) -> bool:
     """A pod the ledger must count: rackscale's own, or one requesting an extended resource."""
     labels = (body.get("metadata") or {}).get("labels") or {}
     if DEPLOYMENT_LABEL in labels:
@@ -65,55 +49,7 @@ def is_gpu_pod(body: Mapping[str, Any]) -> bool:
     return False
 
 
-def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What placement, status and lifecycle need of a Pod."""
-    spec = body.get("spec") or {}
-    status = body.get("status") or {}
-    return {
-        "metadata": _slim_meta(body),
-        "spec": {
-            "nodeName": spec.get("nodeName"),
-            "affinity": spec.get("affinity"),
-            "containers": _resources(spec.get("containers") or []),
-            "initContainers": _resources(spec.get("initContainers") or []),
-        },
-        "status": {
-            "phase": status.get("phase"),
-            "conditions": [
-                {k: c.get(k) for k in ("type", "status", "reason", "message")}
-                for c in status.get("conditions") or []
-            ],
-        },
-    }
-
-
-def _slim_meta(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The metadata the operator reads of the objects it owns: identity, labels, owners, age."""
-    meta = body.get("metadata") or {}
-    return {k: meta[k] for k in _META if meta.get(k) is not None}
-
-
-_META = (
-    "name",
-    "namespace",
-    "uid",
-    "labels",
-    "annotations",
-    "creationTimestamp",
-    "deletionTimestamp",
-    "ownerReferences",
-)
-
-
-def slim_compute_domain(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the operator needs of a ComputeDomain: whose it is, and whether it is Ready."""
-    return {
-        "metadata": _slim_meta(body),
-        "status": {"status": ((body.get("status") or {}).get("status"))},
-    }
-
-
-def serves(crd: Mapping[str, Any], version: str) -> bool:
+def serves(crd: Body, version: str) -> bool:
     """Whether a CustomResourceDefinition is established and serves `version`."""
     spec = crd.get("spec") or {}
     conditions = (crd.get("status") or {}).get("conditions") or []
@@ -124,204 +60,289 @@ def serves(crd: Mapping[str, Any], version: str) -> bool:
     return established and any(v.get("served") for v in versions)
 
 
-def _values(index: Index | None) -> Iterator[Any]:
-    if index is None:
-        return
-    for store in list(index.values()):
-        yield from store
+def serves_compute_domains(crd: Body) -> bool:
+    return serves(crd, COMPUTE_DOMAIN_VERSION)
+
+
+def _without_status(body: Body) -> dict[str, Any]:
+    """What of a deployment asks for work: everything but its status and resourceVersion."""
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "resourceVersion"}
+    return {**{k: v for k, v in body.items() if k not in ("status", "metadata")}, "metadata": meta}
+
+
+def _deployment_of(pod: PodInfo | DomainInfo) -> Key | None:
+    name = pod.labels.get(DEPLOYMENT_LABEL)
+    return (pod.namespace, name) if name else None
 
 
 @dataclass(slots=True)
-class _Pending:
-    pod: dict[str, Any]
+class _Assumed:
+    """A write the watch has not shown yet: a pod created (`pod`), or deleted (`uid`)."""
+
     since: float
-    uid: str | None = None
+    pod: PodInfo | None = None  # created: counted as this until the watch shows it
+    deleted: str | None = None  # the uid deleted: counted as being deleted until shown
 
 
 @dataclass(slots=True)
-class ClusterView:
-    """Live kopf indices, bound on the first handler call after kopf has filled them."""
+class _Pool:
+    body: Body
+    model: RackPool | None
 
-    nodes_index: Index | None = None
-    pods_index: Index | None = None
-    pools_index: Index | None = None
-    deployments_index: Index | None = None
-    domains_index: Index | None = None  # ComputeDomains, when the API server serves them
-    crds_index: Index | None = None  # the ComputeDomain CRD, when it exists
-    pending: dict[tuple[str, str], _Pending] = field(default_factory=dict)
-    version: int = 0
-    _pool_cache: dict[tuple[str, str], RackPool | None] = field(default_factory=dict)
-    _grouped: dict[tuple[str, str], list[dict[str, Any]]] | None = None
-    _readiness: dict[str, bool] | None = None
 
-    @property
-    def bound(self) -> bool:
-        return None not in (
-            self.nodes_index,
-            self.pods_index,
-            self.pools_index,
-            self.deployments_index,
-        )
+@dataclass(slots=True)
+class ClusterCache:
+    """The cluster as the watch shows it, plus the operator's own writes not yet shown."""
 
-    def bind(
+    nodes: dict[str, NodeInfo] = field(default_factory=dict)
+    readiness: dict[str, bool] = field(default_factory=dict)  # node -> Ready
+    deployments: dict[Key, Body] = field(default_factory=dict)
+    domains_served: bool = False  # the API server serves NVIDIA's ComputeDomains
+    loaded: bool = False  # the first full listing is in
+    _pools: dict[str, _Pool] = field(default_factory=dict)
+    _shown: dict[Key, PodInfo] = field(default_factory=dict)  # pods as the watch shows them
+    _assumed: dict[Key, _Assumed] = field(default_factory=dict)
+    _pods: dict[Key, PodInfo] = field(default_factory=dict)  # shown, with assumptions applied
+    _by_deployment: dict[Key, set[Key]] = field(default_factory=dict)
+    _domains: dict[Key, DomainInfo] = field(default_factory=dict)
+    _domains_by_deployment: dict[Key, set[Key]] = field(default_factory=dict)
+    _snapshot: Snapshot | None = None
+    _usage: dict[Key, Usage] = field(default_factory=dict)
+    _dirty: set[Key] = field(default_factory=set)
+    _all_dirty: bool = True
+    version: int = 0  # counts changes to the snapshot: pool statuses are rebuilt when it moves
+
+    # ---- the watch -----------------------------------------------------------------------------
+
+    def load(
         self,
-        nodes: Index,
-        pods: Index,
-        pools: Index,
-        deployments: Index,
         *,
-        domains: Index | None = None,
-        crds: Index | None = None,
+        nodes: Iterable[NodeInfo],
+        pods: Iterable[PodInfo],
+        pools: Iterable[Body],
+        deployments: Iterable[Body],
+        domains: Iterable[DomainInfo] = (),
+        domains_served: bool = False,
     ) -> None:
-        self.nodes_index, self.pods_index = nodes, pods
-        self.pools_index, self.deployments_index = pools, deployments
-        self.domains_index, self.crds_index = domains, crds
+        """The first full listing (kopf's indices once filled); later changes come by put."""
+        for node in nodes:
+            self.put_node(node.name, node)
+        for pod in pods:
+            self.put_pod(pod.key, pod)
+        for body in pools:
+            self.put_pool(str(body["metadata"]["name"]), body)
+        for body in deployments:
+            meta = body["metadata"]
+            self.put_deployment((str(meta.get("namespace")), str(meta["name"])), body)
+        for domain in domains:
+            self.put_domain((domain.namespace, domain.name), domain)
+        self.put_domains_served(domains_served)
+        self.loaded = True
+        self._stale()
+
+    def put_node(self, name: str, node: NodeInfo | None) -> None:
+        if self.nodes.get(name) == node:
+            return  # a heartbeat: nothing placement reads changed
+        if node is None:
+            self.nodes.pop(name, None)
+            self.readiness.pop(name, None)
+        else:
+            self.nodes[name] = node
+            self.readiness[name] = node.ready
+        self._stale()
+
+    def put_pod(self, key: Key, pod: PodInfo | None) -> None:
+        if self._shown.get(key) == pod:
+            return
+        if pod is None:
+            self._shown.pop(key, None)
+        else:
+            self._shown[key] = pod
+        self._refresh(key)
+
+    def put_pool(self, name: str, body: Body | None) -> None:
+        if body is None:
+            if self._pools.pop(name, None) is not None:
+                self._stale()
+            return
+        current = self._pools.get(name)
+        if current is not None and _spec_and_generation(current.body) == _spec_and_generation(body):
+            current.body = body  # its status, written by this operator: nothing to redo
+            return
+        self._pools[name] = _Pool(body, _validated(body))
+        self._stale()
+
+    def put_deployment(self, key: Key, body: Body | None) -> None:
+        current = self.deployments.get(key)
+        if body is None:
+            self.deployments.pop(key, None)
+            self._dirty.add(key)
+            return
+        self.deployments[key] = body
+        if current is None or _without_status(current) != _without_status(body):
+            self._dirty.add(key)
+
+    def put_domain(self, key: Key, domain: DomainInfo | None) -> None:
+        old = self._domains.get(key)
+        if old == domain:
+            return
+        for info in (old, domain):
+            owner = _deployment_of(info) if info is not None else None
+            if owner is not None:
+                self._dirty.add(owner)
+                group = self._domains_by_deployment.setdefault(owner, set())
+                (group.add if info is domain else group.discard)(key)
+        if domain is None:
+            self._domains.pop(key, None)
+        else:
+            self._domains[key] = domain
+
+    def put_domains_served(self, served: bool) -> None:
+        if served != self.domains_served:
+            self.domains_served = served
+            self._stale()
+
+    # ---- the operator's own writes -----------------------------------------------------------
+
+    def assume_created(self, body: Body, uid: str | None = None) -> None:
+        """Count a pod being created before the watch shows it (`uid` once the API gave it)."""
+        pod = replace(PodInfo.from_body(body), uid=uid)
+        self._assumed[pod.key] = _Assumed(time.monotonic(), pod=pod)
+        self._refresh(pod.key)
+
+    def forget(self, key: Key) -> None:
+        """A write that did not happen: count the pod as the watch shows it."""
+        if self._assumed.pop(key, None) is not None:
+            self._refresh(key)
+
+    def assume_deleted(self, pod: PodInfo) -> None:
+        """Count a pod as being deleted before the watch shows it so: it holds its GPUs as
+        being released, and its replica is not deleted (or announced) twice."""
+        if pod.uid is None:
+            self.forget(pod.key)  # created by this operator and not shown: gone with the write
+            return
+        self._assumed[pod.key] = _Assumed(time.monotonic(), deleted=pod.uid)
+        self._refresh(pod.key)
+
+    def _effective(self, key: Key) -> PodInfo | None:
+        """The pod as the operator counts it: shown, unless an assumption is still pending."""
+        shown, assumed = self._shown.get(key), self._assumed.get(key)
+        if assumed is None:
+            return shown
+        expired = time.monotonic() - assumed.since > PENDING_GRACE_SECONDS
+        if assumed.pod is not None:
+            arrived = shown is not None and assumed.pod.uid is not None
+            arrived = arrived and shown is not None and shown.uid == assumed.pod.uid
+            if not (arrived or expired):
+                return assumed.pod
+        elif not (expired or shown is None or shown.uid != assumed.deleted or shown.deleting):
+            return replace(shown, deleting=True)
+        del self._assumed[key]  # the watch has caught up (or never will)
+        return shown
+
+    def _refresh(self, key: Key) -> None:
+        """Recount the pod `key` after its shown state or its assumption changed."""
+        pod, old = self._effective(key), self._pods.get(key)
+        if pod == old:
+            return
+        for info in (old, pod):
+            owner = _deployment_of(info) if info is not None else None
+            if owner is not None:
+                self._dirty.add(owner)
+                group = self._by_deployment.setdefault(owner, set())
+                (group.add if info is pod else group.discard)(key)
+        if pod is None:
+            self._pods.pop(key, None)
+        else:
+            self._pods[key] = pod
+        if self._snapshot is not None:
+            usage = self._usage.pop(key, None)
+            if usage is not None:
+                self._snapshot.remove_pod(key, usage)
+            added = self._snapshot.add_pod(pod) if pod is not None else None
+            if added is not None:
+                self._usage[key] = added
         self.version += 1
 
-    # ---- reading -----------------------------------------------------------------------------
+    def expire(self) -> None:
+        """Drop the assumptions past their grace: the watch has not shown them in time."""
+        now = time.monotonic()
+        for key in [k for k, a in self._assumed.items() if now - a.since > PENDING_GRACE_SECONDS]:
+            self._refresh(key)
 
-    def nodes(self) -> list[dict[str, Any]]:
-        return list(_values(self.nodes_index))
+    def _stale(self) -> None:
+        self._snapshot = None
+        self._usage = {}
+        self._all_dirty = True
+        self.version += 1
 
-    def node_readiness(self) -> dict[str, bool]:
-        if self._readiness is not None:
-            return self._readiness
-        return {n["metadata"]["name"]: node_ready(n) for n in self.nodes()}
+    # ---- reading -------------------------------------------------------------------------------
 
-    def compute_domains_served(self) -> bool:
-        """Whether the API server serves NVIDIA's ComputeDomains (its DRA driver is installed)."""
-        return any(serves(crd, COMPUTE_DOMAIN_VERSION) for crd in _values(self.crds_index))
+    def take_dirty(self) -> set[Key] | None:
+        """The deployments to reconcile since the last call; None: every one."""
+        dirty = None if self._all_dirty else self._dirty
+        self._dirty, self._all_dirty = set(), False
+        return dirty
 
-    def domains_of(self, namespace: str, name: str, uid: str) -> dict[int, dict[str, Any]]:
-        """The ComputeDomains of one InferenceDeployment, by replica index."""
-        out = {}
-        for domain in _values(self.domains_index):
-            meta = domain["metadata"]
-            labels = meta.get("labels") or {}
-            if meta.get("namespace") != namespace or labels.get(DEPLOYMENT_LABEL) != name:
-                continue
-            owners = meta.get("ownerReferences") or []
-            index = str(labels.get(REPLICA_LABEL, ""))
-            if index.isdigit() and not (
-                uid and owners and all(o.get("uid") != uid for o in owners)
-            ):
-                out[int(index)] = domain
-        return out
+    def mark(self, keys: Iterable[Key] | None) -> None:
+        """Reconcile these deployments (None: all) on the next pass."""
+        if keys is None:
+            self._all_dirty = True
+        else:
+            self._dirty.update(keys)
 
-    def pool_bodies(self) -> list[dict[str, Any]]:
-        return list(_values(self.pools_index))
+    @property
+    def pending(self) -> bool:
+        return self._all_dirty or bool(self._dirty)
+
+    def snapshot(self) -> Snapshot:
+        """The placement ledger now; kept in step with every put until nodes or pools change."""
+        if self._snapshot is None:
+            snapshot = build_racks(
+                self.nodes.values(), self.pools(), compute_domains=self.domains_served
+            )
+            self._usage = {}
+            for key, pod in self._pods.items():
+                usage = snapshot.add_pod(pod)
+                if usage is not None:
+                    self._usage[key] = usage
+            self._snapshot = snapshot
+        return self._snapshot
 
     def pools(self) -> list[RackPool]:
         """Valid RackPools; one the API server should have refused is logged and left out."""
-        out = []
-        for body in self.pool_bodies():
-            meta = body.get("metadata") or {}
-            key = (str(meta.get("name")), str(meta.get("resourceVersion")))
-            if key not in self._pool_cache:
-                try:
-                    self._pool_cache[key] = RackPool.model_validate(body)
-                except ValidationError as error:
-                    log.warning("RackPool %s ignored: %s", key[0], "; ".join(format_errors(error)))
-                    self._pool_cache[key] = None
-            pool = self._pool_cache[key]
-            if pool is not None:
-                out.append(pool)
-        if len(self._pool_cache) > 4 * len(out) + 16:
-            live = {(p.name, str(p.metadata.get("resourceVersion"))) for p in out}
-            self._pool_cache = {k: v for k, v in self._pool_cache.items() if k in live}
+        return [p.model for _, p in sorted(self._pools.items()) if p.model is not None]
+
+    def pool_status(self, name: str) -> Mapping[str, Any]:
+        pool = self._pools.get(name)
+        return (pool.body.get("status") or {}) if pool else {}
+
+    def pods_of(self, key: Key) -> list[PodInfo]:
+        """The pods labelled as the deployment's, in its namespace (owners are not checked)."""
+        return [self._pods[k] for k in self._by_deployment.get(key, ())]
+
+    def domains_of(self, key: Key, uid: str) -> dict[int, DomainInfo]:
+        """The ComputeDomains of one InferenceDeployment (owned by this very object), by replica."""
+        out = {}
+        for name in self._domains_by_deployment.get(key, ()):
+            domain = self._domains[name]
+            index = domain.labels.get(REPLICA_LABEL, "")
+            if index.isdigit() and not (uid and domain.owners and uid not in domain.owners):
+                out[int(index)] = domain
         return out
 
-    def deployments(self) -> list[dict[str, Any]]:
-        return sorted(
-            _values(self.deployments_index),
-            key=lambda b: (b["metadata"].get("namespace", ""), b["metadata"]["name"]),
-        )
+    def all_pods(self) -> list[PodInfo]:
+        return list(self._pods.values())
 
-    def pods(self) -> list[dict[str, Any]]:
-        """Every GPU pod the watch has shown, plus the ones just created and not yet shown."""
-        seen = list(_values(self.pods_index))
-        self._forget_arrived(seen)
-        return seen + [pending.pod for pending in self.pending.values()]
 
-    def _forget_arrived(self, shown: Iterable[dict[str, Any]]) -> None:
-        """Drop the pods the watch has shown, and those past the grace, from `pending`."""
-        if not self.pending:
-            return
-        uids = {
-            (p["metadata"].get("namespace"), p["metadata"]["name"]): p["metadata"].get("uid")
-            for p in shown
-        }
-        now = time.monotonic()
-        for key, pending in list(self.pending.items()):
-            arrived = pending.uid is not None and uids.get(key) == pending.uid
-            if arrived or now - pending.since > PENDING_GRACE_SECONDS:
-                del self.pending[key]
+def _validated(body: Body) -> RackPool | None:
+    try:
+        return RackPool.model_validate(dict(body))
+    except ValidationError as error:
+        name = (body.get("metadata") or {}).get("name")
+        log.warning("RackPool %s ignored: %s", name, "; ".join(format_errors(error)))
+        return None
 
-    def begin_pass(self) -> None:
-        """Group pods by deployment and read node health once for a whole reconcile pass."""
-        grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        pods = list(_values(self.pods_index))
-        self._forget_arrived(pods)  # else every deployment's lookup walks them all
-        for pod in pods:
-            meta = pod["metadata"]
-            label = (meta.get("labels") or {}).get(DEPLOYMENT_LABEL)
-            if label:
-                grouped.setdefault((str(meta.get("namespace")), str(label)), []).append(pod)
-        self._grouped = grouped
-        self._readiness = {n["metadata"]["name"]: node_ready(n) for n in self.nodes()}
 
-    def end_pass(self) -> None:
-        self._grouped = None
-        self._readiness = None
-
-    def pods_of(
-        self, namespace: str, name: str, uid: str, *, fresh: bool = False
-    ) -> list[dict[str, Any]]:
-        """Pods of one InferenceDeployment: its label, its namespace, owned by this very object.
-
-        Within a pass, from the grouping made at its start unless `fresh` (after writes)."""
-        if self._grouped is not None and not fresh:
-            shown = self._grouped.get((namespace, name), [])
-        else:
-            shown = [
-                p
-                for p in _values(self.pods_index)
-                if p["metadata"].get("namespace") == namespace
-                and (p["metadata"].get("labels") or {}).get(DEPLOYMENT_LABEL) == name
-            ]
-        uids = {p["metadata"]["name"]: p["metadata"].get("uid") for p in shown}
-        now = time.monotonic()
-        candidates = list(shown)
-        for (ns, pod_name), pending in self.pending.items():
-            if ns != namespace or now - pending.since > PENDING_GRACE_SECONDS:
-                continue
-            labels = pending.pod["metadata"].get("labels") or {}
-            if labels.get(DEPLOYMENT_LABEL) != name:
-                continue
-            if pending.uid is not None and uids.get(pod_name) == pending.uid:
-                continue  # the watch has shown it
-            candidates.append(pending.pod)
-        out = []
-        for pod in candidates:
-            owners = pod["metadata"].get("ownerReferences") or []
-            if uid and owners and not any(o.get("uid") == uid for o in owners):
-                continue  # left behind by an earlier object of the same name: the GC takes it
-            out.append(pod)
-        return out
-
-    # ---- the pods the operator is writing ---------------------------------------------------
-
-    def expect(self, pod: dict[str, Any]) -> None:
-        """Count a pod about to be created, before the watch shows it."""
-        meta = pod["metadata"]
-        self.pending[(meta["namespace"], meta["name"])] = _Pending(pod, time.monotonic())
-
-    def created(self, pod: dict[str, Any], uid: str) -> None:
-        meta = pod["metadata"]
-        entry = self.pending.get((meta["namespace"], meta["name"]))
-        if entry is not None:
-            entry.uid = uid
-
-    def forget(self, pod: dict[str, Any]) -> None:
-        meta = pod["metadata"]
-        self.pending.pop((meta["namespace"], meta["name"]), None)
+def _spec_and_generation(body: Body) -> tuple[Any, Any]:
+    return body.get("spec"), (body.get("metadata") or {}).get("generation")

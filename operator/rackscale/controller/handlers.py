@@ -1,7 +1,8 @@
 """Every kopf handler of the operator. Each only decodes its arguments and delegates.
 
-Indices are kopf's informer cache of nodes, GPU pods, RackPools and InferenceDeployments; every
-watch event wakes the one worker, which reconciles from them. Nothing here adds finalizers or
+kopf's indices hold the typed slim objects of nodes, GPU pods, RackPools, InferenceDeployments and
+ComputeDomains; every watch event puts its object into the operator's one cache and wakes the
+one worker, which reconciles what changed. Nothing here adds finalizers or
 writes kopf's bookkeeping into the objects: deletion is left to owner references.
 """
 
@@ -16,13 +17,7 @@ from typing import Any
 import kopf
 
 from rackscale.api import GROUP, VERSION
-from rackscale.controller.cluster import (
-    ClusterView,
-    is_gpu_pod,
-    slim_compute_domain,
-    slim_node,
-    slim_pod,
-)
+from rackscale.controller.cluster import ClusterCache, is_gpu_pod, serves_compute_domains
 from rackscale.controller.kube import Kube, api_client
 from rackscale.controller.reconcile import Options, Reconciler
 from rackscale.controller.worker import Worker
@@ -33,6 +28,8 @@ from rackscale.render import (
     COMPUTE_DOMAIN_VERSION,
     DEPLOYMENT_LABEL,
 )
+from rackscale.topology import NodeInfo, PodInfo
+from rackscale.topology.objects import DomainInfo
 
 CRDS = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 
@@ -49,7 +46,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     options = memo.get("options") or Options.from_env(os.environ)
-    worker = Worker(Reconciler(ClusterView(), Kube(api_client()), options))
+    worker = Worker(Reconciler(ClusterCache(), Kube(api_client()), options))
     memo["worker"] = worker
     memo["task"] = asyncio.create_task(worker.run(), name="rackscale-worker")
 
@@ -69,26 +66,35 @@ def probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
     return worker.health() if worker else {}
 
 
+def _slim(body: kopf.Body) -> dict[str, Any]:
+    """An object as the cache keeps it: without managedFields, which nothing here reads."""
+    plain = copy.deepcopy(dict(body))
+    plain.get("metadata", {}).pop("managedFields", None)
+    return plain
+
+
+# kopf's indices are filled from a full listing before any other handler runs: the cache loads
+# from them on the first event, so the operator never acts on half a cluster.
 @kopf.index("nodes")
-def nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
-    return {name: slim_node(body)}
+def nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeInfo]:
+    return {name: NodeInfo.from_body(body)}
 
 
 @kopf.index("pods")
 def gpu_pods(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any] | None:
-    return {(namespace, name): slim_pod(body)} if is_gpu_pod(body) else None
+    return {(namespace, name): PodInfo.from_body(body)} if is_gpu_pod(body) else None
 
 
 @kopf.index(GROUP, VERSION, "rackpools")
 def rackpools(name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
-    return {name: copy.deepcopy(dict(body))}
+    return {name: _slim(body)}
 
 
 @kopf.index(GROUP, VERSION, "inferencedeployments")
 def inferencedeployments(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[Any, Any]:
-    return {(namespace, name): copy.deepcopy(dict(body))}
+    return {(namespace, name): _slim(body)}
 
 
 # NVIDIA's ComputeDomains, watched once their CRD exists (kopf watches CRDs appear and go), and
@@ -100,38 +106,85 @@ def inferencedeployments(
     labels={DEPLOYMENT_LABEL: kopf.PRESENT},
 )
 def computedomains(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, name): slim_compute_domain(body)}
+    return {(namespace, name): DomainInfo.from_body(body)}
 
 
 @kopf.index(*CRDS, field="metadata.name", value=COMPUTE_DOMAIN_CRD)
-def computedomain_crd(name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
-    return {name: {"spec": dict(body.spec), "status": dict(body.status)}}
+def computedomain_crd(name: str, body: kopf.Body, **_: Any) -> dict[str, bool]:
+    return {name: serves_compute_domains(body)}
 
 
-def _wake(memo: kopf.Memo, indices: dict[str, Any]) -> None:
+def _one(index: Any, key: Any) -> Any:
+    """The one value an object gave its index under `key` (None: it is gone)."""
+    store = index.get(key) if index is not None else None
+    return next(iter(store), None) if store is not None else None
+
+
+def _values(index: Any) -> list[Any]:
+    return [v for store in list(index.values()) for v in store] if index is not None else []
+
+
+def _observe(memo: kopf.Memo, indices: dict[str, Any], put: Any) -> None:
+    """Load the cache on the first event, else apply this one; then wake the worker."""
     worker: Worker | None = memo.get("worker")
-    if worker is not None:
-        worker.observe(
-            indices["nodes"],
-            indices["gpu_pods"],
-            indices["rackpools"],
-            indices["inferencedeployments"],
-            domains=indices["computedomains"],
-            crds=indices["computedomain_crd"],
+    if worker is None:
+        return
+    cache = worker.reconciler.cache
+    if not cache.loaded:
+        cache.load(
+            nodes=_values(indices["nodes"]),
+            pods=_values(indices["gpu_pods"]),
+            pools=_values(indices["rackpools"]),
+            deployments=_values(indices["inferencedeployments"]),
+            domains=_values(indices["computedomains"]),
+            domains_served=any(_values(indices["computedomain_crd"])),
         )
+    else:
+        put(cache)
+    worker.wake.set()
 
 
 @kopf.on.event("nodes")
+async def node_changed(name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    node = _one(kwargs["nodes"], name)
+    _observe(memo, kwargs, lambda cache: cache.put_node(name, node))
+
+
+@kopf.on.event("pods", when=lambda body, **_: is_gpu_pod(body))
+async def pod_changed(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    key = (namespace or "default", name)
+    pod = _one(kwargs["gpu_pods"], (namespace, name))
+    _observe(memo, kwargs, lambda cache: cache.put_pod(key, pod))
+
+
 @kopf.on.event(GROUP, VERSION, "rackpools")
+async def pool_changed(name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    pool = _one(kwargs["rackpools"], name)
+    _observe(memo, kwargs, lambda cache: cache.put_pool(name, pool))
+
+
 @kopf.on.event(GROUP, VERSION, "inferencedeployments")
+async def deployment_changed(
+    namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    key = (namespace or "default", name)
+    body = _one(kwargs["inferencedeployments"], (namespace, name))
+    _observe(memo, kwargs, lambda cache: cache.put_deployment(key, body))
+
+
 @kopf.on.event(
     COMPUTE_DOMAIN_GROUP,
     COMPUTE_DOMAIN_VERSION,
     COMPUTE_DOMAIN_PLURAL,
     labels={DEPLOYMENT_LABEL: kopf.PRESENT},
 )
+async def domain_changed(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    key = (namespace or "default", name)
+    domain = _one(kwargs["computedomains"], (namespace, name))
+    _observe(memo, kwargs, lambda cache: cache.put_domain(key, domain))
+
+
 @kopf.on.event(*CRDS, field="metadata.name", value=COMPUTE_DOMAIN_CRD)
-@kopf.on.event("pods", when=lambda body, **_: is_gpu_pod(body))
-async def changed(memo: kopf.Memo, **kwargs: Any) -> None:
-    """Any watch event: kopf passes the indices by their function names."""
-    _wake(memo, kwargs)
+async def crd_changed(memo: kopf.Memo, **kwargs: Any) -> None:
+    served = any(_values(kwargs["computedomain_crd"]))
+    _observe(memo, kwargs, lambda cache: cache.put_domains_served(served))

@@ -22,7 +22,7 @@ class Writer(Protocol):
 
     async def create_pod(self, body: dict[str, Any]) -> str: ...
     async def delete_pod(self, namespace: str, name: str, *, force: bool = False) -> None: ...
-    async def ensure_service(self, body: dict[str, Any]) -> None: ...
+    async def apply_service(self, body: dict[str, Any]) -> None: ...
     async def create_compute_domain(self, body: dict[str, Any]) -> bool: ...
     async def delete_compute_domain(self, namespace: str, name: str) -> None: ...
     async def patch_deployment_status(
@@ -77,14 +77,19 @@ class Kube:
             if error.status != 404:
                 raise
 
-    async def ensure_service(self, body: dict[str, Any]) -> None:
-        try:
-            await asyncio.to_thread(
-                self.core.create_namespaced_service, body["metadata"]["namespace"], body
-            )
-        except ApiException as error:
-            if error.status != 409:
-                raise
+    async def apply_service(self, body: dict[str, Any]) -> None:
+        """Server-side apply: the Service becomes what rackscale renders (its port included),
+        and fields others own (clusterIP, annotations of other managers) stay theirs."""
+        meta = body["metadata"]
+        await asyncio.to_thread(
+            self.core.patch_namespaced_service,
+            meta["name"],
+            meta["namespace"],
+            body,
+            field_manager=self.component,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
 
     async def create_compute_domain(self, body: dict[str, Any]) -> bool:
         """Create a replica's ComputeDomain; False when one of that name still exists (the last

@@ -3,8 +3,8 @@
 Pool and rack figures are read at scrape time from the last statuses the operator computed, so a
 rack or pool that disappears leaves no stale series. Everything else is a counter, a histogram or
 a gauge updated where the event happens. Labels take values from small fixed sets (or from pool
-and rack names, which the cluster bounds): free text such as an engine reason is mapped to a
-category first.
+and rack names, which the cluster bounds): an engine reason is counted by its code, a restart by
+its cause, never by their words.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from rackscale.api.rackpool import RackPoolStatus
+from rackscale.placement import REASON_CODES
+from rackscale.planner.lifecycle import LOSSES
 
 HEALTHS = ("Healthy", "Degraded", "Unavailable")
 
@@ -55,52 +57,14 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
 
-# Engine reasons, by how they begin or what they say; the first match names the category.
-_REASONS: tuple[tuple[str, str], ...] = (
-    ("does not exist", "pool-missing"),
-    ("has no racks", "pool-empty"),
-    ("needs spec.blockLabel", "block-label-missing"),
-    ("cannot fit one node", "pod-too-large"),
-    ("no rack holds", "no-rack-with-room"),
-    ("no node holds", "no-node-with-room"),
-    ("no block holds", "no-block-with-room"),
-    ("no set of racks", "no-racks-with-room"),
-    ("of GPU memory", "gpu-memory"),
-)
-REASON_CATEGORIES = (*(category for _, category in _REASONS), "other")
-
-# Why a replica is restarted (lifecycle's words), then the update and scale causes.
-_RESTARTS: tuple[tuple[str, str], ...] = (
-    ("could not be scheduled", "unschedulable-pin"),
-    ("is NotReady", "node-not-ready"),
-    ("is gone", "lost-shard"),  # a shard's pod or its node is gone
-    (" failed", "pod-failed"),
-    (" succeeded", "pod-exited"),
-)
-RESTART_CAUSES = (*(category for _, category in _RESTARTS), "template-change", "other")
+# Label values: the engine's reason codes, and lifecycle's causes of a restart.
+REASON_CATEGORIES: tuple[str, ...] = (*REASON_CODES, "other")
+RESTART_CAUSES: tuple[str, ...] = (*LOSSES, "template-change")
 
 
-def reason_category(reason: str | None) -> str:
-    """The category of an engine reason: one of REASON_CATEGORIES, never free text."""
-    text = reason or ""
-    for words, category in _REASONS:
-        if words in text:
-            return category
-    return "other"
-
-
-def restart_cause(why: str | None) -> str:
-    """The category of a lifecycle `why` (what was lost): one of RESTART_CAUSES."""
-    text = why or ""
-    for words, category in _RESTARTS:
-        if words in text:
-            return category
-    return "other"
-
-
-def count_unplaced(reasons: Iterable[str]) -> None:
-    """Set the unplaced gauge from every pending replica's reason; absent categories read 0."""
-    tally = Tally(reason_category(r) for r in reasons)
+def count_unplaced(codes: Iterable[str]) -> None:
+    """Set the unplaced gauge from every pending replica's reason code; absent ones read 0."""
+    tally = Tally(c if c in REASON_CATEGORIES else "other" for c in codes)
     for category in REASON_CATEGORIES:
         UNPLACED_REPLICAS.labels(reason=category).set(tally.get(category, 0))
 

@@ -3,6 +3,7 @@
 from rackscale.placement.engine import (
     Decision,
     DeploymentPlan,
+    NoRoom,
     PodPlan,
     ReplicaPlan,
     Waiting,
@@ -14,12 +15,18 @@ from rackscale.placement.engine import (
     place_together,
 )
 from rackscale.placement.ledger import Reservation
+from rackscale.placement.reasons import REASON_CODES, Note, Reason, ReasonCode
 from rackscale.placement.shape import Shape, shape_of
 
 __all__ = [
+    "REASON_CODES",
     "Decision",
     "DeploymentPlan",
+    "NoRoom",
+    "Note",
     "PodPlan",
+    "Reason",
+    "ReasonCode",
     "ReplicaPlan",
     "Reservation",
     "Shape",

@@ -23,7 +23,7 @@ from rackscale.api.inferencedeployment import (
     MemoryNeed,
 )
 from rackscale.placement.ledger import Reservation
-from rackscale.placement.reasons import Problem, summarize
+from rackscale.placement.reasons import Note, Problem, Reason, summarize
 from rackscale.placement.shape import Shape, shape_of
 from rackscale.topology.snapshot import Node, Pool, Rack, Snapshot, compute_domain_name
 
@@ -34,6 +34,7 @@ class PodPlan:
     node: str | None  # None: kube-scheduler decides (device-plugin mode)
     gpus: int
     first_rank: int
+    rack: str | None = None  # the node's rack (None in device-plugin mode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +52,19 @@ class Decision:
 
     replica: int
     plan: ReplicaPlan | None
-    reason: str | None = None
+    why: Reason | None = None
     reservation: Reservation | None = None
     kept: tuple[str, ...] = ()  # pending: racks a pass keeps for it while their GPUs are released
+
+    @property
+    def reason(self) -> str | None:
+        """`why` in words (None when placed in its pool, or not explained)."""
+        return (self.why.text or None) if self.why else None
+
+    @property
+    def fallback(self) -> bool:
+        """In device-plugin mode because its pool could not hold it (not by choice)."""
+        return self.plan is not None and self.plan.mode == "DevicePlugin" and self.why is not None
 
 
 @dataclass(slots=True)
@@ -87,7 +98,11 @@ class DeploymentPlan:
 
 
 class NoRoom(Exception):
-    """The pool cannot hold the replica; the message says why."""
+    """The pool cannot hold the replica; `why` says why."""
+
+    def __init__(self, why: Reason) -> None:
+        super().__init__(why.text)
+        self.why = why
 
 
 @dataclass(slots=True)
@@ -173,11 +188,7 @@ def place_pass(
     """
     order = pass_order(waiting)
     first = _try_order(snapshot, order, explain=False)
-    if all(
-        d.plan is not None and (d.plan.mode == "Rack" or d.reason is None)
-        for w, d in first
-        if not w.terminating
-    ):
+    if all(d.plan is not None and not d.fallback for w, d in first if not w.terminating):
         return first  # everything in its pool (or in device-plugin mode by choice): done
     best, score = order, _score(first)
     _undo(first)
@@ -206,7 +217,7 @@ def _try_order(
     try:
         for want in order:
             if want.terminating:
-                decision = Decision(want.replica, None, "its old pods are still terminating")
+                decision = Decision(want.replica, None, Reason("terminating"))
             else:
                 decision = place_replica(
                     snapshot, want.deployment, want.replica, want.prefer, explain=explain
@@ -214,8 +225,8 @@ def _try_order(
             if decision.plan is None and (racks := _keep_releasing(snapshot, want)):
                 kept.extend(racks)
                 decision.kept = tuple(r.name for r in racks)
-                if explain:
-                    decision.reason = f"{decision.reason}; {_kept_text(racks)}"
+                if explain and decision.why is not None:
+                    decision.why = decision.why.noted(Note("kept", {"racks": _kept_text(racks)}))
             out.append((want, decision))
     finally:
         for rack in kept:
@@ -268,8 +279,7 @@ def _release(pool: Pool, sign: int) -> None:
 
 def _kept_text(racks: list[Rack]) -> str:
     names = ", ".join(r.name for r in racks)
-    verb = f"rack {names} is" if len(racks) == 1 else f"racks {names} are"
-    return f"{verb} kept for it: it fits there once the GPUs being released are free"
+    return f"rack {names} is" if len(racks) == 1 else f"racks {names} are"
 
 
 def place_together(
@@ -333,8 +343,8 @@ def place_replica(
     except NoRoom as why:
         if placement.fallback == "DevicePlugin":
             plan = _device_plugin(snapshot, deployment, replica)
-            return Decision(replica, plan, f"{why}; running in device-plugin mode")
-        return Decision(replica, None, str(why))
+            return Decision(replica, plan, why.why.noted(Note("fallback")))
+        return Decision(replica, None, why.why)
 
 
 def _device_plugin(
@@ -350,7 +360,7 @@ def _request(
 ) -> _Request:
     pool = snapshot.pools.get(pool_name)
     if pool is None:
-        raise NoRoom(f"RackPool {pool_name} does not exist")
+        raise NoRoom(Reason("pool-missing", {"pool": pool_name}))
     if not pool.racks:
         shared = sum(pool_name in pools for pools in snapshot.conflicts.values())
         why = (
@@ -359,13 +369,10 @@ def _request(
             if shared
             else f"no node matches its nodeSelector and carries the label {pool.spec.rack_label}"
         )
-        raise NoRoom(f"RackPool {pool_name} has no racks: {why}")
+        raise NoRoom(Reason("pool-empty", {"pool": pool_name, "why": why}))
     scope = deployment.spec.placement.replica_scope
     if scope == "Block" and not pool.spec.block_label:
-        raise NoRoom(
-            f"replicaScope Block needs spec.blockLabel on RackPool {pool_name}; "
-            "set it, or use replicaScope Rack or Any"
-        )
+        raise NoRoom(Reason("block-label-missing", {"pool": pool_name}))
     shape = shape_of(deployment.spec, pool.node_gpus)
     template_spec = deployment.spec.template.get("spec") or {}
     request = _Request(
@@ -383,7 +390,9 @@ def _request(
             if pool.spec.nvlink_domain == "Node"
             else f"a pod of {shape.pod_gpus} GPUs"
         )
-        raise NoRoom(f"{what} cannot fit one node of RackPool {pool_name} (at most {largest} GPUs)")
+        raise NoRoom(
+            Reason("pod-too-large", {"what": what, "pool": pool_name, "largest": str(largest)})
+        )
     _memory_filter(request)
     return request
 
@@ -408,11 +417,15 @@ def _memory_filter(request: _Request) -> None:
     sizes = ", ".join(f"{_gib(mib)} GiB" for mib in sorted(m for m in nodes if m is not None))
     racks = len(pool.racks)
     where = f"all {racks} racks ({small} nodes)" if racks > 1 else f"its one rack ({small} nodes)"
-    raise NoRoom(
-        f"{_need_text(need)}: {where} of RackPool {pool.name} "
-        f"{'have' if racks > 1 else 'has'} GPUs with too little memory ({sizes}); "
-        f"{_what_fits(request, need)}"
-    )
+    details = {
+        "need": _need_text(need),
+        "where": where,
+        "pool": pool.name,
+        "verb": "have" if racks > 1 else "has",
+        "sizes": sizes,
+        "fits": _what_fits(request, need),
+    }
+    raise NoRoom(Reason("gpu-memory", details))
 
 
 def _fits_memory(request: _Request, node: Node) -> bool:
@@ -469,7 +482,7 @@ def _what_fits(request: _Request, need: MemoryNeed) -> str:
     return text if fitting else f"{text}; no lower precision fits {need.gpus} GPUs"
 
 
-def _memory_note(request: _Request) -> str:
+def _memory_note(request: _Request) -> Note:
     """The nodes refused for memory in a pool where others are large enough."""
     need = request.memory
     assert need is not None
@@ -478,10 +491,8 @@ def _memory_note(request: _Request) -> str:
     )
     nodes = sum(n for _, n in small)
     sizes = ", ".join(f"{_gib(m)} GiB" for m, _ in small)
-    return (
-        f"{nodes} node{'s' if nodes != 1 else ''} refused for memory (GPUs of {sizes}): "
-        f"{_need_text(need)}"
-    )
+    counted = f"{nodes} node{'s' if nodes != 1 else ''}"
+    return Note("memory-refused", {"nodes": counted, "sizes": sizes, "need": _need_text(need)})
 
 
 def _place_in_pool(request: _Request) -> tuple[ReplicaPlan, Reservation]:
@@ -489,7 +500,7 @@ def _place_in_pool(request: _Request) -> tuple[ReplicaPlan, Reservation]:
         return _place_in_racks(request)
     except NoRoom as why:
         if request.explain and request.memory_split:
-            raise NoRoom(f"{why}; {_memory_note(request)}") from None
+            raise NoRoom(why.why.noted(_memory_note(request))) from None
         raise
 
 
@@ -504,22 +515,24 @@ def _place_in_racks(request: _Request) -> tuple[ReplicaPlan, Reservation]:
         return _reserve(request, [(rack, request.shape.gpus // request.slot)])
     if scope == "Rack" or request.shape.units < 2:
         if not request.explain:
-            raise NoRoom("")
+            raise NoRoom(Reason("no-rack-with-room"))
         problems = [
             _problem(request, r, request.shape.gpus // request.slot) for r in _racks(request)
         ]
-        raise NoRoom(
-            f"no rack holds {request.shape.gpus} free GPUs in one NVLink domain: "
-            + summarize([p for p in problems if p])
-            + (
-                ""
-                if scope == "Rack"
-                else (
-                    f"; its tensor- and expert-parallel groups and pods need {request.shape.gpus} "
-                    "GPUs in one NVLink domain, so it cannot span racks"
-                )
+        span = (
+            ""
+            if scope == "Rack"
+            else (
+                f"; its tensor- and expert-parallel groups and pods need {request.shape.gpus} "
+                "GPUs in one NVLink domain, so it cannot span racks"
             )
         )
+        details = {
+            "gpus": str(request.shape.gpus),
+            "problems": summarize([p for p in problems if p]),
+            "span": span,
+        }
+        raise NoRoom(Reason("no-rack-with-room", details))
     return _reserve(request, _best_racks(request))
 
 
@@ -623,7 +636,7 @@ def _best_node(request: _Request) -> Node:
             if fits:
                 return min(fits, key=lambda n: (n.free, n.name))
     if not request.explain:
-        raise NoRoom("")
+        raise NoRoom(Reason("no-node-with-room"))
     barriers = [p for p in (_barrier(request, r) for r in _racks(request)) if p]
     reachable = [r for r in _racks(request) if _barrier(request, r) is None]
     most = max(
@@ -634,7 +647,7 @@ def _best_node(request: _Request) -> Node:
     if reachable:
         parts.append(f"the most free on one node of the other racks is {most}" if barriers
                      else f"the most free on one node is {most}")  # fmt: skip
-    raise NoRoom(f"no node holds {need} free GPUs (replicaScope Node): " + "; ".join(parts))
+    raise NoRoom(Reason("no-node-with-room", {"gpus": str(need), "problems": "; ".join(parts)}))
 
 
 def _best_racks(request: _Request) -> list[tuple[Rack, int]]:
@@ -655,7 +668,9 @@ def _best_racks(request: _Request) -> list[tuple[Rack, int]]:
             return found[1]
     found = _best_split(request, shape.unit_gpus, per_unit, by_block)
     if found is None:
-        raise NoRoom(_why_no_racks(request, per_unit, by_block) if request.explain else "")
+        if not request.explain:
+            raise NoRoom(Reason("no-block-with-room" if by_block else "no-racks-with-room"))
+        raise NoRoom(_why_no_racks(request, per_unit, by_block))
     return found[1]
 
 
@@ -695,7 +710,7 @@ def _best_split(
     return best
 
 
-def _why_no_racks(request: _Request, per_unit: int, by_block: bool) -> str:
+def _why_no_racks(request: _Request, per_unit: int, by_block: bool) -> Reason:
     """What each block (or the pool) lacks for a multi-rack replica, rack by rack."""
     shape = request.shape
     groups = request.pool.blocks() if by_block else {None: list(request.pool.racks.values())}
@@ -719,12 +734,15 @@ def _why_no_racks(request: _Request, per_unit: int, by_block: bool) -> str:
             where = f"block {block}" if block is not None else "the pool"
             noun = "part" if units == 1 else "parts"
             short.append(f"{where} has room for {units} {noun} (racks with {frees} free)")
-    where = "block" if by_block else "set of racks in the pool"
     details = "; ".join(short + ([summarize(problems)] if problems else []))
-    return (
-        f"no {where} holds {shape.gpus} free GPUs as {shape.units} parts of "
-        f"{shape.unit_gpus} (whole tensor- and expert-parallel groups and pods): "
-        f"{details or 'the pool has no racks'}"
+    return Reason(
+        "no-block-with-room" if by_block else "no-racks-with-room",
+        {
+            "gpus": str(shape.gpus),
+            "units": str(shape.units),
+            "unit": str(shape.unit_gpus),
+            "problems": details or "the pool has no racks",
+        },
     )
 
 
@@ -830,7 +848,9 @@ def _reserve(
             take = min(1 if request.domain else node.free // slot, left)
             for _ in range(take * slot // shape.pod_gpus):
                 shard = len(pods)
-                pods.append(PodPlan(shard, node.name, shape.pod_gpus, shard * shape.pod_gpus))
+                pods.append(
+                    PodPlan(shard, node.name, shape.pod_gpus, shard * shape.pod_gpus, rack.name)
+                )
             if take:
                 reservation.take(node, take * slot)
             left -= take

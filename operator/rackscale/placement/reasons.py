@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 # Each cause: (singular verb phrase, plural verb phrase); the order is the order of the message.
 _PHRASES = {
@@ -72,3 +74,88 @@ def summarize(problems: list[Problem]) -> str:
 def _number(text: str) -> tuple[int, str]:
     head = text.split(" ", 1)[0]
     return (int(head), text) if head.isdigit() else (0, text)
+
+
+# ---- why a replica is not placed in its pool: a code, its details, and one renderer -----------
+
+ReasonCode = Literal[
+    "pool-missing",
+    "pool-empty",
+    "block-label-missing",
+    "pod-too-large",
+    "gpu-memory",
+    "no-rack-with-room",
+    "no-node-with-room",
+    "no-block-with-room",
+    "no-racks-with-room",
+    "terminating",
+]
+REASON_CODES: tuple[ReasonCode, ...] = get_args(ReasonCode)
+
+# The sentence of each code; `{name}` is filled from the reason's details.
+_SENTENCES: dict[ReasonCode, str] = {
+    "pool-missing": "RackPool {pool} does not exist",
+    "pool-empty": "RackPool {pool} has no racks: {why}",
+    "block-label-missing": (
+        "replicaScope Block needs spec.blockLabel on RackPool {pool}; "
+        "set it, or use replicaScope Rack or Any"
+    ),
+    "pod-too-large": "{what} cannot fit one node of RackPool {pool} (at most {largest} GPUs)",
+    "gpu-memory": "{need}: {where} of RackPool {pool} {verb} GPUs with too little memory "
+    "({sizes}); {fits}",
+    "no-rack-with-room": "no rack holds {gpus} free GPUs in one NVLink domain: {problems}{span}",
+    "no-node-with-room": "no node holds {gpus} free GPUs (replicaScope Node): {problems}",
+    "no-block-with-room": "no block holds {gpus} free GPUs as {units} parts of {unit} "
+    "(whole tensor- and expert-parallel groups and pods): {problems}",
+    "no-racks-with-room": "no set of racks in the pool holds {gpus} free GPUs as {units} parts "
+    "of {unit} (whole tensor- and expert-parallel groups and pods): {problems}",
+    "terminating": "its old pods are still terminating",
+}
+
+NoteCode = Literal["memory-refused", "kept", "fallback"]
+_NOTES: dict[NoteCode, str] = {
+    "memory-refused": "{nodes} refused for memory (GPUs of {sizes}): {need}",
+    "kept": "{racks} kept for it: it fits there once the GPUs being released are free",
+    "fallback": "running in device-plugin mode",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """What follows a reason: a code and its details."""
+
+    code: NoteCode
+    details: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why the engine did not place a replica in its pool. Its `code` is what metrics and
+    programs read; `text` renders it for a person, the one place words are chosen. A reason
+    decided without `explain` carries its code and no details."""
+
+    code: ReasonCode
+    details: Mapping[str, str] = field(default_factory=dict)
+    notes: tuple[Note, ...] = ()
+
+    @property
+    def explained(self) -> bool:
+        return bool(self.details) or not _fields(_SENTENCES[self.code])
+
+    @property
+    def text(self) -> str:
+        if not self.explained:
+            return ""
+        parts = [_SENTENCES[self.code].format(**self.details)]
+        parts += [_NOTES[n.code].format(**n.details) for n in self.notes]
+        return "; ".join(parts)
+
+    def noted(self, note: Note) -> Reason:
+        return Reason(self.code, self.details, (*self.notes, note))
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _fields(sentence: str) -> bool:
+    return "{" in sentence

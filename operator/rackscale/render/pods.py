@@ -46,7 +46,7 @@ class PoolFacts:
     pool: str | None = None  # the RackPool of rack-mode replicas
     gpu_resource: str = DEFAULT_GPU_RESOURCE  # the pool's; device-plugin pods use the default
     rack_labels: tuple[str, ...] = (DEFAULT_RACK_LABEL,)  # device-plugin pods avoid these nodes
-    node_racks: Mapping[str, str] | None = None  # node name -> rack name, for rack-mode pods
+    node_racks: Mapping[str, str] | None = None  # node -> rack, for plans naming no pod's rack
     nvlink_domain: str = "Node"  # the pool's nvlinkDomain: Rack when NVLink joins a rack's nodes
 
     def nvlink_crosses_nodes(self, plan: ReplicaPlan) -> bool:
@@ -59,19 +59,14 @@ class PoolFacts:
 
 def pool_facts(deployment: InferenceDeployment, plan: ReplicaPlan, snapshot: Snapshot) -> PoolFacts:
     """What rendering `plan` needs from the snapshot it was placed in: the deployment's pool,
-    its GPU resource and NVLink domain, every pool's rack label, the rack of each chosen node."""
+    its GPU resource and NVLink domain, and every pool's rack label (each pod's rack is in the
+    plan)."""
     pool = snapshot.pools.get(deployment.spec.placement.rack_pool or "")
     labels = {p.spec.rack_label for p in snapshot.pools.values()} or {DEFAULT_RACK_LABEL}
-    racks = {}
-    for pod in plan.pods:
-        rack = snapshot.rack_of(pod.node) if pod.node else None
-        if pod.node and rack is not None:
-            racks[pod.node] = rack.name
     return PoolFacts(
         pool=pool.name if pool else None,
         gpu_resource=pool.spec.gpu_resource if pool else DEFAULT_GPU_RESOURCE,
         rack_labels=tuple(sorted(labels)),
-        node_racks=racks,
         nvlink_domain=pool.spec.nvlink_domain if pool else "Node",
     )
 
@@ -183,6 +178,8 @@ def _pod(
 
 
 def _rack_of(pod: PodPlan, plan: ReplicaPlan, facts: PoolFacts) -> str:
+    if pod.rack is not None:  # the engine says where it placed the pod
+        return pod.rack
     if facts.node_racks and pod.node is not None and pod.node in facts.node_racks:
         return facts.node_racks[pod.node]
     return plan.racks[0] if plan.racks else ""

@@ -116,7 +116,7 @@ class NodeInfo:
     labels: Mapping[str, str]
     unschedulable: bool = False
     taints: tuple[tuple[str, str, str], ...] = ()  # (key, value, effect)
-    allocatable: Mapping[str, str] = field(default_factory=dict)  # capacity overlaid
+    allocatable: Mapping[str, str] = field(default_factory=dict)  # extended, capacity overlaid
     ready: bool = True
 
     @classmethod
@@ -135,13 +135,15 @@ class NodeInfo:
                 (str(t.get("key", "")), str(t.get("value") or ""), str(t.get("effect") or ""))
                 for t in spec.get("taints") or []
             ),
-            # Hand-written cluster files (`rackscale plan`) may give capacity alone.
+            # Hand-written cluster files (`rackscale plan`) may give capacity alone. Only
+            # extended resources (`vendor/name`): GPUs are what placement counts.
             allocatable={
                 str(k): str(v)
                 for k, v in {
                     **_mapping(status.get("capacity")),
                     **_mapping(status.get("allocatable")),
                 }.items()
+                if "/" in str(k)
             },
             ready=node_ready(dict(body)),
         )
@@ -209,7 +211,7 @@ class PodInfo:
 
 def _extended(spec: Mapping[str, Any]) -> set[str]:
     """The extended resources (`vendor/name`) a pod's containers ask for."""
-    names = set()
+    names: set[str] = set()
     for container in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]:
         resources = _mapping(container.get("resources"))
         for part in ("requests", "limits"):
@@ -229,3 +231,33 @@ def _unschedulable(status: Mapping[str, Any]) -> str | None:
     if cond is None:
         return None
     return str(cond.get("message") or cond.get("reason") or "unschedulable")
+
+
+@dataclass(frozen=True, slots=True)
+class DomainInfo:
+    """What the operator needs of a ComputeDomain: whose it is, and whether it is Ready."""
+
+    namespace: str
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    owners: tuple[str, ...] = ()
+    created: str | None = None
+    deleting: bool = False
+    ready: bool = False
+
+    @classmethod
+    def of(cls, domain: DomainInfo | Body) -> DomainInfo:
+        return domain if isinstance(domain, DomainInfo) else cls.from_body(domain)
+
+    @classmethod
+    def from_body(cls, body: Body) -> DomainInfo:
+        meta = _mapping(body.get("metadata"))
+        return cls(
+            namespace=str(meta.get("namespace") or "default"),
+            name=str(meta.get("name") or ""),
+            labels={str(k): str(v) for k, v in _mapping(meta.get("labels")).items()},
+            owners=tuple(str(o.get("uid")) for o in meta.get("ownerReferences") or []),
+            created=str(meta["creationTimestamp"]) if meta.get("creationTimestamp") else None,
+            deleting=bool(meta.get("deletionTimestamp")),
+            ready=_mapping(body.get("status")).get("status") == "Ready",
+        )

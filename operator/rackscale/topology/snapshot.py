@@ -57,7 +57,7 @@ class Node:
     """A node (an NVL72 tray, an HGX server): its GPUs and whether it takes new work."""
 
     name: str
-    labels: dict[str, str]
+    labels: Mapping[str, str]
     allocatable: int
     used: int = 0
     ready: bool = True
@@ -370,7 +370,7 @@ def build_racks(
         matching = [
             p
             for p in pool_list
-            if p.spec.rack_label in info.labels and p.spec.node_selector.matches(dict(info.labels))
+            if p.spec.rack_label in info.labels and p.spec.node_selector.matches(info.labels)
         ]
         if len(matching) > 1:
             conflicts[info.name] = [p.name for p in matching]
@@ -391,7 +391,7 @@ def build_racks(
 
 
 def _node(info: NodeInfo, pool: RackPool | None) -> Node:
-    labels = dict(info.labels)
+    labels = info.labels  # shared with the cache's node: one copy
     return Node(
         name=info.name,
         labels=labels,
@@ -423,7 +423,7 @@ def _join(pool: Pool, node: Node) -> None:
         pool.tainted_nodes += 1
 
 
-def gpu_memory(labels: dict[str, str], spec: RackPoolSpec | None) -> int | None:
+def gpu_memory(labels: Mapping[str, str], spec: RackPoolSpec | None) -> int | None:
     """MiB per GPU: the pool's `gpuMemoryMiB`, else GPU Feature Discovery's label; None unknown."""
     if spec is not None and spec.gpu_memory_mib:
         return spec.gpu_memory_mib

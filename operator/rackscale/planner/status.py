@@ -16,7 +16,7 @@ from rackscale.api.inferencedeployment import (
 )
 from rackscale.api.pricing import Price, cost_per_hour, money
 from rackscale.api.rackpool import PoolCost, RackPoolStatus, RackStatus
-from rackscale.controller.lifecycle import ReplicaState, first_rank, pod_gpus, pod_node
+from rackscale.planner.lifecycle import ReplicaState, first_rank
 from rackscale.render import DEPLOYMENT_LABEL, LEADER_LABEL
 from rackscale.topology.snapshot import Pool
 
@@ -73,9 +73,9 @@ def _placement(state: ReplicaState, resource: str, sizes: Sizes) -> ReplicaPlace
         compute_domain_ready=state.domain_ready if state.domain else None,
         pods=[
             ReplicaPod(
-                name=p["metadata"]["name"],
-                node=((p.get("spec") or {}).get("nodeName") or pod_node(p)),
-                gpus=pod_gpus(p, resource),
+                name=p.name,
+                node=p.node_name or p.pinned,
+                gpus=p.gpus(resource),
                 first_rank=first_rank(p),
             )
             for p in state.pods

@@ -1,0 +1,365 @@
+"""The whole step for one InferenceDeployment in one pass, decided here and applied by the
+controller's executor: what to delete, what waits for placement (and the racks to keep or
+prefer), what to create for each placement decision, which Services and status to write, and
+which Events to post. Pure: objects, pods and the snapshot in; the step out.
+
+What the operator remembers of a deployment between passes is one `Record`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from rackscale.api import InferenceDeployment, format_errors
+from rackscale.api.pricing import Price
+from rackscale.api.rackpool import DEFAULT_GPU_RESOURCE
+from rackscale.placement import Decision, ReasonCode, ReplicaPlan, Reservation, Waiting
+from rackscale.planner import lifecycle, status
+from rackscale.render import (
+    PoolFacts,
+    pool_facts,
+    render_compute_domain,
+    render_replica,
+    render_services,
+    template_hash,
+)
+from rackscale.topology import PodInfo, Snapshot
+from rackscale.topology.objects import DomainInfo
+
+Body = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A Kubernetes Event to post on the deployment."""
+
+    kind: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(slots=True)
+class Record:
+    """What the operator remembers of one deployment between passes (lost on restart). Its
+    `progress` is what the status reports beside the pods."""
+
+    progress: status.Progress = field(default_factory=status.Progress)
+    codes: dict[int, ReasonCode] = field(default_factory=dict)  # unplaced replica -> code
+    prefer: dict[int, tuple[str, ...]] = field(default_factory=dict)  # replica -> racks held
+    warned: dict[int, str] = field(default_factory=dict)  # replica -> last reason posted
+    services: str | None = None  # digest of the Services last applied
+    domains_missing: bool = False  # the Event saying multi-node NVLink is not set up was posted
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """A replica's pods to delete (forced when no kubelet can confirm), and its ComputeDomain."""
+
+    replica: int
+    cause: lifecycle.Cause
+    pods: tuple[PodInfo, ...]
+    force: bool
+    domain: str | None
+
+
+@dataclass(slots=True)
+class Step:
+    """One deployment in one pass."""
+
+    body: Body
+    deployment: InferenceDeployment
+    uid: str
+    digest: str
+    record: Record
+    age: tuple[str, str]  # (creationTimestamp, namespace/name): the oldest places first
+    states: list[lifecycle.ReplicaState] = field(default_factory=list)
+    deletes: list[Delete] = field(default_factory=list)
+    delete_domains: list[str] = field(default_factory=list)  # ComputeDomains of no pod
+    waiting: list[Waiting] = field(default_factory=list)  # for the pass's placement batch
+    events: list[Event] = field(default_factory=list)
+    restarts: list[str] = field(default_factory=list)  # causes, as metrics count them
+    placing: bool = False  # it has replicas to place this pass
+    due: float | None = None  # seconds until the clock alone may change what it needs
+
+    @property
+    def key(self) -> str:
+        return self.deployment.key
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A spec the operator cannot act on: phase Failed, one Event, no pods."""
+
+    message: str
+    status: dict[str, Any] | None  # None: the status already says so
+    event: Event | None
+
+
+@dataclass(slots=True)
+class Booking:
+    """What one placement decision creates: its ComputeDomain first, then its pods (rendered
+    when they are written, so a large batch holds one replica's bodies at a time)."""
+
+    replica: int
+    deployment: InferenceDeployment
+    plan: ReplicaPlan | None = None  # None: not placed
+    facts: PoolFacts | None = None
+    domain: dict[str, Any] | None = None
+    events: list[Event] = field(default_factory=list)  # posted once the pods are created
+    reservation: Reservation | None = None
+    result: Literal["placed", "fallback", "unplaced"] = "unplaced"
+
+    def pods(self) -> list[dict[str, Any]]:
+        if self.plan is None or self.facts is None:
+            return []
+        return render_replica(self.deployment, self.plan, self.facts)
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """What ends a deployment's pass: Services to apply, the status to write, Events."""
+
+    services: list[dict[str, Any]]
+    status: dict[str, Any] | None  # None: unchanged
+    events: list[Event]
+    cost: tuple[str, str] | None  # (per hour, currency)
+
+
+# ---- healing -----------------------------------------------------------------------------------
+
+
+def refusal(body: Body, now: str) -> Refusal | InferenceDeployment:
+    """The deployment as a model, or why the operator cannot act on it."""
+    try:
+        deployment = InferenceDeployment.model_validate(dict(body))
+    except ValidationError as error:
+        return _refuse(body, "; ".join(format_errors(error)), now)
+    if not (deployment.spec.template.get("spec") or {}).get("containers"):
+        message = "spec.template.spec.containers: a pod template needs at least one container"
+        return _refuse(body, message, now)
+    return deployment
+
+
+def _refuse(body: Body, message: str, now: str) -> Refusal:
+    meta = body.get("metadata") or {}
+    current = dict(body.get("status") or {})
+    new = status.failed_status(
+        meta.get("generation"), message, current.get("conditions") or [], now
+    )
+    if not status.changed(new, current):
+        return Refusal(message, None, None)
+    return Refusal(message, new, Event("Warning", "InvalidSpec", message))
+
+
+def heal(
+    body: Body,
+    deployment: InferenceDeployment,
+    record: Record,
+    *,
+    pods: Iterable[PodInfo],
+    domains: Mapping[int, DomainInfo],
+    nodes: Mapping[str, bool],
+    clock: lifecycle.Clock,
+) -> Step:
+    """What the deployment needs before placement: deletes, and the replicas that wait."""
+    meta = body.get("metadata") or {}
+    step = Step(
+        body=body,
+        deployment=deployment,
+        uid=str(meta.get("uid") or ""),
+        digest=template_hash(deployment),
+        record=record,
+        age=(str(meta.get("creationTimestamp") or ""), deployment.key),
+    )
+    progress = record.progress
+    progress.restarting, progress.updating, progress.scaling_down = {}, [], []
+    step.states = classify(step, pods, domains, nodes, clock)
+    step.due = lifecycle.due(step.states)
+    actions = lifecycle.decide(step.states)
+    for state, cause in actions.delete:
+        step.deletes.append(_delete(step, state, cause))
+    step.delete_domains = list(actions.delete_domains)
+    _wait(step, actions)
+    return step
+
+
+def classify(
+    step: Step,
+    pods: Iterable[PodInfo],
+    domains: Mapping[int, DomainInfo],
+    nodes: Mapping[str, bool],
+    clock: lifecycle.Clock,
+) -> list[lifecycle.ReplicaState]:
+    """The deployment's replica states from its pods (owned by this very object)."""
+    uid = step.uid
+    owned = [p for p in pods if not (uid and p.owners and uid not in p.owners)]
+    return lifecycle.classify(
+        owned,
+        step.deployment.spec.replicas,
+        digest=step.digest,
+        nodes=nodes,
+        now=clock.now,
+        unschedulable_after=clock.unschedulable_after,
+        domains=domains,
+        domain_after=clock.domain_after,
+    )
+
+
+def _delete(step: Step, state: lifecycle.ReplicaState, cause: lifecycle.Cause) -> Delete:
+    """Delete a replica, saying why; a replaced one returns to its racks when they fit."""
+    record, index = step.record, state.replica
+    if cause == "restart":
+        step.restarts.append(state.loss or "lost-shard")
+        record.progress.restarting[index] = state.why or "a shard was lost"
+        message = f"replica {index}: {state.why}; deleting its pods to place it again whole"
+        step.events.append(Event("Warning", "ReplicaRestarting", message))
+    elif cause == "update":
+        step.restarts.append("template-change")
+        record.progress.updating.append(index)
+        if state.mode == "Rack" and state.racks:
+            record.prefer[index] = tuple(state.racks)
+        message = f"replica {index}: the template changed; replacing it"
+        step.events.append(Event("Normal", "ReplicaUpdating", message))
+    elif cause == "scale-down":
+        record.progress.scaling_down.append(index)
+        message = f"replica {index} removed (scaled down)"
+        step.events.append(Event("Normal", "ScaledDown", message))
+        record.prefer.pop(index, None)
+        record.progress.fallbacks.pop(index, None)
+    return Delete(index, cause, tuple(state.pods), state.node_lost, state.domain)
+
+
+def _wait(step: Step, actions: lifecycle.Actions) -> None:
+    """The replicas waiting for this pass's placement batch: missing ones to place, and those
+    whose old pods are going (restart, update), for which room is kept."""
+    wanted = range(step.deployment.spec.replicas)
+    prefer, deployment = step.record.prefer, step.deployment
+    step.waiting = [Waiting(deployment, i, prefer.get(i, ())) for i in actions.place]
+    returning = [i for i in actions.waiting if i in wanted] + [
+        d.replica for d in step.deletes if d.cause in ("restart", "update")
+    ]
+    step.waiting += [Waiting(deployment, i, prefer.get(i, ()), terminating=True) for i in returning]
+    step.placing = bool(actions.place)
+    for index in list(step.record.progress.unplaced):
+        if index not in actions.place:
+            forget_unplaced(step.record, index)
+
+
+def forget_unplaced(record: Record, index: int) -> None:
+    record.progress.unplaced.pop(index, None)
+    record.codes.pop(index, None)
+    record.warned.pop(index, None)
+
+
+# ---- placement -------------------------------------------------------------------------------
+
+
+def book(step: Step, decision: Decision, snapshot: Snapshot) -> Booking:
+    """What one placement decision creates, and what the deployment's record keeps of it."""
+    record, index, plan = step.record, decision.replica, decision.plan
+    booking = Booking(index, step.deployment, reservation=decision.reservation)
+    if plan is None:
+        reason = decision.reason or "no room"
+        record.progress.unplaced[index] = reason
+        if decision.why is not None:
+            record.codes[index] = decision.why.code
+        if record.warned.get(index) != reason:
+            record.warned[index] = reason
+            booking.events.append(Event("Warning", "FailedPlacement", f"replica {index}: {reason}"))
+        return booking
+    forget_unplaced(record, index)
+    record.prefer.pop(index, None)
+    deployment = step.deployment
+    booking.plan, booking.facts = plan, pool_facts(deployment, plan, snapshot)
+    if plan.compute_domain:
+        booking.domain = render_compute_domain(deployment, index)
+    where = ", ".join(plan.racks) or "ordinary GPU nodes"
+    if decision.fallback:
+        why = decision.reason or "the pool could not hold it"
+        record.progress.fallbacks[index] = why
+        booking.events.append(Event("Warning", "DevicePluginFallback", f"replica {index}: {why}"))
+        booking.result = "fallback"
+    else:
+        record.progress.fallbacks.pop(index, None)
+        gpus = sum(p.gpus for p in plan.pods)
+        message = (
+            f"replica {index}: {len(plan.pods)} pods, {gpus} GPUs, {plan.mode} mode on {where}"
+        )
+        booking.events.append(Event("Normal", "Placed", message))
+        booking.result = "placed"
+    return booking
+
+
+# ---- status ----------------------------------------------------------------------------------
+
+
+def _digest(objects: list[dict[str, Any]]) -> str:
+    text = json.dumps(objects, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What the status needs beside the deployment's own pods."""
+
+    snapshot: Snapshot
+    now: str
+    ordinary_price: Price | None = None
+
+
+def finish(step: Step, states: list[lifecycle.ReplicaState], context: Context) -> Finish:
+    """Services (applied when they change, and whenever the deployment places: one may have
+    been deleted), the status to write when it changed, and the Event that multi-node NVLink is
+    not set up, once."""
+    deployment, record = step.deployment, step.record
+    services = render_services(deployment)
+    digest = _digest(services)
+    apply = services if (record.services != digest or step.placing) else []
+    record.services = digest
+    pool = context.snapshot.pools.get(deployment.spec.placement.rack_pool or "")
+    missing = pool is not None and pool.spec.wants_compute_domains and not pool.compute_domains
+    built = status.deployment_status(
+        deployment,
+        states,
+        record.progress,
+        pool.spec.gpu_resource if pool else DEFAULT_GPU_RESOURCE,
+        context.now,
+        domains_missing=missing,
+        sizes=_sizes(deployment, states, context),
+    )
+    new = status.dump(built)
+    current = dict(step.body.get("status") or {})
+    events = []
+    if status.domains_missing(built) and not record.domains_missing:
+        events.append(Event("Warning", "ComputeDomainsMissing", status.DOMAINS_MISSING))
+        record.domains_missing = True
+    cost = None
+    if built.cost_per_hour is not None and built.currency is not None:
+        cost = (built.cost_per_hour, built.currency)
+    return Finish(apply, new if status.changed(new, current) else None, events, cost)
+
+
+def _sizes(
+    deployment: InferenceDeployment, states: list[lifecycle.ReplicaState], context: Context
+) -> status.Sizes:
+    """GPU memory of the nodes the deployment runs on, and the prices of its GPUs."""
+    snapshot = context.snapshot
+    pool = snapshot.pools.get(deployment.spec.placement.rack_pool or "")
+    memory: dict[str, int | None] = {}
+    if deployment.spec.model is not None and pool is not None:
+        for state in states:
+            for pod in state.pods:
+                node = snapshot.nodes.get(pod.pinned or "")
+                if node is not None:
+                    memory[node.name] = node.gpu_memory_mib
+    return status.Sizes(
+        node_memory=memory,
+        pool_price=pool.spec.pricing.price if pool and pool.spec.pricing else None,
+        ordinary_price=context.ordinary_price,
+    )

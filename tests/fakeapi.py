@@ -1,0 +1,211 @@
+"""An in-memory API for fast tests of the reconciler, with a watch feeding the operator's cache.
+
+Objects are kept as API bodies, each in a one-element list (as a kopf index store holds it).
+Every write the reconciler makes, and every `touch` a test makes after changing an object in
+place, is shown to each cache made by `view()` as the watch would show it. kube-scheduler binds a
+pinned pod at once; ComputeDomains turn Ready at once unless `ready` is False.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from rackscale.controller.cluster import ClusterCache, is_gpu_pod
+from rackscale.topology import NodeInfo, PodInfo
+from rackscale.topology.objects import DomainInfo
+
+POOL = {
+    "apiVersion": "rackscale.dev/v1alpha1",
+    "kind": "RackPool",
+    "metadata": {"name": "gb200", "generation": 1, "resourceVersion": "1"},
+    "spec": {"nodeSelector": {"matchLabels": {"nvidia.com/gpu.product": "NVIDIA-GB200"}}},
+}
+
+Store = dict[Any, list[dict[str, Any]]]
+
+
+class FakeAPI:
+    """Pods, Services, ComputeDomains, statuses and Events kept in dicts."""
+
+    def __init__(self, nodes: list[dict[str, Any]], *, domains_served: bool = False) -> None:
+        self.nodes: Store = {n["metadata"]["name"]: [n] for n in nodes}
+        self.pods: Store = {}
+        self.pools: Store = {"gb200": [copy.deepcopy(POOL)]}
+        self.deployments: Store = {}
+        self.domains: Store = {}
+        self.domains_served = domains_served
+        self.services: dict[tuple[str, str], dict[str, Any]] = {}
+        self.events: list[tuple[str, str, str]] = []
+        self.created = 0
+        self.fail_after: int | None = None  # creates that succeed before one fails
+        self.events_fail_for: set[str] = set()  # deployments whose Events the server refuses
+        self.slow_deletes = False  # deleted pods stay, being deleted, until `finish_deletes`
+        self.ready = True  # ComputeDomains turn Ready once created
+        self.created_domains: list[str] = []
+        self.deleted_domains: list[str] = []
+        self._caches: list[ClusterCache] = []
+
+    # ---- the watch -------------------------------------------------------------------------------
+
+    def view(self, cache: ClusterCache | None = None) -> ClusterCache:
+        """A new operator's cache (or `cache`): loaded from a full listing, then fed by the
+        watch."""
+        cache = cache or ClusterCache()
+        cache.load(
+            nodes=[NodeInfo.from_body(n) for (n,) in self.nodes.values()],
+            pods=[PodInfo.from_body(p) for (p,) in self.pods.values() if is_gpu_pod(p)],
+            pools=[copy.deepcopy(p) for (p,) in self.pools.values()],
+            deployments=[copy.deepcopy(d) for (d,) in self.deployments.values()],
+            domains=[DomainInfo.from_body(d) for (d,) in self.domains.values()],
+            domains_served=self.domains_served,
+        )
+        self._caches.append(cache)
+        return cache
+
+    def touch(self, kind: str, key: Any) -> None:
+        """Show every cache the object `key` of `kind` as it is now (gone when absent)."""
+        store: Store = getattr(self, kind)
+        body = store[key][0] if key in store else None
+        put: dict[str, Callable[[ClusterCache], None]] = {
+            "nodes": lambda c: c.put_node(key, NodeInfo.from_body(body) if body else None),
+            "pods": lambda c: c.put_pod(key, PodInfo.from_body(body) if body else None),
+            "pools": lambda c: c.put_pool(key, copy.deepcopy(body) if body else None),
+            "deployments": lambda c: c.put_deployment(key, copy.deepcopy(body) if body else None),
+            "domains": lambda c: c.put_domain(key, DomainInfo.from_body(body) if body else None),
+        }
+        for cache in self._caches:
+            put[kind](cache)
+
+    # ---- what tests do -----------------------------------------------------------------------
+
+    def apply(
+        self,
+        name: str,
+        replicas: int,
+        tensor: int = 8,
+        data: int = 4,
+        created: str = "2026-11-28T10:00:00Z",
+        **placement: Any,
+    ) -> dict[str, Any]:
+        body = {
+            "apiVersion": "rackscale.dev/v1alpha1",
+            "kind": "InferenceDeployment",
+            "metadata": {
+                "name": name,
+                "namespace": "llm",
+                "uid": f"uid-{name}",
+                "generation": 1,
+                "creationTimestamp": created,
+            },
+            "spec": {
+                "replicas": replicas,
+                "parallelism": {"tensor": tensor, "data": data},
+                "gpusPerPod": 4,
+                "placement": {"rackPool": "gb200", **placement},
+                "template": {"spec": {"containers": [{"name": "server", "image": "vllm"}]}},
+            },
+        }
+        self.deployments[("llm", name)] = [body]
+        self.touch("deployments", ("llm", name))
+        return body
+
+    def edit(self, name: str, change: Callable[[dict[str, Any]], object]) -> None:
+        """Change a deployment's spec in place, as `kubectl edit` would."""
+        (body,) = self.deployments[("llm", name)]
+        change(body["spec"])
+        body["metadata"]["generation"] += 1
+        self.touch("deployments", ("llm", name))
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.deployments[("llm", name)][0].get("status") or {}
+
+    def finish_deletes(self, count: int) -> int:
+        """Let `count` of the pods being deleted go; returns how many are still going."""
+        going = sorted(k for k, (p,) in self.pods.items() if p["metadata"].get("deletionTimestamp"))
+        for key in going[:count]:
+            del self.pods[key]
+            self.touch("pods", key)
+        return len(going[count:])
+
+    # ---- the Writer ------------------------------------------------------------------------------
+
+    async def create_pod(self, body: dict[str, Any]) -> str:
+        await asyncio.sleep(0)  # let other reconciles run between writes
+        if self.fail_after is not None and self.created >= self.fail_after:
+            raise RuntimeError("the API server refused the pod")
+        self.created += 1
+        pod = copy.deepcopy(body)
+        pod["metadata"]["uid"] = str(uuid.uuid4())
+        terms = (
+            (body["spec"].get("affinity") or {})
+            .get("nodeAffinity", {})
+            .get("requiredDuringSchedulingIgnoredDuringExecution", {})
+            .get("nodeSelectorTerms", [{}])
+        )
+        fields = terms[0].get("matchFields") or []
+        pod["spec"]["nodeName"] = fields[0]["values"][0] if fields else "h200-00"
+        pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        self.pods[key] = [pod]
+        self.touch("pods", key)
+        return str(pod["metadata"]["uid"])
+
+    async def delete_pod(self, namespace: str, name: str, *, force: bool = False) -> None:
+        key = (namespace, name)
+        if key not in self.pods:
+            return
+        if not self.slow_deletes or force:
+            del self.pods[key]
+        else:
+            (pod,) = self.pods[key]
+            pod["metadata"]["deletionTimestamp"] = "2026-11-28T10:00:00Z"
+        self.touch("pods", key)
+
+    async def apply_service(self, body: dict[str, Any]) -> None:
+        self.services[(body["metadata"]["namespace"], body["metadata"]["name"])] = body
+
+    async def create_compute_domain(self, body: dict[str, Any]) -> bool:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if key in self.domains:
+            return False
+        domain = copy.deepcopy(body)
+        domain["metadata"]["uid"] = f"cd-{len(self.created_domains)}"
+        domain["metadata"]["creationTimestamp"] = "2026-11-28T10:00:00Z"
+        domain["status"] = {"status": "Ready" if self.ready else "NotReady"}
+        self.domains[key] = [domain]
+        self.created_domains.append(body["metadata"]["name"])
+        self.touch("domains", key)
+        return True
+
+    async def delete_compute_domain(self, namespace: str, name: str) -> None:
+        if self.domains.pop((namespace, name), None):
+            self.deleted_domains.append(name)
+            self.touch("domains", (namespace, name))
+
+    async def patch_deployment_status(
+        self, namespace: str, name: str, status: dict[str, Any]
+    ) -> None:
+        self.deployments[(namespace, name)][0]["status"] = status
+        self.touch("deployments", (namespace, name))
+
+    async def patch_pool_status(self, name: str, status: dict[str, Any]) -> None:
+        self.pools[name][0]["status"] = status
+        self.touch("pools", name)
+
+    async def event(self, obj: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        if obj["metadata"]["name"] in self.events_fail_for:
+            raise RuntimeError("the API server refused the Event")
+        self.events.append((obj["metadata"]["name"], reason, message))
+
+
+def gpus_per_node(api: FakeAPI) -> dict[str, int]:
+    used: dict[str, int] = {}
+    for (pod,) in api.pods.values():
+        limits = pod["spec"]["containers"][0]["resources"].get("limits") or {}
+        node = pod["spec"]["nodeName"]
+        used[node] = used.get(node, 0) + int(limits.get("nvidia.com/gpu", 0))
+    return used

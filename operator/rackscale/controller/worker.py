@@ -10,6 +10,7 @@ from typing import Any
 
 from rackscale.controller import metrics, readiness
 from rackscale.controller.cluster import Index
+from rackscale.controller.liveness import Loop
 from rackscale.controller.reconcile import Reconciler
 
 log = logging.getLogger("rackscale.worker")
@@ -24,6 +25,8 @@ class Worker:
         self.passes = 0
         self.last_pass: float | None = None
         self.last_duration = 0.0
+        self.started = time.monotonic()
+        self.bound_at: float | None = None  # when the cluster view was bound
 
     def observe(
         self,
@@ -39,6 +42,8 @@ class Worker:
         view = self.reconciler.view
         if not view.bound:
             view.bind(nodes, pods, pools, deployments, domains=domains, crds=crds)
+            self.bound_at = time.monotonic()
+            readiness.WATCHING.set()
         view.version += 1
         self.wake.set()
 
@@ -70,6 +75,10 @@ class Worker:
             readiness.PASSED.set()
             metrics.RECONCILE_SECONDS.observe(self.last_duration)
             log.debug("reconcile pass %d took %.2fs", self.passes, self.last_duration)
+
+    def loop(self) -> Loop:
+        """For the liveness probe: when the loop last turned."""
+        return Loop(self.started, self.bound_at, self.last_pass, self.passes)
 
     def health(self) -> dict[str, Any]:
         """For the liveness probe: passes so far and seconds since the last one."""

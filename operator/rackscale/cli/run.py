@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"rackscale run: {message} (--readiness none turns it off)", file=sys.stderr)
             return 1
 
-    import threading
+    import asyncio
 
     import kopf
 
@@ -232,7 +232,10 @@ def run(args: argparse.Namespace) -> int:
         ordinary_price=args.device_plugin_gpu_hour,
         pool_grace=args.pool_grace,
     )
-    stop = threading.Event()  # set when the leader Lease is lost: kopf stops, the process exits
+    # Set when the leader Lease is lost: kopf stops, the process exits. An asyncio.Event (bound
+    # to kopf's loop when first awaited): kopf waits for a threading.Event in a thread of the
+    # default executor, which a clean stop would then wait for forever.
+    stop = asyncio.Event()
     memo = kopf.Memo(
         options=options,
         election=election,

@@ -185,6 +185,7 @@ class LeaseElector:
         self.holder: str | None = None  # the holder last read
         self.lost = False
         self._lead = asyncio.Event()
+        self._standing_by: str | None = None  # the holder last logged
         readiness.STANDBY.set()
 
     @property
@@ -228,6 +229,9 @@ class LeaseElector:
         if step is Step.STANDBY:
             if self.leading:
                 self._lose(f"Lease {self.settings.name} is held by {self.holder}")
+            elif record and record.holder != self._standing_by:
+                log.info("standing by: Lease %s is held by %s", self.name, record.holder)
+                self._standing_by = record.holder
             return
         new = lease_body(self.settings, record, step, now)
         if step is Step.CREATE:
@@ -327,8 +331,6 @@ def stop_acting(memo: MutableMapping[str, Any]) -> None:
 async def when_leading(leadership: Leadership, work: Callable[[], Awaitable[None]]) -> None:
     """Run `work` (the reconcile loop) once this operator leads; a standby waits here while
     kopf keeps its indices filled, so its first pass after a takeover adopts what exists."""
-    if not leadership.leading:
-        log.info("standing by: another operator holds the leader Lease")
     await leadership.wait_leading()
     await work()
 

@@ -3,6 +3,7 @@ ports, sharing one leader Lease: what the leader-election test and the failover 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -121,24 +123,30 @@ def start(
     return Operator(name, process, log, liveness, readiness, metrics, out)
 
 
-def holder(api: client.ApiClient, lease: tuple[str, str]) -> str | None:
-    """The Lease's holderIdentity now; None when there is no Lease or no holder."""
+def _lease(api: client.ApiClient, lease: tuple[str, str]) -> dict[str, Any] | None:
     namespace, name = lease
+    coordination: Any = client.CoordinationV1Api(api)
     try:
-        body = client.CoordinationV1Api(api).read_namespaced_lease(name, namespace)
+        answer = coordination.read_namespaced_lease(name, namespace, _preload_content=False)
     except ApiException as error:
         if error.status == 404:
             return None
         raise
-    return str(body.spec.holder_identity) if body.spec.holder_identity else None
+    return dict(json.loads(answer.data))
+
+
+def holder(api: client.ApiClient, lease: tuple[str, str]) -> str | None:
+    """The Lease's holderIdentity now; None when there is no Lease or no holder."""
+    body = _lease(api, lease)
+    found = ((body or {}).get("spec") or {}).get("holderIdentity")
+    return str(found) if found else None
 
 
 def acquired_at(api: client.ApiClient, lease: tuple[str, str]) -> float | None:
     """The Lease's acquireTime as a Unix time (microseconds), None without one."""
-    namespace, name = lease
-    body = client.CoordinationV1Api(api).read_namespaced_lease(name, namespace)
-    stamp: Any = body.spec.acquire_time
-    return None if stamp is None else float(stamp.timestamp())
+    body = _lease(api, lease)
+    stamp = ((body or {}).get("spec") or {}).get("acquireTime")
+    return datetime.fromisoformat(stamp).timestamp() if stamp else None
 
 
 def wait_for(probe: Any, what: str, timeout: float, every: float = 0.1) -> Any:

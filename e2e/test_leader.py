@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -47,11 +48,15 @@ def pair(
     ]
     try:
         for op in started:
-            eventually(lambda op=op: op.ready() == 200, f"{op.name} to be ready (log {op.log})")
+            eventually(partial(is_ready, op), f"{op.name} to be ready (log {op.log})")
         yield started
     finally:
         for op in started:
             op.stop()
+
+
+def is_ready(op: Operator) -> bool:
+    return op.ready() == 200
 
 
 def leader_of(kube: client.ApiClient, lease: tuple[str, str], pair: list[Operator]) -> Operator:

@@ -179,6 +179,7 @@ async def test_one_of_two_leads_and_a_release_hands_over_at_once() -> None:
     await b.attempt()
     assert (a.leading, b.leading) == (True, False)
     assert store.holder == "a"
+    assert not readiness.STANDBY.is_set()  # the last one made took the lead
     assert b.status()["holder"] == "a"
     clock.seconds = 2
     await a.attempt()  # renews
@@ -239,6 +240,37 @@ async def test_a_leader_that_cannot_renew_stops_before_the_lease_expires() -> No
     # Stopped 8 s after its last renewal: the others may take over only after 10 s.
     assert store.body is not None
     assert store.body["spec"]["leaseDurationSeconds"] == 10
+
+
+class Hanging(Leases):
+    """An API server that accepts the connection and never answers."""
+
+    async def read(self) -> dict[str, Any] | None:
+        if self.failing:
+            await asyncio.sleep(3600)
+        return await super().read()
+
+
+@in_loop
+async def test_a_renewal_that_hangs_counts_as_failed_within_one_period() -> None:
+    store, clock = Hanging(), Clock()
+    lost: list[str] = []
+    settings = LeaseSettings(identity="a", duration=0.4, renew_every=0.1, retry_every=0.1)
+    a = leader.LeaseElector(
+        store,
+        settings,
+        on_lost=lambda: lost.append("a"),
+        wall=clock.wall,
+        monotonic=clock.monotonic,
+    )
+    await a.attempt()
+    assert a.leading
+    store.failing = OSError("unused: reads hang instead")
+    clock.seconds = 0.3  # past the renew deadline (0.2 s) when the hanging read gives up
+    started = time.monotonic()
+    await a.attempt()
+    assert time.monotonic() - started < 1
+    assert lost == ["a"]
 
 
 @in_loop

@@ -212,11 +212,15 @@ class LeaseElector:
         """One read and, when the Lease is ours to take or renew, one write."""
         sent = self.monotonic()
         try:
-            await self._attempt(sent)
+            # One period at most for the read and the write together: a leader that cannot
+            # renew must find out in time to stop before its Lease expires for the others.
+            await asyncio.wait_for(self._attempt(sent), timeout=self.settings.renew_every)
         except Conflict:
-            self._failed(sent, "another operator wrote the Lease first", conflict=True)
+            self._failed("another operator wrote the Lease first", conflict=True)
+        except TimeoutError:
+            self._failed(f"no answer within {self.settings.renew_every:g}s", conflict=False)
         except FAILURES as error:
-            self._failed(sent, f"{type(error).__name__}: {error}", conflict=False)
+            self._failed(f"{type(error).__name__}: {error}", conflict=False)
         finally:
             self.last_attempt = self.monotonic()
 
@@ -251,11 +255,12 @@ class LeaseElector:
         metrics.LEADER.set(1)
         self._lead.set()
 
-    def _failed(self, sent: float, why: str, *, conflict: bool) -> None:
+    def _failed(self, why: str, *, conflict: bool) -> None:
         if not self.leading:
             log.debug("leader election: attempt failed: %s", why)
             return
-        late = self.last_renewed is None or sent - self.last_renewed > self.settings.renew_deadline
+        since = self.monotonic() - (self.last_renewed or 0.0)
+        late = self.last_renewed is None or since > self.settings.renew_deadline
         if conflict or late:
             self._lose(f"Lease {self.settings.name} not renewed: {why}")
         else:

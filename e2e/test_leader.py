@@ -10,8 +10,10 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -130,3 +132,28 @@ def test_a_clean_stop_hands_the_lease_over_at_once(
     ready(kube, llm, "handed", 1)
     assert (standby.metric(PASSES) or 0) > 0
     assert "released Lease" in first.log.read_text()
+
+
+def test_a_leader_that_finds_another_holder_stops_acting_and_exits(
+    kube: client.ApiClient, kubeconfig: str, crds: None, lease: tuple[str, str], tmp_path: Path
+) -> None:
+    """Someone else wrote the Lease (a leader that stalled past its lease would see this): the
+    operator stops at its next renewal and exits 1, for Kubernetes to restart it."""
+    op = operators.start("op-alone", kubeconfig, lease, tmp_path)
+    try:
+        eventually(partial(is_ready, op), f"{op.name} to lead and be ready (log {op.log})")
+        namespace, name = lease
+        coordination: Any = client.CoordinationV1Api(kube)
+        taken = coordination.read_namespaced_lease(name, namespace)
+        assert str(taken.spec.holder_identity).startswith("op-alone_")
+        taken.spec.holder_identity = "intruder"
+        taken.spec.renew_time = datetime.now(UTC)
+        coordination.replace_namespaced_lease(name, namespace, taken)
+        eventually(lambda: op.process.poll() is not None, f"{op.name} to exit", timeout=30)
+        assert op.process.returncode == 1
+        text = op.log.read_text()
+        assert "leader election lost" in text
+        assert "the leader Lease was lost" in text
+        assert operators.holder(kube, lease) == "intruder"  # nothing given back that was not its
+    finally:
+        op.stop()

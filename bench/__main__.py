@@ -25,6 +25,7 @@ FULL = {
     "placement_racks": [10, 100, 1000],
     "placement_max_replicas": None,
     "apply_trials": 20,
+    "failover_trials": 5,  # leader killed, new deployment's pods created by the standby
     "validate_events": 120,  # a churn stream through the real kube-scheduler, to check the model
     "churn_racks": 64,
     "churn_events": 6000,
@@ -37,6 +38,7 @@ QUICK = {
     "placement_racks": [10],
     "placement_max_replicas": 40,
     "apply_trials": 2,
+    "failover_trials": 1,
     "validate_events": 20,
     "churn_racks": 8,
     "churn_events": 300,
@@ -64,6 +66,13 @@ def _apply(params: dict[str, Any], seed: int, keep: bool) -> dict[str, Any]:
 
     logs = Path(__file__).parent / ".logs"  # the operator's log; git-ignored
     return apply.run(params["apply_trials"], seed, logs, params["validate_events"], keep)
+
+
+def _failover(params: dict[str, Any], keep: bool) -> dict[str, Any]:
+    from bench import failover
+
+    logs = Path(__file__).parent / ".logs" / "failover"  # the operators' logs; git-ignored
+    return failover.run(params["failover_trials"], logs, keep)
 
 
 def _overhead(params: dict[str, Any]) -> dict[str, Any]:
@@ -135,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     _part("placement", parts, lambda: _placement(params, seed))
     if with_apply:
         _part("apply", parts, lambda: _apply(params, seed, args.keep_cluster))
+        _part("failover", parts, lambda: _failover(params, args.keep_cluster))
     else:
         parts["apply"] = {"skipped": "quick mode: no local control plane (run without --quick)"}
+        parts["failover"] = {"skipped": "runs with the apply part, on the local control plane"}
     _part("churn", parts, lambda: churn.run(params["churn_racks"], params["churn_events"], seed))
     _part(
         "optimal",

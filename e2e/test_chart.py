@@ -52,7 +52,12 @@ EXPECTED_RBAC: dict[tuple[str, str], set[str]] = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     ("resource.nvidia.com", "computedomains"): {"list", "watch", "create", "delete"},
 }
-# Resources the operator never touches: every verb on them must be denied.
+# The Role in the release namespace: leader election's Lease, and nothing else there.
+LEASE_RBAC: dict[tuple[str, str], set[str]] = {
+    ("coordination.k8s.io", "leases"): {"get", "create", "update"},
+}
+# Resources the operator never touches: every verb on them must be denied (leases too, outside
+# the release namespace).
 UNTOUCHED = [
     ("", "secrets"),
     ("", "configmaps"),
@@ -260,9 +265,18 @@ def test_hardened_security_context(rendered: dict[tuple[str, str], Any]) -> None
 def test_rbac_is_exactly_what_the_operator_calls(rendered: dict[tuple[str, str], Any]) -> None:
     (role,) = of_kind(rendered, "ClusterRole")
     assert permissions(role["rules"]) == EXPECTED_RBAC
-    assert not of_kind(rendered, "Role")
     (binding,) = of_kind(rendered, "ClusterRoleBinding")
     (account,) = of_kind(rendered, "ServiceAccount")
+    (lease_role,) = of_kind(rendered, "Role")
+    assert lease_role["metadata"]["namespace"] == "rackscale-system"
+    assert permissions(lease_role["rules"]) == LEASE_RBAC
+    (lease_binding,) = of_kind(rendered, "RoleBinding")
+    assert lease_binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": lease_role["metadata"]["name"],
+    }
+    assert lease_binding["subjects"] == binding["subjects"]
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "ClusterRole",
@@ -328,7 +342,8 @@ def test_metrics_service_and_optional_servicemonitor(
 @pytest.mark.parametrize(
     ("value", "why"),
     [
-        ("replicaCount=2", "replicaCount"),
+        ("replicaCount=0", "/replicaCount"),
+        ("leaderElection.leaseDuration=3", "/leaderElection/leaseDuration"),
         ("metrics.port=abc", "/metrics/port"),
         ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
         ("operator.logFormat=xml", "/operator/logFormat"),
@@ -338,6 +353,61 @@ def test_values_schema_refuses(helm: Callable[..., Any], value: str, why: str) -
     done = helm("template", "rackscale", str(CHART), "--set", value, check=False)
     assert done.returncode != 0
     assert why in done.stderr, done.stderr
+
+
+def test_one_operator_leads_a_lease_of_the_release_namespace(
+    rendered: dict[tuple[str, str], Any],
+) -> None:
+    (deployment,) = of_kind(rendered, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = parser().parse_args(container["args"])
+    assert args.leader_election is True
+    assert (args.lease_name, args.lease_namespace) == ("rackscale", "rackscale-system")
+    assert args.lease_duration == 10
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    assert not of_kind(rendered, "PodDisruptionBudget")
+
+
+def test_two_replicas_roll_spread_and_share_one_lease(helm: Callable[..., Any]) -> None:
+    two = objects(render(helm, "replicaCount=2", "health.livenessBound=90"))
+    (deployment,) = of_kind(two, "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    args = parser().parse_args(container["args"])
+    assert args.leader_election is True
+    assert args.lease_namespace == "rackscale-system"
+    assert args.liveness_bound == 90
+    assert {e["name"] for e in container["env"]} == {"POD_NAME", "POD_NAMESPACE"}
+    [term] = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    selector = term["podAffinityTerm"]["labelSelector"]["matchLabels"]
+    assert selector.items() <= spec["template"]["metadata"]["labels"].items()
+    (budget,) = of_kind(two, "PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
+    (lease_role,) = of_kind(two, "Role")
+    assert permissions(lease_role["rules"]) == LEASE_RBAC
+
+
+def test_several_replicas_need_leader_election(helm: Callable[..., Any]) -> None:
+    done = helm(
+        "template", "rackscale", str(CHART), "--set", "replicaCount=2",
+        "--set", "leaderElection.enabled=false", check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "replicaCount > 1 needs leaderElection.enabled" in done.stderr
+    alone = objects(render(helm, "leaderElection.enabled=false"))
+    (container,) = of_kind(alone, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    assert parser().parse_args(container["args"]).leader_election is False
+    assert not of_kind(alone, "Role")
+    assert not of_kind(alone, "RoleBinding")
 
 
 # ---- on the API server ------------------------------------------------------------------------
@@ -365,15 +435,19 @@ def kubectl() -> Callable[..., subprocess.CompletedProcess[str]]:
 def test_server_side_dry_run_accepts_every_object(
     helm: Callable[..., Any], kubectl: Callable[..., Any], kubeconfig: str, namespace: str
 ) -> None:
-    manifest = render(helm, "metrics.networkPolicy.enabled=true", namespace=namespace)
-    done = kubectl("apply", "--dry-run=server", "-f", "-", kubeconfig=kubeconfig, stdin=manifest)
-    assert done.returncode == 0, done.stderr
-    applied = {line.split()[0] for line in done.stdout.splitlines() if "(server dry run)" in line}
-    kinds = {kind for kind, _ in objects(manifest)}
-    assert len(applied) == len(objects(manifest)), done.stdout
+    kinds: set[str] = set()
+    for sets in (("metrics.networkPolicy.enabled=true",), ("replicaCount=2",)):
+        manifest = render(helm, *sets, namespace=namespace)
+        done = kubectl(
+            "apply", "--dry-run=server", "-f", "-", kubeconfig=kubeconfig, stdin=manifest
+        )
+        assert done.returncode == 0, done.stderr
+        applied = [line for line in done.stdout.splitlines() if "(server dry run)" in line]
+        assert len(applied) == len(objects(manifest)), done.stdout
+        kinds |= {kind for kind, _ in objects(manifest)}
     assert {
-        "Deployment", "ClusterRole", "ClusterRoleBinding", "ServiceAccount", "Service",
-        "NetworkPolicy",
+        "Deployment", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+        "ServiceAccount", "Service", "NetworkPolicy", "PodDisruptionBudget",
     } <= kinds  # fmt: skip
 
 
@@ -424,6 +498,9 @@ def test_install_creates_the_operator_objects(
     role = client.RbacAuthorizationV1Api(kube).read_cluster_role(full)
     stored = [kube.sanitize_for_serialization(rule) for rule in role.rules]
     assert permissions(stored) == EXPECTED_RBAC
+    lease_role = client.RbacAuthorizationV1Api(kube).read_namespaced_role(full, namespace)
+    stored = [kube.sanitize_for_serialization(rule) for rule in lease_role.rules]
+    assert permissions(stored) == LEASE_RBAC
     ext = client.ApiextensionsV1Api(kube)
     for crd in ("rackpools.rackscale.dev", "inferencedeployments.rackscale.dev"):
         ext.read_custom_resource_definition(crd)
@@ -708,6 +785,11 @@ def test_service_account_may_do_nothing_else(
         assert {verb for verb, yes in answers.items() if yes} == granted, (
             f"{group or 'core'}/{resource}"
         )
+    # In the release namespace, the Lease of leader election and no more.
+    _, home = release
+    for target, granted in LEASE_RBAC.items():
+        answers = {verb: allowed(kube, user, target, verb, home) for verb in VERBS}
+        assert {verb for verb, yes in answers.items() if yes} == granted, target
 
     def can_i(*args: str) -> str:
         done = kubectl("auth", "can-i", *args, f"--as={user}", kubeconfig=kubeconfig)

@@ -33,9 +33,12 @@ def test_quick_mode_writes_json_markdown_and_plots(run: tuple[Path, dict]) -> No
 def test_every_part_is_measured_or_says_why_not(run: tuple[Path, dict]) -> None:
     _, figures = run
     parts = figures["parts"]
-    assert set(parts) == {"placement", "apply", "churn", "optimal", "overhead", "plan_speed"}
+    assert set(parts) == {
+        "placement", "apply", "failover", "churn", "optimal", "overhead", "plan_speed",
+    }  # fmt: skip
     assert not [name for name, part in parts.items() if "error" in part]
     assert "skipped" in parts["apply"]
+    assert "skipped" in parts["failover"]
     assert {r["racks"] for r in parts["placement"]["runs"]} == {10}
     assert set(parts["churn"]["systems"]) == {
         "rackscale",

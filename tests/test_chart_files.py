@@ -50,7 +50,10 @@ def test_schema_is_a_valid_draft7_schema() -> None:
 @pytest.mark.parametrize(
     ("path", "value", "why"),
     [
-        (["replicaCount"], 2, "replicaCount"),
+        (["replicaCount"], 0, "0 is less than the minimum of 1"),
+        (["replicaCount"], "2", "not of type 'integer'"),
+        (["leaderElection", "leaseDuration"], 2, "2 is less than the minimum of 6"),
+        (["leaderElection", "leaseName"], "Bad_Name", "Bad_Name"),
         (["image", "pullPolicy"], "Sometimes", "Sometimes"),
         (["image", "digest"], "latest", "latest"),
         (["metrics", "port"], "9090", "not of type 'integer'"),

@@ -20,7 +20,9 @@ def register(commands: Any) -> None:
         help="run the operator against the current cluster",
         description="Run the rackscale operator: keep RackPool status true and place, heal, scale "
         "and update InferenceDeployments. Uses in-cluster credentials in a pod, else the current "
-        "kubeconfig ($KUBECONFIG). Run one operator per cluster (kopf has no leader election).",
+        "kubeconfig ($KUBECONFIG). Several operators may run: the one holding the leader Lease "
+        "(coordination.k8s.io/v1) acts and the others stand by, taking over within seconds when "
+        "it stops or dies.",
     )
     scope = cmd.add_mutually_exclusive_group()
     scope.add_argument(
@@ -105,7 +107,51 @@ def register(commands: Any) -> None:
         help="log lines as JSON objects (default) or text",
     )
     cmd.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _election_flags(cmd)
     cmd.set_defaults(handler=run)
+
+
+def _election_flags(cmd: Any) -> None:
+    from rackscale.controller import lease
+
+    cmd.add_argument(
+        "--leader-election",
+        action=argparse.BooleanOptionalAction,
+        default=lease.election_enabled(os.environ),
+        help="act only while holding the leader Lease, so that two operators never both act "
+        "(default: on; RACKSCALE_LEADER_ELECTION=false turns it off)",
+    )
+    cmd.add_argument(
+        "--lease-name",
+        default=os.environ.get("RACKSCALE_LEASE_NAME") or lease.LEASE_NAME,
+        metavar="NAME",
+        help="the Lease the operators share (default %(default)s)",
+    )
+    cmd.add_argument(
+        "--lease-namespace",
+        default=lease.lease_namespace(os.environ, os.environ.get("RACKSCALE_LEASE_NAMESPACE")),
+        metavar="NS",
+        help="the Lease's namespace (default: $POD_NAMESPACE, else default; now %(default)s)",
+    )
+    cmd.add_argument(
+        "--lease-duration",
+        type=float,
+        default=float(os.environ.get("RACKSCALE_LEASE_DURATION") or lease.LEASE_DURATION),
+        metavar="SECONDS",
+        help="a Lease not renewed this long may be taken by a standby; the leader renews it "
+        f"every {lease.RENEW_EVERY:g}s (default %(default)s, at least "
+        f"{3 * lease.RENEW_EVERY:g})",
+    )
+    cmd.add_argument(
+        "--liveness-bound",
+        type=float,
+        default=float(os.environ["RACKSCALE_LIVENESS_BOUND"])
+        if os.environ.get("RACKSCALE_LIVENESS_BOUND")
+        else None,
+        metavar="SECONDS",
+        help="the liveness probe fails when the leader has completed no reconcile pass, or a "
+        "standby has made no attempt at the Lease, this long (default: 6 x --resync, at least 60)",
+    )
 
 
 def _price(text: str) -> Price:
@@ -115,7 +161,32 @@ def _price(text: str) -> Price:
         raise argparse.ArgumentTypeError(str(error)) from error
 
 
+def _election(args: argparse.Namespace) -> Any:
+    """The Lease settings from the flags (None: election off); ValueError names the flag."""
+    from rackscale.controller import lease
+
+    if not args.leader_election:
+        return None
+    try:
+        return lease.LeaseSettings(
+            name=args.lease_name,
+            namespace=args.lease_namespace,
+            identity=lease.default_identity(os.environ),
+            duration=args.lease_duration,
+        )
+    except ValueError as error:
+        raise ValueError(f"--lease-duration: {error}") from error
+
+
 def run(args: argparse.Namespace) -> int:
+    try:
+        election = _election(args)
+    except ValueError as error:
+        print(f"rackscale run: {error}", file=sys.stderr)
+        return 2
+    if args.liveness_bound is not None and args.liveness_bound <= 0:
+        print("rackscale run: --liveness-bound must be positive", file=sys.stderr)
+        return 2
     if args.metrics_port:
         from rackscale.controller import metrics
 
@@ -136,8 +207,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"rackscale run: {message} (--readiness none turns it off)", file=sys.stderr)
             return 1
 
+    import asyncio
+
     import kopf
 
+    from rackscale.controller import liveness
     from rackscale.controller.reconcile import Options
 
     formats = {
@@ -158,12 +232,25 @@ def run(args: argparse.Namespace) -> int:
         ordinary_price=args.device_plugin_gpu_hour,
         pool_grace=args.pool_grace,
     )
-    liveness = None if args.liveness in ("", "none") else args.liveness
+    # Set when the leader Lease is lost: kopf stops, the process exits. An asyncio.Event (bound
+    # to kopf's loop when first awaited): kopf waits for a threading.Event in a thread of the
+    # default executor, which a clean stop would then wait for forever.
+    stop = asyncio.Event()
+    memo = kopf.Memo(
+        options=options,
+        election=election,
+        stop=stop.set,
+        liveness_bound=args.liveness_bound or liveness.default_bound(args.resync),
+    )
     kopf.run(
         standalone=True,
         clusterwide=not args.namespace,
         namespaces=args.namespace,
-        liveness_endpoint=liveness,
-        memo=kopf.Memo(options=options),
+        liveness_endpoint=None if args.liveness in ("", "none") else args.liveness,
+        memo=memo,
+        stop_flag=stop,
     )
+    if memo.get("lost"):
+        print("rackscale run: the leader Lease was lost; stopped", file=sys.stderr)
+        return 1
     return 0

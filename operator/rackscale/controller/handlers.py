@@ -8,15 +8,15 @@ writes kopf's bookkeeping into the objects: deletion is left to owner references
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import copy
 import os
+import time
 from typing import Any
 
 import kopf
 
 from rackscale.api import GROUP, VERSION
+from rackscale.controller import leader, liveness
 from rackscale.controller.cluster import ClusterCache, is_gpu_pod, serves_compute_domains
 from rackscale.controller.kube import Kube, api_client
 from rackscale.controller.reconcile import Options, Reconciler
@@ -48,22 +48,28 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     options = memo.get("options") or Options.from_env(os.environ)
     worker = Worker(Reconciler(ClusterCache(), Kube(api_client()), options))
     memo["worker"] = worker
-    memo["task"] = asyncio.create_task(worker.run(), name="rackscale-worker")
+    memo.setdefault("liveness_bound", liveness.bound_from(os.environ, options.resync))
+    leader.begin(memo, api_client(), worker.run, os.environ)  # the worker acts once it leads
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
-    task = memo.get("task")
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await leader.end(memo)
 
 
 @kopf.on.probe(id="reconciler")
-def probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+async def probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+    """kopf's /healthz: 500 (a permanent error) when the loop has stopped turning. Async, so a
+    blocked event loop makes the probe time out too."""
     worker: Worker | None = memo.get("worker")
-    return worker.health() if worker else {}
+    if worker is None:
+        return {}
+    try:
+        return liveness.check(
+            worker.loop(), memo["leadership"], bound=memo["liveness_bound"], now=time.monotonic()
+        )
+    except liveness.Unhealthy as error:
+        raise kopf.PermanentError(str(error)) from error
 
 
 def _slim(body: kopf.Body) -> dict[str, Any]:
@@ -139,6 +145,7 @@ def _observe(memo: kopf.Memo, indices: dict[str, Any], put: Any) -> None:
             domains=_values(indices["computedomains"]),
             domains_served=any(_values(indices["computedomain_crd"])),
         )
+        worker.loaded()
     else:
         put(cache)
     worker.wake.set()

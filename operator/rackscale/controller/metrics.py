@@ -51,6 +51,11 @@ RECONCILE_ERRORS = Counter(
     ["scope"],
 )
 RECONCILE_PASSES = Counter("rackscale_reconcile_passes", "Reconcile passes completed")
+LEADER = Gauge(
+    "rackscale_leader",
+    "1 while this operator holds the leader Lease and acts (always 1 with leader election off), "
+    "0 while it stands by",
+)
 RECONCILE_SECONDS = Histogram(
     "rackscale_reconcile_duration_seconds",
     "Time one reconcile pass over every pool and deployment took",

@@ -1,7 +1,9 @@
-"""The readiness endpoint: 200 once the operator has completed a reconcile pass, 503 before.
+"""The readiness endpoint: 200 once the operator can do its part, 503 before.
 
-Liveness (kopf's `/healthz`) says the process is up and its probes answer; readiness says it has
-read the cluster and acted on it once, so a rollout waits for a working operator."""
+The leader is ready once it has completed a reconcile pass (it has read the cluster and acted on
+it); a standby once its cluster view is bound (kopf's indices are filled, so it can take over at
+once), which lets a rollout of several replicas complete. Liveness is kopf's `/healthz`, a
+separate probe (controller/liveness.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
 PASSED = threading.Event()  # set by the worker after its first completed pass
+WATCHING = threading.Event()  # set by the worker once its cluster view is bound
+STANDBY = threading.Event()  # set while this operator stands by for the leader Lease
+
+
+def answer(*, passed: bool, watching: bool, standby: bool) -> tuple[int, bytes]:
+    """The status code and body of a readiness request."""
+    if passed:
+        return 200, b"ok\n"
+    if standby:
+        if watching:
+            return 200, b"ok: standing by for the leader Lease\n"
+        return 503, b"standing by, cluster view not loaded yet\n"
+    return 503, b"no reconcile pass completed yet\n"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -19,9 +34,10 @@ class _Handler(BaseHTTPRequestHandler):
         if urlparse(self.path).path != self.path_served:
             self.send_error(404)
             return
-        ready = PASSED.is_set()
-        body = b"ok\n" if ready else b"no reconcile pass completed yet\n"
-        self.send_response(200 if ready else 503)
+        code, body = answer(
+            passed=PASSED.is_set(), watching=WATCHING.is_set(), standby=STANDBY.is_set()
+        )
+        self.send_response(code)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from rackscale.controller import metrics, readiness
+from rackscale.controller.liveness import Loop
 from rackscale.controller.reconcile import Reconciler
 
 log = logging.getLogger("rackscale.worker")
@@ -28,6 +29,13 @@ class Worker:
         self.last_pass: float | None = None
         self.last_duration = 0.0
         self._last_full = time.monotonic()
+        self.started = time.monotonic()
+        self.loaded_at: float | None = None  # when the cache was loaded
+
+    def loaded(self) -> None:
+        """The cache has its first full listing: a standby is ready from now on."""
+        self.loaded_at = time.monotonic()
+        readiness.WATCHING.set()
 
     def _timeout(self) -> float:
         due = self.reconciler.next_due()
@@ -52,6 +60,13 @@ class Worker:
         if time.monotonic() - self._last_full >= self.reconciler.options.resync:
             self.reconciler.cache.mark(None)
             self._last_full = time.monotonic()
+        self.started = time.monotonic()
+        self.loaded_at: float | None = None  # when the cache was loaded
+
+    def loaded(self) -> None:
+        """The cache has its first full listing: a standby is ready from now on."""
+        self.loaded_at = time.monotonic()
+        readiness.WATCHING.set()
         started = time.monotonic()
         busy = self.reconciler.pending
         try:
@@ -71,11 +86,6 @@ class Worker:
             metrics.RECONCILE_SECONDS.observe(self.last_duration)
             log.debug("reconcile pass %d took %.3fs", self.passes, self.last_duration)
 
-    def health(self) -> dict[str, Any]:
-        """For the liveness probe: passes so far and seconds since the last one."""
-        age = None if self.last_pass is None else round(time.monotonic() - self.last_pass, 1)
-        return {
-            "passes": self.passes,
-            "secondsSinceLastPass": age,
-            "lastPassSeconds": round(self.last_duration, 2),
-        }
+    def loop(self) -> Loop:
+        """For the liveness probe: when the loop last turned."""
+        return Loop(self.started, self.loaded_at, self.last_pass, self.passes)

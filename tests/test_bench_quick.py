@@ -33,9 +33,18 @@ def test_quick_mode_writes_json_markdown_and_plots(run: tuple[Path, dict]) -> No
 def test_every_part_is_measured_or_says_why_not(run: tuple[Path, dict]) -> None:
     _, figures = run
     parts = figures["parts"]
-    assert set(parts) == {"placement", "apply", "churn", "optimal", "overhead", "plan_speed"}
+    assert set(parts) == {
+        "placement",
+        "apply",
+        "operator",
+        "churn",
+        "optimal",
+        "overhead",
+        "plan_speed",
+    }
     assert not [name for name, part in parts.items() if "error" in part]
     assert "skipped" in parts["apply"]
+    assert "skipped" in parts["operator"]
     assert {r["racks"] for r in parts["placement"]["runs"]} == {10}
     assert set(parts["churn"]["systems"]) == {
         "rackscale",
@@ -43,7 +52,9 @@ def test_every_part_is_measured_or_says_why_not(run: tuple[Path, dict]) -> None:
         "kube-scheduler (random ties)",
     }
     assert set(parts["optimal"]["families"]) == {"over", "under"}
-    assert parts["overhead"]["runs"][0]["pods"] > 0
+    (overhead,) = parts["overhead"]["runs"]
+    assert overhead["old"]["pods"] > 0
+    assert overhead["new"]["pods"] > 0
     speed = parts["plan_speed"]
     assert (speed["racks"], speed["replicas"]) == (20, 40)
     for source in ("yaml", "json"):  # the CLI's own exit code: every replica placed
@@ -63,3 +74,18 @@ def test_the_engine_keeps_every_tp_group_in_its_rack_under_churn(run: tuple[Path
     ours = run[1]["parts"]["churn"]["systems"]["rackscale"]
     assert ours["tp_in_domain_share"] == 1.0
     assert ours["avoidable_splits"] == 0
+
+
+def test_old_and_new_code_side_by_side(run: tuple[Path, dict]) -> None:
+    out, figures = run
+    code = figures["parts"]["overhead"]["code"]
+    assert code["old_commit"][:10] in code["old"]
+    rows = {r["figure"]: r for r in figures["old_and_new"]}
+    idle = rows["5. pass with nothing to do, 20 racks (in-memory view), p99"]
+    assert idle["old"].endswith(" ms")
+    assert idle["new"].endswith(" ms")
+    assert idle["new meets target"] == "n/a"  # the target is at 1,000 racks
+    assert rows["6. the live operator"]["old"].startswith("quick mode")
+    report = next(out.glob("*.md")).read_text()
+    assert "### The operator before and after the rebuild" in report
+    assert f"Old: the operator at commit {code['old_commit'][:10]}" in report

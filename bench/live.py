@@ -340,6 +340,7 @@ def _side(
         "idle_cpu": idle,
         **memory,
         "log": str(operator.log_path),
+        "rackscale_from": str(baseline_code.source_root(side)),
     }
 
 

@@ -166,8 +166,8 @@ def old_and_new(fig: dict[str, Any]) -> list[dict[str, str]]:
         )
 
     for run in _get(parts, "overhead", "runs") or []:
-        n = run["racks"]
-        at = n == TARGET_RACKS
+        n = f"{run['racks']:,}"
+        at = run["racks"] == TARGET_RACKS
         idle, placing = (
             _figure(run, "steady_pass_ms", "p99"),
             _figure(run, "placing_pass_ms", "p99"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 import traceback
@@ -14,11 +13,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import churn, machine, optimal, placement, plan_speed, report
+from bench import baseline_code, churn, machine, optimal, placement, plan_speed, report
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
 QUICK_OUT = Path(__file__).parent / "out"  # git-ignored: quick runs are not results
+# The module timing the reconciler in memory, per side: each imports its controller's internals
+# (the old one's ClusterView, the new one's cache fed by a watch).
+OVERHEAD_DRIVER: dict[baseline_code.Side, str] = {"old": "bench.overhead", "new": "bench.passes"}
 
 # Every size the run uses, full and quick; the report prints them.
 FULL = {
@@ -33,6 +35,7 @@ FULL = {
     "optimal_solver_seconds": 5.0,
     "overhead": [(100, 50, 20), (1000, 500, 10)],  # (racks, deployments filling them, passes)
     "plan_speed": (1000, 2000),  # (racks, replicas): `rackscale plan` as a CI gate
+    "operator": {"deployments": 150, "trials": 20, "idle_seconds": 60.0},  # live, 20 racks
 }
 QUICK = {
     "placement_racks": [10],
@@ -46,6 +49,7 @@ QUICK = {
     "optimal_solver_seconds": 1.0,
     "overhead": [(20, 10, 5)],
     "plan_speed": (20, 40),
+    "operator": {"deployments": 20, "trials": 3, "idle_seconds": 10.0},  # only with --operator
 }
 
 
@@ -76,18 +80,29 @@ def _failover(params: dict[str, Any], keep: bool) -> dict[str, Any]:
 
 
 def _overhead(params: dict[str, Any]) -> dict[str, Any]:
+    """Each size in its own process (the RSS is then the reconciler's state at that size and
+    nothing else), once against the old code and once against the new."""
     runs = []
     for racks, deployments, passes in params["overhead"]:
-        # Its own process: the RSS is then the reconciler's state at that size and nothing else.
-        done = subprocess.run(
-            [sys.executable, "-m", "bench.passes", str(racks), str(deployments), str(passes)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    return {"runs": runs}
+        args = [str(racks), str(deployments), str(passes)]
+        sides = {
+            side: baseline_code.run_json(side, OVERHEAD_DRIVER[side], args)
+            for side in baseline_code.SIDES
+        }
+        runs.append({"racks": racks, "deployments": deployments, "passes": passes, **sides})
+    failed = [f"{side} at {r['racks']} racks" for r in runs for side in baseline_code.SIDES
+              if "error" in r[side]]  # fmt: skip
+    part: dict[str, Any] = {"code": baseline_code.describe(), "runs": runs}
+    if failed:
+        part["error"] = f"the overhead driver failed for {', '.join(failed)} (see the runs)"
+    return part
+
+
+def _operator(params: dict[str, Any], stop_cluster: bool) -> dict[str, Any]:
+    from bench import live
+
+    logs = Path(__file__).parent / ".logs"  # the operators' logs; git-ignored
+    return live.run(params["operator"], logs, stop_cluster=stop_cluster)
 
 
 def _plan_speed(params: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -124,11 +139,19 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="run part 2 on the local control plane (default: yes, but not with --quick)",
     )
+    parser.add_argument(
+        "--operator",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run part 6, the old and the new operator live on the local control plane "
+        "(default: yes, but not with --quick)",
+    )
     parser.add_argument("--keep-cluster", action="store_true", help="leave the bench cluster up")
     args = parser.parse_args(argv)
     params = QUICK if args.quick else FULL
     args.out = args.out or (QUICK_OUT if args.quick else RESULTS)
     with_apply = (not args.quick) if args.apply is None else args.apply
+    with_operator = (not args.quick) if args.operator is None else args.operator
     os.environ.setdefault("RACKSCALE_CLUSTER_DIR", str(Path(__file__).parent / ".cluster"))
     started = datetime.now(UTC)
     figures: dict[str, Any] = {
@@ -136,18 +159,32 @@ def main(argv: list[str] | None = None) -> int:
         "date": started.isoformat(timespec="seconds"),
         "quick": args.quick,
         "seed": args.seed,
-        "parameters": {**params, "apply": with_apply, "churn_target_load": churn.TARGET_LOAD},
+        "parameters": {
+            **params,
+            "apply": with_apply,
+            "operator_live": with_operator,
+            "churn_target_load": churn.TARGET_LOAD,
+        },
         "machine": machine.describe(),
     }
     parts: dict[str, Any] = {}
     seed = args.seed
     _part("placement", parts, lambda: _placement(params, seed))
+    no_cluster = "quick mode: no local control plane (run without --quick)"
+    # The live operator part reuses the cluster the apply part started, and stops it unless
+    # it was there before this run.
+    preexisting = (Path(os.environ["RACKSCALE_CLUSTER_DIR"]) / "cluster.json").exists()
     if with_apply:
-        _part("apply", parts, lambda: _apply(params, seed, args.keep_cluster))
-        _part("failover", parts, lambda: _failover(params, args.keep_cluster))
+        _part("apply", parts, lambda: _apply(params, seed, args.keep_cluster or with_operator))
+        _part("failover", parts, lambda: _failover(params, args.keep_cluster or with_operator))
     else:
-        parts["apply"] = {"skipped": "quick mode: no local control plane (run without --quick)"}
+        parts["apply"] = {"skipped": no_cluster}
         parts["failover"] = {"skipped": "runs with the apply part, on the local control plane"}
+    if with_operator:
+        stop = not (args.keep_cluster or preexisting)
+        _part("operator", parts, lambda: _operator(params, stop))
+    else:
+        parts["operator"] = {"skipped": no_cluster}
     _part("churn", parts, lambda: churn.run(params["churn_racks"], params["churn_events"], seed))
     _part(
         "optimal",
@@ -160,12 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     figures["load_average_end"] = machine.load_average()
     figures["seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)
     figures["headline"] = report.headline(figures)
+    figures["old_and_new"] = report.old_and_new(figures)
 
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"{started:%Y-%m-%d}"
     (args.out / f"{stem}.json").write_text(json.dumps(figures, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(report.markdown(figures, args.out, stem))
     print("\n" + report.table(figures["headline"]))
+    print("\n" + report.table(figures["old_and_new"], report.OLD_AND_NEW_COLUMNS))
     print(f"\nwritten: {args.out / stem}.json, {args.out / stem}.md and its plots")
     failed = [name for name, part in parts.items() if "error" in part]
     if failed:

@@ -124,15 +124,6 @@ def headline(fig: dict[str, Any]) -> list[dict[str, str]]:
         row(f"4. GPUs placed / optimum, p95 instance, {what}", ">= 98%", _pct(ratio), NA,
             ratio >= 0.98)  # fmt: skip
         row(f"4. same, replicas arriving one at a time, {what}", NA, _pct(online), NA, None)
-    for run in _get(parts, "overhead", "runs") or []:
-        n = run["racks"]
-        p = run["placing_pass_ms"]
-        s = run["steady_pass_ms"]
-        row(f"5. reconcile pass placing one replica, {n} racks, p50/p99", NA,
-            f"{p['p50']:.0f} / {p['p99']:.0f} ms", NA, None)  # fmt: skip
-        row(f"5. reconcile pass, nothing to do, {n} racks, p50/p99", NA,
-            f"{s['p50']:.0f} / {s['p99']:.0f} ms", NA, None)  # fmt: skip
-        row(f"5. operator state RSS, {n} racks", NA, f"{run['rss_mib']:.0f} MiB", NA, None)
     rec = apply.get("operator_reconcile_20_racks")
     if rec and rec["passes"]:
         row("5. real operator reconcile pass, 20-rack kwok cluster, mean (p99 at most)", NA,
@@ -145,9 +136,115 @@ def headline(fig: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def table(rows: list[dict[str, str]]) -> str:
-    """The headline rows as a Markdown table (also readable in a terminal)."""
-    cols = ["figure", "target", "rackscale", "kube-scheduler", "verdict"]
+OLD_AND_NEW_COLUMNS = ("figure", "target", "old", "new", "new meets target")
+# The rebuild's targets (issue 12), each at the size it names.
+TARGET_RACKS = 1000
+IDLE_PASS_P99_MS, PLACING_PASS_P99_MS, RSS_MIB = 20.0, 100.0, 150.0
+APPLY_P50_S, IDLE_CPU_PERCENT = 0.3, 0.5
+
+
+def _side(run: dict[str, Any], side: str, show: Any) -> str:
+    figures = run.get(side) or {}
+    if "error" in figures:
+        return "failed"
+    try:
+        return str(show(figures))
+    except (KeyError, TypeError):
+        return NA
+
+
+def _figure(run: dict[str, Any], *keys: str) -> float | None:
+    value = _get(run, "new", *keys)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _at_most(value: float | None, bound: float, applies: bool = True) -> bool | None:
+    return None if value is None or not applies else value <= bound
+
+
+def old_and_new(fig: dict[str, Any]) -> list[dict[str, str]]:
+    """The operator before and after the rebuild, side by side; the verdict is the new one's."""
+    parts = fig["parts"]
+    rows: list[dict[str, str]] = []
+
+    def row(figure: str, target: str, run: dict[str, Any], show: Any, ok: bool | None) -> None:
+        old, new = _side(run, "old", show), _side(run, "new", show)
+        rows.append(
+            dict(zip(OLD_AND_NEW_COLUMNS, (figure, target, old, new, _verdict(ok)), strict=True))
+        )
+
+    for run in _get(parts, "overhead", "runs") or []:
+        n = f"{run['racks']:,}"
+        at = run["racks"] == TARGET_RACKS
+        idle, placing = (
+            _figure(run, "steady_pass_ms", "p99"),
+            _figure(run, "placing_pass_ms", "p99"),
+        )
+        row(
+            f"5. pass with nothing to do, {n} racks (in-memory view), p99",
+            f"<= {IDLE_PASS_P99_MS:.0f} ms" if at else NA,
+            run,
+            lambda f: f"{f['steady_pass_ms']['p99']:.0f} ms",
+            _at_most(idle, IDLE_PASS_P99_MS, at),
+        )
+        row(
+            f"5. pass placing one replica, {n} racks, p99",
+            f"<= {PLACING_PASS_P99_MS:.0f} ms" if at else NA,
+            run,
+            lambda f: f"{f['placing_pass_ms']['p99']:.0f} ms",
+            _at_most(placing, PLACING_PASS_P99_MS, at),
+        )
+        row(
+            f"5. operator state RSS, {n} racks",
+            f"<= {RSS_MIB:.0f} MiB" if at else NA,
+            run,
+            lambda f: f"{f['rss_mib']:.0f} MiB",
+            _at_most(_figure(run, "rss_mib"), RSS_MIB, at),
+        )
+    live = parts.get("operator") or {}
+    if "old" in live or "new" in live:
+        where = f"{_get(live, 'parameters', 'deployments')} deployments"
+        row(
+            f"6. apply -> all pods created, live 20-rack kwok cluster, {where}, p50",
+            f"<= {APPLY_P50_S} s",
+            live,
+            lambda f: _s(f["apply_to_pods_created_s"]["p50"]),
+            _at_most(_figure(live, "apply_to_pods_created_s", "p50"), APPLY_P50_S),
+        )
+        row(
+            "6. apply -> all pods created, same cluster, p90",
+            NA,
+            live,
+            lambda f: _s(f["apply_to_pods_created_s"]["p90"]),
+            None,
+        )
+        row(
+            "6. operator CPU while nothing changes, same cluster",
+            f"<= {IDLE_CPU_PERCENT}% of a core",
+            live,
+            lambda f: f"{f['idle_cpu']['percent_of_core']:.2f}% of a core",
+            _at_most(_figure(live, "idle_cpu", "percent_of_core"), IDLE_CPU_PERCENT),
+        )
+        row("6. operator RSS, same cluster", NA, live, lambda f: f"{f['rss_mib']:.0f} MiB", None)
+    else:
+        reason = live.get("skipped") or live.get("error") or "not run"
+        rows.append(
+            dict(
+                zip(
+                    OLD_AND_NEW_COLUMNS,
+                    ("6. the live operator", NA, reason, reason, NA),
+                    strict=True,
+                )
+            )
+        )
+    return rows
+
+
+HEADLINE_COLUMNS = ("figure", "target", "rackscale", "kube-scheduler", "verdict")
+
+
+def table(rows: list[dict[str, str]], cols: tuple[str, ...] = HEADLINE_COLUMNS) -> str:
+    """Rows as a Markdown table (also readable in a terminal)."""
     widths = {c: max(len(c), *(len(r[c]) for r in rows)) if rows else len(c) for c in cols}
     lines = [
         "| " + " | ".join(c.ljust(widths[c]) for c in cols) + " |",
@@ -194,6 +291,14 @@ def markdown(fig: dict[str, Any], out: Path, stem: str) -> str:
         "",
         table(fig["headline"]),
         "",
+        "### The operator before and after the rebuild",
+        "",
+        "Old and new code in this same run (parts 5 and 6 say how each figure was measured); "
+        "the verdict is the new code's.",
+        "",
+        *_code(parts.get("overhead") or parts.get("operator") or {}),
+        table(fig["old_and_new"], OLD_AND_NEW_COLUMNS),
+        "",
     ]
     md += _section_placement(parts.get("placement") or {}, images)
     md += _section_apply(parts.get("apply") or {}, p, images)
@@ -201,6 +306,7 @@ def markdown(fig: dict[str, Any], out: Path, stem: str) -> str:
     md += _section_churn(parts.get("churn") or {}, images)
     md += _section_optimal(parts.get("optimal") or {}, images)
     md += _section_overhead(parts.get("overhead") or {})
+    md += _section_live(parts.get("operator") or {})
     md += [
         "## Parameters",
         "",
@@ -475,35 +581,92 @@ def _section_optimal(part: dict[str, Any], images: dict[str, str]) -> list[str]:
     return md
 
 
+def _code(part: dict[str, Any]) -> list[str]:
+    code = part.get("code") or {}
+    if not code:
+        return []
+    return [f"Old: {code['old']}. New: {code['new']}. How: {code['how']}.", ""]
+
+
+def _overhead_row(r: dict[str, Any], side: str) -> str:
+    f = r[side]
+    if "error" in f:
+        return f"| {r['racks']} | {side} | failed: `{f['error']}` | | | | | | |"
+    return (
+        f"| {r['racks']} | {side} | {f['nodes']} | {f['deployments']} | {f['pods']} | "
+        f"{f['steady_pass_ms']['p50']} / {f['steady_pass_ms']['p99']} ms | "
+        f"{f['placing_pass_ms']['p50']} / {f['placing_pass_ms']['p99']} ms | "
+        f"{f['pool_status_ms']} ms | {f['rss_mib']} MiB ({f['rss_before_view_mib']} MiB) |"
+    )
+
+
 def _section_overhead(part: dict[str, Any]) -> list[str]:
-    md = ["## 5. Operator overhead", "", *_failed(part)]
+    md = ["## 5. Operator overhead, old and new", "", *_failed(part), *_code(part)]
     md += [
         "The operator's own `Reconciler` (the code `rackscale run` runs each pass) against an "
-        "in-memory cluster view of that size, in a fresh process per size: kopf's indices are "
-        "dicts of the same slimmed objects, the API writes land in dicts and pinned pods are "
-        "bound at once. A real 1,000-rack cluster takes about 10 minutes to load on this "
+        "in-memory cluster view of that size, in a fresh process per size and side: kopf's "
+        "indices are dicts of the same slimmed objects, the API writes land in dicts and pinned "
+        "pods are bound at once. A real 1,000-rack cluster takes about 10 minutes to load on this "
         "machine, so it is not used; kopf, the watches and the API round trips are not in these "
         "figures. The racks are first filled to about half with one-rack 64-GPU deployments; "
         "then each timed pass reconciles every deployment, once with nothing to do and once "
         "after one more deployment is applied (the pass that places it and creates its 16 pods). "
         "RSS is the process's resident memory after the passes (Python and imports alone "
-        "take the `before` figure).",
+        "take the `before` figure). The two sides run one after the other at each size.",
         "",
-        "| racks | nodes | deployments | pods | pass, nothing to do p50 / p99 "
+        "| racks | code | nodes | deployments | pods | pass, nothing to do p50 / p99 "
         "| pass placing one p50 / p99 | pool status | RSS (before the view) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for r in part.get("runs", []):
-        md.append(
-            f"| {r['racks']} | {r['nodes']} | {r['deployments']} | {r['pods']} | "
-            f"{r['steady_pass_ms']['p50']} / {r['steady_pass_ms']['p99']} ms | "
-            f"{r['placing_pass_ms']['p50']} / {r['placing_pass_ms']['p99']} ms | "
-            f"{r['pool_status_ms']} ms | {r['rss_mib']} MiB ({r['rss_before_view_mib']} MiB) |"
-        )
+    md += [_overhead_row(r, side) for r in part.get("runs", []) for side in ("old", "new")]
     md += [
         "",
-        "A pass reconciles every deployment, so its time grows with their number; the latency a "
-        "user sees from apply to pods created is one placing pass plus the watch and debounce.",
+        "A pass of the old code reconciles every deployment, so its time grows with their "
+        "number; the latency a user sees from apply to pods created is one placing pass plus "
+        "the watch and debounce (part 6 measures it live).",
         "",
     ]
     return md
+
+
+def _live_row(side: str, f: dict[str, Any]) -> str:
+    if "error" in f:
+        return f"| {side} | failed: `{f['error']}` | | | | | |"
+    a, idle = f["apply_to_pods_created_s"], f["idle_cpu"]
+    passes = NA if idle["passes"] is None else str(idle["passes"])
+    return (
+        f"| {side} | {f['fill']['ready_s']} s | {_s(a['p50'])} / {_s(a['p90'])} / {_s(a['max'])} "
+        f"| {idle['percent_of_core']:.2f}% ({idle['cpu_s']} s CPU in {idle['window_s']} s) "
+        f"| {passes} | {f['rss_mib']} MiB | {f['peak_rss_mib']} MiB |"
+    )
+
+
+def _section_live(part: dict[str, Any]) -> list[str]:
+    md = ["## 6. The live operator, old and new (kwok cluster)", "", *_failed(part)]
+    if "skipped" in part:
+        return [*md, f"Not run: {part['skipped']}.", ""]
+    if "old" not in part:
+        return md
+    p, m = part["parameters"], part["measurement"]
+    md += [
+        *_code(part),
+        f"On the local control plane with the `{part['profile']}` profile ({part['nodes']} kwok "
+        "nodes: 20 GB200 NVL72 racks of 18 trays of 4 GPUs), each side in turn: its CRDs are "
+        "applied, its operator runs as a subprocess (`python -m rackscale run --all-namespaces`), "
+        f"and a namespace of its own gets {p['deployments']} InferenceDeployments of one replica "
+        "each (4, 8, 16 and 32 GPUs in pods of 4, about 79% of the GPUs at 150), waited until "
+        f"every one is Ready. Then {p['trials']} trials each apply one more of "
+        f"{part['trial_gpus']} GPUs ({part['trial_pods']} pods), the operator idles for "
+        f"{p['idle_seconds']:.0f} s, and its RSS is read; the namespace is deleted and waited out "
+        "before the other side starts.",
+        "",
+        f"- apply -> all pods created: {m['apply_to_pods_created']}.",
+        f"- idle CPU: {m['idle_cpu']}.",
+        f"- RSS: {m['rss']}.",
+        "",
+        "| code | fill Ready after | apply -> pods created p50 / p90 / max | idle CPU, of one core "
+        "| passes while idle | RSS | peak RSS |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    md += [_live_row(side, part[side]) for side in ("old", "new") if side in part]
+    return [*md, ""]

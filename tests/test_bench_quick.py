@@ -34,11 +34,19 @@ def test_every_part_is_measured_or_says_why_not(run: tuple[Path, dict]) -> None:
     _, figures = run
     parts = figures["parts"]
     assert set(parts) == {
-        "placement", "apply", "failover", "churn", "optimal", "overhead", "plan_speed",
-    }  # fmt: skip
+        "placement",
+        "apply",
+        "failover",
+        "operator",
+        "churn",
+        "optimal",
+        "overhead",
+        "plan_speed",
+    }
     assert not [name for name, part in parts.items() if "error" in part]
     assert "skipped" in parts["apply"]
     assert "skipped" in parts["failover"]
+    assert "skipped" in parts["operator"]
     assert {r["racks"] for r in parts["placement"]["runs"]} == {10}
     assert set(parts["churn"]["systems"]) == {
         "rackscale",
@@ -46,7 +54,9 @@ def test_every_part_is_measured_or_says_why_not(run: tuple[Path, dict]) -> None:
         "kube-scheduler (random ties)",
     }
     assert set(parts["optimal"]["families"]) == {"over", "under"}
-    assert parts["overhead"]["runs"][0]["pods"] > 0
+    (overhead,) = parts["overhead"]["runs"]
+    assert overhead["old"]["pods"] > 0
+    assert overhead["new"]["pods"] > 0
     speed = parts["plan_speed"]
     assert (speed["racks"], speed["replicas"]) == (20, 40)
     for source in ("yaml", "json"):  # the CLI's own exit code: every replica placed
@@ -66,3 +76,68 @@ def test_the_engine_keeps_every_tp_group_in_its_rack_under_churn(run: tuple[Path
     ours = run[1]["parts"]["churn"]["systems"]["rackscale"]
     assert ours["tp_in_domain_share"] == 1.0
     assert ours["avoidable_splits"] == 0
+
+
+def test_old_and_new_code_side_by_side(run: tuple[Path, dict]) -> None:
+    out, figures = run
+    code = figures["parts"]["overhead"]["code"]
+    assert code["old_commit"][:10] in code["old"]
+    rows = {r["figure"]: r for r in figures["old_and_new"]}
+    idle = rows["5. pass with nothing to do, 20 racks (in-memory view), p99"]
+    assert idle["old"].endswith(" ms")
+    assert idle["new"].endswith(" ms")
+    assert idle["new meets target"] == "n/a"  # the target is at 1,000 racks
+    assert rows["6. the live operator"]["old"].startswith("quick mode")
+    report = next(out.glob("*.md")).read_text()
+    assert "### The operator before and after the rebuild" in report
+    assert f"Old: the operator at commit {code['old_commit'][:10]}" in report
+
+
+def _live_side(p50: float, cpu: float) -> dict:
+    return {
+        "fill": {"deployments": 150, "gpus": 1136, "ready_s": 40.0},
+        "apply_to_pods_created_s": {"p50": p50, "p90": p50 + 0.1, "max": p50 + 0.2},
+        "idle_cpu": {"window_s": 60.0, "cpu_s": 0.6 * cpu, "percent_of_core": cpu, "passes": 6},
+        "rss_mib": 120.0,
+        "peak_rss_mib": 130.0,
+    }
+
+
+def test_the_live_part_reports_old_and_new_and_a_failed_side(
+    run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """A live part's figures (as bench.live returns them) in the table and the report; a side
+    that failed shows as failed, its error in the report, and never meets a target."""
+    from bench import report
+
+    figures = json.loads(json.dumps(run[1]))
+    live = {
+        "profile": "bench-20",
+        "nodes": 360,
+        "code": figures["parts"]["overhead"]["code"],
+        "trial_gpus": 16,
+        "trial_pods": 4,
+        "parameters": {"deployments": 150, "trials": 20, "idle_seconds": 60.0},
+        "measurement": {"apply_to_pods_created": "w", "idle_cpu": "c", "rss": "r"},
+        "old": _live_side(0.63, 1.0),
+        "new": _live_side(0.25, 0.4),
+    }
+    figures["parts"]["operator"] = live
+    rows = {r["figure"]: r for r in report.old_and_new(figures)}
+    apply = rows["6. apply -> all pods created, live 20-rack kwok cluster, 150 deployments, p50"]
+    assert (apply["old"], apply["new"], apply["new meets target"]) == ("0.63 s", "0.25 s", "met")
+    cpu = rows["6. operator CPU while nothing changes, same cluster"]
+    assert (cpu["old"], cpu["new"], cpu["new meets target"]) == (
+        "1.00% of a core",
+        "0.40% of a core",
+        "met",
+    )
+
+    live["new"] = {"error": "RuntimeError: the new operator exited"}
+    rows = {r["figure"]: r for r in report.old_and_new(figures)}
+    apply = rows["6. apply -> all pods created, live 20-rack kwok cluster, 150 deployments, p50"]
+    assert (apply["old"], apply["new"], apply["new meets target"]) == ("0.63 s", "failed", "n/a")
+    figures["old_and_new"] = list(rows.values())
+    text = report.markdown(figures, tmp_path, "live")
+    assert "| old | 40.0 s | 0.63 s / 0.73 s / 0.83 s | 1.00% (0.6 s CPU in 60.0 s) |" in text
+    assert "| new | failed: `RuntimeError: the new operator exited` |" in text

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
 
 from rackscale.controller import metrics, readiness
 from rackscale.controller.liveness import Loop
@@ -60,13 +59,6 @@ class Worker:
         if time.monotonic() - self._last_full >= self.reconciler.options.resync:
             self.reconciler.cache.mark(None)
             self._last_full = time.monotonic()
-        self.started = time.monotonic()
-        self.loaded_at: float | None = None  # when the cache was loaded
-
-    def loaded(self) -> None:
-        """The cache has its first full listing: a standby is ready from now on."""
-        self.loaded_at = time.monotonic()
-        readiness.WATCHING.set()
         started = time.monotonic()
         busy = self.reconciler.pending
         try:

@@ -82,19 +82,16 @@ def _taint(key: str, effect: str, value: str = "true") -> dict[str, str]:
 def health(draw: st.DrawFn, pool: str | None) -> dict[str, Any]:
     """Keyword arguments for `factory.node`: mostly healthy, sometimes not, sometimes harmless."""
     kind = draw(st.integers(0, 19))  # shrinks towards healthy
-    if kind == 4:
-        return {"ready": False}
-    if kind == 5:
-        return {"cordoned": True}
-    if kind == 6:
-        return {"taints": [_taint(MAINTENANCE, "NoSchedule")]}
-    if kind == 7:
-        return {"taints": [_taint(MAINTENANCE, "NoExecute")]}
-    if kind == 8:  # a preference only: the node stays healthy
-        return {"taints": [_taint(MAINTENANCE, "PreferNoSchedule")]}
     if kind == 9 and pool:  # the pool's own taint keeps ordinary work out, not rackscale
         return {"taints": [_taint(POOL_TAINT, "NoSchedule", pool)]}
-    return {}
+    unusual: dict[int, dict[str, Any]] = {
+        4: {"ready": False},
+        5: {"cordoned": True},
+        6: {"taints": [_taint(MAINTENANCE, "NoSchedule")]},
+        7: {"taints": [_taint(MAINTENANCE, "NoExecute")]},
+        8: {"taints": [_taint(MAINTENANCE, "PreferNoSchedule")]},  # a preference only: healthy
+    }
+    return unusual.get(kind, {})
 
 
 @st.composite

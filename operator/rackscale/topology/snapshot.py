@@ -298,50 +298,14 @@ def build_snapshot(
     # A node or pod listed twice (say, in two cluster files) is one object: the later listing wins.
     unique_nodes = {str(n["metadata"]["name"]): n for n in nodes}
     for _, raw in sorted(unique_nodes.items()):
-        meta = raw["metadata"]
-        labels = dict(meta.get("labels") or {})
-        matching = [
-            p
-            for p in pool_list
-            if p.spec.rack_label in labels and p.spec.node_selector.matches(labels)
-        ]
-        if len(matching) > 1:
-            conflicts[meta["name"]] = [p.name for p in matching]
-        pool = matching[0] if len(matching) == 1 else None
-        resource = pool.spec.gpu_resource if pool else DEFAULT_GPU_RESOURCE
-        gpus = node_gpus(raw, resource)
-        node = Node(
-            name=meta["name"],
-            labels=labels,
-            allocatable=gpus,
-            ready=node_ready(raw),
-            cordoned=bool((raw.get("spec") or {}).get("unschedulable")),
-            taints=_taints(raw, pool.name if pool else None),
-            pool=pool.name if pool else None,
-            gpu_memory_mib=gpu_memory(labels, pool.spec if pool else None),
-        )
+        node, matching = _node(raw, pool_list)
         by_name[node.name] = node
-        if pool is None:
-            if gpus and not matching:
-                ordinary[gpus] += 1
-            continue
-        target = built[pool.name]
-        block = labels.get(pool.spec.block_label) if pool.spec.block_label else None
-        rack_name = (
-            f"{block}/{labels[pool.spec.rack_label]}" if block else labels[pool.spec.rack_label]
-        )
-        rack = target.racks.get(rack_name)
-        if rack is None:
-            rack = target.racks[rack_name] = Rack(rack_name, block, target)
-        rack.nodes.append(node)
-        node.rack = rack
-        rack.allocatable += node.allocatable
-        if node.healthy:
-            rack.schedulable += node.allocatable
-            rack.free += node.allocatable
-            rack.free_histogram[node.allocatable] += 1
-        elif node.ready and not node.cordoned:
-            target.tainted_nodes += 1
+        if len(matching) > 1:
+            conflicts[node.name] = [p.name for p in matching]
+        if node.pool is not None:
+            _add_to_rack(built[node.pool], node)
+        elif node.allocatable and not matching:
+            ordinary[node.allocatable] += 1
 
     for target in built.values():
         target.racks = dict(sorted(target.racks.items()))
@@ -355,28 +319,73 @@ def build_snapshot(
         key = (meta.get("namespace") or "default", meta["name"]) if meta.get("name") else number
         unique_pods[key] = pod
     for pod in unique_pods.values():
-        node_name = pinned_node(pod)
-        pinned = by_name.get(node_name) if node_name else None
-        if pinned is None or terminated(pod):
-            continue
-        node = pinned
-        resource = built[node.pool].spec.gpu_resource if node.pool else DEFAULT_GPU_RESOURCE
-        gpus = gpu_request(pod, resource)
-        if not gpus:
-            continue
-        if node.rack is None:
-            node.used += gpus
-            continue
-        deployment, holder, domain = _pod_deployment(pod)
-        meta = pod.get("metadata") or {}
-        namespace = meta.get("namespace") or "default"
-        node.rack.use(node, gpus, namespace, deployment, domain)
-        if meta.get("deletionTimestamp"):
-            node.rack.pool.releasing.append(Releasing(node, gpus, namespace, deployment, domain))
-        if holder and node.rack.held_by is None:
-            node.rack.hold(holder)
+        _add_pod(pod, built, by_name)
 
     return Snapshot(built, by_name, conflicts, ordinary_node_gpus=_most_common(ordinary))
+
+
+def _node(raw: dict[str, Any], pools: list[RackPool]) -> tuple[Node, list[RackPool]]:
+    """The node a Node object describes, and the pools whose selector and rack label match it: the
+    node joins a pool only when exactly one does."""
+    meta = raw["metadata"]
+    labels = dict(meta.get("labels") or {})
+    matching = [
+        p for p in pools if p.spec.rack_label in labels and p.spec.node_selector.matches(labels)
+    ]
+    pool = matching[0] if len(matching) == 1 else None
+    node = Node(
+        name=meta["name"],
+        labels=labels,
+        allocatable=node_gpus(raw, pool.spec.gpu_resource if pool else DEFAULT_GPU_RESOURCE),
+        ready=node_ready(raw),
+        cordoned=bool((raw.get("spec") or {}).get("unschedulable")),
+        taints=_taints(raw, pool.name if pool else None),
+        pool=pool.name if pool else None,
+        gpu_memory_mib=gpu_memory(labels, pool.spec if pool else None),
+    )
+    return node, matching
+
+
+def _add_to_rack(target: Pool, node: Node) -> None:
+    """Puts a pool's node into its rack (made on first sight), counting its GPUs there."""
+    spec, labels = target.spec, node.labels
+    block = labels.get(spec.block_label) if spec.block_label else None
+    rack_name = f"{block}/{labels[spec.rack_label]}" if block else labels[spec.rack_label]
+    rack = target.racks.get(rack_name)
+    if rack is None:
+        rack = target.racks[rack_name] = Rack(rack_name, block, target)
+    rack.nodes.append(node)
+    node.rack = rack
+    rack.allocatable += node.allocatable
+    if node.healthy:
+        rack.schedulable += node.allocatable
+        rack.free += node.allocatable
+        rack.free_histogram[node.allocatable] += 1
+    elif node.ready and not node.cordoned:
+        target.tainted_nodes += 1
+
+
+def _add_pod(pod: dict[str, Any], built: dict[str, Pool], by_name: dict[str, Node]) -> None:
+    """Counts a live pod's GPUs on its node, and in its rack when the node is in a pool."""
+    node_name = pinned_node(pod)
+    node = by_name.get(node_name) if node_name else None
+    if node is None or terminated(pod):
+        return
+    resource = built[node.pool].spec.gpu_resource if node.pool else DEFAULT_GPU_RESOURCE
+    gpus = gpu_request(pod, resource)
+    if not gpus:
+        return
+    if node.rack is None:
+        node.used += gpus
+        return
+    deployment, holder, domain = _pod_deployment(pod)
+    meta = pod.get("metadata") or {}
+    namespace = meta.get("namespace") or "default"
+    node.rack.use(node, gpus, namespace, deployment, domain)
+    if meta.get("deletionTimestamp"):
+        node.rack.pool.releasing.append(Releasing(node, gpus, namespace, deployment, domain))
+    if holder and node.rack.held_by is None:
+        node.rack.hold(holder)
 
 
 def gpu_memory(labels: dict[str, str], spec: RackPoolSpec | None) -> int | None:

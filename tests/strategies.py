@@ -212,7 +212,9 @@ def deployments(
         expert = draw(st.sampled_from(_divisors(gpus, gpus)))
         per_pod = draw(st.none() | st.sampled_from(_divisors(gpus, 8)))
     # Mostly a pool; sometimes none at all (device-plugin mode from the start).
-    pool = draw(st.sampled_from(pools)) if pools and draw(st.integers(0, 7)) else None
+    pool: str | None = None
+    if pools and draw(st.integers(0, 7)) > 0:
+        pool = draw(st.sampled_from(pools))
     if spanning and pools:
         pool = pools[0]
     placement: dict[str, Any] = {

@@ -20,7 +20,9 @@ from prometheus_client import Counter, Gauge
 from rackscale.controller import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
-RULES = yaml.safe_load((ROOT / "charts" / "rackscale" / "files" / "alerts.yaml").read_text())
+RULES: list[dict[str, Any]] = yaml.safe_load(
+    (ROOT / "charts" / "rackscale" / "files" / "alerts.yaml").read_text()
+)
 DEFAULTS = yaml.safe_load((ROOT / "charts" / "rackscale" / "values.yaml").read_text())["metrics"][
     "prometheusRule"
 ]

@@ -35,7 +35,9 @@ Vector = dict[Labels, float]
 
 
 def seconds(duration: str) -> float:
-    number, unit = re.fullmatch(r"(\d+)(ms|s|m|h)", duration).groups()  # type: ignore[union-attr]
+    match = re.fullmatch(r"(\d+)(ms|s|m|h)", duration)
+    assert match, f"{duration!r} is not a duration"
+    number, unit = match.groups()
     return float(number) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
 
 

@@ -26,6 +26,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ NEVER_READY = "e2e.rackscale.dev/compute-domains"
 log = logging.getLogger("dra-standin")
 
 
-def _ignore_conflict(call: Any, *args: Any) -> None:
+def _ignore_conflict(call: Callable[..., object], *args: Any) -> None:
     try:
         call(*args)
     except ApiException as error:

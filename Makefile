@@ -40,7 +40,7 @@ test-e2e: $(STAMP) e2e-binaries ## End-to-end tests on their own local control p
 	RACKSCALE_CLUSTER_DIR=$(CURDIR)/.cluster-e2e $(PY) -m pytest e2e
 
 .PHONY: lint
-lint: $(STAMP) ## ruff, mypy (strict on the pure layers), import-linter contracts, hadolint.
+lint: $(STAMP) ## ruff, mypy (strict everywhere: operator, tests, e2e, bench), import-linter contracts, hadolint.
 	$(VENV)/bin/ruff check operator tests e2e bench
 	$(VENV)/bin/ruff format --check operator tests e2e bench
 	$(VENV)/bin/mypy

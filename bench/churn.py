@@ -5,10 +5,10 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from bench import baseline
-from rackscale.placement import place_replica
+from rackscale.placement import Reservation, place_replica
 from rackscale.topology import build_snapshot
 from tests.factory import deployment, nvl72, pool
 
@@ -142,7 +142,7 @@ class Rackscale:
         nodes = nvl72(racks, trays=TRAYS, gpus=TRAY_GPUS, blocks=max(1, racks // 4))
         self.snapshot = build_snapshot(nodes, [], [pool("gb200")])
         self.pool = self.snapshot.pools["gb200"]
-        self.jobs: dict[int, Any] = {}
+        self.jobs: dict[int, Reservation | None] = {}
 
     def free_by_rack(self) -> dict[str, list[int]]:
         return {r.name: [n.free for n in r.nodes] for r in self.pool.racks.values()}
@@ -155,7 +155,9 @@ class Rackscale:
             return None
         self.jobs[job] = decision.reservation
         pods = sorted(decision.plan.pods, key=lambda p: p.shard)
-        return [self.snapshot.rack_of(p.node).name for p in pods]  # type: ignore[arg-type, union-attr]
+        racks = [self.snapshot.rack_of(p.node) if p.node else None for p in pods]
+        assert all(racks), "a replica placed in a pool has every pod on a rack's node"
+        return [r.name for r in racks if r]
 
     def depart(self, job: int) -> None:
         if (reservation := self.jobs.pop(job, None)) is not None:
@@ -217,7 +219,22 @@ def _means(samples: list[dict[str, float]]) -> dict[str, float]:
     return {k: round(sum(s[k] for s in samples) / len(samples), 3) for k in keys}
 
 
-def simulate(system: Any, events: list[Event], capacity: int, sample_every: int) -> dict[str, Any]:
+class System(Protocol):
+    """What the stream is fed to: rackscale's engine or the kube-scheduler model."""
+
+    @property
+    def name(self) -> str: ...
+
+    def free_by_rack(self) -> dict[str, list[int]]: ...
+
+    def arrive(self, job: int, gpus: int) -> list[str] | None: ...
+
+    def depart(self, job: int) -> None: ...
+
+
+def simulate(
+    system: System, events: list[Event], capacity: int, sample_every: int
+) -> dict[str, Any]:
     """Feed the stream to one system and tally locality, refusals and fragmentation."""
     tally = Tally()
     for i, event in enumerate(events):
@@ -250,7 +267,7 @@ def run(racks: int, events: int, seed: int) -> dict[str, Any]:
     capacity = racks * RACK_GPUS
     evs = stream(capacity, events, seed)
     sample = max(1, len(evs) // 200)
-    systems = [
+    systems: list[System] = [
         Rackscale(racks),
         KubeSchedulerModel(racks, seed),
         KubeSchedulerModel(racks, seed, random_ties=True),

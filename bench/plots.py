@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 OURS, THEIRS = "tab:green", "tab:red"
 
@@ -35,7 +36,7 @@ def draw(fig: dict[str, Any], out: Path, stem: str) -> dict[str, str]:
     return made
 
 
-def _placement(part: dict[str, Any]) -> Any:
+def _placement(part: dict[str, Any]) -> Figure:
     runs = part["runs"]
     figure, ax = plt.subplots(figsize=(6, 3.5))
     x = range(len(runs))
@@ -49,7 +50,7 @@ def _placement(part: dict[str, Any]) -> Any:
     return figure
 
 
-def _apply(part: dict[str, Any]) -> Any:
+def _apply(part: dict[str, Any]) -> Figure:
     figure, axes = plt.subplots(1, 2, figsize=(8, 3.5), sharey=True)
     for ax, key, title in (
         (axes[0], "samples_bound_s", "all 16 bound"),
@@ -64,7 +65,7 @@ def _apply(part: dict[str, Any]) -> Any:
     return figure
 
 
-def _churn(part: dict[str, Any]) -> Any:
+def _churn(part: dict[str, Any]) -> Figure:
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.5))
     colors = (OURS, THEIRS, "tab:orange")
     for name, color in zip(part["systems"], colors, strict=False):
@@ -83,7 +84,7 @@ def _churn(part: dict[str, Any]) -> Any:
     return figure
 
 
-def _optimal(part: dict[str, Any]) -> Any:
+def _optimal(part: dict[str, Any]) -> Figure:
     families = part["families"]
     figure, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 3.5), sharey=True)
     for ax, (name, fam) in zip(list(axes), families.items(), strict=True):

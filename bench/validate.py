@@ -8,7 +8,7 @@ from typing import Any
 from kubernetes import client
 
 from bench import churn
-from e2e import profiles
+from e2e import objects, profiles
 
 NAMESPACE = "bench-validate"
 IMAGE = "pause:3.10"  # kwok runs no container: the image is never pulled
@@ -37,24 +37,24 @@ class RealKubeScheduler:
             out.setdefault(self.rack_of[node], []).append(gpus - self.used[node])
         return out
 
-    def _pods(self, job: int) -> list[Any]:
+    def _pods(self, job: int) -> list[client.V1Pod]:
         return self.core.list_namespaced_pod(NAMESPACE, label_selector=f"job={job}").items
 
     def arrive(self, job: int, gpus: int) -> list[str] | None:
         pods = gpus // churn.POD_GPUS
         for shard in range(pods):  # in shard order, as a controller creating them would
-            self.core.create_namespaced_pod(NAMESPACE, _pod(job, shard))
+            self.core.create_namespaced_pod(NAMESPACE, _pod(job, shard))  # type: ignore[arg-type]  # a plain manifest
         deadline = time.monotonic() + 30
         while True:
             items = self._pods(job)
-            if len(items) == pods and all(p.spec.node_name for p in items):
+            if len(items) == pods and all(objects.pod_spec(p).node_name for p in items):
                 break
             if any(_unschedulable(p) for p in items) or time.monotonic() > deadline:
                 self._delete(job)  # refused whole, as the model does
                 return None
             time.sleep(0.05)
-        by_shard = sorted(items, key=lambda p: int(p.metadata.labels["shard"]))
-        nodes = [p.spec.node_name for p in by_shard]
+        by_shard = sorted(items, key=lambda p: int(objects.labels(p)["shard"]))
+        nodes = [node for p in by_shard if (node := objects.pod_spec(p).node_name)]
         for node in nodes:
             self.used[node] += churn.POD_GPUS
         self.jobs[job] = nodes
@@ -96,10 +96,10 @@ def _pod(job: int, shard: int) -> dict[str, Any]:
     }
 
 
-def _unschedulable(pod: Any) -> bool:
+def _unschedulable(pod: client.V1Pod) -> bool:
     return any(
         c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"
-        for c in pod.status.conditions or []
+        for c in objects.pod_status(pod).conditions or []
     )
 
 
@@ -111,8 +111,8 @@ def run(
 ) -> dict[str, Any]:
     """The same stream through the real kube-scheduler and through the model, on 20 racks."""
     core = client.CoreV1Api(api)
-    if not any(n.metadata.name == NAMESPACE for n in core.list_namespace().items):
-        core.create_namespace({"metadata": {"name": NAMESPACE}})
+    if not any(objects.name(n) == NAMESPACE for n in core.list_namespace().items):
+        core.create_namespace({"metadata": {"name": NAMESPACE}})  # type: ignore[arg-type]  # a plain manifest
     racks = len({n["metadata"]["labels"][profiles.CLIQUE_LABEL] for n in nodes})
     capacity = racks * churn.RACK_GPUS
     stream = churn.stream(capacity, events, seed)

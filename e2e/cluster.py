@@ -28,10 +28,13 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from e2e import profiles
 from e2e.controlplane import pki, processes
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONTROLPLANE = Path(__file__).resolve().parent / "controlplane"
@@ -383,7 +386,7 @@ def _start(
     return info
 
 
-def _api(state: Path) -> Any:
+def _api(state: Path) -> ApiClient:
     return profiles.api_client_for(str(state / "kubeconfig"))
 
 

@@ -14,7 +14,7 @@ from kopf.testing import KopfRunner
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from e2e import cluster, profiles
+from e2e import cluster, objects, profiles
 from e2e.support import GROUP, OPERATOR, UNSCHEDULABLE_TIMEOUT, VERSION, eventually, gb200_pool
 from rackscale.api import crd
 
@@ -59,7 +59,7 @@ def kube(kubeconfig: str) -> Iterator[client.ApiClient]:
     except Exception as err:
         pytest.fail(f"the API server behind {kubeconfig} does not answer: {err}", pytrace=False)
     yield api
-    api.close()
+    api.close()  # type: ignore[no-untyped-call]  # the client leaves it unannotated
 
 
 @pytest.fixture
@@ -67,9 +67,8 @@ def namespace(kube: client.ApiClient) -> Iterator[str]:
     """A fresh namespace for one test, deleted afterwards."""
     core = client.CoreV1Api(kube)
     name = f"e2e-{uuid.uuid4().hex[:8]}"
-    core.create_namespace(
-        body={"metadata": {"name": name, "labels": {"rackscale.dev/e2e": "true"}}}
-    )
+    body = {"metadata": {"name": name, "labels": {"rackscale.dev/e2e": "true"}}}
+    core.create_namespace(body=body)  # type: ignore[arg-type]  # a plain manifest
     yield name
     try:
         core.delete_namespace(name, propagation_policy="Background")
@@ -97,7 +96,8 @@ def crds(kube: client.ApiClient) -> None:
             pytest.fail(f"the API server refuses CRD {name}: {message}", pytrace=False)
 
         def established(name: str = name) -> bool:
-            conditions = ext.read_custom_resource_definition(name).status.conditions or []
+            status = ext.read_custom_resource_definition(name).status
+            conditions = (status.conditions if status else None) or []
             return any(c.type == "Established" and c.status == "True" for c in conditions)
 
         eventually(established, f"CRD {name} to be Established", timeout=30)
@@ -126,11 +126,11 @@ def llm(kube: client.ApiClient, namespace: str) -> Iterator[str]:
     """The test's namespace; afterwards its deployments are deleted and their pods waited out,
     so the next test finds the racks free."""
     yield namespace
-    objects = client.CustomObjectsApi(kube)
-    for item in objects.list_namespaced_custom_object(
-        GROUP, VERSION, namespace, "inferencedeployments"
-    )["items"]:
-        objects.delete_namespaced_custom_object(
+    api = client.CustomObjectsApi(kube)
+    for item in objects.custom_items(
+        api.list_namespaced_custom_object(GROUP, VERSION, namespace, "inferencedeployments")
+    ):
+        api.delete_namespaced_custom_object(
             GROUP, VERSION, namespace, "inferencedeployments", item["metadata"]["name"]
         )
     core = client.CoreV1Api(kube)

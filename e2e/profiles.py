@@ -13,9 +13,12 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 
@@ -120,7 +123,7 @@ def _take(spec: dict[str, Any], key: str, kind: type, where: str, default: Any =
         value = str(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ProfileError(f"{where}.{key}: expected {kind.__name__}, got {value!r}")
-    if kind is int and value < 0:
+    if kind is int and isinstance(value, int) and value < 0:
         raise ProfileError(f"{where}.{key}: must not be negative, got {value}")
     return value
 
@@ -334,7 +337,7 @@ def render(profile: Profile) -> str:
 
 
 def create(
-    api_client: Any, node_objects: list[dict[str, Any]], workers: int = 16
+    api_client: ApiClient, node_objects: list[dict[str, Any]], workers: int = 16
 ) -> tuple[int, int]:
     """Create nodes concurrently; return (created, already there). Other API errors are raised."""
     from kubernetes import client
@@ -344,7 +347,7 @@ def create(
 
     def one(node: dict[str, Any]) -> bool:
         try:
-            core.create_node(body=node, _preload_content=False)
+            core.create_node(body=node, _preload_content=False)  # type: ignore[arg-type]  # a plain manifest
             return True
         except ApiException as err:
             if err.status == 409:
@@ -360,12 +363,14 @@ def create(
     return created, len(results) - created
 
 
-def api_client_for(kubeconfig: str | None, pool_size: int = 32) -> Any:
+def api_client_for(kubeconfig: str | None, pool_size: int = 32) -> ApiClient:
     """An ApiClient for a kubeconfig with a connection pool big enough for concurrent writes."""
     from kubernetes import client, config
 
     configuration = client.Configuration()
-    config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    config.load_kube_config(  # type: ignore[no-untyped-call]  # the config loaders are not annotated
+        config_file=kubeconfig, client_configuration=configuration
+    )
     configuration.connection_pool_maxsize = pool_size
     return client.ApiClient(configuration)
 

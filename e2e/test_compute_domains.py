@@ -17,6 +17,7 @@ import pytest
 from kopf.testing import KopfRunner
 from kubernetes import client
 
+from e2e import objects
 from e2e.support import (
     OPERATOR,
     apply,
@@ -36,17 +37,19 @@ DRA = ("resource.k8s.io", "v1")
 
 
 def domains(kube: client.ApiClient, namespace: str) -> dict[str, dict[str, Any]]:
-    items = client.CustomObjectsApi(kube).list_namespaced_custom_object(
-        *CD, namespace, "computedomains"
-    )["items"]
+    items = objects.custom_items(
+        client.CustomObjectsApi(kube).list_namespaced_custom_object(
+            *CD, namespace, "computedomains"
+        )
+    )
     return {d["metadata"]["name"]: d for d in items}
 
 
 def claims(kube: client.ApiClient, namespace: str) -> list[dict[str, Any]]:
-    return list(
+    return objects.custom_items(
         client.CustomObjectsApi(kube).list_namespaced_custom_object(
             *DRA, namespace, "resourceclaims"
-        )["items"]
+        )
     )
 
 
@@ -129,9 +132,11 @@ def test_no_node_ever_holds_two_domains_while_many_deployments_arrive_at_once(
     def watch() -> None:
         while not stop.is_set():
             response = core.list_namespaced_pod(llm, _preload_content=False)
+            # Unloaded, the client hands back the HTTP response in place of the V1PodList.
+            data = response.data  # type: ignore[attr-defined]
             live = [
                 p
-                for p in json.loads(response.data)["items"]
+                for p in json.loads(data)["items"]
                 if p["status"].get("phase") not in ("Succeeded", "Failed")
             ]
             for node, held in node_domains(live).items():
@@ -206,7 +211,9 @@ def test_a_domain_that_never_turns_ready_holds_availability_and_restarts_its_rep
             )
             .items
         )
-        return any("ComputeDomain moe-0 did not turn Ready within 6s" in e.message for e in items)
+        return any(
+            "ComputeDomain moe-0 did not turn Ready within 6s" in (e.message or "") for e in items
+        )
 
     eventually(restarted, "the replica to restart for its domain", timeout=60)
 

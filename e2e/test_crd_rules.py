@@ -3,6 +3,7 @@ library, every refusal naming its field; a new object's default status; the wide
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from e2e import objects
 from e2e.support import GROUP, PAUSE, VERSION, eventually
 from tests.test_argocd_health import health
 from tests.test_gitops_health import flux
@@ -41,16 +43,24 @@ def rack_pool(name: str, **spec: Any) -> dict[str, Any]:
 
 
 def refusal(kube: client.ApiClient, namespace: str, body: dict[str, Any]) -> str:
-    objects = client.CustomObjectsApi(kube)
+    api = client.CustomObjectsApi(kube)
     if body["kind"] == "RackPool":
-        args: tuple[Any, ...] = (GROUP, VERSION, "rackpools", body)
-        create = objects.create_cluster_custom_object
+        create = functools.partial(
+            api.create_cluster_custom_object, GROUP, VERSION, "rackpools", body
+        )
     else:
-        args = (GROUP, VERSION, namespace, "inferencedeployments", body)
-        create = objects.create_namespaced_custom_object
+        create = functools.partial(
+            api.create_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            "inferencedeployments",
+            body,
+        )
     with pytest.raises(ApiException) as refused:
-        create(*args, dry_run="All")
+        create(dry_run="All")
     assert refused.value.status == 422, refused.value.body
+    assert refused.value.body, "a refusal without a body"
     return str(json.loads(refused.value.body)["message"])
 
 
@@ -84,14 +94,14 @@ def test_names_of_kubernetes_things_are_checked_naming_the_field(
 
 
 def test_valid_names_pass(kube: client.ApiClient, crds: None, namespace: str) -> None:
-    objects = client.CustomObjectsApi(kube)
-    objects.create_cluster_custom_object(
+    api = client.CustomObjectsApi(kube)
+    api.create_cluster_custom_object(
         GROUP, VERSION, "rackpools",
         rack_pool("0-ok", rackLabel="nvidia.com/gpu.clique", gpuResource="example.com/gpu",
                   nodeSelector={"matchLabels": {"kubernetes.io/arch": "arm64"}}),
         dry_run="All",
     )  # fmt: skip
-    objects.create_namespaced_custom_object(
+    api.create_namespaced_custom_object(
         GROUP, VERSION, namespace, "inferencedeployments",
         deployment("ok", placement={"rackPool": "0-ok"}), dry_run="All",
     )  # fmt: skip
@@ -101,13 +111,15 @@ def test_a_new_object_reads_in_progress_before_the_operator_writes(
     kube: client.ApiClient, crds: None, namespace: str, kubectl: list[str]
 ) -> None:
     """No operator runs in this test: the status is the CRD's default."""
-    objects = client.CustomObjectsApi(kube)
-    objects.create_namespaced_custom_object(
+    api = client.CustomObjectsApi(kube)
+    api.create_namespaced_custom_object(
         GROUP, VERSION, namespace, "inferencedeployments", deployment("fresh")
     )
     body = eventually(
-        lambda: objects.get_namespaced_custom_object(
-            GROUP, VERSION, namespace, "inferencedeployments", "fresh"
+        lambda: objects.custom(
+            api.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, "inferencedeployments", "fresh"
+            )
         ),
         "the new object",
     )

@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from e2e import objects
 from e2e.support import GROUP, VERSION, apply, eventually, get, inference_deployment, pods, ready
 
 
 def scale(kube: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    return dict(
+    return objects.custom(
         client.CustomObjectsApi(kube).get_namespaced_custom_object_scale(
             GROUP, VERSION, namespace, "inferencedeployments", name
         )
@@ -45,7 +46,7 @@ def test_an_hpa_reads_the_scale_subresource_and_its_selector(
     selector = current["status"]["selector"]
     assert selector == "rackscale.dev/deployment=served,rackscale.dev/leader=true"
     leaders = client.CoreV1Api(kube).list_namespaced_pod(llm, label_selector=selector).items
-    assert [p.metadata.name for p in leaders] == ["served-0-0"]  # shard 0 of the one replica
+    assert [objects.name(p) for p in leaders] == ["served-0-0"]  # shard 0 of the one replica
 
     client.AutoscalingV2Api(kube).create_namespaced_horizontal_pod_autoscaler(
         llm,
@@ -71,7 +72,7 @@ def test_an_hpa_reads_the_scale_subresource_and_its_selector(
                     }
                 ],
             },
-        },
+        },  # type: ignore[arg-type]  # a plain manifest
     )
 
     def reported() -> dict[str, Any] | None:

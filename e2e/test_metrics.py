@@ -18,6 +18,7 @@ import pytest
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
+from e2e import objects
 from e2e.controlplane.processes import free_port
 from e2e.support import (
     GPU,
@@ -96,34 +97,42 @@ def metrics_port(kubeconfig: str, crds: None, tmp_path: Path) -> Iterator[int]:
             process.wait()
 
 
+def _pinned_node(spec: client.V1PodSpec) -> str | None:
+    """The node a required `metadata.name` node-affinity term names, as rackscale pins pods."""
+    affinity = spec.affinity
+    pinned = None
+    if affinity and affinity.node_affinity:
+        required = affinity.node_affinity.required_during_scheduling_ignored_during_execution
+        for term in (required.node_selector_terms if required else None) or []:
+            for expression in term.match_fields or []:
+                if expression.key == "metadata.name" and expression.values:
+                    pinned = expression.values[0]
+    return pinned
+
+
 def pool_gpus_in_use(kube: client.ApiClient, pool_name: str) -> int:
     """GPUs that running, pending or bound pods request on the nodes the pool's status lists,
     counted from the pods themselves."""
-    rp = client.CustomObjectsApi(kube).get_cluster_custom_object(
-        "rackscale.dev", "v1alpha1", "rackpools", pool_name
+    rp = objects.custom(
+        client.CustomObjectsApi(kube).get_cluster_custom_object(
+            "rackscale.dev", "v1alpha1", "rackpools", pool_name
+        )
     )
     assert (rp.get("status") or {}).get("racks"), "the pool has no status yet"
     core = client.CoreV1Api(kube)
     nodes = {
-        n.metadata.name
+        objects.name(n)
         for n in core.list_node(label_selector="nvidia.com/gpu.product=NVIDIA-GB200").items
     }
     total = 0
     for pod in core.list_pod_for_all_namespaces().items:
-        if pod.status.phase in ("Succeeded", "Failed"):
+        if objects.pod_status(pod).phase in ("Succeeded", "Failed"):
             continue
-        affinity = pod.spec.affinity
-        pinned = None
-        if affinity and affinity.node_affinity:
-            required = affinity.node_affinity.required_during_scheduling_ignored_during_execution
-            for term in (required.node_selector_terms if required else None) or []:
-                for expression in term.match_fields or []:
-                    if expression.key == "metadata.name":
-                        pinned = expression.values[0]
-        node = pod.spec.node_name or pinned
+        spec = objects.pod_spec(pod)
+        node = spec.node_name or _pinned_node(spec)
         if node not in nodes:
             continue
-        for container in pod.spec.containers:
+        for container in spec.containers:
             requests = (container.resources.requests if container.resources else None) or {}
             total += int(requests.get(GPU, 0))
     return total
@@ -201,7 +210,7 @@ def test_metrics_match_the_cluster(
 
 def test_pool_series_follow_the_pool(kube: client.ApiClient, metrics_port: int) -> None:
     """A RackPool's series appear with it and go with it: no stale gauges."""
-    objects = client.CustomObjectsApi(kube)
+    api = client.CustomObjectsApi(kube)
     name = "metrics-hgx"
     body: dict[str, Any] = {
         "apiVersion": "rackscale.dev/v1alpha1",
@@ -214,20 +223,18 @@ def test_pool_series_follow_the_pool(kube: client.ApiClient, metrics_port: int) 
             "gpusPerRack": 8,
         },
     }
-    objects.create_cluster_custom_object("rackscale.dev", "v1alpha1", "rackpools", body)
+    api.create_cluster_custom_object("rackscale.dev", "v1alpha1", "rackpools", body)
+
+    def with_pool_series() -> Samples | None:
+        s = scrape(metrics_port)
+        return s if s and value(s, "rackscale_pool_gpus_allocatable", pool=name) else None
+
     try:
-        samples = eventually(
-            lambda: (
-                (s := scrape(metrics_port))
-                and value(s, "rackscale_pool_gpus_allocatable", pool=name)
-                and s
-            ),
-            f"series for RackPool {name}",
-        )
+        samples = eventually(with_pool_series, f"series for RackPool {name}")
         assert value(samples, "rackscale_pool_gpus_allocatable", pool=name) == 4 * 8
         assert value(samples, "rackscale_pool_racks", pool=name, health="Healthy") == 4
     finally:
-        objects.delete_cluster_custom_object("rackscale.dev", "v1alpha1", "rackpools", name)
+        api.delete_cluster_custom_object("rackscale.dev", "v1alpha1", "rackpools", name)
     eventually(
         lambda: (
             (s := scrape(metrics_port)) is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -12,7 +13,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from e2e import cluster, profiles
+from e2e import cluster, objects, profiles
 from e2e.support import eventually
 
 T = TypeVar("T")
@@ -56,10 +57,6 @@ def deployment(name: str, replicas: int) -> dict[str, Any]:
     }
 
 
-def is_ready(node: client.V1Node) -> bool:
-    return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
-
-
 def test_api_server_serves_the_pinned_version(kube: client.ApiClient) -> None:
     version = client.VersionApi(kube).get_code()
     if EXTERNAL:
@@ -74,34 +71,38 @@ def test_profile_nodes_are_ready_with_their_gpus(kube: client.ApiClient) -> None
         gpu_nodes = core.list_node(label_selector="nvidia.com/gpu.product").items
         assert gpu_nodes, "no node carries nvidia.com/gpu.product: run e2e/kind/fake-gpus.sh"
         for node in gpu_nodes:
-            assert is_ready(node), node.metadata.name
-            assert int(node.status.allocatable.get(GPU, "0")) > 0, node.metadata.name
+            assert objects.node_ready(node), objects.name(node)
+            assert int(objects.allocatable(node).get(GPU, "0")) > 0, objects.name(node)
         return
     profile = profiles.load(os.environ.get("RACKSCALE_E2E_PROFILE", "default"))
-    actual = {n.metadata.name: n for n in core.list_node().items}
+    actual = {objects.name(n): n for n in core.list_node().items}
     for want in profiles.nodes(profile):
         name = want["metadata"]["name"]
         assert name in actual, f"profile node {name} is missing"
         node = actual[name]
-        assert is_ready(node), f"{name} is not Ready"
-        assert node.status.allocatable.get(GPU) == want["status"]["allocatable"].get(GPU), name
-        assert node.metadata.labels.items() >= want["metadata"]["labels"].items(), name
+        assert objects.node_ready(node), f"{name} is not Ready"
+        assert objects.allocatable(node).get(GPU) == want["status"]["allocatable"].get(GPU), name
+        assert objects.labels(node).items() >= want["metadata"]["labels"].items(), name
 
 
 def test_gpu_pod_is_scheduled_onto_a_gpu_node_and_runs(
     kube: client.ApiClient, namespace: str
 ) -> None:
     core = client.CoreV1Api(kube)
-    core.create_namespaced_pod(namespace, gpu_pod("four-gpus", 4))
+    core.create_namespaced_pod(
+        namespace,
+        gpu_pod("four-gpus", 4),  # type: ignore[arg-type]  # a plain manifest
+    )
 
     def running() -> client.V1Pod | None:
         pod = core.read_namespaced_pod("four-gpus", namespace)
-        return pod if pod.status.phase == "Running" else None
+        return pod if objects.pod_status(pod).phase == "Running" else None
 
     pod = eventually(running, "pod four-gpus to be Running")
-    node = core.read_node(pod.spec.node_name)
-    assert int(node.status.allocatable.get(GPU, "0")) >= 4
-    scheduled = [c for c in pod.status.conditions or [] if c.type == "PodScheduled"]
+    node_name = objects.pod_spec(pod).node_name
+    assert node_name
+    assert int(objects.allocatable(core.read_node(node_name)).get(GPU, "0")) >= 4
+    scheduled = [c for c in objects.pod_status(pod).conditions or [] if c.type == "PodScheduled"]
     assert scheduled
     assert scheduled[0].status == "True"
 
@@ -110,8 +111,11 @@ def test_pod_asking_more_gpus_than_any_node_stays_pending(
     kube: client.ApiClient, namespace: str
 ) -> None:
     core = client.CoreV1Api(kube)
-    most = max(int(n.status.allocatable.get(GPU, "0")) for n in core.list_node().items)
-    core.create_namespaced_pod(namespace, gpu_pod("too-many-gpus", most + 1))
+    most = max(int(objects.allocatable(n).get(GPU, "0")) for n in core.list_node().items)
+    core.create_namespaced_pod(
+        namespace,
+        gpu_pod("too-many-gpus", most + 1),  # type: ignore[arg-type]  # a plain manifest
+    )
 
     def failed_scheduling() -> list[client.CoreV1Event]:
         return core.list_namespaced_event(
@@ -120,27 +124,34 @@ def test_pod_asking_more_gpus_than_any_node_stays_pending(
 
     def unschedulable() -> client.V1Pod | None:
         pod = core.read_namespaced_pod("too-many-gpus", namespace)
-        scheduled = [c for c in pod.status.conditions or [] if c.type == "PodScheduled"]
+        scheduled = [
+            c for c in objects.pod_status(pod).conditions or [] if c.type == "PodScheduled"
+        ]
         return pod if scheduled and scheduled[0].reason == "Unschedulable" else None
 
     events = eventually(failed_scheduling, "a FailedScheduling event for too-many-gpus")
     assert any(GPU in (e.message or "") for e in events), [e.message for e in events]
     # The scheduler records the event and the pod condition separately: either may come first.
     pod = eventually(unschedulable, "pod too-many-gpus to be marked Unschedulable")
-    assert pod.status.phase == "Pending"
-    assert not pod.spec.node_name
+    assert objects.pod_status(pod).phase == "Pending"
+    assert not objects.pod_spec(pod).node_name
 
 
 def test_deployment_creates_running_pods(kube: client.ApiClient, namespace: str) -> None:
     apps = client.AppsV1Api(kube)
-    apps.create_namespaced_deployment(namespace, deployment("web", 3))
-    eventually(
-        lambda: (apps.read_namespaced_deployment("web", namespace).status.ready_replicas or 0) == 3,
-        "deployment web to have 3 ready replicas",
+    apps.create_namespaced_deployment(
+        namespace,
+        deployment("web", 3),  # type: ignore[arg-type]  # a plain manifest
     )
+
+    def ready_replicas() -> int:
+        status = apps.read_namespaced_deployment("web", namespace).status
+        return (status.ready_replicas if status else None) or 0
+
+    eventually(lambda: ready_replicas() == 3, "deployment web to have 3 ready replicas")
     pods = client.CoreV1Api(kube).list_namespaced_pod(namespace, label_selector="app=web").items
     assert len(pods) == 3
-    assert all(p.status.phase == "Running" for p in pods)
+    assert all(objects.pod_status(p).phase == "Running" for p in pods)
 
 
 def test_deleting_the_owner_garbage_collects_its_pods(
@@ -148,7 +159,10 @@ def test_deleting_the_owner_garbage_collects_its_pods(
 ) -> None:
     apps = client.AppsV1Api(kube)
     core = client.CoreV1Api(kube)
-    apps.create_namespaced_deployment(namespace, deployment("doomed", 2))
+    apps.create_namespaced_deployment(
+        namespace,
+        deployment("doomed", 2),  # type: ignore[arg-type]  # a plain manifest
+    )
     eventually(
         lambda: len(core.list_namespaced_pod(namespace, label_selector="app=doomed").items) == 2,
         "deployment doomed to create 2 pods",
@@ -189,8 +203,9 @@ def _install_crds(kube: client.ApiClient) -> list[str]:
 
 
 def _established(kube: client.ApiClient, name: str) -> bool:
-    crd = client.ApiextensionsV1Api(kube).read_custom_resource_definition(name)
-    return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+    status = client.ApiextensionsV1Api(kube).read_custom_resource_definition(name).status
+    conditions = (status.conditions if status else None) or []
+    return any(c.type == "Established" and c.status == "True" for c in conditions)
 
 
 def _inference_deployment(name: str, **spec: Any) -> dict[str, Any]:
@@ -208,12 +223,13 @@ def _inference_deployment(name: str, **spec: Any) -> dict[str, Any]:
 
 
 def _refusal(kube: client.ApiClient, namespace: str, body: dict[str, Any]) -> str:
-    objects = client.CustomObjectsApi(kube)
+    api = client.CustomObjectsApi(kube)
     with pytest.raises(ApiException) as refused:
-        objects.create_namespaced_custom_object(
+        api.create_namespaced_custom_object(
             "rackscale.dev", "v1alpha1", namespace, "inferencedeployments", body
         )
     assert refused.value.status == 422, refused.value.body
+    assert refused.value.body, "a refusal without a body"
     return str(json.loads(refused.value.body)["message"])
 
 
@@ -221,12 +237,12 @@ def test_crds_install_and_refuse_invalid_objects_naming_the_field(
     kube: client.ApiClient, namespace: str
 ) -> None:
     for name in _install_crds(kube):
-        eventually(lambda name=name: _established(kube, name), f"CRD {name} to be Established")
+        eventually(functools.partial(_established, kube, name), f"CRD {name} to be Established")
 
-    objects = client.CustomObjectsApi(kube)
+    api = client.CustomObjectsApi(kube)
     # Discovery of a just-established CRD can lag a moment behind its condition.
     eventually(
-        lambda: _try_create(objects, namespace, _inference_deployment("valid")),
+        lambda: _try_create(api, namespace, _inference_deployment("valid")),
         "a valid InferenceDeployment to be accepted",
         timeout=30,
     )
@@ -241,9 +257,9 @@ def test_crds_install_and_refuse_invalid_objects_naming_the_field(
     assert "spec.replicas" in message, message
 
 
-def _try_create(objects: client.CustomObjectsApi, namespace: str, body: dict[str, Any]) -> bool:
+def _try_create(api: client.CustomObjectsApi, namespace: str, body: dict[str, Any]) -> bool:
     try:
-        objects.create_namespaced_custom_object(
+        api.create_namespaced_custom_object(
             "rackscale.dev", "v1alpha1", namespace, "inferencedeployments", body
         )
         return True

@@ -37,7 +37,7 @@ def nvl72(
     racks: int, *, trays: int = 18, gpus: int = 4, blocks: int = 0, prefix: str = "gb200"
 ) -> list[dict[str, Any]]:
     """NVL72 racks of `trays` nodes each; with `blocks`, racks are dealt round-robin to blocks."""
-    out = []
+    out: list[dict[str, Any]] = []
     for r in range(racks):
         labels = {CLIQUE: f"clique-{r:04d}", PRODUCT: "NVIDIA-GB200"}
         if blocks:

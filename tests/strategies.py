@@ -82,19 +82,16 @@ def _taint(key: str, effect: str, value: str = "true") -> dict[str, str]:
 def health(draw: st.DrawFn, pool: str | None) -> dict[str, Any]:
     """Keyword arguments for `factory.node`: mostly healthy, sometimes not, sometimes harmless."""
     kind = draw(st.integers(0, 19))  # shrinks towards healthy
-    if kind == 4:
-        return {"ready": False}
-    if kind == 5:
-        return {"cordoned": True}
-    if kind == 6:
-        return {"taints": [_taint(MAINTENANCE, "NoSchedule")]}
-    if kind == 7:
-        return {"taints": [_taint(MAINTENANCE, "NoExecute")]}
-    if kind == 8:  # a preference only: the node stays healthy
-        return {"taints": [_taint(MAINTENANCE, "PreferNoSchedule")]}
     if kind == 9 and pool:  # the pool's own taint keeps ordinary work out, not rackscale
         return {"taints": [_taint(POOL_TAINT, "NoSchedule", pool)]}
-    return {}
+    unusual: dict[int, dict[str, Any]] = {
+        4: {"ready": False},
+        5: {"cordoned": True},
+        6: {"taints": [_taint(MAINTENANCE, "NoSchedule")]},
+        7: {"taints": [_taint(MAINTENANCE, "NoExecute")]},
+        8: {"taints": [_taint(MAINTENANCE, "PreferNoSchedule")]},  # a preference only: healthy
+    }
+    return unusual.get(kind, {})
 
 
 @st.composite
@@ -215,7 +212,9 @@ def deployments(
         expert = draw(st.sampled_from(_divisors(gpus, gpus)))
         per_pod = draw(st.none() | st.sampled_from(_divisors(gpus, 8)))
     # Mostly a pool; sometimes none at all (device-plugin mode from the start).
-    pool = draw(st.sampled_from(pools)) if pools and draw(st.integers(0, 7)) else None
+    pool: str | None = None
+    if pools and draw(st.integers(0, 7)) > 0:
+        pool = draw(st.sampled_from(pools))
     if spanning and pools:
         pool = pools[0]
     placement: dict[str, Any] = {

@@ -20,7 +20,9 @@ from prometheus_client import Counter, Gauge
 from rackscale.controller import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
-RULES = yaml.safe_load((ROOT / "charts" / "rackscale" / "files" / "alerts.yaml").read_text())
+RULES: list[dict[str, Any]] = yaml.safe_load(
+    (ROOT / "charts" / "rackscale" / "files" / "alerts.yaml").read_text()
+)
 DEFAULTS = yaml.safe_load((ROOT / "charts" / "rackscale" / "values.yaml").read_text())["metrics"][
     "prometheusRule"
 ]
@@ -33,60 +35,89 @@ Vector = dict[Labels, float]
 
 
 def seconds(duration: str) -> float:
-    number, unit = re.fullmatch(r"(\d+)(ms|s|m|h)", duration).groups()  # type: ignore[union-attr]
+    match = re.fullmatch(r"(\d+)(ms|s|m|h)", duration)
+    assert match, f"{duration!r} is not a duration"
+    number, unit = match.groups()
     return float(number) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
 
 
 def evaluate(node: Any, series: Series, t: float) -> Vector | float:
     kind = type(node).__name__
-    if kind == "NumberLiteral":
-        return float(node.val)
-    if kind == "ParenExpr":
-        return evaluate(node.expr, series, t)
-    if kind == "VectorSelector":
+    if kind not in EVALUATORS:
+        raise NotImplementedError(kind)
+    return EVALUATORS[kind](node, series, t)
+
+
+def _number(node: Any, series: Series, t: float) -> float:
+    return float(node.val)
+
+
+def _paren(node: Any, series: Series, t: float) -> Vector | float:
+    return evaluate(node.expr, series, t)
+
+
+def _selector(node: Any, series: Series, t: float) -> Vector:
+    out = {}
+    for labels, samples in series.get(node.name, {}).items():
+        recent = [v for at, v in samples if t - LOOKBACK < at <= t]
+        if recent:
+            out[labels] = recent[-1]
+    return out
+
+
+def _call(node: Any, series: Series, t: float) -> Vector:
+    name = node.func.name
+    if name == "vector":
+        value = evaluate(node.args[0], series, t)
+        assert isinstance(value, float), "vector(number) only"
+        return {(): value}
+    if name == "increase":
+        matrix = node.args[0]
+        window = matrix.range.total_seconds()
         out = {}
-        for labels, samples in series.get(node.name, {}).items():
-            recent = [v for at, v in samples if t - LOOKBACK < at <= t]
-            if recent:
-                out[labels] = recent[-1]
+        for labels, samples in series.get(matrix.vector_selector.name, {}).items():
+            inside = [v for at, v in samples if t - window < at <= t]
+            if len(inside) >= 2:
+                total = sum(b - a if b >= a else b for a, b in itertools.pairwise(inside))
+                out[labels] = total
         return out
-    if kind == "Call":
-        name = node.func.name
-        if name == "vector":
-            return {(): float(evaluate(node.args[0], series, t))}  # type: ignore[arg-type]
-        if name == "increase":
-            matrix = node.args[0]
-            window = matrix.range.total_seconds()
-            out = {}
-            for labels, samples in series.get(matrix.vector_selector.name, {}).items():
-                inside = [v for at, v in samples if t - window < at <= t]
-                if len(inside) >= 2:
-                    total = sum(b - a if b >= a else b for a, b in itertools.pairwise(inside))
-                    out[labels] = total
-            return out
-        raise NotImplementedError(name)
-    if kind == "AggregateExpr":
-        assert str(node.op) == "sum"
-        assert node.modifier is None
-        inner = evaluate(node.expr, series, t)
-        assert isinstance(inner, dict)
-        return {(): sum(inner.values())} if inner else {}
-    if kind == "BinaryExpr":
-        op = str(node.op)
-        lhs, rhs = evaluate(node.lhs, series, t), evaluate(node.rhs, series, t)
-        if op == "or":
-            assert isinstance(lhs, dict)
-            assert isinstance(rhs, dict)
-            return {**rhs, **lhs}
-        compare: dict[str, Callable[[float, float], bool]] = {
-            ">": lambda a, b: a > b,
-            "==": lambda a, b: a == b,
-            "<": lambda a, b: a < b,
-        }
-        assert isinstance(lhs, dict), "vector <op> number only"
-        assert isinstance(rhs, float), "vector <op> number only"
-        return {k: v for k, v in lhs.items() if compare[op](v, rhs)}
-    raise NotImplementedError(kind)
+    raise NotImplementedError(name)
+
+
+def _aggregate(node: Any, series: Series, t: float) -> Vector:
+    assert str(node.op) == "sum"
+    assert node.modifier is None
+    inner = evaluate(node.expr, series, t)
+    assert isinstance(inner, dict)
+    return {(): sum(inner.values())} if inner else {}
+
+
+def _binary(node: Any, series: Series, t: float) -> Vector:
+    op = str(node.op)
+    lhs, rhs = evaluate(node.lhs, series, t), evaluate(node.rhs, series, t)
+    if op == "or":
+        assert isinstance(lhs, dict)
+        assert isinstance(rhs, dict)
+        return {**rhs, **lhs}
+    compare: dict[str, Callable[[float, float], bool]] = {
+        ">": lambda a, b: a > b,
+        "==": lambda a, b: a == b,
+        "<": lambda a, b: a < b,
+    }
+    assert isinstance(lhs, dict), "vector <op> number only"
+    assert isinstance(rhs, float), "vector <op> number only"
+    return {k: v for k, v in lhs.items() if compare[op](v, rhs)}
+
+
+# promql_parser's node class name -> how this evaluator computes it.
+EVALUATORS: dict[str, Callable[[Any, Series, float], Vector | float]] = {
+    "NumberLiteral": _number,
+    "ParenExpr": _paren,
+    "VectorSelector": _selector,
+    "Call": _call,
+    "AggregateExpr": _aggregate,
+    "BinaryExpr": _binary,
+}
 
 
 def rule(name: str) -> dict[str, Any]:

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bench.__main__ import main
 
+Run = tuple[Path, dict[str, Any]]  # the output directory and the figures written there
+
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     out = tmp_path_factory.mktemp("bench")
     assert main(["--quick", "--out", str(out)]) == 0
     (figures,) = out.glob("*.json")
     return out, json.loads(figures.read_text())
 
 
-def test_quick_mode_writes_json_markdown_and_plots(run: tuple[Path, dict]) -> None:
+def test_quick_mode_writes_json_markdown_and_plots(run: Run) -> None:
     out, figures = run
     stem = next(out.glob("*.json")).stem
     report = (out / f"{stem}.md").read_text()
@@ -30,7 +33,7 @@ def test_quick_mode_writes_json_markdown_and_plots(run: tuple[Path, dict]) -> No
     assert figures["machine"]["cpus"] >= 1
 
 
-def test_every_part_is_measured_or_says_why_not(run: tuple[Path, dict]) -> None:
+def test_every_part_is_measured_or_says_why_not(run: Run) -> None:
     _, figures = run
     parts = figures["parts"]
     assert set(parts) == {
@@ -64,7 +67,7 @@ def test_every_part_is_measured_or_says_why_not(run: tuple[Path, dict]) -> None:
         assert speed[source]["unplaced"] == 0
 
 
-def test_the_headline_compares_against_targets(run: tuple[Path, dict]) -> None:
+def test_the_headline_compares_against_targets(run: Run) -> None:
     _, figures = run
     rows = figures["headline"]
     assert {"figure", "target", "rackscale", "kube-scheduler", "verdict"} == set(rows[0])
@@ -72,7 +75,7 @@ def test_the_headline_compares_against_targets(run: tuple[Path, dict]) -> None:
     assert all(r["verdict"] in {"met", "missed", "n/a"} for r in rows)
 
 
-def test_the_engine_keeps_every_tp_group_in_its_rack_under_churn(run: tuple[Path, dict]) -> None:
+def test_the_engine_keeps_every_tp_group_in_its_rack_under_churn(run: Run) -> None:
     ours = run[1]["parts"]["churn"]["systems"]["rackscale"]
     assert ours["tp_in_domain_share"] == 1.0
     assert ours["avoidable_splits"] == 0

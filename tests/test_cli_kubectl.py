@@ -31,10 +31,12 @@ def test_a_bad_request_timeout_is_an_error_line(capsys: pytest.CaptureFixture[st
 def test_forbidden_names_what_may_not_be_listed() -> None:
     fake = SimpleNamespace(server="https://127.0.0.1:6443")
     error = SimpleNamespace(status=403, reason="Forbidden")
-    message = kubectl.Cluster.explain(fake, error, "list pods --all-namespaces")  # type: ignore[arg-type]
+    # A stand-in for the Cluster (no kubeconfig) and its ApiException: explain reads no more.
+    message = kubectl.Cluster.explain(fake, error, "list pods --all-namespaces")  # type: ignore[arg-type]  # stand-ins
     assert message.startswith("forbidden: you may not list pods --all-namespaces")
     assert "kubectl auth can-i list pods" in message
-    unreachable = kubectl.Cluster.explain(fake, ConnectionRefusedError("refused"), "list nodes")  # type: ignore[arg-type]
+    refused = ConnectionRefusedError("refused")
+    unreachable = kubectl.Cluster.explain(fake, refused, "list nodes")  # type: ignore[arg-type]  # stand-in
     assert unreachable == "cannot reach the cluster at https://127.0.0.1:6443 (list nodes): refused"
 
 

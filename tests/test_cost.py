@@ -11,6 +11,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 from pydantic import ValidationError
 
 from rackscale.api.inferencedeployment import Model
@@ -105,9 +106,9 @@ def test_deployment_status_shows_cost_and_memory_needed_against_its_gpus() -> No
     assert _samples(collector)[("rackscale_deployment_cost_per_hour", key)] == 204.8
 
 
-def _samples(collector: object) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def _samples(collector: Collector) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     registry = CollectorRegistry()
-    registry.register(collector)  # type: ignore[arg-type]
+    registry.register(collector)
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(generate_latest(registry).decode())

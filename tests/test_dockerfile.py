@@ -86,7 +86,7 @@ def test_multi_stage_on_pinned_base_images() -> None:
         assert re.match(r"3\.\d+\.\d+-slim", tag), stage.image
     runtime = all_stages[-1]
     copies = runtime.args("COPY")
-    builders = {stage.name for stage in all_stages[:-1]}
+    builders = {stage.name for stage in all_stages[:-1] if stage.name}
     assert any(re.match(rf"--from=({'|'.join(map(re.escape, builders))})\s", c) for c in copies)
     assert not runtime.args("RUN"), "the runtime stage only copies what the build stage made"
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import celpy
+import celpy.adapter
 import pytest
 import yaml
 
@@ -27,7 +28,7 @@ def flux(obj: dict[str, Any]) -> str:
     """Flux's verdict: the first of inProgress, failed, current that holds; else InProgress."""
     [check] = [c for c in EXPRS["healthCheckExprs"] if c["kind"] == obj["kind"]]
     env = celpy.Environment()
-    activation = {key: celpy.json_to_cel(value) for key, value in obj.items()}
+    activation = {key: celpy.adapter.json_to_cel(value) for key, value in obj.items()}
     for verdict, key in (
         ("InProgress", "inProgress"),
         ("Failed", "failed"),

@@ -26,6 +26,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ import yaml
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from e2e import profiles
+from e2e import objects, profiles
 
 DRIVER = "compute-domain.nvidia.com"
 DEVICE_CLASS = "compute-domain-default-channel.nvidia.com"
@@ -47,7 +48,7 @@ NEVER_READY = "e2e.rackscale.dev/compute-domains"
 log = logging.getLogger("dra-standin")
 
 
-def _ignore_conflict(call: Any, *args: Any) -> None:
+def _ignore_conflict(call: Callable[..., object], *args: Any) -> None:
     try:
         call(*args)
     except ApiException as error:
@@ -105,24 +106,22 @@ def serve_nodes(api: client.ApiClient) -> None:
     while True:
         try:
             listed = core.list_node(label_selector=CLIQUE)
-            have = {
-                s["spec"].get("nodeName")
-                for s in custom.list_cluster_custom_object(
-                    *DRA, "resourceslices", field_selector=f"spec.driver={DRIVER}"
-                )["items"]
-            }
+            slices = custom.list_cluster_custom_object(
+                *DRA, "resourceslices", field_selector=f"spec.driver={DRIVER}"
+            )
+            have = {s["spec"].get("nodeName") for s in objects.custom_items(slices)}
             for item in listed.items:
-                if item.metadata.name not in have:
+                if objects.name(item) not in have:
                     _ignore_conflict(
                         custom.create_cluster_custom_object,
                         *DRA,
                         "resourceslices",
-                        _slice(item.metadata.name),
+                        _slice(objects.name(item)),
                     )
-            stream = watch.Watch().stream(
+            stream = watch.Watch().stream(  # type: ignore[no-untyped-call]  # watch is unannotated
                 core.list_node,
                 label_selector=CLIQUE,
-                resource_version=listed.metadata.resource_version,
+                resource_version=listed.metadata.resource_version if listed.metadata else None,
                 timeout_seconds=300,
             )
             for event in stream:
@@ -169,7 +168,7 @@ def _claim_template(domain: dict[str, Any]) -> dict[str, Any]:
 
 
 def _never_ready(core: client.CoreV1Api, namespace: str) -> bool:
-    labels = core.read_namespace(namespace).metadata.labels or {}
+    labels = objects.labels(core.read_namespace(namespace))
     return labels.get(NEVER_READY) == "never-ready"
 
 
@@ -179,7 +178,7 @@ def serve_domains(api: client.ApiClient) -> None:
     custom = client.CustomObjectsApi(api)
     while True:
         try:
-            stream = watch.Watch().stream(
+            stream = watch.Watch().stream(  # type: ignore[no-untyped-call]  # watch is unannotated
                 custom.list_cluster_custom_object, GROUP, VERSION, PLURAL, timeout_seconds=300
             )
             for event in stream:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from e2e import objects
 from e2e.support import GROUP, eventually
 
 KUBECONFIG_ENV = "RACKSCALE_KIND_KUBECONFIG"
@@ -59,8 +60,8 @@ def crds(kube: client.ApiClient) -> None:
     if not deployments:
         pytest.fail(f"no operator Deployment in {OPERATOR_NAMESPACE}: was the chart installed?")
     for d in deployments:
-        if (d.status.available_replicas or 0) < 1:
-            pytest.fail(f"the operator Deployment {d.metadata.name} is unavailable", pytrace=False)
+        if ((d.status.available_replicas if d.status else None) or 0) < 1:
+            pytest.fail(f"the operator Deployment {objects.name(d)} is unavailable", pytrace=False)
 
 
 @pytest.fixture
@@ -85,7 +86,6 @@ def wait_gpus(kube: client.ApiClient, node: str, gpus: int, timeout: float = 180
 
     def probe() -> bool:
         n = core.read_node(node)
-        ready = any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
-        return ready and (n.status.allocatable or {}).get("nvidia.com/gpu") == str(gpus)
+        return objects.node_ready(n) and objects.allocatable(n).get("nvidia.com/gpu") == str(gpus)
 
     eventually(probe, f"node {node} Ready with {gpus} nvidia.com/gpu", timeout=timeout)

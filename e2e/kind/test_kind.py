@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from e2e import objects
 from e2e.kind.conftest import wait_gpus
 from e2e.support import CLIQUE, GROUP, VERSION, apply, events, eventually, get, pods, ready
 
@@ -171,7 +172,7 @@ def test_a_replica_across_trays_forms_its_group_and_serves(kind: Kind, pool: str
 
     nodes = {p["spec"]["nodeName"] for p in members.values()}
     assert len(nodes) == 2, "each 4-GPU shard fills one tray"
-    cliques = {kind.node(n).metadata.labels[CLIQUE] for n in nodes}
+    cliques = {objects.labels(kind.node(n))[CLIQUE] for n in nodes}
     assert len(cliques) == 1, "a rack-scoped replica stays inside one NVLink domain"
 
     view = kind.via_service(members[1])
@@ -217,7 +218,7 @@ def test_a_stopped_worker_goes_not_ready_and_its_replica_moves_to_the_other_rack
 ) -> None:
     kind.deploy(pool, tensor=8, gpus_per_pod=4)
     before, _ = kind.group(shards=2, world=8)
-    first_rack = kind.node(before[0]["spec"]["nodeName"]).metadata.labels[CLIQUE]
+    first_rack = objects.labels(kind.node(before[0]["spec"]["nodeName"]))[CLIQUE]
     victim = before[1]["spec"]["nodeName"]
 
     subprocess.run(["docker", "stop", victim], check=True, capture_output=True, timeout=120)
@@ -225,7 +226,7 @@ def test_a_stopped_worker_goes_not_ready_and_its_replica_moves_to_the_other_rack
     started = time.monotonic()
 
     def not_ready() -> bool:
-        conditions = kind.node(victim).status.conditions or []
+        conditions = objects.node_status(kind.node(victim)).conditions or []
         return any(c.type == "Ready" and c.status != "True" for c in conditions)
 
     eventually(not_ready, f"node {victim} NotReady after docker stop", timeout=180)
@@ -237,7 +238,7 @@ def test_a_stopped_worker_goes_not_ready_and_its_replica_moves_to_the_other_rack
             len(now) == 2
             and all(p["spec"].get("nodeName") for p in now)
             and all(
-                kind.node(p["spec"]["nodeName"]).metadata.labels[CLIQUE] != first_rack for p in now
+                objects.labels(kind.node(p["spec"]["nodeName"]))[CLIQUE] != first_rack for p in now
             )
         )
 
@@ -273,11 +274,11 @@ def plain_gpu_node(kube: client.ApiClient) -> Iterator[str]:
     outside any NVLink domain is; device-plugin pods may only go to such nodes."""
     core = client.CoreV1Api(kube)
     workers = sorted(
-        n.metadata.name
+        objects.name(n)
         for n in core.list_node(label_selector="!node-role.kubernetes.io/control-plane").items
     )
     node = workers[-1]
-    clique = core.read_node(node).metadata.labels[CLIQUE]
+    clique = objects.labels(core.read_node(node))[CLIQUE]
     core.patch_node(node, {"metadata": {"labels": {CLIQUE: None}}})
     try:
         yield node

@@ -60,7 +60,7 @@ def clique_of(rack: str) -> str:
     return f"{uuid_of(f'rackscale/{rack}')}.1"
 
 
-class FakeGPUs(rpc.DevicePluginServicer):
+class FakeGPUs(rpc.DevicePluginServicer):  # type: ignore[misc]  # rpc is generated in the image
     """The DevicePlugin service: a fixed set of healthy devices."""
 
     def __init__(self, ids: list[str]) -> None:

@@ -219,7 +219,7 @@ def follow(me: Identity, checked_in: threading.Event) -> None:
     while True:
         try:
             address = socket.getaddrinfo(me.leader, CHECKIN_PORT, type=socket.SOCK_STREAM)[0][4]
-            conn = socket.create_connection(address, timeout=5)
+            conn = socket.create_connection((str(address[0]), int(address[1])), timeout=5)
             break
         except OSError as err:
             if time.monotonic() > deadline:

@@ -35,37 +35,50 @@ def _convert(node: Any, defs: dict[str, Any]) -> Any:
     if not isinstance(node, dict):
         return node
     if "$ref" in node:
-        target = copy.deepcopy(defs[node["$ref"].rsplit("/", 1)[-1]])
-        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-        return _convert(merged, defs)
+        return _inline_ref(node, defs)
     if "anyOf" in node:
-        variants = [v for v in node["anyOf"] if v.get("type") != "null"]
-        nullable = len(variants) < len(node["anyOf"])
-        if len(variants) != 1:
-            raise ValueError(f"cannot express anyOf {node['anyOf']} structurally")
-        rest = {k: v for k, v in node.items() if k != "anyOf"}
-        merged = {**_convert(variants[0], defs), **_convert(rest, defs)}
-        if nullable:
-            merged["nullable"] = True
-        if merged.get("default", ...) is None:
-            del merged["default"]
-        return merged
+        return _nullable(node, defs)
     out: dict[str, Any] = {}
     for key, value in node.items():
-        if key in _DROP:
-            continue
-        if key == "properties":
-            out[key] = {name: _convert(prop, defs) for name, prop in value.items()}
-        elif key == "additionalProperties" and isinstance(value, bool):
-            continue  # structural schemas allow neither `false` beside properties nor `true`
-        elif key == "exclusiveMinimum":
-            out["minimum"] = value
-            out["exclusiveMinimum"] = True
-        elif key == "const":
-            out["enum"] = [value]
-        else:
-            out[key] = _convert(value, defs)
+        out.update(_keyword(key, value, defs))
     return out
+
+
+def _inline_ref(node: dict[str, Any], defs: dict[str, Any]) -> Any:
+    """The definition `$ref` names, copied in, with the referring node's own keys on top."""
+    target = copy.deepcopy(defs[node["$ref"].rsplit("/", 1)[-1]])
+    merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return _convert(merged, defs)
+
+
+def _nullable(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """`anyOf: [X, null]` (pydantic's optional field) as X with `nullable: true`."""
+    variants = [v for v in node["anyOf"] if v.get("type") != "null"]
+    nullable = len(variants) < len(node["anyOf"])
+    if len(variants) != 1:
+        raise ValueError(f"cannot express anyOf {node['anyOf']} structurally")
+    rest = {k: v for k, v in node.items() if k != "anyOf"}
+    merged: dict[str, Any] = {**_convert(variants[0], defs), **_convert(rest, defs)}
+    if nullable:
+        merged["nullable"] = True
+    if merged.get("default", ...) is None:
+        del merged["default"]
+    return merged
+
+
+def _keyword(key: str, value: Any, defs: dict[str, Any]) -> dict[str, Any]:
+    """One schema keyword as the structural keywords it becomes (none when it is dropped)."""
+    if key in _DROP:
+        return {}
+    if key == "properties":
+        return {key: {name: _convert(prop, defs) for name, prop in value.items()}}
+    if key == "additionalProperties" and isinstance(value, bool):
+        return {}  # structural schemas allow neither `false` beside properties nor `true`
+    if key == "exclusiveMinimum":
+        return {"minimum": value, "exclusiveMinimum": True}
+    if key == "const":
+        return {"enum": [value]}
+    return {key: _convert(value, defs)}
 
 
 def _name_rule(max_length: int, pattern: str) -> dict[str, Any]:

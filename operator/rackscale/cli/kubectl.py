@@ -99,7 +99,7 @@ class Cluster:
             raise ClusterError(str(error)) from error
         configuration = client.Configuration()
         try:
-            config.load_kube_config(  # type: ignore[no-untyped-call]
+            config.load_kube_config(  # type: ignore[no-untyped-call]  # the loaders are unannotated
                 config_file=args.kubeconfig,
                 context=args.context,
                 client_configuration=configuration,
@@ -115,7 +115,7 @@ class Cluster:
         return self
 
     def __exit__(self, *_: object) -> None:
-        self.api.close()  # type: ignore[no-untyped-call]
+        self.api.close()  # type: ignore[no-untyped-call]  # the client leaves it unannotated
 
     def call(self, what: str, api: Any, method: str, *args: Any, **kwargs: Any) -> Any:
         """One request; `what` says in kubectl's words what it reads (`list nodes`)."""

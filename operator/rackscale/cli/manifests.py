@@ -242,7 +242,7 @@ class _Reader:
             break
         self.i = i
 
-    def _mapping(
+    def _mapping(  # noqa: C901, PLR0912 - the fast reader's hot loop, one line a turn, kept inline for speed
         self,
         indent: int,
         path: tuple[str, ...],

@@ -108,6 +108,8 @@ BAD: list[tuple[dict[str, Any], str]] = [
     (disagg(roles=[]), "spec.roles: List should have at least 1 item"),
     ({"metadata": {"name": "m"}, "spec": {"placement": {"colocate": "Rack"}}},
      "spec.placement.colocate: colocate places the roles of a serving group together"),
+    (disagg(placement={"rackPool": "p", "exclusive": True}),
+     "spec.placement.exclusive: exclusive is not available with spec.roles yet"),
     (disagg(name="a" * 40, roles=[role("decode-and-more")]),
      "metadata.name: metadata.name and each role name together may have at most 48 characters"),
 ]  # fmt: skip
@@ -195,6 +197,8 @@ CEL_BAD: list[tuple[dict[str, Any], str]] = [
      "spec.roles[0].template.spec.containers: a pod template needs at least one container"),
     ({"metadata": {"name": "m"}, "spec": {"placement": {"colocate": "Rack"}}},
      "spec.placement.colocate: colocate places the roles of a serving group together"),
+    (disagg(placement={"rackPool": "p", "exclusive": True}),
+     "spec.placement.exclusive: exclusive is not available with spec.roles yet"),
     (disagg(name="a" * 40, roles=[role("decode-and-more")]),
      "metadata.name: metadata.name and each role name together may have at most 48"),
 ]  # fmt: skip

@@ -386,6 +386,11 @@ ROLE_RULES: list[dict[str, Any]] = [
         ".serviceRole",
     ),
     cel(
+        "!has(self.roles) || !has(self.placement.exclusive) || !self.placement.exclusive",
+        "exclusive is not available with spec.roles yet: a serving group shares its racks",
+        ".placement.exclusive",
+    ),
+    cel(
         "!has(self.placement.colocate) || has(self.roles)",
         "colocate places the roles of a serving group together: it needs spec.roles",
         ".placement.colocate",
@@ -536,6 +541,11 @@ class InferenceDeploymentSpec(Spec):
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise FieldError("roles", f"role names must be unique: {', '.join(twice)} given twice")
+        if self.placement.exclusive:
+            raise FieldError(
+                "placement.exclusive",
+                "exclusive is not available with spec.roles yet: a serving group shares its racks",
+            )
         beside = {
             "parallelism": self.parallelism != Parallelism(),
             "gpusPerPod": self.gpus_per_pod is not None,

@@ -134,8 +134,9 @@ def place_group(
     domain = _group_domain(deployment, pool, views, group)
     result.compute_domain = domain.split("/", 1)[1] if domain else None
     misses: Counter[str] = Counter()
+    strict = {name: _never(view) for name, view in views.items()}
     for racks in _units(deployment, pool, frozenset(prefer)):
-        placed = _try_unit(snapshot, views, members, racks, domain=domain, misses=misses)
+        placed = _try_unit(snapshot, strict, members, racks, domain=domain, misses=misses)
         if placed is not None:
             result.roles = placed
             return result
@@ -152,7 +153,7 @@ def fits_in(
     spec = deployment.spec
     assert spec.roles
     pool = snapshot.pools[spec.placement.rack_pool or ""]
-    views = {r.name: deployment.role_view(r.name) for r in spec.roles}
+    views = {r.name: _never(deployment.role_view(r.name)) for r in spec.roles}
     domain = _group_domain(deployment, pool, views, group)
     unit = [pool.racks[name] for name in racks]
     placed = _try_unit(
@@ -221,12 +222,13 @@ def _try_unit(
     domain: str | None,
     misses: Counter[str],
 ) -> list[tuple[RoleReplica, Decision]] | None:
-    """Place every role replica on `racks` only, the largest first; on the first that does not
-    fit, undo the others, count the miss by role and return None."""
+    """Place every role replica on `racks` only, the largest first (`views` without a
+    fallback); on the first that does not fit, undo the others, count the miss by role and
+    return None."""
     only = frozenset(r.name for r in racks)
     done: list[tuple[RoleReplica, Decision]] = []
     for member in sorted(members, key=lambda m: -views[m.role].spec.gpus_per_replica):
-        view = _never(views[member.role])
+        view = views[member.role]
         decision = place_replica(
             snapshot, view, member.replica, explain=False, only=only, domain=domain
         )

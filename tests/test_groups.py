@@ -10,6 +10,7 @@ from rackscale.placement.groups import (
     place_deployment_groups,
     place_group,
     place_groups,
+    restart_role_replica,
 )
 from rackscale.topology import Snapshot, build_snapshot
 from tests.factory import gpu_pod, nvl72, pool
@@ -164,3 +165,37 @@ def test_a_group_goes_back_to_the_rack_it_held() -> None:
     snapshot = racks({0: 4}, count=2)
     decision = place_group(snapshot, disagg(), 0, prefer=("clique-0001",))
     assert decision.racks == ("clique-0001",)
+
+
+def test_a_lost_role_replica_restarts_beside_its_group_or_not_at_all() -> None:
+    snapshot = racks({0: 4}, count=2)  # no ComputeDomains: each role replica restarts alone
+    dep = disagg()
+    decision = place_group(snapshot, dep, 0)
+    (rack,) = decision.racks
+    lost = decision.decisions[1]  # the decode
+    assert lost.reservation is not None
+    lost.reservation.undo()
+    again = restart_role_replica(snapshot, dep, 1, decision.racks)
+    assert again.plan is not None
+    assert again.plan.racks == (rack,)
+    assert again.reservation is not None
+    again.reservation.undo()
+    # Someone takes the room meanwhile: the decode does not go to the empty rack without the
+    # prefill; the group is placed again whole instead.
+    filler = disagg("filler", prefill=(1, 4), decode=(1, 16), fallback="Never")
+    assert place_group(snapshot, filler, 0, prefer=(rack,)).racks == (rack,)
+    refused = restart_role_replica(snapshot, dep, 1, decision.racks)
+    assert refused.plan is None
+    assert str(refused.reason).startswith("it no longer fits beside serving group 0: ")
+
+
+def test_a_group_sharing_a_compute_domain_restarts_whole() -> None:
+    snapshot = racks(count=1, compute_domains=True)
+    dep = disagg()
+    decision = place_group(snapshot, dep, 0)
+    assert decision.compute_domain == "ds-g0"
+    assert decision.decisions[1].reservation is not None
+    decision.decisions[1].reservation.undo()
+    refused = restart_role_replica(snapshot, dep, 1, decision.racks)
+    assert refused.plan is None
+    assert refused.reason == "serving group 0 shares a ComputeDomain: it restarts whole"

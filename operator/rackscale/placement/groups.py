@@ -146,6 +146,37 @@ def place_group(
     return result
 
 
+def restart_role_replica(
+    snapshot: Snapshot, deployment: InferenceDeployment, replica: int, group_racks: Iterable[str]
+) -> Decision:
+    """A lost role replica (`replica` as numbered in the deployment) placed again beside the
+    rest of its group: on the group's rack (colocate Rack) or the racks of its block (Block),
+    never elsewhere. No plan when it does not fit there, or when the group shares a
+    ComputeDomain (IMEX state does not survive a member's loss): the group is then placed
+    again whole (`place_group`). colocate None: the replica is placed as any replica."""
+    spec = deployment.spec
+    member = spec.role_replica(replica)
+    view = deployment.role_view(member.role)
+    pool = snapshot.pools.get(spec.placement.rack_pool or "")
+    if spec.colocation == "None" or pool is None:
+        return place_replica(snapshot, view, replica)
+    views = {r.name: view if r.name == member.role else deployment.role_view(r.name)
+             for r in spec.roles or []}  # fmt: skip
+    if _group_domain(deployment, pool, views, member.group) is not None:
+        why = f"serving group {member.group} shares a ComputeDomain: it restarts whole"
+        return Decision(replica, None, why)
+    held = set(group_racks)
+    if spec.colocation == "Block":
+        blocks = {pool.racks[r].block for r in held if r in pool.racks}
+        held = {r.name for r in pool.racks.values() if r.block is not None and r.block in blocks}
+    decision = place_replica(snapshot, _never(view), replica, only=held)
+    if decision.plan is None:
+        decision.reason = (
+            f"it no longer fits beside serving group {member.group}: {decision.reason}"
+        )
+    return decision
+
+
 def fits_in(
     snapshot: Snapshot, deployment: InferenceDeployment, group: int, racks: Iterable[str]
 ) -> bool:

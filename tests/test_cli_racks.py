@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from rackscale.cli.racks import as_json, as_table, bar, statuses
+from rackscale.cli.racks import as_json, as_table, bar, role_notes, statuses
+from rackscale.placement.groups import place_deployment_groups
+from rackscale.render import plan_objects
 from rackscale.topology import Snapshot, build_snapshot
 from tests.factory import gpu_pod, nvl72, pool
+from tests.test_render_roles import disagg
 
 
 def snapshot_with_a_deployment() -> Snapshot:
@@ -56,11 +59,6 @@ def test_no_pools_says_what_to_do() -> None:
 
 
 def test_a_rack_shows_the_serving_groups_and_roles_it_holds() -> None:
-    from rackscale.cli.racks import role_notes
-    from rackscale.placement.groups import place_deployment_groups
-    from rackscale.render import plan_objects
-    from tests.test_render_roles import disagg
-
     dep = disagg()  # two groups of two prefill and one decode replica
     empty = build_snapshot(nvl72(2), [], [pool()])
     plan = place_deployment_groups(empty, dep)

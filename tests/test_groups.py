@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rackscale.api import InferenceDeployment
+from rackscale.placement import place_replica
 from rackscale.placement.groups import (
     WaitingGroup,
     place_deployment_groups,
@@ -199,3 +200,11 @@ def test_a_group_sharing_a_compute_domain_restarts_whole() -> None:
     refused = restart_role_replica(snapshot, dep, 1, decision.racks)
     assert refused.plan is None
     assert refused.reason == "serving group 0 shares a ComputeDomain: it restarts whole"
+
+
+def test_the_engine_does_not_place_a_deployment_with_roles_as_one_replica() -> None:
+    snapshot = racks(count=1)
+    decision = place_replica(snapshot, disagg(), 0)
+    assert decision.plan is None
+    assert decision.reason == "spec.roles: place its serving groups (placement.groups)"
+    assert snapshot.pools["gb200"].racks["clique-0000"].free == 72

@@ -321,6 +321,8 @@ def place_replica(
     that ComputeDomain instead of its own: how a serving group is placed (placement.groups).
     """
     placement = deployment.spec.placement
+    if deployment.spec.roles:  # each role replica is placed through its role's view
+        return Decision(replica, None, "spec.roles: place its serving groups (placement.groups)")
     if placement.rack_pool is None:
         return Decision(replica, _device_plugin(snapshot, deployment, replica))
     try:

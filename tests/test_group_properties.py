@@ -7,7 +7,14 @@ from hypothesis import given, settings
 
 from rackscale.api import InferenceDeployment
 from rackscale.placement import ReplicaPlan
-from rackscale.placement.groups import GroupDecision, fits_in, place_group, place_groups_together
+from rackscale.placement.groups import (
+    GroupDecision,
+    WaitingGroup,
+    fits_in,
+    place_group,
+    place_groups,
+    place_groups_together,
+)
 from rackscale.topology import Snapshot, build_snapshot
 from tests.strategies import Cluster, group_workloads
 from tests.test_engine_properties import SETTINGS, World, memory_need, usage
@@ -183,3 +190,33 @@ def test_same_inputs_give_the_same_groups_and_undo_restores(workload: Workload) 
             plan.undo()
         assert usage(snapshot) == before
     assert results[0] == results[1]
+
+
+def in_pools(decisions: list[tuple[WaitingGroup, GroupDecision]]) -> int:
+    return sum(
+        p.gpus
+        for _, group in decisions
+        for d in group.decisions
+        if d.plan is not None and d.plan.mode == "Rack"
+        for p in d.plan.pods
+    )
+
+
+@settings(SETTINGS, max_examples=40)
+@given(group_workloads(max_deployments=4))
+def test_a_pass_keeps_groups_whole_and_places_at_least_what_largest_first_does(
+    workload: Workload,
+) -> None:
+    cluster, deployments, compute_domains = workload
+    waiting = [WaitingGroup(d, g) for d in deployments for g in range(d.spec.replicas)]
+    largest_first = in_pools(place_groups(snapshot_of(cluster, compute_domains), waiting, tries=0))
+    decided = place_groups(snapshot_of(cluster, compute_domains), waiting)
+    assert in_pools(decided) >= largest_first
+    assert sorted((w.deployment.key, w.group) for w, _ in decided) == sorted(
+        (w.deployment.key, w.group) for w in waiting
+    )
+    for want, group in decided:
+        rack_mode = [d.plan for d in group.decisions if d.plan and d.plan.mode == "Rack"]
+        if want.deployment.spec.colocation == "Rack":
+            assert len(rack_mode) in (0, len(group.decisions))
+            assert len(group.racks) <= 1

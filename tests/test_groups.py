@@ -208,3 +208,18 @@ def test_the_engine_does_not_place_a_deployment_with_roles_as_one_replica() -> N
     assert decision.plan is None
     assert decision.reason == "spec.roles: place its serving groups (placement.groups)"
     assert snapshot.pools["gb200"].racks["clique-0000"].free == 72
+
+
+def test_a_pass_tries_other_orders_when_largest_first_leaves_a_group_out() -> None:
+    def waiting() -> list[WaitingGroup]:
+        big = disagg("big", prefill=(1, 4), decode=(1, 24), fallback="Never")  # 28
+        small = [
+            disagg(f"s{i}", prefill=(1, 4), decode=(1, 16), fallback="Never") for i in range(3)
+        ]  # 20 each
+        return [WaitingGroup(big, 0), *(WaitingGroup(d, 0) for d in small)]
+
+    # 48 and 40 free: largest first puts 28 on the 40 (best fit) and then fits only two of 20.
+    first = place_groups(racks({0: 6, 1: 8}, count=2), waiting(), tries=0)
+    assert sum(d.placed for _, d in first) == 3
+    placed = place_groups(racks({0: 6, 1: 8}, count=2), waiting())
+    assert all(d.placed for _, d in placed)  # 28 + 20 on the 48, 20 + 20 on the 40

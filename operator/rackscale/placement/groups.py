@@ -11,13 +11,14 @@ applies to the group as a whole (guarantee 15). `colocate: None` places each rol
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from rackscale.api.inferencedeployment import InferenceDeployment, RoleReplica
-from rackscale.placement.engine import Decision, DeploymentPlan, place_replica
+from rackscale.placement.engine import ORDER_TRIES, Decision, DeploymentPlan, place_replica
 from rackscale.placement.shape import shape_of
 from rackscale.topology.snapshot import Pool, Rack, Snapshot, group_compute_domain_name
 
@@ -69,13 +70,62 @@ def group_order(waiting: Iterable[WaitingGroup]) -> list[WaitingGroup]:
 
 
 def place_groups(
-    snapshot: Snapshot, waiting: Iterable[WaitingGroup]
+    snapshot: Snapshot, waiting: Iterable[WaitingGroup], tries: int = ORDER_TRIES
 ) -> list[tuple[WaitingGroup, GroupDecision]]:
-    """Place waiting serving groups together in `group_order`, reserving as it goes."""
+    """Place waiting serving groups together, reserving as it goes, as `place_pass` places
+    replicas: first in `group_order`; when that leaves a group out of its pool, `tries` more
+    orders (deterministic shuffles of the largest-first order by up to 40% of a group's size,
+    groups keeping their racks first), keeping the one placing the most GPUs in pools, the
+    first on a tie."""
+    order = group_order(waiting)
+    first = _try_groups(snapshot, order, explain=False)
+    if all(_in_pool(d) or d.deployment.spec.placement.rack_pool is None for _, d in first):
+        return first
+    best, score = order, _placed_gpus(first)
+    _undo_groups(first)
+    staying = [w for w in order if w.prefer]
+    rest = [w for w in order if not w.prefer]
+    rng = random.Random(len(order))
+    for _ in range(tries if score and len(rest) > 1 else 0):
+        shuffled = staying + sorted(
+            rest, key=lambda w: -w.deployment.spec.gpus_per_replica * rng.uniform(0.6, 1.4)
+        )
+        trial = _try_groups(snapshot, shuffled, explain=False)
+        if _placed_gpus(trial) > score:
+            best, score = shuffled, _placed_gpus(trial)
+        _undo_groups(trial)
+    return _try_groups(snapshot, best, explain=True)
+
+
+def _try_groups(
+    snapshot: Snapshot, order: list[WaitingGroup], *, explain: bool
+) -> list[tuple[WaitingGroup, GroupDecision]]:
     return [
-        (want, place_group(snapshot, want.deployment, want.group, want.prefer))
-        for want in group_order(waiting)
+        (want, place_group(snapshot, want.deployment, want.group, want.prefer, explain=explain))
+        for want in order
     ]
+
+
+def _in_pool(decision: GroupDecision) -> bool:
+    return decision.placed and all(
+        d.plan is not None and d.plan.mode == "Rack" for d in decision.decisions
+    )
+
+
+def _placed_gpus(decisions: list[tuple[WaitingGroup, GroupDecision]]) -> int:
+    """GPUs placed in pools."""
+    return sum(
+        p.gpus
+        for _, group in decisions
+        for d in group.decisions
+        if d.plan is not None and d.plan.mode == "Rack"
+        for p in d.plan.pods
+    )
+
+
+def _undo_groups(decisions: list[tuple[WaitingGroup, GroupDecision]]) -> None:
+    for _, decision in reversed(decisions):
+        decision.undo()
 
 
 def place_deployment_groups(

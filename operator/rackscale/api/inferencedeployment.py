@@ -616,6 +616,10 @@ class ReplicaPlacement(Status):
     """Where one replica went."""
 
     replica: int = Field(description="The replica index.")
+    group: int | None = Field(
+        default=None, description="With spec.roles: the replica's serving group."
+    )
+    role: str | None = Field(default=None, description="With spec.roles: the replica's role.")
     mode: Literal["Rack", "DevicePlugin"] = Field(
         description="Rack: pinned to nodes of the pool. DevicePlugin: kube-scheduler places it."
     )

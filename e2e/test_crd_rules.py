@@ -138,3 +138,63 @@ def test_a_new_object_reads_in_progress_before_the_operator_writes(
 
     assert "RACKS" not in columns()
     assert "RACKS" in columns("-o", "wide")
+
+
+def role(name: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "parallelism": {"tensor": 4},
+        "template": {"spec": {"containers": [{"name": "server", "image": PAUSE}]}},
+        **fields,
+    }
+
+
+def disagg(name: str, **spec: Any) -> dict[str, Any]:
+    spec.setdefault("roles", [role("prefill"), role("decode", replicas=2)])
+    body = deployment(name, **spec)
+    del body["spec"]["parallelism"], body["spec"]["template"]
+    return body
+
+
+def with_spec(body: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    body["spec"].update(spec)
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        (disagg("r1", roles=[role("decode"), role("decode")]), "spec.roles",
+         "role names must be unique"),
+        (disagg("r2", roles=[role("prefill", replicas=0)]), "spec.roles[0].replicas",
+         "greater than or equal to 1"),
+        (with_spec(disagg("r3"), parallelism={"tensor": 8}), "spec.parallelism",
+         "parallelism is set per role"),
+        (with_spec(disagg("r4"), gpusPerPod=4), "spec.gpusPerPod", "gpusPerPod is set per role"),
+        (with_spec(disagg("r5"), serviceRole="router"), "spec.serviceRole",
+         "serviceRole must name one of spec.roles"),
+        (deployment("r6", placement={"colocate": "Rack"}), "spec.placement.colocate",
+         "it needs spec.roles"),
+        (disagg("r7-" + "a" * 40, roles=[role("decode-and-more")]), "metadata.name",
+         "pod names `<name>-g<group>-<role>-<index>-<shard>` are hostnames"),
+    ],
+)  # fmt: skip
+@pytest.mark.usefixtures("crds")
+def test_what_makes_no_sense_beside_roles_is_refused_naming_the_field(
+    kube: client.ApiClient, namespace: str, body: dict[str, Any], field: str, words: str
+) -> None:
+    message = refusal(kube, namespace, body)
+    assert f"{field}: Invalid value" in message, message
+    assert words in message, message
+
+
+def test_a_disaggregated_deployment_is_accepted(
+    kube: client.ApiClient, crds: None, namespace: str
+) -> None:
+    objects = client.CustomObjectsApi(kube)
+    body = with_spec(disagg("ok-disagg"), serviceRole="prefill",
+                     placement={"rackPool": "p", "colocate": "Block"})  # fmt: skip
+    created = objects.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "inferencedeployments", body, dry_run="All"
+    )
+    assert [r["replicas"] for r in created["spec"]["roles"]] == [1, 2]  # the default is 1

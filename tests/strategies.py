@@ -318,3 +318,61 @@ def split_workloads(draw: st.DrawFn) -> tuple[Cluster, list[InferenceDeployment]
         meta = {"name": f"dep-{i}", "namespace": "llm"}
         deps.append(InferenceDeployment.model_validate({"metadata": meta, "spec": spec}))
     return cluster, deps
+
+
+ROLE_NAMES = ("prefill", "decode", "encode")
+
+
+@st.composite
+def role_deployments(
+    draw: st.DrawFn, pools: tuple[str, ...], index: int = 0
+) -> InferenceDeployment:
+    """A disaggregated InferenceDeployment (spec.roles) that passes validation, in one of
+    `pools`: one to three roles of small replicas, colocated or not."""
+    roles = []
+    for name in ROLE_NAMES[: draw(st.integers(1, 3))]:
+        tensor = draw(st.sampled_from([1, 2, 4]))
+        data = draw(st.sampled_from([1, 1, 2]))
+        gpus = tensor * data
+        role: dict[str, Any] = {
+            "name": name,
+            "replicas": draw(st.integers(1, 2)),
+            "parallelism": {
+                "tensor": tensor,
+                "data": data,
+                "expert": draw(st.sampled_from(_divisors(gpus, gpus))),
+            },
+            "template": {"spec": {"containers": [{"name": "server"}]}},
+        }
+        if per_pod := draw(st.none() | st.sampled_from(_divisors(gpus, 4))):
+            role["gpusPerPod"] = per_pod
+        if tolerations := draw(st.sampled_from(TOLERATIONS)):
+            role["template"]["spec"]["tolerations"] = tolerations
+        roles.append(role)
+    placement: dict[str, Any] = {
+        "rackPool": draw(st.sampled_from(pools)),
+        "replicaScope": draw(st.sampled_from(["Rack", "Rack", "Node", "Any"])),
+        "spread": draw(st.sampled_from(["Spread", "Pack"])),
+        "fallback": draw(st.sampled_from(["Never", "DevicePlugin"])),
+    }
+    if colocate := draw(st.sampled_from([None, "Rack", "Block", "None"])):
+        placement["colocate"] = colocate
+    spec: dict[str, Any] = {"replicas": draw(st.integers(1, 3)), "roles": roles}
+    spec["placement"] = placement
+    if draw(st.integers(0, 3)) == 3:
+        spec["model"] = {"name": "m", "parametersBillions": 70, "precision": "fp8"}
+    meta = {"name": f"grp-{index}", "namespace": draw(st.sampled_from(NAMESPACES))}
+    return InferenceDeployment.model_validate({"metadata": meta, "spec": spec})
+
+
+@st.composite
+def group_workloads(
+    draw: st.DrawFn, max_deployments: int = 3
+) -> tuple[Cluster, list[InferenceDeployment], bool]:
+    """A cluster, disaggregated deployments to place in order, and whether ComputeDomains are
+    served."""
+    cluster = draw(clusters(4))
+    names = tuple(p.name for p in cluster.pools)
+    count = draw(st.integers(1, max_deployments))
+    deps = [draw(role_deployments(names, i)) for i in range(count)]
+    return cluster, deps, draw(st.booleans())

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from rackscale.cli.racks import as_json, as_table, bar, statuses
+from rackscale.cli.racks import as_json, as_table, bar, role_notes, statuses
+from rackscale.placement.groups import place_deployment_groups
+from rackscale.render import plan_objects
 from rackscale.topology import Snapshot, build_snapshot
 from tests.factory import gpu_pod, nvl72, pool
+from tests.test_render_roles import disagg
 
 
 def snapshot_with_a_deployment() -> Snapshot:
@@ -53,3 +56,17 @@ def test_bar_shows_any_use_and_never_overflows() -> None:
 
 def test_no_pools_says_what_to_do() -> None:
     assert "no RackPools" in as_table({})
+
+
+def test_a_rack_shows_the_serving_groups_and_roles_it_holds() -> None:
+    dep = disagg()  # two groups of two prefill and one decode replica
+    empty = build_snapshot(nvl72(2), [], [pool()])
+    plan = place_deployment_groups(empty, dep)
+    pods = [o for o in plan_objects(empty, [plan], [dep]) if o["kind"] == "Pod"]
+    snapshot = build_snapshot(nvl72(2), pods, [pool()])
+    text = as_table(statuses(snapshot), roles=role_notes(snapshot, pods))
+    racks = [line.split(None, 4)[-1] for line in text.splitlines()[1:]]
+    assert sorted(racks) == [
+        "llm/ds (group 0: decode, prefill)",
+        "llm/ds (group 1: decode, prefill)",
+    ]

@@ -5,12 +5,15 @@ Each example is placed alone on examples/cluster.yaml by the engine and rendered
 renders it. The flags are those the engines document for running one model over several nodes:
 vLLM (`vllm serve`: --nnodes/--node-rank/--master-addr/--headless, and data parallelism with
 --data-parallel-size/-size-local/-start-rank/-address/-rpc-port) and SGLang
-(`sglang.launch_server`: --nnodes/--node-rank/--dist-init-addr).
+(`sglang.launch_server`: --nnodes/--node-rank/--dist-init-addr). A disaggregated example
+(spec.roles) is placed group by group and each role replica checked against its role's shape;
+every role names the same KV connector (--kv-transfer-config).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,6 +25,7 @@ import yaml
 from rackscale.api import InferenceDeployment, RackPool
 from rackscale.api.environment import COORDINATION_PORT
 from rackscale.placement import place_deployment
+from rackscale.placement.groups import place_deployment_groups
 from rackscale.render import pool_facts, render_replica
 from rackscale.topology import build_snapshot
 
@@ -147,6 +151,7 @@ def _vllm() -> _Parser:
     p.add_argument("--headless", action="store_true")
     p.add_argument("--host")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--kv-transfer-config", type=json.loads)
     return p
 
 
@@ -185,14 +190,28 @@ def parse(pod: dict[str, Any]) -> tuple[str, argparse.Namespace]:
 # --- the examples, placed and rendered -----------------------------------------------------------
 
 
-def rendered(name: str) -> tuple[InferenceDeployment, list[list[dict[str, Any]]]]:
-    """The example's pods, replica by replica, as the operator would create them."""
+def rendered(name: str) -> list[tuple[InferenceDeployment, list[dict[str, Any]]]]:
+    """The example's pods, replica by replica, as the operator would create them, each with
+    what shapes it: the deployment, or with spec.roles the replica's role (`role_view`)."""
     (doc,) = _documents(name)
     dep = InferenceDeployment.model_validate(doc)
     snapshot = build_snapshot(NODES, [], POOLS)
-    plan = place_deployment(snapshot, dep)
-    assert len(plan.replicas) == dep.spec.replicas, plan.reason
-    return dep, [render_replica(dep, r, pool_facts(dep, r, snapshot)) for r in plan.replicas]
+    if dep.spec.roles:
+        plan = place_deployment_groups(snapshot, dep)
+        assert len(plan.replicas) == dep.spec.replicas * dep.spec.group_size, plan.reason
+    else:
+        plan = place_deployment(snapshot, dep)
+        assert len(plan.replicas) == dep.spec.replicas, plan.reason
+    return [
+        (shaped_by(dep, r.replica), render_replica(dep, r, pool_facts(dep, r, snapshot)))
+        for r in plan.replicas
+    ]
+
+
+def shaped_by(dep: InferenceDeployment, replica: int) -> InferenceDeployment:
+    if not dep.spec.roles:
+        return dep
+    return dep.role_view(dep.spec.role_replica(replica).role)
 
 
 def gpus(pod: dict[str, Any]) -> int:
@@ -290,19 +309,24 @@ CHECKS = {"vllm": check_vllm, "sglang": check_sglang}
 
 @pytest.mark.parametrize("name", DEPLOYMENTS)
 def test_every_shards_engine_command_line_agrees_with_its_replica(name: str) -> None:
-    dep, replicas = rendered(name)
-    for pods in replicas:
+    connectors = set()
+    for dep, pods in rendered(name):
         parsed = [parse(p) for p in pods]
         engines = {engine for engine, _ in parsed}
         assert len(engines) == 1, f"one engine per replica, not {engines}"
         CHECKS[engines.pop()](dep, pods, [a for _, a in parsed])
+        connectors |= {
+            json.dumps(getattr(a, "kv_transfer_config", None), sort_keys=True) for _, a in parsed
+        }
+    if name.endswith("-disagg.yaml"):  # prefill hands its KV cache to decode: one connector
+        (connector,) = connectors
+        assert json.loads(connector)["kv_connector"] == "NixlConnector"
 
 
 @pytest.mark.parametrize("name", DEPLOYMENTS)
 def test_every_example_is_ready_for_real_hardware(name: str) -> None:
-    dep, replicas = rendered(name)
-    port = dep.spec.port
-    for pods in replicas:
+    for dep, pods in rendered(name):
+        port = dep.spec.port
         leader, workers = pods[0], pods[1:]
         probe = leader["spec"]["containers"][0]["readinessProbe"]["httpGet"]
         assert probe["port"] == port

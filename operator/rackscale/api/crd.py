@@ -12,7 +12,9 @@ from pydantic import BaseModel
 
 from rackscale.api.common import DNS_1035, DNS_1123, GROUP, NAME_RULES, VERSION
 from rackscale.api.inferencedeployment import (
+    MAX_NAME_AND_ROLE_LENGTH,
     MAX_NAME_LENGTH,
+    NAME_AND_ROLE_RULE,
     InferenceDeploymentSpec,
     InferenceDeploymentStatus,
 )
@@ -90,6 +92,16 @@ def _name_rule(max_length: int, pattern: str) -> dict[str, Any]:
     }
 
 
+def _name_and_role_rule() -> dict[str, Any]:
+    """With roles, the pod names `<name>-g<group>-<role>-<index>-<shard>` must be hostnames."""
+    return {
+        "rule": "!has(self.spec) || !has(self.spec.roles) || self.spec.roles.all(r, "
+        f"self.metadata.name.size() + r.name.size() <= {MAX_NAME_AND_ROLE_LENGTH})",
+        "message": NAME_AND_ROLE_RULE,
+        "fieldPath": ".metadata.name",
+    }
+
+
 def _crd(
     *,
     kind: str,
@@ -100,6 +112,7 @@ def _crd(
     status: type[BaseModel],
     columns: list[dict[str, Any]],
     name_rule: dict[str, Any],
+    object_rules: list[dict[str, Any]] | None = None,
     scale: bool = False,
     wide: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
@@ -157,7 +170,7 @@ def _crd(
                                     "default": {"observedGeneration": 0},
                                 },
                             },
-                            "x-kubernetes-validations": [name_rule],
+                            "x-kubernetes-validations": [name_rule, *(object_rules or [])],
                         }
                     },
                 }
@@ -191,6 +204,7 @@ def definitions() -> dict[str, dict[str, Any]]:
         spec=InferenceDeploymentSpec,
         status=InferenceDeploymentStatus,
         name_rule=_name_rule(MAX_NAME_LENGTH, DNS_1035),
+        object_rules=[_name_and_role_rule()],
         scale=True,
         columns=[
             {"name": "Ready", "type": "string", "jsonPath": ".status.ready"},

@@ -10,7 +10,7 @@ from typing import Any
 
 from rackscale.api.common import GROUP, VERSION
 from rackscale.api.crd import definitions
-from rackscale.api.environment import ENVIRONMENT, MULTI_NODE_NVLINK_ENV
+from rackscale.api.environment import ENVIRONMENT, MULTI_NODE_NVLINK_ENV, ROLE_ENVIRONMENT
 
 HEADER = f"""# API reference: `{GROUP}/{VERSION}`
 
@@ -172,7 +172,7 @@ def _environment() -> list[str]:
         "| variable | value |",
         "| --- | --- |",
     ]
-    out += [f"| `{name}` | {_cell(meaning)} |" for name, meaning in ENVIRONMENT]
+    out += [f"| `{name}` | {_cell(meaning)} |" for name, meaning in ENVIRONMENT + ROLE_ENVIRONMENT]
     out += [
         "",
         "When a replica's NVLink domain is larger than a node (its RackPool has `nvlinkDomain: "

@@ -74,6 +74,27 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
     ),
 )
 
+# With spec.roles, after those: which role replica the pod belongs to, and where the leaders of
+# every role of its serving group listen (a router such as vLLM's disaggregated proxy, llm-d's
+# or Dynamo's is pointed at them). `<ROLE>` is the role's name upper-cased, `-` as `_`.
+ROLE_ENVIRONMENT: tuple[tuple[str, str], ...] = (
+    ("RACKSCALE_ROLE", "With spec.roles: the pod's role (spec.roles[].name)."),
+    ("RACKSCALE_GROUP", "With spec.roles: the pod's serving group, 0 to spec.replicas - 1."),
+    (
+        "RACKSCALE_ROLE_INDEX",
+        "With spec.roles: the pod's replica of its role inside the group, 0 to "
+        "spec.roles[].replicas - 1. RACKSCALE_REPLICA numbers role replicas across the "
+        "deployment: group after group, roles in spec order.",
+    ),
+    (
+        "RACKSCALE_<ROLE>_LEADERS",
+        "With spec.roles, one per role: `host:port` of the leader (shard 0) of each replica of "
+        "that role in the pod's group, comma-separated, the host under the headless Service "
+        "(`<name>-g<group>-<role>-<index>-0.<name>-shards.<namespace>.svc`), the port the "
+        "role's (spec.roles[].port, else spec.port). For example RACKSCALE_PREFILL_LEADERS.",
+    ),
+)
+
 # Set on every container, unless its env already names them, when the replica's NVLink domain is
 # larger than a node (a pool with nvlinkDomain Rack and the replica's pods on several nodes):
 # NCCL uses multi-node NVLink only when told to.

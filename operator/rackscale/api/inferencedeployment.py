@@ -26,6 +26,18 @@ from rackscale.api.common import (
 MAX_NAME_LENGTH = 48
 
 Scope = Literal["Node", "Rack", "Block", "Any"]
+Colocate = Literal["Rack", "Block", "None"]
+
+# Roles: with them, pod names `<name>-g<group>-<role>-<index>-<shard>` must stay hostnames (63
+# characters) for up to 9999 groups, 99 replicas of a role per group and 9999 shards.
+MAX_ROLES = 8
+MAX_ROLE_NAME_LENGTH = 15
+MAX_ROLE_REPLICAS = 99
+MAX_NAME_AND_ROLE_LENGTH = 63 - len("-g9999--99-9999")
+NAME_AND_ROLE_RULE = (
+    f"metadata.name and each role name together may have at most {MAX_NAME_AND_ROLE_LENGTH} "
+    "characters: pod names `<name>-g<group>-<role>-<index>-<shard>` are hostnames"
+)
 
 
 class Parallelism(Spec):
@@ -103,6 +115,12 @@ class Placement(Spec):
         default="DevicePlugin",
         description="When the pool cannot hold a replica: run it in device-plugin mode on "
         "ordinary nodes, or leave it pending.",
+    )
+    colocate: Colocate | None = Field(
+        default=None,
+        description="With spec.roles: the unit that holds every role replica of one serving "
+        "group, placed whole or not at all: Rack (the default with roles), Block (needs the "
+        "pool's blockLabel), or None (each role replica placed on its own). Only with spec.roles.",
     )
 
     @field_validator("rack_pool")
@@ -195,6 +213,191 @@ def _ceil(value: Decimal) -> int:
     return int(value.to_integral_value(rounding=ROUND_CEILING))
 
 
+# A PodTemplateSpec kept whole; `spec.containers` is declared so that the CRD can check it is not
+# empty.
+TEMPLATE_SCHEMA: dict[str, Any] = {
+    "x-kubernetes-preserve-unknown-fields": True,
+    "properties": {
+        "metadata": {
+            "type": "object",
+            "description": "Labels and annotations for every pod.",
+            "x-kubernetes-preserve-unknown-fields": True,
+        },
+        "spec": {
+            "type": "object",
+            "description": "A PodSpec.",
+            "x-kubernetes-preserve-unknown-fields": True,
+            "properties": {
+                "containers": {
+                    "type": "array",
+                    "description": "The containers: at least one.",
+                    "items": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                    },
+                }
+            },
+        },
+    },
+}
+
+
+def _containers_rule(field: str) -> dict[str, Any]:
+    return cel(
+        f"has(self.{field}.spec) && has(self.{field}.spec.containers) && "
+        f"size(self.{field}.spec.containers) > 0",
+        "a pod template needs at least one container",
+        f".{field}.spec.containers",
+    )
+
+
+def _check_containers(value: dict[str, Any] | None, what: str) -> None:
+    if value is None:
+        return
+    containers = (value.get("spec") or {}).get("containers")
+    if not isinstance(containers, list) or not containers:
+        raise FieldError("spec.containers", f"{what} needs at least one container")
+
+
+class Role(Spec):
+    """One role of a serving group (prefill, decode): its replicas in each group and their shape."""
+
+    model_config = Spec.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.gpusPerPod) || (self.parallelism.tensor * self.parallelism.pipeline"
+                    " * self.parallelism.data) % self.gpusPerPod == 0",
+                    "gpusPerPod must divide the role's tensor x pipeline x data "
+                    "(the GPUs of one of its replicas)",
+                    ".gpusPerPod",
+                ),
+                cel(
+                    "self.replicas >= 1",
+                    "a role needs at least one replica in each serving group",
+                    ".replicas",
+                ),
+                _containers_rule("template"),
+            ]
+        }
+    }
+
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_ROLE_NAME_LENGTH,
+        pattern=DNS_1035,
+        description="The role, e.g. prefill or decode: a DNS label of at most 15 characters, "
+        "unique among the roles. It names the role's pods, its Service `<name>-<role>` and the "
+        "variable `RACKSCALE_<ROLE>_LEADERS`.",
+    )
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_ROLE_REPLICAS,
+        description="Replicas of this role in each serving group (spec.replicas counts groups, "
+        "so scaling keeps the ratio between roles).",
+    )
+    parallelism: Parallelism = Field(
+        default_factory=Parallelism,
+        json_schema_extra={"default": {"tensor": 1, "pipeline": 1, "data": 1, "expert": 1}},
+    )
+    gpus_per_pod: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="GPUs per pod of this role; default: the GPUs of one node of the chosen nodes.",
+    )
+    port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="The port the role's leaders serve on; default: spec.port.",
+    )
+    template: dict[str, Any] = Field(
+        description="A PodTemplateSpec for the role's pods (its leaders' when workerTemplate "
+        "is set).",
+        json_schema_extra=TEMPLATE_SCHEMA,
+    )
+    worker_template: dict[str, Any] | None = Field(
+        default=None,
+        description="A PodTemplateSpec for shards 1..n of each replica of the role, as "
+        "spec.workerTemplate.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+    @model_validator(mode="after")
+    def _pods_divide_replica(self) -> Role:
+        gpus = self.parallelism.gpus
+        if self.gpus_per_pod is not None and gpus % self.gpus_per_pod:
+            raise FieldError(
+                "gpusPerPod",
+                f"{self.gpus_per_pod} must divide the role's tensor x pipeline x data = {gpus} "
+                "(the GPUs of one of its replicas)",
+            )
+        _check_containers(self.template, "a pod template")
+        _check_containers(self.worker_template, "a worker pod template")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class RoleReplica:
+    """One replica of a role in one serving group. `replica` numbers it in the deployment:
+    group after group, roles in spec order, so `rackscale.dev/replica` stays unique."""
+
+    group: int
+    role: str
+    index: int  # 0 .. the role's replicas - 1, inside the group
+    replica: int
+
+
+# What makes no sense beside spec.roles, each refused naming its field (the models say the same).
+ROLE_RULES: list[dict[str, Any]] = [
+    cel(
+        "!has(self.roles) || self.roles.all(r, self.roles.exists_one(s, s.name == r.name))",
+        "role names must be unique",
+        ".roles",
+    ),
+    cel(
+        "!has(self.roles) || (self.parallelism.tensor == 1 && self.parallelism.pipeline == 1 "
+        "&& self.parallelism.data == 1 && self.parallelism.expert == 1)",
+        "with spec.roles, parallelism is set per role (spec.roles[].parallelism)",
+        ".parallelism",
+    ),
+    cel(
+        "!has(self.roles) || !has(self.gpusPerPod)",
+        "with spec.roles, gpusPerPod is set per role (spec.roles[].gpusPerPod)",
+        ".gpusPerPod",
+    ),
+    cel(
+        "!has(self.roles) || !has(self.template) || "
+        "(!has(self.template.spec) && !has(self.template.metadata))",
+        "with spec.roles, each role has its own template (spec.roles[].template)",
+        ".template",
+    ),
+    cel(
+        "!has(self.roles) || !has(self.workerTemplate)",
+        "with spec.roles, workerTemplate is set per role (spec.roles[].workerTemplate)",
+        ".workerTemplate",
+    ),
+    cel(
+        "!has(self.serviceRole) || (has(self.roles) && "
+        "self.roles.exists(r, r.name == self.serviceRole))",
+        "serviceRole must name one of spec.roles",
+        ".serviceRole",
+    ),
+    cel(
+        "!has(self.roles) || !has(self.placement.exclusive) || !self.placement.exclusive",
+        "exclusive is not available with spec.roles yet: a serving group shares its racks",
+        ".placement.exclusive",
+    ),
+    cel(
+        "!has(self.placement.colocate) || has(self.roles)",
+        "colocate places the roles of a serving group together: it needs spec.roles",
+        ".placement.colocate",
+    ),
+]
+
+
 class InferenceDeploymentSpec(Spec):
     """What the user asks for."""
 
@@ -222,11 +425,18 @@ class InferenceDeploymentSpec(Spec):
                     "a pod template needs at least one container",
                     ".template.spec.containers",
                 ),
+                *ROLE_RULES,
             ]
         }
     }
 
-    replicas: int = Field(default=1, ge=0, le=10000, description="Model replicas.")
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=10000,
+        description="Model replicas; with spec.roles, serving groups (one of each role at its "
+        "count).",
+    )
     parallelism: Parallelism = Field(
         default_factory=Parallelism,
         # The API server checks CEL rules against defaults: give every key the rule reads.
@@ -244,32 +454,7 @@ class InferenceDeploymentSpec(Spec):
     template: dict[str, Any] = Field(
         default_factory=dict,
         description="A PodTemplateSpec: the user's containers.",
-        # Kept whole; `spec.containers` is declared so that the CRD can check it is not empty.
-        json_schema_extra={
-            "x-kubernetes-preserve-unknown-fields": True,
-            "properties": {
-                "metadata": {
-                    "type": "object",
-                    "description": "Labels and annotations for every pod.",
-                    "x-kubernetes-preserve-unknown-fields": True,
-                },
-                "spec": {
-                    "type": "object",
-                    "description": "A PodSpec.",
-                    "x-kubernetes-preserve-unknown-fields": True,
-                    "properties": {
-                        "containers": {
-                            "type": "array",
-                            "description": "The containers: at least one.",
-                            "items": {
-                                "type": "object",
-                                "x-kubernetes-preserve-unknown-fields": True,
-                            },
-                        }
-                    },
-                },
-            },
-        },
+        json_schema_extra=TEMPLATE_SCHEMA,
     )
     worker_template: dict[str, Any] | None = Field(
         default=None,
@@ -280,9 +465,103 @@ class InferenceDeploymentSpec(Spec):
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
 
+    roles: list[Role] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_ROLES,
+        description="Disaggregated serving: the roles of a serving group (for example prefill "
+        "and decode), each with its own replicas per group, parallelism and template. Absent: "
+        "one role, the deployment itself. With roles, parallelism, gpusPerPod, template and "
+        "workerTemplate are set per role.",
+    )
+    service_role: str | None = Field(
+        default=None,
+        description="With spec.roles: the role whose leaders the Service `<name>` selects; "
+        "default: the role named decode, else the last role.",
+    )
+
     @property
     def gpus_per_replica(self) -> int:
+        """GPUs of one replica; with roles, of one serving group (all its role replicas)."""
+        if self.roles:
+            return sum(r.replicas * r.parallelism.gpus for r in self.roles)
         return self.parallelism.gpus
+
+    @property
+    def serving_role(self) -> str | None:
+        """The role the Service `<name>` serves: spec.serviceRole, else decode, else the last."""
+        if not self.roles:
+            return None
+        names = [r.name for r in self.roles]
+        return self.service_role or ("decode" if "decode" in names else names[-1])
+
+    @property
+    def colocation(self) -> Colocate | None:
+        """What holds a serving group: placement.colocate, Rack by default; None without roles."""
+        if not self.roles:
+            return None
+        return self.placement.colocate or "Rack"
+
+    @property
+    def group_size(self) -> int:
+        """Role replicas in one serving group."""
+        return sum(r.replicas for r in self.roles or ())
+
+    def role(self, name: str) -> Role:
+        for role in self.roles or ():
+            if role.name == name:
+                return role
+        raise KeyError(name)
+
+    def role_replicas(self, group: int) -> list[RoleReplica]:
+        """The role replicas of one serving group, roles in spec order."""
+        out: list[RoleReplica] = []
+        for role in self.roles or ():
+            for index in range(role.replicas):
+                out.append(RoleReplica(group, role.name, index, group * self.group_size + len(out)))
+        return out
+
+    def role_replica(self, replica: int) -> RoleReplica:
+        """Which group, role and index the deployment-wide replica number `replica` is."""
+        group, offset = divmod(replica, self.group_size)
+        return self.role_replicas(group)[offset]
+
+    @model_validator(mode="after")
+    def _roles_make_sense(self) -> InferenceDeploymentSpec:
+        if self.roles is None:
+            if self.service_role is not None:
+                raise FieldError("serviceRole", "serviceRole must name one of spec.roles")
+            if self.placement.colocate is not None:
+                raise FieldError(
+                    "placement.colocate",
+                    "colocate places the roles of a serving group together: it needs spec.roles",
+                )
+            return self
+        names = [r.name for r in self.roles]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise FieldError("roles", f"role names must be unique: {', '.join(twice)} given twice")
+        if self.placement.exclusive:
+            raise FieldError(
+                "placement.exclusive",
+                "exclusive is not available with spec.roles yet: a serving group shares its racks",
+            )
+        beside = {
+            "parallelism": self.parallelism != Parallelism(),
+            "gpusPerPod": self.gpus_per_pod is not None,
+            "template": bool(self.template),
+            "workerTemplate": self.worker_template is not None,
+        }
+        for name, given in beside.items():
+            if given:
+                raise FieldError(
+                    name, f"with spec.roles, {name} is set per role (spec.roles[].{name})"
+                )
+        if self.service_role is not None and self.service_role not in names:
+            raise FieldError(
+                "serviceRole", f"serviceRole must name one of spec.roles ({', '.join(names)})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _pods_divide_replica(self) -> InferenceDeploymentSpec:
@@ -337,6 +616,10 @@ class ReplicaPlacement(Status):
     """Where one replica went."""
 
     replica: int = Field(description="The replica index.")
+    group: int | None = Field(
+        default=None, description="With spec.roles: the replica's serving group."
+    )
+    role: str | None = Field(default=None, description="With spec.roles: the replica's role.")
     mode: Literal["Rack", "DevicePlugin"] = Field(
         description="Rack: pinned to nodes of the pool. DevicePlugin: kube-scheduler places it."
     )
@@ -432,6 +715,31 @@ class InferenceDeployment(BaseModel):
     @classmethod
     def _named(cls, value: dict[str, Any]) -> dict[str, Any]:
         return check_name(value, max_length=MAX_NAME_LENGTH, pattern=DNS_1035)
+
+    @model_validator(mode="after")
+    def _role_names_fit(self) -> InferenceDeployment:
+        for role in self.spec.roles or ():
+            if len(self.name) + len(role.name) > MAX_NAME_AND_ROLE_LENGTH:
+                raise FieldError("metadata.name", NAME_AND_ROLE_RULE)
+        return self
+
+    def role_view(self, role: str) -> InferenceDeployment:
+        """The deployment as the engine sees one role: its replicas (over all groups), shape,
+        templates and port, with the deployment's name, namespace, placement and model. Each
+        role replica is then placed under every per-replica rule, like a replica of its own."""
+        spec = self.spec
+        got = spec.role(role)
+        view = InferenceDeploymentSpec(
+            replicas=spec.replicas * got.replicas,
+            parallelism=got.parallelism,
+            gpus_per_pod=got.gpus_per_pod,
+            placement=spec.placement.model_copy(update={"colocate": None}),
+            model=spec.model,
+            port=got.port or spec.port,
+            template=got.template,
+            worker_template=got.worker_template,
+        )
+        return InferenceDeployment(metadata=self.metadata, spec=view)
 
     @property
     def name(self) -> str:

@@ -40,7 +40,13 @@ def fit_of(
     ordinary: Price | None,
 ) -> Fit:
     model = deployment.spec.model
-    need = model.need(deployment.spec.gpus_per_replica) if model else None
+    # With spec.roles each role replica holds the model and is checked on its own GPUs: no
+    # one figure is "a replica's need", so none is shown.
+    need = (
+        model.need(deployment.spec.gpus_per_replica)
+        if model and not deployment.spec.roles
+        else None
+    )
     available = {r.replica: replica_memory(snapshot, r) for r in plan.replicas if r.mode == "Rack"}
     pool = snapshot.pools.get(deployment.spec.placement.rack_pool or "")
     pricing = pool.spec.pricing if pool else None

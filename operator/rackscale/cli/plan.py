@@ -16,6 +16,7 @@ from rackscale.api.pricing import Price, parse_price
 from rackscale.cli import fit, kubectl
 from rackscale.cli.manifests import FAST_ABOVE_BYTES, InputError, describe, objects, parse
 from rackscale.placement import DeploymentPlan, ReplicaPlan, place, place_together
+from rackscale.placement.groups import place_deployment_groups, place_groups_together
 from rackscale.render import plan_objects
 from rackscale.topology import NodeInfo, Snapshot, build_snapshot
 
@@ -205,13 +206,29 @@ def load(
 def place_all(
     snapshot: Snapshot, deployments: list[InferenceDeployment], *, together: bool
 ) -> list[DeploymentPlan]:
-    return (place_together if together else place)(snapshot, deployments)
+    """In order, each seeing those before it; or `together`, as one pass: the serving groups
+    of deployments with spec.roles first (largest first), then the replicas of the others."""
+    if not together:
+        return [
+            place_deployment_groups(snapshot, d) if d.spec.roles else place(snapshot, [d])[0]
+            for d in deployments
+        ]
+    grouped = [d for d in deployments if d.spec.roles]
+    plans = dict(zip(map(id, grouped), place_groups_together(snapshot, grouped), strict=True))
+    rest = [d for d in deployments if not d.spec.roles]
+    plans |= dict(zip(map(id, rest), place_together(snapshot, rest), strict=True))
+    return [plans[id(d)] for d in deployments]
+
+
+def expected(deployment: InferenceDeployment) -> int:
+    """Replicas a deployment asks for: with spec.roles, the role replicas of all its groups."""
+    return deployment.spec.replicas * (deployment.spec.group_size or 1)
 
 
 def unplaced(plans: list[DeploymentPlan], deployments: list[InferenceDeployment]) -> int:
-    """Replicas the plan leaves out."""
+    """Replicas (role replicas, with spec.roles) the plan leaves out."""
     return sum(
-        max(d.spec.replicas - len(p.replicas), 0) for p, d in zip(plans, deployments, strict=True)
+        max(expected(d) - len(p.replicas), 0) for p, d in zip(plans, deployments, strict=True)
     )
 
 
@@ -254,9 +271,14 @@ def as_yaml(
     return kubectl.dump({"apiVersion": "v1", "kind": "List", "items": items}, "yaml")
 
 
-def replica_json(replica: ReplicaPlan, snapshot: Snapshot | None = None) -> dict[str, Any]:
+def replica_json(
+    replica: ReplicaPlan,
+    snapshot: Snapshot | None = None,
+    deployment: InferenceDeployment | None = None,
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "replica": replica.replica,
+        **_role_json(replica, deployment),
         "mode": replica.mode,
         "racks": list(replica.racks),
         "computeDomain": replica.compute_domain,
@@ -270,6 +292,28 @@ def replica_json(replica: ReplicaPlan, snapshot: Snapshot | None = None) -> dict
     return out
 
 
+def _role_json(replica: ReplicaPlan, deployment: InferenceDeployment | None) -> dict[str, Any]:
+    """With spec.roles: the replica's serving group, role and index in the group."""
+    if deployment is None or not deployment.spec.roles:
+        return {}
+    member = deployment.spec.role_replica(replica.replica)
+    return {"group": member.group, "role": member.role, "roleIndex": member.index}
+
+
+def _role_text(replica: ReplicaPlan, deployment: InferenceDeployment) -> str:
+    """` (group 0 decode 1)` with spec.roles."""
+    role = _role_json(replica, deployment)
+    return f" (group {role['group']} {role['role']} {role['roleIndex']})" if role else ""
+
+
+def placed_count(plan: DeploymentPlan, deployment: InferenceDeployment) -> int:
+    """Replicas placed; with spec.roles, serving groups all of whose role replicas are."""
+    if not deployment.spec.roles:
+        return len(plan.replicas)
+    groups = Counter(deployment.spec.role_replica(r.replica).group for r in plan.replicas)
+    return sum(n == deployment.spec.group_size for n in groups.values())
+
+
 def as_json(
     snapshot: Snapshot,
     plans: list[DeploymentPlan],
@@ -279,12 +323,13 @@ def as_json(
     fits = [
         fit.fit_of(snapshot, p, d, ordinary) for p, d in zip(plans, deployments or [], strict=False)
     ]
+    deps: list[InferenceDeployment | None] = [*(deployments or [])] or [None] * len(plans)
     out: dict[str, Any] = {
         "placements": [
             {
                 "deployment": plan.deployment,
                 "mode": plan.mode,
-                "replicas": [replica_json(r, snapshot) for r in plan.replicas],
+                "replicas": [replica_json(r, snapshot, deps[i]) for r in plan.replicas],
                 "reason": plan.reason,
                 **(fit.fit_json(fits[i]) if i < len(fits) else {}),
             }
@@ -351,7 +396,7 @@ def as_table(
         row: tuple[str, ...] = (
             plan.deployment,
             plan.mode,
-            f"{len(plan.replicas)}/{dep.spec.replicas}",
+            f"{placed_count(plan, dep)}/{dep.spec.replicas}",
             str(gpus),
             *([fit.memory_column(sized)] if memory else []),
             *([fit.cost_column(sized)] if cost else []),
@@ -365,15 +410,15 @@ def as_table(
     lines = kubectl.columns(rows, headers)
     if total := fit.total_line(fits):
         lines.append(total)
-    for plan, sized in zip(plans, fits, strict=True):
+    for plan, dep, sized in zip(plans, deployments, fits, strict=True):
         lines.append("")
         lines.append(f"{plan.deployment}:")
         for rep in plan.replicas:
             where = ",".join(rep.racks) or "ordinary GPU nodes"
             domain = f", ComputeDomain {rep.compute_domain}" if rep.compute_domain else ""
             lines.append(
-                f"  replica {rep.replica}  {rep.mode:<12} {where}  {_pods(rep)}{domain}"
-                + fit.replica_note(sized, rep.replica)
+                f"  replica {rep.replica}{_role_text(rep, dep)}  {rep.mode:<12} {where}  "
+                f"{_pods(rep)}{domain}" + fit.replica_note(sized, rep.replica)
             )
         if plan.reason:
             lines.append(f"  reason: {plan.reason}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -11,7 +12,11 @@ from pydantic import ValidationError
 from rackscale.api import GROUP, VERSION, RackPool, format_errors
 from rackscale.api.rackpool import RackPoolStatus
 from rackscale.cli import kubectl
-from rackscale.topology import Snapshot, build_snapshot
+from rackscale.render.names import DEPLOYMENT_LABEL, GROUP_LABEL, ROLE_LABEL
+from rackscale.topology import Snapshot, build_snapshot, pinned_node
+
+# pool -> rack -> deployment (`namespace/name`) -> `group 0: decode, prefill; group 1: ...`
+RoleNotes = Mapping[str, Mapping[str, Mapping[str, str]]]
 
 BAR = 18
 
@@ -28,8 +33,35 @@ def register(commands: Any) -> None:
     cmd.set_defaults(handler=run)
 
 
-def fetch(args: argparse.Namespace) -> tuple[Snapshot, list[str]]:
-    """The snapshot of the live cluster, and warnings about RackPools that cannot be read."""
+def role_notes(snapshot: Snapshot, pods: Iterable[dict[str, Any]]) -> RoleNotes:
+    """Which serving groups and roles (spec.roles) each rack holds, from the pods' labels."""
+    found: dict[str, dict[str, dict[str, dict[int, set[str]]]]] = {}
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        node = pinned_node(pod)
+        rack = snapshot.rack_of(node) if node else None
+        if rack is None or ROLE_LABEL not in labels or DEPLOYMENT_LABEL not in labels:
+            continue
+        key = f"{meta.get('namespace') or 'default'}/{labels[DEPLOYMENT_LABEL]}"
+        pool = next(p for p in snapshot.pools.values() if rack.name in p.racks)
+        groups = found.setdefault(pool.name, {}).setdefault(rack.name, {}).setdefault(key, {})
+        groups.setdefault(int(labels.get(GROUP_LABEL, "0")), set()).add(labels[ROLE_LABEL])
+    return {
+        pool: {
+            rack: {
+                key: "; ".join(f"group {g}: {', '.join(sorted(r))}" for g, r in sorted(gs.items()))
+                for key, gs in deps.items()
+            }
+            for rack, deps in racks.items()
+        }
+        for pool, racks in found.items()
+    }
+
+
+def fetch(args: argparse.Namespace) -> tuple[Snapshot, list[str], RoleNotes]:
+    """The snapshot of the live cluster, warnings about RackPools that cannot be read, and the
+    serving groups on each rack."""
     with kubectl.Cluster(args) as cluster:
         nodes = cluster.items("list nodes", cluster.core, "list_node")
         pods = cluster.items(
@@ -53,7 +85,8 @@ def fetch(args: argparse.Namespace) -> tuple[Snapshot, list[str]]:
         except ValidationError as error:
             name = (raw.get("metadata") or {}).get("name")
             warnings.append(f"RackPool {name} ignored: {'; '.join(format_errors(error))}")
-    return build_snapshot(nodes, pods, pools), warnings
+    snapshot = build_snapshot(nodes, pods, pools)
+    return snapshot, warnings, role_notes(snapshot, pods)
 
 
 def statuses(snapshot: Snapshot) -> dict[str, RackPoolStatus]:
@@ -83,9 +116,16 @@ def idle_cost(pool: RackPoolStatus) -> str:
     )
 
 
-def as_table(pools: dict[str, RackPoolStatus], *, wide: bool = False, headers: bool = True) -> str:
+def as_table(
+    pools: dict[str, RackPoolStatus],
+    *,
+    wide: bool = False,
+    headers: bool = True,
+    roles: RoleNotes | None = None,
+) -> str:
     """One summary line per pool (a header: `--no-headers` drops it), one line per rack; wide
-    adds the rack's nodes and free GPUs."""
+    adds the rack's nodes and free GPUs. A deployment with spec.roles is followed by the
+    serving groups and roles the rack holds (`llm/ds (group 0: decode, prefill)`)."""
     if not pools:
         return "no RackPools: create one (see examples/) to group nodes into racks"
     lines = []
@@ -99,7 +139,9 @@ def as_table(pools: dict[str, RackPoolStatus], *, wide: bool = False, headers: b
         width = max((len(r.name) for r in pool.rack_statuses), default=4)
         for rack in pool.rack_statuses:
             used, total = rack.gpus.allocated, rack.gpus.allocatable
-            who = ", ".join(rack.deployments) or "-"
+            notes = ((roles or {}).get(name) or {}).get(rack.name) or {}
+            who = ", ".join(f"{d} ({notes[d]})" if d in notes else d for d in rack.deployments)
+            who = who or "-"
             if rack.held_by:
                 who += f" (held by {rack.held_by})"
             extra = f"{rack.nodes:>3} nodes  {rack.gpus.free:>4} free  " if wide else ""
@@ -129,7 +171,7 @@ def as_json(pools: dict[str, RackPoolStatus]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        snapshot, warnings = fetch(args)
+        snapshot, warnings, roles = fetch(args)
     except kubectl.ClusterError as error:  # no cluster, no credentials, no CRDs: one line
         return kubectl.fail(str(error), kubectl.CLUSTER_ERROR)
     for warning in warnings:
@@ -138,5 +180,6 @@ def run(args: argparse.Namespace) -> int:
     if args.output in ("json", "yaml"):
         print(kubectl.dump(as_json(pools), args.output))
     else:
-        print(as_table(pools, wide=args.output == "wide", headers=not args.no_headers))
+        wide = args.output == "wide"
+        print(as_table(pools, wide=wide, headers=not args.no_headers, roles=roles))
     return kubectl.OK

@@ -319,19 +319,29 @@ def place_replica(
     prefer: Iterable[str] = (),
     *,
     explain: bool = True,
+    only: Iterable[str] | None = None,
+    domain: str | None = None,
 ) -> Decision:
     """One replica, whole or not at all; falls back to device-plugin mode when asked to.
 
     `prefer` names racks to try first (where the replica ran before a template change): the
     replica stays there when they still hold it, and is placed as usual when they do not.
     Without `explain`, a refusal's reason is left out: building it looks at every rack.
+    `only` keeps it strictly to those racks, and `domain` (`namespace/name`) puts it under
+    that ComputeDomain instead of its own: how a serving group is placed (placement.groups).
     """
     placement = deployment.spec.placement
+    if deployment.spec.roles:  # each role replica is placed through its role's view
+        return Decision(replica, None, Reason("roles-need-groups"))
     if placement.rack_pool is None:
         return Decision(replica, _device_plugin(snapshot, deployment, replica))
     try:
         request = _request(snapshot, deployment, replica, placement.rack_pool)
         request.explain = explain
+        request.domain = domain or request.domain
+        if only is not None:
+            request.only = frozenset(only)
+            prefer = ()
         if preferred := frozenset(prefer):
             request.only = preferred
             with contextlib.suppress(NoRoom):

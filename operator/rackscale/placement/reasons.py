@@ -89,6 +89,10 @@ ReasonCode = Literal[
     "no-block-with-room",
     "no-racks-with-room",
     "terminating",
+    "roles-need-groups",
+    "group-no-room",
+    "group-shares-domain",
+    "beside-group",
 ]
 REASON_CODES: tuple[ReasonCode, ...] = get_args(ReasonCode)
 
@@ -110,6 +114,10 @@ _SENTENCES: dict[ReasonCode, str] = {
     "no-racks-with-room": "no set of racks in the pool holds {gpus} free GPUs as {units} parts "
     "of {unit} (whole tensor- and expert-parallel groups and pods): {problems}",
     "terminating": "its old pods are still terminating",
+    "roles-need-groups": "spec.roles: place its serving groups (placement.groups)",
+    "group-no-room": "{why}",
+    "group-shares-domain": "serving group {group} shares a ComputeDomain: it restarts whole",
+    "beside-group": "it no longer fits beside serving group {group}: {why}",
 }
 
 NoteCode = Literal["memory-refused", "kept", "fallback"]

@@ -14,8 +14,10 @@ from rackscale.api.inferencedeployment import InferenceDeployment
 from rackscale.render.names import (
     COMPUTE_DOMAIN_LABEL,
     DEPLOYMENT_LABEL,
+    GROUP_LABEL,
     REPLICA_LABEL,
     compute_domain_name,
+    group_compute_domain_name,
     owner_reference,
 )
 
@@ -36,13 +38,25 @@ def render_compute_domain(deployment: InferenceDeployment, replica: int) -> dict
     """`<name>-<replica>`, owned by the InferenceDeployment. `numNodes: 0`: each pod starts as
     soon as the IMEX daemon of its own node runs (the field is deprecated upstream)."""
     name = compute_domain_name(deployment.name, replica)
+    return _compute_domain(deployment, name, {REPLICA_LABEL: str(replica)})
+
+
+def render_group_compute_domain(deployment: InferenceDeployment, group: int) -> dict[str, Any]:
+    """`<name>-g<group>`: the ComputeDomain every role replica of a serving group shares."""
+    name = group_compute_domain_name(deployment.name, group)
+    return _compute_domain(deployment, name, {GROUP_LABEL: str(group)})
+
+
+def _compute_domain(
+    deployment: InferenceDeployment, name: str, labels: dict[str, str]
+) -> dict[str, Any]:
     return {
         "apiVersion": COMPUTE_DOMAIN_API_VERSION,
         "kind": "ComputeDomain",
         "metadata": {
             "name": name,
             "namespace": deployment.namespace,
-            "labels": {DEPLOYMENT_LABEL: deployment.name, REPLICA_LABEL: str(replica)},
+            "labels": {DEPLOYMENT_LABEL: deployment.name, **labels},
             "ownerReferences": [owner_reference(deployment)],
         },
         "spec": {

@@ -6,18 +6,21 @@ import re
 from typing import Any
 
 from rackscale.api.common import API_VERSION
-from rackscale.api.inferencedeployment import InferenceDeployment
+from rackscale.api.inferencedeployment import InferenceDeployment, RoleReplica
 from rackscale.topology.snapshot import (
     COMPUTE_DOMAIN_LABEL,
     DEPLOYMENT_LABEL,
     EXCLUSIVE_LABEL,
     REPLICA_LABEL,
     compute_domain_name,
+    group_compute_domain_name,
 )
 
 SHARD_LABEL = "rackscale.dev/shard"
 RACK_LABEL = "rackscale.dev/rack"
 LEADER_LABEL = "rackscale.dev/leader"
+ROLE_LABEL = "rackscale.dev/role"  # with spec.roles: the pod's role
+GROUP_LABEL = "rackscale.dev/group"  # with spec.roles: the pod's serving group
 
 TEMPLATE_HASH_ANNOTATION = "rackscale.dev/template-hash"
 SHARDS_ANNOTATION = "rackscale.dev/shards"
@@ -31,21 +34,28 @@ __all__ = [
     "DEPLOYMENT_LABEL",
     "EXCLUSIVE_LABEL",
     "FIRST_RANK_ANNOTATION",
+    "GROUP_LABEL",
     "LEADER_LABEL",
     "MODE_ANNOTATION",
     "RACKS_ANNOTATION",
     "RACK_ANNOTATION",
     "RACK_LABEL",
     "REPLICA_LABEL",
+    "ROLE_LABEL",
     "SHARDS_ANNOTATION",
     "SHARD_LABEL",
     "TEMPLATE_HASH_ANNOTATION",
     "compute_domain_name",
+    "group_compute_domain_name",
     "headless_service_name",
     "label_value",
     "leader_address",
+    "leaders_variable",
     "owner_reference",
     "pod_name",
+    "replica_pod_name",
+    "role_pod_name",
+    "role_service_name",
 ]
 
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -55,13 +65,37 @@ def pod_name(deployment: str, replica: int, shard: int) -> str:
     return f"{deployment}-{replica}-{shard}"
 
 
+def role_pod_name(deployment: str, member: RoleReplica, shard: int) -> str:
+    """With spec.roles: `<name>-g<group>-<role>-<index>-<shard>` (a hostname: the API's
+    length rules keep it within 63 characters)."""
+    return f"{deployment}-g{member.group}-{member.role}-{member.index}-{shard}"
+
+
+def replica_pod_name(deployment: InferenceDeployment, replica: int, shard: int) -> str:
+    """The pod of shard `shard` of replica `replica` (with roles, the deployment-wide number of
+    a role replica, as `rackscale.dev/replica`)."""
+    if not deployment.spec.roles:
+        return pod_name(deployment.name, replica, shard)
+    return role_pod_name(deployment.name, deployment.spec.role_replica(replica), shard)
+
+
 def headless_service_name(deployment: str) -> str:
     return f"{deployment}-shards"
 
 
+def role_service_name(deployment: str, role: str) -> str:
+    """With spec.roles: the Service on one role's leaders, `<name>-<role>`."""
+    return f"{deployment}-{role}"
+
+
+def leaders_variable(role: str) -> str:
+    """`RACKSCALE_<ROLE>_LEADERS`: the `host:port` of a role's leaders in the pod's group."""
+    return f"RACKSCALE_{role.upper().replace('-', '_')}_LEADERS"
+
+
 def leader_address(deployment: InferenceDeployment, replica: int) -> str:
     """DNS name of a replica's shard 0, served by the headless Service."""
-    host = pod_name(deployment.name, replica, 0)
+    host = replica_pod_name(deployment, replica, 0)
     return f"{host}.{headless_service_name(deployment.name)}.{deployment.namespace}.svc"
 
 

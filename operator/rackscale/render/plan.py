@@ -12,7 +12,8 @@ from typing import Any
 
 from rackscale.api.inferencedeployment import InferenceDeployment
 from rackscale.placement import DeploymentPlan
-from rackscale.render.computedomain import render_compute_domain
+from rackscale.placement.engine import ReplicaPlan
+from rackscale.render.computedomain import render_compute_domain, render_group_compute_domain
 from rackscale.render.pods import pool_facts, render_replica
 from rackscale.render.services import render_services
 from rackscale.topology import Snapshot
@@ -27,10 +28,21 @@ def plan_objects(
     with one."""
     out: list[dict[str, Any]] = []
     for plan, deployment in zip(plans, deployments, strict=True):
+        domains: set[str] = set()
         for replica in plan.replicas:
-            if replica.compute_domain:
-                out.append(render_compute_domain(deployment, replica.replica))
+            if replica.compute_domain and replica.compute_domain not in domains:
+                domains.add(replica.compute_domain)
+                out.append(compute_domain_of(deployment, replica))
             out += render_replica(deployment, replica, pool_facts(deployment, replica, snapshot))
         if plan.replicas:
             out += render_services(deployment)
     return out
+
+
+def compute_domain_of(deployment: InferenceDeployment, replica: ReplicaPlan) -> dict[str, Any]:
+    """The ComputeDomain a placed replica names: its own, or its serving group's (spec.roles,
+    colocate Rack or Block), which the group's role replicas share."""
+    if deployment.spec.roles and deployment.spec.colocation != "None":
+        group = deployment.spec.role_replica(replica.replica).group
+        return render_group_compute_domain(deployment, group)
+    return render_compute_domain(deployment, replica.replica)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rackscale.api.environment import COORDINATION_PORT, ENVIRONMENT, MULTI_NODE_NVLINK_ENV
-from rackscale.api.inferencedeployment import InferenceDeployment, Parallelism
+from rackscale.api.inferencedeployment import InferenceDeployment, Parallelism, RoleReplica
 from rackscale.api.rackpool import DEFAULT_GPU_RESOURCE, DEFAULT_RACK_LABEL, POOL_TAINT_KEY
 from rackscale.placement.engine import PodPlan, ReplicaPlan
 from rackscale.render.computedomain import claim_channel
@@ -18,20 +18,23 @@ from rackscale.render.names import (
     DEPLOYMENT_LABEL,
     EXCLUSIVE_LABEL,
     FIRST_RANK_ANNOTATION,
+    GROUP_LABEL,
     LEADER_LABEL,
     MODE_ANNOTATION,
     RACK_ANNOTATION,
     RACK_LABEL,
     RACKS_ANNOTATION,
     REPLICA_LABEL,
+    ROLE_LABEL,
     SHARD_LABEL,
     SHARDS_ANNOTATION,
     TEMPLATE_HASH_ANNOTATION,
     headless_service_name,
     label_value,
     leader_address,
+    leaders_variable,
     owner_reference,
-    pod_name,
+    replica_pod_name,
 )
 from rackscale.topology.snapshot import Snapshot
 
@@ -74,15 +77,20 @@ def pool_facts(deployment: InferenceDeployment, plan: ReplicaPlan, snapshot: Sna
 def template_hash(deployment: InferenceDeployment) -> str:
     """A digest of everything in the spec that shapes a pod; `replicas` and `model` excluded."""
     spec = deployment.spec
+    placement = spec.placement.model_dump(mode="json", by_alias=True)
+    if placement["colocate"] is None:  # absent, the digest of existing pods stays the same
+        del placement["colocate"]
     shaping: dict[str, Any] = {
         "template": spec.template,
         "parallelism": spec.parallelism.model_dump(mode="json"),
         "gpusPerPod": spec.gpus_per_pod,
-        "placement": spec.placement.model_dump(mode="json", by_alias=True),
+        "placement": placement,
         "port": spec.port,
     }
     if spec.worker_template is not None:  # absent, the digest of existing pods stays the same
         shaping["workerTemplate"] = spec.worker_template
+    if spec.roles is not None:
+        shaping["roles"] = [r.model_dump(mode="json", by_alias=True) for r in spec.roles]
     text = json.dumps(shaping, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -90,26 +98,33 @@ def template_hash(deployment: InferenceDeployment) -> str:
 def render_replica(
     deployment: InferenceDeployment, plan: ReplicaPlan, facts: PoolFacts
 ) -> list[dict[str, Any]]:
-    """Every Pod of one placed replica, shard 0 (the leader) first."""
+    """Every Pod of one placed replica, shard 0 (the leader) first. With spec.roles, `plan`
+    is a role replica's (`plan.replica` numbers it in the deployment) and its pods are shaped
+    by its role."""
     digest = template_hash(deployment)
-    return [_pod(deployment, plan, pod, facts, digest) for pod in plan.pods]
+    view = deployment
+    if deployment.spec.roles:
+        view = deployment.role_view(deployment.spec.role_replica(plan.replica).role)
+    return [_pod(deployment, view, plan, pod, facts, digest) for pod in plan.pods]
 
 
-def _pod(
+def _pod(  # noqa: PLR0917
     deployment: InferenceDeployment,
+    view: InferenceDeployment,
     plan: ReplicaPlan,
     pod: PodPlan,
     facts: PoolFacts,
     digest: str,
 ) -> dict[str, Any]:
-    worker_template = deployment.spec.worker_template
+    """One pod: `deployment` gives its identity, `view` (the deployment, or its role) its shape."""
+    worker_template = view.spec.worker_template
     from_leader = pod.shard == 0 or worker_template is None
-    template = copy.deepcopy(deployment.spec.template if from_leader else worker_template or {})
+    template = copy.deepcopy(view.spec.template if from_leader else worker_template or {})
     meta_in: dict[str, Any] = template.get("metadata") or {}
     spec: dict[str, Any] = template.get("spec") or {}
     rack_mode = plan.mode == "Rack"
     rack = _rack_of(pod, plan, facts) if rack_mode else ""
-    name = pod_name(deployment.name, plan.replica, pod.shard)
+    name = replica_pod_name(deployment, plan.replica, pod.shard)
 
     labels = dict(meta_in.get("labels") or {})
     labels.update(
@@ -119,6 +134,10 @@ def _pod(
             SHARD_LABEL: str(pod.shard),
         }
     )
+    member = deployment.spec.role_replica(plan.replica) if deployment.spec.roles else None
+    if member is not None:
+        labels[ROLE_LABEL] = member.role
+        labels[GROUP_LABEL] = str(member.group)
     labels.pop(LEADER_LABEL, None)
     if pod.shard == 0:
         labels[LEADER_LABEL] = "true"
@@ -141,7 +160,9 @@ def _pod(
         annotations[RACKS_ANNOTATION] = ",".join(plan.racks)
 
     resource = facts.gpu_resource if rack_mode else DEFAULT_GPU_RESOURCE
-    env = _env(deployment, plan, pod, rack)
+    env = _env(deployment, view, plan, pod, rack)
+    if member is not None:
+        env += _role_env(deployment, member)
     containers = _containers(spec.get("containers") or [], env, resource, pod.gpus)
     if pod.shard > 0 and worker_template is None:
         containers = [_without_probes(c) for c in containers]
@@ -186,9 +207,13 @@ def _rack_of(pod: PodPlan, plan: ReplicaPlan, facts: PoolFacts) -> str:
 
 
 def _env(
-    deployment: InferenceDeployment, plan: ReplicaPlan, pod: PodPlan, rack: str
+    deployment: InferenceDeployment,
+    view: InferenceDeployment,
+    plan: ReplicaPlan,
+    pod: PodPlan,
+    rack: str,
 ) -> list[dict[str, str]]:
-    par = deployment.spec.parallelism
+    par = view.spec.parallelism
     leader = leader_address(deployment, plan.replica)
     start, local = _data_parallel_ranks(par, pod.first_rank, pod.gpus)
     values = {
@@ -214,6 +239,27 @@ def _env(
     }
     assert len(values) == len(ENVIRONMENT), "every variable has its meaning in api.environment"
     return [{"name": name, "value": str(values[name])} for name, _ in ENVIRONMENT]
+
+
+def _role_env(deployment: InferenceDeployment, member: RoleReplica) -> list[dict[str, str]]:
+    """Which role replica the pod is, and where the leaders of every role of its group listen
+    (api.environment.ROLE_ENVIRONMENT)."""
+    spec = deployment.spec
+    env = [
+        {"name": "RACKSCALE_ROLE", "value": member.role},
+        {"name": "RACKSCALE_GROUP", "value": str(member.group)},
+        {"name": "RACKSCALE_ROLE_INDEX", "value": str(member.index)},
+    ]
+    group = spec.role_replicas(member.group)
+    for role in spec.roles or ():
+        port = role.port or spec.port
+        leaders = [
+            f"{leader_address(deployment, other.replica)}:{port}"
+            for other in group
+            if other.role == role.name
+        ]
+        env.append({"name": leaders_variable(role.name), "value": ",".join(leaders)})
+    return env
 
 
 def _data_parallel_ranks(par: Parallelism, first_rank: int, gpus: int) -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""The two Services of an InferenceDeployment: shard DNS (headless) and the leaders' endpoint."""
+"""The Services of an InferenceDeployment: shard DNS (headless) and the leaders' endpoint, and
+with spec.roles one per role."""
 
 from __future__ import annotations
 
@@ -8,15 +9,21 @@ from rackscale.api.inferencedeployment import InferenceDeployment
 from rackscale.render.names import (
     DEPLOYMENT_LABEL,
     LEADER_LABEL,
+    ROLE_LABEL,
     headless_service_name,
     owner_reference,
+    role_service_name,
 )
 
 
 def render_services(deployment: InferenceDeployment) -> list[dict[str, Any]]:
-    """`<name>-shards` (headless, not-ready addresses published) and `<name>` on `spec.port`."""
-    port = deployment.spec.port
+    """`<name>-shards` (headless, not-ready addresses published) and `<name>` on `spec.port`.
+    With spec.roles, `<name>` selects the leaders of the serving role (spec.serviceRole, else
+    decode, else the last role) on its port, and `<name>-<role>` those of each role."""
+    serving = deployment.spec.serving_role
+    port = _port(deployment, serving)
     selector = {DEPLOYMENT_LABEL: deployment.name}
+    leaders_of = {ROLE_LABEL: serving} if serving else {}
     labels = {DEPLOYMENT_LABEL: deployment.name}
 
     def meta(name: str) -> dict[str, Any]:
@@ -44,8 +51,36 @@ def render_services(deployment: InferenceDeployment) -> list[dict[str, Any]]:
         "metadata": meta(deployment.name),
         "spec": {
             "type": "ClusterIP",
-            "selector": {**selector, LEADER_LABEL: "true"},
+            "selector": {**selector, **leaders_of, LEADER_LABEL: "true"},
             "ports": [{"name": "serve", "port": port, "targetPort": port, "protocol": "TCP"}],
         },
     }
-    return [shards, leaders]
+    roles = [
+        _role_service(meta(role_service_name(deployment.name, r.name)), deployment, r.name)
+        for r in deployment.spec.roles or ()
+    ]
+    return [shards, leaders, *roles]
+
+
+def _port(deployment: InferenceDeployment, role: str | None) -> int:
+    """The port a role's leaders serve on: spec.roles[].port, else spec.port."""
+    if role is None:
+        return deployment.spec.port
+    return deployment.spec.role(role).port or deployment.spec.port
+
+
+def _role_service(
+    metadata: dict[str, Any], deployment: InferenceDeployment, role: str
+) -> dict[str, Any]:
+    port = _port(deployment, role)
+    selector = {DEPLOYMENT_LABEL: deployment.name, ROLE_LABEL: role, LEADER_LABEL: "true"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata,
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector,
+            "ports": [{"name": "serve", "port": port, "targetPort": port, "protocol": "TCP"}],
+        },
+    }

@@ -35,6 +35,11 @@ def compute_domain_name(deployment: str, replica: int) -> str:
     return f"{deployment}-{replica}"
 
 
+def group_compute_domain_name(deployment: str, group: int) -> str:
+    """The ComputeDomain shared by the role replicas of one serving group: `<name>-g<group>`."""
+    return f"{deployment}-g{group}"
+
+
 @dataclass(frozen=True, slots=True)
 class Taint:
     key: str

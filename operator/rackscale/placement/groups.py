@@ -1,0 +1,387 @@
+"""Serving groups (spec.roles): one of each role at its count, placed whole or not at all.
+
+Each role replica is placed by the engine like a replica of its own (`InferenceDeployment.
+role_view`), so every per-replica guarantee holds for it. What this module adds is the group:
+with `colocate: Rack` every role replica of a group lies in one rack, with `Block` in one block;
+the unit chosen is the best fit (the least free GPUs that holds the whole group, so empty racks
+stay whole), trying each unit until one holds them all and undoing every reservation of a unit
+that does not. With ComputeDomains the group shares one, `<name>-g<group>`, and one pod per tray
+applies to the group as a whole (guarantee 15). `colocate: None` places each role replica alone.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rackscale.api.inferencedeployment import InferenceDeployment, RoleReplica
+from rackscale.placement.engine import ORDER_TRIES, Decision, DeploymentPlan, place_replica
+from rackscale.placement.reasons import Note, Reason
+from rackscale.placement.shape import shape_of
+from rackscale.topology.snapshot import Pool, Rack, Snapshot, group_compute_domain_name
+
+
+@dataclass(slots=True)
+class GroupDecision:
+    """One serving group: a decision per role replica (`Decision.replica` numbers it in the
+    deployment, as `rackscale.dev/replica`), the group's reason and its ComputeDomain."""
+
+    deployment: InferenceDeployment
+    group: int
+    roles: list[tuple[RoleReplica, Decision]] = field(default_factory=list)
+    reason: str | None = None
+    compute_domain: str | None = None  # `<name>-g<group>`, when its pods share one
+
+    @property
+    def placed(self) -> bool:
+        return bool(self.roles) and all(d.plan is not None for _, d in self.roles)
+
+    @property
+    def racks(self) -> tuple[str, ...]:
+        """The racks its rack-mode role replicas use, sorted."""
+        names = {r for _, d in self.roles if d.plan and d.plan.mode == "Rack" for r in d.plan.racks}
+        return tuple(sorted(names))
+
+    @property
+    def decisions(self) -> list[Decision]:
+        return [d for _, d in self.roles]
+
+    def undo(self) -> None:
+        for _, decision in reversed(self.roles):
+            if decision.reservation:
+                decision.reservation.undo()
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingGroup:
+    """A serving group waiting for placement; `prefer` names the racks it held before."""
+
+    deployment: InferenceDeployment
+    group: int
+    prefer: tuple[str, ...] = ()
+
+
+def group_order(waiting: Iterable[WaitingGroup]) -> list[WaitingGroup]:
+    """Groups keeping their racks first, then the largest (GPUs of the whole group), then as
+    given: small groups fill what large ones leave, as `pass_order` does for replicas."""
+    return sorted(waiting, key=lambda w: (not w.prefer, -w.deployment.spec.gpus_per_replica))
+
+
+def place_groups(
+    snapshot: Snapshot, waiting: Iterable[WaitingGroup], tries: int = ORDER_TRIES
+) -> list[tuple[WaitingGroup, GroupDecision]]:
+    """Place waiting serving groups together, reserving as it goes, as `place_pass` places
+    replicas: first in `group_order`; when that leaves a group out of its pool, `tries` more
+    orders (deterministic shuffles of the largest-first order by up to 40% of a group's size,
+    groups keeping their racks first), keeping the one placing the most GPUs in pools, the
+    first on a tie."""
+    order = group_order(waiting)
+    first = _try_groups(snapshot, order, explain=False)
+    if all(_in_pool(d) or d.deployment.spec.placement.rack_pool is None for _, d in first):
+        return first
+    best, score = order, _placed_gpus(first)
+    _undo_groups(first)
+    staying = [w for w in order if w.prefer]
+    rest = [w for w in order if not w.prefer]
+    rng = random.Random(len(order))
+    for _ in range(tries if score and len(rest) > 1 else 0):
+        shuffled = staying + sorted(
+            rest, key=lambda w: -w.deployment.spec.gpus_per_replica * rng.uniform(0.6, 1.4)
+        )
+        trial = _try_groups(snapshot, shuffled, explain=False)
+        if _placed_gpus(trial) > score:
+            best, score = shuffled, _placed_gpus(trial)
+        _undo_groups(trial)
+    return _try_groups(snapshot, best, explain=True)
+
+
+def _try_groups(
+    snapshot: Snapshot, order: list[WaitingGroup], *, explain: bool
+) -> list[tuple[WaitingGroup, GroupDecision]]:
+    return [
+        (want, place_group(snapshot, want.deployment, want.group, want.prefer, explain=explain))
+        for want in order
+    ]
+
+
+def _in_pool(decision: GroupDecision) -> bool:
+    return decision.placed and all(
+        d.plan is not None and d.plan.mode == "Rack" for d in decision.decisions
+    )
+
+
+def _placed_gpus(decisions: list[tuple[WaitingGroup, GroupDecision]]) -> int:
+    """GPUs placed in pools."""
+    return sum(
+        p.gpus
+        for _, group in decisions
+        for d in group.decisions
+        if d.plan is not None and d.plan.mode == "Rack"
+        for p in d.plan.pods
+    )
+
+
+def _undo_groups(decisions: list[tuple[WaitingGroup, GroupDecision]]) -> None:
+    for _, decision in reversed(decisions):
+        decision.undo()
+
+
+def place_deployment_groups(
+    snapshot: Snapshot, deployment: InferenceDeployment, groups: Iterable[int] | None = None
+) -> DeploymentPlan:
+    """Place the given serving groups (default: all of them), as `place_deployment` places
+    replicas: the plan's decisions are the role replicas', in replica order."""
+    plan = _empty_plan(deployment)
+    for group in range(deployment.spec.replicas) if groups is None else groups:
+        plan.decisions += place_group(snapshot, deployment, group).decisions
+    return plan
+
+
+def place_groups_together(
+    snapshot: Snapshot, deployments: list[InferenceDeployment]
+) -> list[DeploymentPlan]:
+    """Plan deployments with roles as one pass places their groups when all wait at once."""
+    plans = {id(d): _empty_plan(d) for d in deployments}
+    waiting = [WaitingGroup(d, g) for d in deployments for g in range(d.spec.replicas)]
+    for want, decision in place_groups(snapshot, waiting):
+        plans[id(want.deployment)].decisions += decision.decisions
+    for plan in plans.values():
+        plan.decisions.sort(key=lambda d: d.replica)
+    return [plans[id(d)] for d in deployments]
+
+
+def _empty_plan(deployment: InferenceDeployment) -> DeploymentPlan:
+    intended: Literal["Rack", "DevicePlugin"] = (
+        "Rack" if deployment.spec.placement.rack_pool else "DevicePlugin"
+    )
+    return DeploymentPlan(deployment.key, intended=intended)
+
+
+def place_group(
+    snapshot: Snapshot,
+    deployment: InferenceDeployment,
+    group: int,
+    prefer: Iterable[str] = (),
+    *,
+    explain: bool = True,
+) -> GroupDecision:
+    """One serving group, whole or not at all (colocate Rack or Block), or role replica by role
+    replica (colocate None). `prefer` names racks to try first, as for `place_replica`."""
+    spec = deployment.spec
+    assert spec.roles, f"{deployment.key} has no spec.roles"
+    members = spec.role_replicas(group)
+    views = {r.name: deployment.role_view(r.name) for r in spec.roles}
+    result = GroupDecision(deployment, group)
+    pool = snapshot.pools.get(spec.placement.rack_pool or "")
+    if spec.colocation == "None" or pool is None or not pool.racks:
+        # Independent gangs; a missing pool or device-plugin mode is the engine's to explain.
+        for member in members:
+            decision = place_replica(snapshot, views[member.role], member.replica, prefer)
+            result.roles.append((member, decision))
+        return result
+    domain = _group_domain(deployment, pool, views, group)
+    result.compute_domain = domain.split("/", 1)[1] if domain else None
+    misses: Counter[str] = Counter()
+    strict = {name: _never(view) for name, view in views.items()}
+    for racks in _units(deployment, pool, frozenset(prefer)):
+        placed = _try_unit(snapshot, strict, members, racks, domain=domain, misses=misses)
+        if placed is not None:
+            result.roles = placed
+            return result
+    result.reason = _why_not(deployment, pool, group, misses) if explain else ""
+    result.roles = _unplaced(snapshot, deployment, views, members, result.reason)
+    result.compute_domain = None
+    return result
+
+
+def restart_role_replica(
+    snapshot: Snapshot, deployment: InferenceDeployment, replica: int, group_racks: Iterable[str]
+) -> Decision:
+    """A lost role replica (`replica` as numbered in the deployment) placed again beside the
+    rest of its group: on the group's rack (colocate Rack) or the racks of its block (Block),
+    never elsewhere. No plan when it does not fit there, or when the group shares a
+    ComputeDomain (IMEX state does not survive a member's loss): the group is then placed
+    again whole (`place_group`). colocate None: the replica is placed as any replica."""
+    spec = deployment.spec
+    member = spec.role_replica(replica)
+    view = deployment.role_view(member.role)
+    pool = snapshot.pools.get(spec.placement.rack_pool or "")
+    if spec.colocation == "None" or pool is None:
+        return place_replica(snapshot, view, replica)
+    views = {r.name: view if r.name == member.role else deployment.role_view(r.name)
+             for r in spec.roles or []}  # fmt: skip
+    if _group_domain(deployment, pool, views, member.group) is not None:
+        return Decision(replica, None, Reason("group-shares-domain", {"group": str(member.group)}))
+    held = set(group_racks)
+    if spec.colocation == "Block":
+        blocks = {pool.racks[r].block for r in held if r in pool.racks}
+        held = {r.name for r in pool.racks.values() if r.block is not None and r.block in blocks}
+    decision = place_replica(snapshot, _never(view), replica, only=held)
+    if decision.plan is None:
+        details = {"group": str(member.group), "why": decision.reason or ""}
+        decision.why = Reason("beside-group", details)
+    return decision
+
+
+def fits_in(
+    snapshot: Snapshot, deployment: InferenceDeployment, group: int, racks: Iterable[str]
+) -> bool:
+    """Whether the serving group could be placed on just these racks now (nothing is kept)."""
+    spec = deployment.spec
+    assert spec.roles
+    pool = snapshot.pools[spec.placement.rack_pool or ""]
+    views = {r.name: _never(deployment.role_view(r.name)) for r in spec.roles}
+    domain = _group_domain(deployment, pool, views, group)
+    unit = [pool.racks[name] for name in racks]
+    placed = _try_unit(
+        snapshot, views, spec.role_replicas(group), unit, domain=domain, misses=Counter()
+    )
+    for _, decision in reversed(placed or []):
+        assert decision.reservation is not None
+        decision.reservation.undo()
+    return placed is not None
+
+
+def _group_domain(
+    deployment: InferenceDeployment,
+    pool: Pool,
+    views: dict[str, InferenceDeployment],
+    group: int,
+) -> str | None:
+    """The group's ComputeDomain (`namespace/name`) when its pool uses them, its scope is not
+    Node and the group has more than one pod: its pods may then span trays (guarantee 15)."""
+    if not pool.compute_domains or deployment.spec.placement.replica_scope == "Node":
+        return None
+    roles = deployment.spec.roles or []
+    pods = sum(r.replicas * shape_of(views[r.name].spec, pool.node_gpus).pods for r in roles)
+    if pods < 2:
+        return None
+    return f"{deployment.namespace}/{group_compute_domain_name(deployment.name, group)}"
+
+
+def _units(deployment: InferenceDeployment, pool: Pool, prefer: frozenset[str]) -> list[list[Rack]]:
+    """The racks (colocate Rack) or blocks (Block) that may hold the group, in the order tried:
+    those it held before first, then (spread Spread) those holding none of its deployment,
+    then best fit, the least free GPUs first; units with fewer free GPUs than the group needs
+    are left out."""
+    spec = deployment.spec
+    if spec.colocation == "Block":
+        blocks = pool.blocks()
+        units = [racks for block, racks in sorted(blocks.items(), key=_name) if block is not None]
+    else:
+        units = [[rack] for rack in pool.racks.values()]
+    need = spec.gpus_per_replica
+    spread = spec.placement.spread == "Spread"
+
+    def key(unit: list[Rack]) -> tuple[bool, bool, int, str]:
+        held = not any(r.name in prefer for r in unit)
+        own = spread and any(r.deployments.get(deployment.key) for r in unit)
+        return (held, own, _room(unit), unit[0].name)
+
+    return sorted((u for u in units if _room(u) >= need), key=key)
+
+
+def _name(item: tuple[str | None, list[Rack]]) -> str:
+    return item[0] or ""
+
+
+def _room(unit: list[Rack]) -> int:
+    """Free GPUs of every node of the unit, whatever their taints: an upper bound of its room."""
+    return sum(n.free for rack in unit for n in rack.nodes)
+
+
+def _try_unit(
+    snapshot: Snapshot,
+    views: dict[str, InferenceDeployment],
+    members: list[RoleReplica],
+    racks: list[Rack],
+    *,
+    domain: str | None,
+    misses: Counter[str],
+) -> list[tuple[RoleReplica, Decision]] | None:
+    """Place every role replica on `racks` only, the largest first (`views` without a
+    fallback); on the first that does not fit, undo the others, count the miss by role and
+    return None."""
+    only = frozenset(r.name for r in racks)
+    done: list[tuple[RoleReplica, Decision]] = []
+    for member in sorted(members, key=lambda m: -views[m.role].spec.gpus_per_replica):
+        view = views[member.role]
+        decision = place_replica(
+            snapshot, view, member.replica, explain=False, only=only, domain=domain
+        )
+        if decision.plan is None:
+            for _, placed in reversed(done):
+                assert placed.reservation is not None
+                placed.reservation.undo()
+            misses[member.role] += 1
+            return None
+        done.append((member, decision))
+    return sorted(done, key=lambda d: d[0].replica)
+
+
+def _never(view: InferenceDeployment) -> InferenceDeployment:
+    """The role view without a device-plugin fallback: a trial in one unit either fits or not."""
+    placement = view.spec.placement.model_copy(update={"fallback": "Never"})
+    spec = view.spec.model_copy(update={"placement": placement})
+    return InferenceDeployment(metadata=view.metadata, spec=spec)
+
+
+def _unplaced(
+    snapshot: Snapshot,
+    deployment: InferenceDeployment,
+    views: dict[str, InferenceDeployment],
+    members: list[RoleReplica],
+    reason: str,
+) -> list[tuple[RoleReplica, Decision]]:
+    """No unit holds the group: all of it in device-plugin mode (fallback DevicePlugin), or all
+    of it pending. The first role replica carries the reason, the others point to it."""
+    first = members[0].replica
+    out = []
+    fallback = deployment.spec.placement.fallback == "DevicePlugin"
+    for member in members:
+        text = reason if member.replica == first else f"placed with replica {first}: {reason}"
+        why = Reason("group-no-room", {"why": text} if reason else {})
+        if fallback:
+            view = _device_plugin_view(views[member.role])
+            plan = place_replica(snapshot, view, member.replica).plan
+            out.append((member, Decision(member.replica, plan, why.noted(Note("fallback")))))
+        else:
+            out.append((member, Decision(member.replica, None, why)))
+    return out
+
+
+def _device_plugin_view(view: InferenceDeployment) -> InferenceDeployment:
+    placement = view.spec.placement.model_copy(update={"rack_pool": None, "exclusive": False})
+    spec = view.spec.model_copy(update={"placement": placement})
+    return InferenceDeployment(metadata=view.metadata, spec=spec)
+
+
+def _why_not(deployment: InferenceDeployment, pool: Pool, group: int, misses: Counter[str]) -> str:
+    """`no rack holds serving group 0 whole (1 prefill of 4 GPUs, 2 decode of 16 = 36 GPUs):
+    2 racks have fewer free GPUs (8, 16); 1 rack has no room for a decode beside the rest`."""
+    spec = deployment.spec
+    unit = "block" if spec.colocation == "Block" else "rack"
+    parts = ", ".join(f"{r.replicas} {r.name} of {r.parallelism.gpus}" for r in spec.roles or [])
+    head = f"no {unit} holds serving group {group} whole ({parts} = {spec.gpus_per_replica} GPUs)"
+    if unit == "block" and not pool.spec.block_label:
+        return f"{head}: colocate Block needs spec.blockLabel on RackPool {pool.name}"
+    units = (
+        [r for b, r in pool.blocks().items() if b is not None]
+        if unit == "block"
+        else [[r] for r in pool.racks.values()]
+    )
+    small = sorted(_room(u) for u in units if _room(u) < spec.gpus_per_replica)
+    parts_out = []
+    if small:
+        frees = ", ".join(str(f) for f in small)
+        parts_out.append(f"{_count(len(small), unit)} fewer free GPUs ({frees})")
+    for role, n in sorted(misses.items()):
+        parts_out.append(f"{_count(n, unit)} no room for a {role} replica beside the rest")
+    return f"{head}: " + ("; ".join(parts_out) or f"the pool has no {unit}")
+
+
+def _count(n: int, unit: str) -> str:
+    return f"{n} {unit}{'s have' if n != 1 else ' has'}"

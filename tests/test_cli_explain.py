@@ -133,7 +133,7 @@ def test_a_pending_deployment_gives_the_engines_current_reason() -> None:
     text = explain(Cluster(raw, cluster.nodes, cluster.pods, cluster.pools, []))
     assert "replica 0: pending" in text
     assert "why: no rack holds 128 free GPUs in one NVLink domain" in text
-    assert "(engine, on the cluster as it is now)" in text
+    assert "(the operator's next pass, on the cluster now)" in text
     assert "Placed=False Unplaceable: old words" in text
     assert text.endswith("Events:\n  none")
 
@@ -145,6 +145,22 @@ def test_a_pending_replica_that_fits_now_says_so() -> None:
     assert "phase unknown (not reconciled yet)" in text
     assert "the operator places it on its next pass" in text
     assert "none yet: is the operator running?" in text
+
+
+def test_a_pending_replica_is_told_what_the_next_pass_does_with_the_others() -> None:
+    """The racks the small replica fits on now go to larger replicas waiting too: the operator's
+    pass places the largest first, and so does explain."""
+    cluster, _ = placed_cluster()
+    small = body("small", replicas=1, data=1, exclusive=True)
+    alone = explain(Cluster(small, cluster.nodes, cluster.pods, cluster.pools, []))
+    assert "the operator places it on its next pass" in alone
+    wide = body("wide", replicas=2, data=9, exclusive=True)  # 72 GPUs each: both empty racks
+    text = explain(
+        Cluster(small, cluster.nodes, cluster.pods, cluster.pools, [], deployments=[wide])
+    )
+    assert "replica 0: pending" in text
+    assert "the operator places it on its next pass" not in text
+    assert "2 are held exclusively by llm/wide" in text
 
 
 def test_an_invalid_spec_is_named() -> None:

@@ -244,3 +244,17 @@ def test_a_replica_going_away_on_a_lost_node_is_force_deleted() -> None:
     api.touch("nodes", node["metadata"]["name"])
     asyncio.run(reconciler.reconcile_all())
     assert "a-0-3" in forced, "its kubelet cannot confirm: only a forced delete ends it"
+
+
+def test_a_port_change_reaches_both_services(api: FakeAPI) -> None:
+    api.apply("a", replicas=1)
+    reconciler = Reconciler(api.view(), api)
+    asyncio.run(reconciler.reconcile_all())
+    ports = {k: s["spec"]["ports"][0]["port"] for k, s in api.services.items()}
+    assert ports == {("llm", "a"): 8000, ("llm", "a-shards"): 8000}
+    api.edit("a", lambda spec: spec.update(port=9000))
+    for _ in range(3):  # the replica is replaced, and the Services applied again
+        asyncio.run(reconciler.reconcile_all())
+    ports = {k: s["spec"]["ports"][0]["port"] for k, s in api.services.items()}
+    assert ports == {("llm", "a"): 9000, ("llm", "a-shards"): 9000}
+    assert api.status("a")["phase"] == "Ready"

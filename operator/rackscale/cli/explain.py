@@ -11,13 +11,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from rackscale.api import GROUP, VERSION, InferenceDeployment, RackPool, format_errors
 from rackscale.cli import kubectl
-from rackscale.placement import place_replica
+from rackscale.placement import Decision, place_pass
+from rackscale.planner import step as planner
+from rackscale.planner.lifecycle import Clock
 from rackscale.render import (
     COMPUTE_DOMAIN_GROUP,
     COMPUTE_DOMAIN_VERSION,
@@ -26,7 +29,7 @@ from rackscale.render import (
     RACKS_ANNOTATION,
     REPLICA_LABEL,
 )
-from rackscale.topology import Snapshot, build_snapshot, pinned_node
+from rackscale.topology import PodInfo, Snapshot, build_snapshot, pinned_node
 
 EVENTS_SHOWN = 10
 
@@ -41,6 +44,7 @@ class Cluster:
     pools: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)  # the deployment's Events
     compute_domains: bool = False  # the API server serves NVIDIA's ComputeDomains
+    deployments: list[dict[str, Any]] = field(default_factory=list)  # all: the next pass
 
 
 def register(commands: Any) -> None:
@@ -160,24 +164,38 @@ def explain(cluster: Cluster) -> str:
     same."""
     body = cluster.deployment
     meta = body.get("metadata") or {}
-    key = f"{meta.get('namespace')}/{meta.get('name')}"
-    status = body.get("status") or {}
-    lines = [f"InferenceDeployment {key}"]
+    lines = [f"InferenceDeployment {meta.get('namespace')}/{meta.get('name')}"]
     try:
         deployment = InferenceDeployment.model_validate(body)
     except ValidationError as error:
         lines.append("  invalid spec: " + "; ".join(format_errors(error)))
         lines += ["Events:", *(_events(cluster.events) or ["  none"])]
         return "\n".join(lines)
+    lines += _summary(deployment, body)
+    snapshot = _snapshot(cluster)
+    next_pass = _next_pass(cluster, snapshot)
+    lines.append("Replicas:")
+    by_replica = _pods_of(cluster, deployment)
+    for index in sorted(set(range(deployment.spec.replicas)) | set(by_replica)):
+        pods = sorted(by_replica.get(index, []), key=lambda p: p["metadata"]["name"])
+        if pods:
+            lines += _placed(deployment, body, snapshot, index, pods)
+        else:
+            lines += _pending(index, next_pass.get((deployment.key, index)))
+    lines += _conditions(body.get("status") or {})
+    lines += ["Events:", *(_events(cluster.events) or ["  none"])]
+    return "\n".join(lines)
 
+
+def _summary(deployment: InferenceDeployment, body: Mapping[str, Any]) -> list[str]:
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
     spec = deployment.spec
-    par = spec.parallelism
-    placement = spec.placement
-    lines.append(
+    par, placement = spec.parallelism, spec.placement
+    lines = [
         f"  phase {status.get('phase', 'unknown (not reconciled yet)')}, "
         f"{status.get('readyReplicas', 0)}/{spec.replicas} replicas ready, "
         f"{status.get('gpus', 0)} GPUs, mode {status.get('mode', '-')}"
-    )
+    ]
     if status.get("observedGeneration") != meta.get("generation"):
         lines.append(
             f"  status is for generation {status.get('observedGeneration', '-')}, the spec is "
@@ -200,63 +218,119 @@ def explain(cluster: Cluster) -> str:
             "  placement: no rackPool, so device-plugin mode: kube-scheduler and the device "
             "plugin place the pods on ordinary GPU nodes"
         )
+    return lines
 
+
+def _snapshot(cluster: Cluster) -> Snapshot:
     pools = []
     for raw in cluster.pools:
         try:
             pools.append(RackPool.model_validate(raw))
         except ValidationError:
             continue  # the API server refuses such pools; `rackscale racks` names them
-    snapshot = build_snapshot(
+    return build_snapshot(
         cluster.nodes, cluster.pods, pools, compute_domains=cluster.compute_domains
     )
-    fallback = _condition(status, "Placed")
-    by_replica = _pods_of(cluster, deployment)
 
-    lines.append("Replicas:")
-    for index in sorted(set(range(spec.replicas)) | set(by_replica)):
-        pods = sorted(by_replica.get(index, []), key=lambda p: p["metadata"]["name"])
-        if not pods:
-            lines.append(f"  replica {index}: pending")
-            decision = place_replica(snapshot, deployment, index)
-            if decision.plan is None:
-                lines.append(f"    why: {decision.reason} (engine, on the cluster as it is now)")
-            elif decision.plan.mode == "Rack":
-                lines.append(
-                    f"    it fits now on {', '.join(decision.plan.racks)}: the operator places it "
-                    "on its next pass"
-                )
-            else:
-                why = decision.reason or "no rackPool"
-                lines.append(f"    it fits now in device-plugin mode ({why})")
+
+def _next_pass(cluster: Cluster, snapshot: Snapshot) -> dict[tuple[str, int], Decision]:
+    """What the operator's next pass decides for every waiting replica of the cluster: the
+    planner's step for each deployment, and one placement batch, as the operator runs them
+    (racks kept for larger replicas included)."""
+    bodies = {_key(b): b for b in [*cluster.deployments, cluster.deployment]}
+    pods = [PodInfo.from_body(p) for p in cluster.pods]
+    readiness = {n.name: n.ready for n in snapshot.nodes.values()}
+    clock = Clock(datetime.now(UTC), unschedulable_after=float("inf"), domain_after=float("inf"))
+    steps = []
+    for body in bodies.values():
+        deployment = planner.refusal(body, "")
+        if isinstance(deployment, planner.Refusal):
             continue
-        if index >= spec.replicas:
-            lines.append(f"  replica {index}: being removed (spec.replicas is {spec.replicas})")
-        annotations = _annotations(pods[0])
-        mode = annotations.get(MODE_ANNOTATION) or "Rack"
-        racks = [r for r in annotations.get(RACKS_ANNOTATION, "").split(",") if r]
-        nodes = sorted({n for p in pods if (n := pinned_node(p) or p["spec"].get("nodeName"))})
-        if index < spec.replicas:
-            lines.append(f"  replica {index}: {mode} mode, {len(pods)} pods")
-        if mode == "Rack":
-            shown = ", ".join(_rack_now(snapshot, placement.rack_pool, r) for r in racks)
-            lines.append(f"    racks: {shown or '-'}")
-            lines.append(f"    nodes: {', '.join(nodes) or '-'}")
-            lines.append(f"    why: {_why_racks(deployment, racks)}")
-        elif placement.rack_pool:
-            fell_back = fallback.get("reason") == "DevicePluginFallback"
-            message = str(fallback.get("message") or "") if fell_back else ""
-            lines.append(
-                "    why: the pool could not hold it and fallback is DevicePlugin"
-                + (f" ({message})" if message else "")
+        mine = [p for p in pods if _owned(p, deployment)]
+        steps.append(
+            planner.heal(
+                body,
+                deployment,
+                planner.Record(),
+                pods=mine,
+                domains={},
+                nodes=readiness,
+                clock=clock,
             )
-        else:
-            lines.append("    why: no rackPool: kube-scheduler chose the nodes")
-        for pod in pods:
-            lines.append(f"    {_pod_line(pod)}")
+        )
+    decisions = place_pass(snapshot, planner.batch(steps))
+    for _, decision in reversed(decisions):
+        if decision.reservation is not None:
+            decision.reservation.undo()
+    return {(w.deployment.key, w.replica): d for w, d in decisions if not w.terminating}
 
-    lines.append("Conditions:")
+
+def _key(body: Mapping[str, Any]) -> str:
+    meta = body.get("metadata") or {}
+    return f"{meta.get('namespace')}/{meta.get('name')}"
+
+
+def _owned(pod: PodInfo, deployment: InferenceDeployment) -> bool:
+    return pod.namespace == deployment.namespace and (
+        pod.labels.get(DEPLOYMENT_LABEL) == deployment.name
+    )
+
+
+def _pending(index: int, decision: Decision | None) -> list[str]:
+    lines = [f"  replica {index}: pending"]
+    if decision is None:
+        lines.append("    its old pods are still going away; it is placed once they are gone")
+    elif decision.plan is None:
+        lines.append(f"    why: {decision.reason} (the operator's next pass, on the cluster now)")
+    elif decision.plan.mode == "Rack":
+        lines.append(
+            f"    it fits now on {', '.join(decision.plan.racks)}: the operator places it "
+            "on its next pass"
+        )
+    else:
+        lines.append(f"    it fits now in device-plugin mode ({decision.reason or 'no rackPool'})")
+    return lines
+
+
+def _placed(
+    deployment: InferenceDeployment,
+    body: Mapping[str, Any],
+    snapshot: Snapshot,
+    index: int,
+    pods: list[dict[str, Any]],
+) -> list[str]:
+    spec, placement = deployment.spec, deployment.spec.placement
+    lines = []
+    if index >= spec.replicas:
+        lines.append(f"  replica {index}: being removed (spec.replicas is {spec.replicas})")
+    annotations = _annotations(pods[0])
+    mode = annotations.get(MODE_ANNOTATION) or "Rack"
+    racks = [r for r in annotations.get(RACKS_ANNOTATION, "").split(",") if r]
+    nodes = sorted({n for p in pods if (n := pinned_node(p) or p["spec"].get("nodeName"))})
+    if index < spec.replicas:
+        lines.append(f"  replica {index}: {mode} mode, {len(pods)} pods")
+    if mode == "Rack":
+        shown = ", ".join(_rack_now(snapshot, placement.rack_pool, r) for r in racks)
+        lines.append(f"    racks: {shown or '-'}")
+        lines.append(f"    nodes: {', '.join(nodes) or '-'}")
+        lines.append(f"    why: {_why_racks(deployment, racks)}")
+    elif placement.rack_pool:
+        fallback = _condition(body.get("status") or {}, "Placed")
+        fell_back = fallback.get("reason") == "DevicePluginFallback"
+        message = str(fallback.get("message") or "") if fell_back else ""
+        lines.append(
+            "    why: the pool could not hold it and fallback is DevicePlugin"
+            + (f" ({message})" if message else "")
+        )
+    else:
+        lines.append("    why: no rackPool: kube-scheduler chose the nodes")
+    lines += [f"    {_pod_line(pod)}" for pod in pods]
+    return lines
+
+
+def _conditions(status: Mapping[str, Any]) -> list[str]:
     conditions = status.get("conditions") or []
+    lines = ["Conditions:"]
     for cond in conditions:
         lines.append(
             f"  {cond.get('type')}={cond.get('status')} {cond.get('reason')}: "
@@ -264,8 +338,7 @@ def explain(cluster: Cluster) -> str:
         )
     if not conditions:
         lines.append("  none yet: is the operator running? (kubectl get pods -A | grep rackscale)")
-    lines += ["Events:", *(_events(cluster.events) or ["  none"])]
-    return "\n".join(lines)
+    return lines
 
 
 def _memory_and_cost(deployment: InferenceDeployment, status: Mapping[str, Any]) -> list[str]:
@@ -349,6 +422,14 @@ def fetch(args: argparse.Namespace, namespace: str) -> Cluster:
         return Cluster(
             deployment=body,
             nodes=cluster.items("list nodes", core, "list_node"),
+            deployments=cluster.items(
+                "list inferencedeployments.rackscale.dev --all-namespaces",
+                custom,
+                "list_cluster_custom_object",
+                GROUP,
+                VERSION,
+                "inferencedeployments",
+            ),
             pods=cluster.items(
                 "list pods --all-namespaces",
                 core,

@@ -120,8 +120,11 @@ def computedomain_crd(name: str, body: kopf.Body, **_: Any) -> dict[str, bool]:
     return {name: serves_compute_domains(body)}
 
 
-def _one(index: Any, key: Any) -> Any:
-    """The one value an object gave its index under `key` (None: it is gone)."""
+def _one(index: Any, key: Any, event: Any) -> Any:
+    """The one value an object gave its index under `key`; None when the event deletes it
+    (kopf may call the handler before the index forgets it)."""
+    if event == "DELETED":
+        return None
     store = index.get(key) if index is not None else None
     return next(iter(store), None) if store is not None else None
 
@@ -153,20 +156,20 @@ def _observe(memo: kopf.Memo, indices: dict[str, Any], put: Any) -> None:
 
 @kopf.on.event("nodes")
 async def node_changed(name: str, memo: kopf.Memo, **kwargs: Any) -> None:
-    node = _one(kwargs["nodes"], name)
+    node = _one(kwargs["nodes"], name, kwargs.get("type"))
     _observe(memo, kwargs, lambda cache: cache.put_node(name, node))
 
 
 @kopf.on.event("pods", when=lambda body, **_: is_gpu_pod(body))
 async def pod_changed(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     key = (namespace or "default", name)
-    pod = _one(kwargs["gpu_pods"], (namespace, name))
+    pod = _one(kwargs["gpu_pods"], (namespace, name), kwargs.get("type"))
     _observe(memo, kwargs, lambda cache: cache.put_pod(key, pod))
 
 
 @kopf.on.event(GROUP, VERSION, "rackpools")
 async def pool_changed(name: str, memo: kopf.Memo, **kwargs: Any) -> None:
-    pool = _one(kwargs["rackpools"], name)
+    pool = _one(kwargs["rackpools"], name, kwargs.get("type"))
     _observe(memo, kwargs, lambda cache: cache.put_pool(name, pool))
 
 
@@ -175,7 +178,7 @@ async def deployment_changed(
     namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
 ) -> None:
     key = (namespace or "default", name)
-    body = _one(kwargs["inferencedeployments"], (namespace, name))
+    body = _one(kwargs["inferencedeployments"], (namespace, name), kwargs.get("type"))
     _observe(memo, kwargs, lambda cache: cache.put_deployment(key, body))
 
 
@@ -187,7 +190,7 @@ async def deployment_changed(
 )
 async def domain_changed(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     key = (namespace or "default", name)
-    domain = _one(kwargs["computedomains"], (namespace, name))
+    domain = _one(kwargs["computedomains"], (namespace, name), kwargs.get("type"))
     _observe(memo, kwargs, lambda cache: cache.put_domain(key, domain))
 
 

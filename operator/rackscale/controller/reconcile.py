@@ -120,9 +120,10 @@ class Reconciler:
                 errors[key] = result
             elif result is not None:
                 steps[key] = result
+        seen = self.cache.version  # what placement sees: later changes wake the waiting ones
         errors |= await self._place(steps)
         live = {k: s for k, s in steps.items() if k not in errors}
-        finished = await _each(live, lambda k: self._finish(live[k]))
+        finished = await _each(live, lambda k: self._finish(live[k], seen))
         errors |= {k: r for k, r in finished.items() if isinstance(r, BaseException)}
         self._forget_gone()
         await self.refresh_pools()
@@ -197,8 +198,7 @@ class Reconciler:
     async def _place(self, steps: Mapping[Key, Step]) -> dict[Key, BaseException]:
         """Place every waiting replica of the pass in one batch (`place_pass`: largest first,
         the oldest deployment first among equals), then create what each decision books."""
-        ordered = sorted(steps.values(), key=lambda s: s.age)
-        waiting = [w for s in ordered for w in s.waiting]
+        waiting = planner.batch(steps.values())
         if all(w.terminating for w in waiting):
             return {}  # nothing to place: keeping room matters only against placements
         snapshot = self.cache.snapshot()
@@ -301,7 +301,7 @@ class Reconciler:
                 await self.writer.delete_pod(deployment.namespace, pod["metadata"]["name"])
         return False
 
-    async def _finish(self, step: Step) -> None:
+    async def _finish(self, step: Step, seen: int) -> None:
         """Services, status and its Events, from the pods as they are after this pass."""
         key = (step.deployment.namespace, step.deployment.name)
         states = planner.classify(
@@ -323,7 +323,7 @@ class Reconciler:
         else:
             self.costs[key] = done.cost
         if step.record.progress.unplaced:
-            self._waiting[key] = self.cache.version
+            self._waiting[key] = seen
 
     async def _post(self, obj: Mapping[str, Any], events: Iterable[Event]) -> None:
         for event in events:

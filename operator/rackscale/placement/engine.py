@@ -569,10 +569,20 @@ def _free(request: _Request, rack: Rack) -> int:
 
 def _barrier(request: _Request, rack: Rack) -> Problem | None:
     """Why the rack is out of reach for this request whatever its room (None: it is not)."""
+    return _reserved(rack) or _refused(request, rack)
+
+
+def _reserved(rack: Rack) -> Problem | None:
+    """Held by an exclusive replica, or kept for one this pass."""
     if rack.held_by is not None:
         return Problem("held", rack.held_by[0])
     if rack.kept_for is not None:
         return Problem("kept", f"{rack.kept_for} (GPUs there are being released)")
+    return None
+
+
+def _refused(request: _Request, rack: Rack) -> Problem | None:
+    """Closed to this request by tenancy, exclusivity, GPU memory or health."""
     if request.pool.spec.tenancy == "Exclusive":
         others = sorted(ns for ns in rack.namespaces if ns != request.deployment.namespace)
         if others:

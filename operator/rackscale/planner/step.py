@@ -251,6 +251,12 @@ def _wait(step: Step, actions: lifecycle.Actions) -> None:
             forget_unplaced(step.record, index)
 
 
+def batch(steps: Iterable[Step]) -> list[Waiting]:
+    """The replicas one pass places together, in the order given to the engine: the oldest
+    deployment first (`place_pass` then puts the largest first)."""
+    return [w for step in sorted(steps, key=lambda s: s.age) for w in step.waiting]
+
+
 def forget_unplaced(record: Record, index: int) -> None:
     record.progress.unplaced.pop(index, None)
     record.codes.pop(index, None)

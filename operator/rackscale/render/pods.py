@@ -121,12 +121,33 @@ def _pod(  # noqa: PLR0917
     from_leader = pod.shard == 0 or worker_template is None
     template = copy.deepcopy(view.spec.template if from_leader else worker_template or {})
     meta_in: dict[str, Any] = template.get("metadata") or {}
-    spec: dict[str, Any] = template.get("spec") or {}
-    rack_mode = plan.mode == "Rack"
-    rack = _rack_of(pod, plan, facts) if rack_mode else ""
+    rack = _rack_of(pod, plan, facts) if plan.mode == "Rack" else ""
     name = replica_pod_name(deployment, plan.replica, pod.shard)
+    rendered = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": deployment.namespace,
+            "labels": _labels(deployment, plan, pod, rack, meta_in.get("labels") or {}),
+            "annotations": _annotations(plan, pod, rack, digest, meta_in.get("annotations") or {}),
+            "ownerReferences": [owner_reference(deployment)],
+        },
+        "spec": _spec(deployment, view, plan, pod, facts, template.get("spec") or {}, rack),
+    }
+    if plan.compute_domain:
+        claim_channel(rendered, plan.compute_domain)
+    return rendered
 
-    labels = dict(meta_in.get("labels") or {})
+
+def _labels(
+    deployment: InferenceDeployment,
+    plan: ReplicaPlan,
+    pod: PodPlan,
+    rack: str,
+    given: Mapping[str, str],
+) -> dict[str, str]:
+    labels = dict(given)
     labels.update(
         {
             DEPLOYMENT_LABEL: deployment.name,
@@ -134,19 +155,24 @@ def _pod(  # noqa: PLR0917
             SHARD_LABEL: str(pod.shard),
         }
     )
-    member = deployment.spec.role_replica(plan.replica) if deployment.spec.roles else None
-    if member is not None:
+    if deployment.spec.roles:
+        member = deployment.spec.role_replica(plan.replica)
         labels[ROLE_LABEL] = member.role
         labels[GROUP_LABEL] = str(member.group)
     labels.pop(LEADER_LABEL, None)
     if pod.shard == 0:
         labels[LEADER_LABEL] = "true"
-    if rack_mode:
+    if plan.mode == "Rack":
         labels[RACK_LABEL] = label_value(rack)
         if deployment.spec.placement.exclusive:
             labels[EXCLUSIVE_LABEL] = "true"
+    return labels
 
-    annotations = dict(meta_in.get("annotations") or {})
+
+def _annotations(
+    plan: ReplicaPlan, pod: PodPlan, rack: str, digest: str, given: Mapping[str, str]
+) -> dict[str, str]:
+    annotations = dict(given)
     annotations.update(
         {
             TEMPLATE_HASH_ANNOTATION: digest,
@@ -155,23 +181,35 @@ def _pod(  # noqa: PLR0917
             MODE_ANNOTATION: plan.mode,
         }
     )
-    if rack_mode:
+    if plan.mode == "Rack":
         annotations[RACK_ANNOTATION] = rack
         annotations[RACKS_ANNOTATION] = ",".join(plan.racks)
+    return annotations
 
+
+def _spec(  # noqa: PLR0917
+    deployment: InferenceDeployment,
+    view: InferenceDeployment,
+    plan: ReplicaPlan,
+    pod: PodPlan,
+    facts: PoolFacts,
+    spec: dict[str, Any],
+    rack: str,
+) -> dict[str, Any]:
+    rack_mode = plan.mode == "Rack"
     resource = facts.gpu_resource if rack_mode else DEFAULT_GPU_RESOURCE
     env = _env(deployment, view, plan, pod, rack)
-    if member is not None:
-        env += _role_env(deployment, member)
+    if deployment.spec.roles:
+        env += _role_env(deployment, deployment.spec.role_replica(plan.replica))
     containers = _containers(spec.get("containers") or [], env, resource, pod.gpus)
-    if pod.shard > 0 and worker_template is None:
+    if pod.shard > 0 and view.spec.worker_template is None:
         containers = [_without_probes(c) for c in containers]
     if facts.nvlink_crosses_nodes(plan):
         containers = [_with_defaults(c, MULTI_NODE_NVLINK_ENV) for c in containers]
     spec["containers"] = containers
     if spec.get("initContainers"):
         spec["initContainers"] = [_with_env(c, env) for c in spec["initContainers"]]
-    spec["hostname"] = name
+    spec["hostname"] = replica_pod_name(deployment, plan.replica, pod.shard)
     spec["subdomain"] = headless_service_name(deployment.name)
     spec.pop("nodeName", None)  # kube-scheduler binds; the operator only pins
     if rack_mode:
@@ -180,22 +218,7 @@ def _pod(  # noqa: PLR0917
         spec["tolerations"] = _tolerations(spec.get("tolerations") or [], facts.pool)
     else:
         _avoid_racks(spec, facts.rack_labels)
-
-    rendered = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": deployment.namespace,
-            "labels": labels,
-            "annotations": annotations,
-            "ownerReferences": [owner_reference(deployment)],
-        },
-        "spec": spec,
-    }
-    if plan.compute_domain:
-        claim_channel(rendered, plan.compute_domain)
-    return rendered
+    return spec
 
 
 def _rack_of(pod: PodPlan, plan: ReplicaPlan, facts: PoolFacts) -> str:

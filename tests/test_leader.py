@@ -428,7 +428,7 @@ def test_without_election_a_wedged_loop_is_not_live() -> None:
         liveness.check(loop, alone, bound=BOUND, now=71)
 
 
-def test_liveness_bound_defaults_to_six_resyncs_at_least_a_minute() -> None:
+def test_liveness_bound_defaults_to_six_loop_periods_at_least_a_minute() -> None:
     assert liveness.default_bound(10) == 60
     assert liveness.default_bound(30) == 180
     assert liveness.bound_from({"RACKSCALE_LIVENESS_BOUND": "45"}, 10) == 45

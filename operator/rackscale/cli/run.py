@@ -96,9 +96,10 @@ def register(commands: Any) -> None:
     cmd.add_argument(
         "--resync",
         type=float,
-        default=float(os.environ.get("RACKSCALE_RESYNC", "10")),
+        default=float(os.environ.get("RACKSCALE_RESYNC", "300")),
         metavar="SECONDS",
-        help="reconcile everything at least this often (default %(default)s)",
+        help="reconcile every deployment at least this often; in between, a pass reconciles "
+        "only the deployments whose objects, pods, nodes or timers changed (default %(default)s)",
     )
     cmd.add_argument(
         "--log-format",
@@ -150,7 +151,8 @@ def _election_flags(cmd: Any) -> None:
         else None,
         metavar="SECONDS",
         help="the liveness probe fails when the leader has completed no reconcile pass, or a "
-        "standby has made no attempt at the Lease, this long (default: 6 x --resync, at least 60)",
+        "standby has made no attempt at the Lease, this long (default: 6 loop periods, the "
+        "shorter of --resync and 10 s, at least 60)",
     )
 
 
@@ -213,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rackscale.controller import liveness
     from rackscale.controller.reconcile import Options
+    from rackscale.controller.worker import period
 
     formats = {
         "json": kopf.LogFormat.JSON,
@@ -240,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
         options=options,
         election=election,
         stop=stop.set,
-        liveness_bound=args.liveness_bound or liveness.default_bound(args.resync),
+        liveness_bound=args.liveness_bound or liveness.default_bound(period(args.resync)),
     )
     kopf.run(
         standalone=True,

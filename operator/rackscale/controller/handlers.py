@@ -20,7 +20,7 @@ from rackscale.controller import leader, liveness
 from rackscale.controller.cluster import ClusterCache, is_gpu_pod, serves_compute_domains
 from rackscale.controller.kube import Kube, api_client
 from rackscale.controller.reconcile import Options, Reconciler
-from rackscale.controller.worker import Worker
+from rackscale.controller.worker import Worker, period
 from rackscale.render import (
     COMPUTE_DOMAIN_CRD,
     COMPUTE_DOMAIN_GROUP,
@@ -48,7 +48,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     options = memo.get("options") or Options.from_env(os.environ)
     worker = Worker(Reconciler(ClusterCache(), Kube(api_client()), options))
     memo["worker"] = worker
-    memo.setdefault("liveness_bound", liveness.bound_from(os.environ, options.resync))
+    memo.setdefault("liveness_bound", liveness.bound_from(os.environ, period(options.resync)))
     leader.begin(memo, api_client(), worker.run, os.environ)  # the worker acts once it leads
 
 

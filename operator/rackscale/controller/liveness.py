@@ -19,15 +19,16 @@ from typing import Any
 from rackscale.controller.leader import Leadership
 
 
-def default_bound(resync: float) -> float:
-    """Seconds without a pass before the leader counts as wedged: six resyncs, at least 60."""
-    return max(60.0, 6 * resync)
+def default_bound(period: float) -> float:
+    """Seconds without a pass before the leader counts as wedged: six loop periods (the longest
+    the loop sleeps), at least 60."""
+    return max(60.0, 6 * period)
 
 
-def bound_from(environ: Mapping[str, str], resync: float) -> float:
-    """RACKSCALE_LIVENESS_BOUND, else the default for this resync."""
+def bound_from(environ: Mapping[str, str], period: float) -> float:
+    """RACKSCALE_LIVENESS_BOUND, else the default for this loop period."""
     value = environ.get("RACKSCALE_LIVENESS_BOUND")
-    return float(value) if value else default_bound(resync)
+    return float(value) if value else default_bound(period)
 
 
 class Unhealthy(Exception):

@@ -18,6 +18,11 @@ log = logging.getLogger("rackscale.worker")
 TICK_SECONDS = 10.0  # the longest the loop sleeps
 
 
+def period(resync: float) -> float:
+    """The longest the loop goes without a pass: what liveness bounds are counted in."""
+    return min(resync, TICK_SECONDS)
+
+
 class Worker:
     """Runs passes; bursts of events make one pass, not many."""
 

@@ -86,6 +86,40 @@ def check_role_replica(world: World, view: InferenceDeployment, plan: ReplicaPla
         assert need is None or mib is None or mib >= need[1], f"{p.node}: {mib} MiB per GPU"
 
 
+def check_together(
+    world: World,
+    dep: InferenceDeployment,
+    decision: GroupDecision,
+    fitting: list[tuple[list[str], int]],
+) -> bool:
+    """Whole or not at all, in one unit, the best fit; False: the group was not placed."""
+    spec = dep.spec
+    pool = str(spec.placement.rack_pool)
+    plans = [d.plan for d in decision.decisions]
+    rack_mode = [p for p in plans if p is not None and p.mode == "Rack"]
+    # Whole or not at all: all in the pool, or none of it (all pending or all fallen back).
+    assert len(rack_mode) in (0, len(plans)), f"group {decision.group} placed in part"
+    if not rack_mode:
+        assert fitting == [], f"refused ({decision.reason}) but {fitting[0][0]} holds it"
+        assert decision.reason
+        if spec.placement.fallback == "Never":
+            assert all(p is None for p in plans)
+        else:
+            assert all(p is not None and p.mode == "DevicePlugin" for p in plans)
+        return False
+    used = sorted(decision.racks)
+    unit = next(u for u, _ in fitting if set(used) <= set(u))
+    if spec.colocation == "Rack":
+        assert len(used) == 1, f"colocate Rack, group on {used}"
+    # Best fit (after Spread): no unit that could hold the group has fewer free GPUs.
+    chosen = room(world, unit, pool)
+    own = {r for r, o in world.owners.items() if any(x[0] == dep.key for x in o if x)}
+    fresh = [(u, f) for u, f in fitting if not own & {f"{pool}:{n}" for n in u}]
+    pick = fresh if spec.placement.spread == "Spread" and fresh else fitting
+    assert chosen == min(f for _, f in pick), f"{unit} ({chosen} free) is not the best fit"
+    return True
+
+
 def check_group(  # noqa: PLR0917
     world: World,
     snapshot: Snapshot,
@@ -103,27 +137,8 @@ def check_group(  # noqa: PLR0917
     rack_mode = [p for p in plans if p is not None and p.mode == "Rack"]
     pool = str(spec.placement.rack_pool)
     together = spec.colocation in ("Rack", "Block")
-    if together:
-        # Whole or not at all: all in the pool, or none of it (all pending or all fallen back).
-        assert len(rack_mode) in (0, len(plans)), f"group {decision.group} placed in part"
-        if not rack_mode:
-            assert fitting == [], f"refused ({decision.reason}) but {fitting[0][0]} holds it"
-            assert decision.reason
-            if spec.placement.fallback == "Never":
-                assert all(p is None for p in plans)
-            else:
-                assert all(p is not None and p.mode == "DevicePlugin" for p in plans)
-            return
-        used = sorted(decision.racks)
-        unit = next(u for u, _ in fitting if set(used) <= set(u))
-        if spec.colocation == "Rack":
-            assert len(used) == 1, f"colocate Rack, group on {used}"
-        # Best fit (after Spread): no unit that could hold the group has fewer free GPUs.
-        chosen = room(world, unit, pool)
-        own = {r for r, o in world.owners.items() if any(x[0] == dep.key for x in o if x)}
-        fresh = [(u, f) for u, f in fitting if not own & {f"{pool}:{n}" for n in u}]
-        pick = fresh if spec.placement.spread == "Spread" and fresh else fitting
-        assert chosen == min(f for _, f in pick), f"{unit} ({chosen} free) is not the best fit"
+    if together and not check_together(world, dep, decision, fitting):
+        return
     views = {r.name: dep.role_view(r.name) for r in spec.roles or []}
     for member, d in decision.roles:
         if d.plan is not None and d.plan.mode == "Rack":

@@ -125,7 +125,8 @@ class Reconciler:
         live = {k: s for k, s in steps.items() if k not in errors}
         finished = await _each(live, lambda k: self._finish(live[k], seen))
         errors |= {k: r for k, r in finished.items() if isinstance(r, BaseException)}
-        self._forget_gone()
+        if any(k not in self.cache.deployments for k in keys):
+            self._forget_gone()
         await self.refresh_pools()
         metrics.COSTS.update(self.costs)
         metrics.count_unplaced(c for r in self.records.values() for c in r.codes.values())

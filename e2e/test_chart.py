@@ -42,7 +42,7 @@ VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletec
 EXPECTED_RBAC: dict[tuple[str, str], set[str]] = {
     ("", "nodes"): {"list", "watch"},
     ("", "pods"): {"list", "watch", "create", "delete"},
-    ("", "services"): {"create"},
+    ("", "services"): {"create", "patch"},
     ("", "events"): {"create"},
     (GROUP, "rackpools"): {"list", "watch"},
     (GROUP, "inferencedeployments"): {"list", "watch"},

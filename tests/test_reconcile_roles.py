@@ -1,0 +1,88 @@
+"""Reconciling serving groups (spec.roles) against an in-memory API: both roles in one rack,
+scaling keeps the ratio, a lost role replica restarts alone or with its whole group."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+from rackscale.controller.reconcile import Reconciler
+from tests.factory import hgx, nvl72
+from tests.fakeapi import FakeAPI
+
+TEMPLATE = {"spec": {"containers": [{"name": "server", "image": "vllm"}]}}
+
+
+def apply_disagg(api: FakeAPI, replicas: int = 1) -> None:
+    """Shaped as examples/deepseek-r1-disagg.yaml: 1 prefill of 8 GPUs, 1 decode of 32."""
+    body = {
+        "apiVersion": "rackscale.dev/v1alpha1",
+        "kind": "InferenceDeployment",
+        "metadata": {
+            "name": "ds",
+            "namespace": "llm",
+            "uid": "uid-ds",
+            "generation": 1,
+            "creationTimestamp": "2026-11-28T10:00:00Z",
+        },
+        "spec": {
+            "replicas": replicas,
+            "placement": {"rackPool": "gb200", "colocate": "Rack", "fallback": "Never"},
+            "roles": [
+                {
+                    "name": "prefill",
+                    "replicas": 1,
+                    "parallelism": {"data": 8, "expert": 8},
+                    "gpusPerPod": 4,
+                    "template": TEMPLATE,
+                },
+                {
+                    "name": "decode",
+                    "replicas": 1,
+                    "parallelism": {"data": 32, "expert": 32},
+                    "gpusPerPod": 4,
+                    "template": TEMPLATE,
+                },
+            ],
+        },
+    }
+    api.deployments[("llm", "ds")] = [body]
+    api.touch("deployments", ("llm", "ds"))
+
+
+def pods(api: FakeAPI) -> list[dict[str, Any]]:
+    return [p for (p,) in api.pods.values() if not p["metadata"].get("deletionTimestamp")]
+
+
+def racks_by_group(api: FakeAPI) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for pod in pods(api):
+        labels = pod["metadata"]["labels"]
+        out.setdefault(labels["rackscale.dev/group"], set()).add(labels["rackscale.dev/rack"])
+    return out
+
+
+def roles(api: FakeAPI) -> Counter[tuple[str, str]]:
+    """Pods by (group, role)."""
+    return Counter(
+        (p["metadata"]["labels"]["rackscale.dev/group"], p["metadata"]["labels"]["rackscale.dev/role"])
+        for p in pods(api)
+    )
+
+
+def run(reconciler: Reconciler, passes: int = 1) -> None:
+    for _ in range(passes):
+        asyncio.run(reconciler.reconcile_all())
+
+
+def test_a_serving_group_is_placed_whole_in_one_rack() -> None:
+    api = FakeAPI(nvl72(2) + hgx(2))
+    apply_disagg(api)
+    run(Reconciler(api.view(), api))
+    assert roles(api) == {("0", "prefill"): 2, ("0", "decode"): 8}
+    assert [len(r) for r in racks_by_group(api).values()] == [1]
+    status = api.status("ds")
+    assert status["phase"] == "Ready"
+    assert (status["readyReplicas"], status["ready"]) == (1, "1/1")
+    assert {(p["group"], p["role"]) for p in status["placements"]} == {(0, "prefill"), (0, "decode")}

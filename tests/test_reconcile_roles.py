@@ -66,7 +66,10 @@ def racks_by_group(api: FakeAPI) -> dict[str, set[str]]:
 def roles(api: FakeAPI) -> Counter[tuple[str, str]]:
     """Pods by (group, role)."""
     return Counter(
-        (p["metadata"]["labels"]["rackscale.dev/group"], p["metadata"]["labels"]["rackscale.dev/role"])
+        (
+            p["metadata"]["labels"]["rackscale.dev/group"],
+            p["metadata"]["labels"]["rackscale.dev/role"],
+        )
         for p in pods(api)
     )
 
@@ -85,4 +88,85 @@ def test_a_serving_group_is_placed_whole_in_one_rack() -> None:
     status = api.status("ds")
     assert status["phase"] == "Ready"
     assert (status["readyReplicas"], status["ready"]) == (1, "1/1")
-    assert {(p["group"], p["role"]) for p in status["placements"]} == {(0, "prefill"), (0, "decode")}
+    assert {(p["group"], p["role"]) for p in status["placements"]} == {
+        (0, "prefill"),
+        (0, "decode"),
+    }
+
+
+def uids(api: FakeAPI, role: str) -> set[str]:
+    return {
+        p["metadata"]["uid"]
+        for p in pods(api)
+        if p["metadata"]["labels"]["rackscale.dev/role"] == role
+    }
+
+
+def lose_pod(api: FakeAPI, name: str) -> None:
+    del api.pods[("llm", name)]
+    api.touch("pods", ("llm", name))
+
+
+def test_scaling_adds_and_removes_whole_groups_keeping_the_ratio() -> None:
+    api = FakeAPI(nvl72(2) + hgx(2))
+    apply_disagg(api)
+    reconciler = Reconciler(api.view(), api)
+    run(reconciler)
+    api.edit("ds", lambda spec: spec.update(replicas=2))
+    run(reconciler)
+    assert roles(api) == {
+        ("0", "prefill"): 2,
+        ("0", "decode"): 8,
+        ("1", "prefill"): 2,
+        ("1", "decode"): 8,
+    }
+    assert all(len(racks) == 1 for racks in racks_by_group(api).values())
+    status = api.status("ds")
+    assert (status["replicas"], status["readyReplicas"], status["ready"]) == (2, 2, "2/2")
+    assert sorted(p["replica"] for p in status["placements"]) == [0, 1, 2, 3]
+    api.edit("ds", lambda spec: spec.update(replicas=1))
+    run(reconciler, 2)
+    assert roles(api) == {("0", "prefill"): 2, ("0", "decode"): 8}
+    assert api.status("ds")["ready"] == "1/1"
+
+
+def test_a_lost_decode_shard_restarts_only_its_role_replica_beside_its_group() -> None:
+    api = FakeAPI(nvl72(2) + hgx(2))
+    apply_disagg(api)
+    reconciler = Reconciler(api.view(), api)
+    run(reconciler)
+    [rack] = racks_by_group(api)["0"]
+    prefill, decode = uids(api, "prefill"), uids(api, "decode")
+    lose_pod(api, "ds-g0-decode-0-3")
+    run(reconciler)
+    assert api.status("ds")["conditions"][3]["message"] == "replica 1: shard 3 of 8 is gone"
+    run(reconciler, 2)
+    assert uids(api, "prefill") == prefill  # the prefill replica kept serving
+    assert len(uids(api, "decode")) == 8
+    assert not uids(api, "decode") & decode
+    assert racks_by_group(api) == {"0": {rack}}
+    assert api.status("ds")["phase"] == "Ready"
+    assert any(
+        reason == "ReplicaRestarting" and "replica 1:" in text for _, reason, text in api.events
+    )
+
+
+def test_a_lost_decode_shard_restarts_the_whole_group_when_it_shares_a_compute_domain() -> None:
+    api = FakeAPI(nvl72(2) + hgx(2), domains_served=True)
+    apply_disagg(api)
+    reconciler = Reconciler(api.view(), api)
+    run(reconciler)
+    assert api.created_domains == ["ds-g0"]
+    labels = {p["metadata"]["labels"]["rackscale.dev/compute-domain"] for p in pods(api)}
+    assert labels == {"ds-g0"}
+    prefill, decode = uids(api, "prefill"), uids(api, "decode")
+    lose_pod(api, "ds-g0-decode-0-3")
+    run(reconciler, 3)
+    assert api.deleted_domains == ["ds-g0"]
+    assert api.created_domains == ["ds-g0", "ds-g0"]
+    assert len(uids(api, "prefill")) == 2
+    assert not uids(api, "prefill") & prefill
+    assert len(uids(api, "decode")) == 8
+    assert not uids(api, "decode") & decode
+    assert [len(r) for r in racks_by_group(api).values()] == [1]
+    assert api.status("ds")["phase"] == "Ready"

@@ -51,8 +51,14 @@ def apply_disagg(api: FakeAPI, replicas: int = 1) -> None:
     api.touch("deployments", ("llm", "ds"))
 
 
-def pods(api: FakeAPI) -> list[dict[str, Any]]:
-    return [p for (p,) in api.pods.values() if not p["metadata"].get("deletionTimestamp")]
+def pods(api: FakeAPI, name: str = "ds") -> list[dict[str, Any]]:
+    """The live pods of one deployment."""
+    return [
+        p
+        for (p,) in api.pods.values()
+        if not p["metadata"].get("deletionTimestamp")
+        and p["metadata"]["labels"]["rackscale.dev/deployment"] == name
+    ]
 
 
 def racks_by_group(api: FakeAPI) -> dict[str, set[str]]:
@@ -169,4 +175,27 @@ def test_a_lost_decode_shard_restarts_the_whole_group_when_it_shares_a_compute_d
     assert len(uids(api, "decode")) == 8
     assert not uids(api, "decode") & decode
     assert [len(r) for r in racks_by_group(api).values()] == [1]
+    assert api.status("ds")["phase"] == "Ready"
+
+
+def test_a_lost_role_replica_that_no_longer_fits_beside_its_group_moves_the_whole_group() -> None:
+    api = FakeAPI(nvl72(2) + hgx(2))
+    apply_disagg(api)
+    reconciler = Reconciler(api.view(), api)
+    run(reconciler)
+    [rack] = racks_by_group(api)["0"]
+    prefill = uids(api, "prefill")
+    lose_pod(api, "ds-g0-decode-0-3")
+    # In the pass that deletes the decode replica, a 36-GPU replica takes the room it held.
+    api.apply("filler", replicas=1, tensor=4, data=9, fallback="Never", spread="Pack")
+    run(reconciler)
+    filler = {p["metadata"]["labels"]["rackscale.dev/rack"] for p in pods(api, "filler")}
+    assert filler == {rack}
+    run(reconciler, 3)
+    restarting = [text for _, reason, text in api.events if reason == "ReplicaRestarting"]
+    assert any("serving group 0 is placed again whole" in text for text in restarting)
+    [moved] = racks_by_group(api)["0"]
+    assert moved != rack
+    assert not uids(api, "prefill") & prefill
+    assert roles(api) == {("0", "prefill"): 2, ("0", "decode"): 8}
     assert api.status("ds")["phase"] == "Ready"

@@ -271,6 +271,8 @@ class Reconciler:
         """A booking's deletes (a serving group to place again whole), its ComputeDomain, then
         its pods; on any failure nothing is left half."""
         deployment = step.deployment
+        for cause in booking.restarts:
+            metrics.REPLICA_RESTARTS.labels(cause=cause).inc()
         for delete in booking.deletes:
             await self._delete(deployment, delete)
         pods = booking.pods()

@@ -129,6 +129,7 @@ class Booking:
     result: Literal["placed", "fallback", "unplaced"] = "unplaced"
     parts: list[Booking] = field(default_factory=list)  # a serving group: its role replicas
     deletes: list[Delete] = field(default_factory=list)  # a group to place again whole
+    restarts: list[str] = field(default_factory=list)  # the deletes' causes, as metrics count them
 
     def pods(self) -> list[dict[str, Any]]:
         if self.parts:
@@ -399,10 +400,14 @@ def book_beside(step: Step, decision: Decision, snapshot: Snapshot) -> Booking:
         group = step.deployment.spec.role_replica(decision.replica).group
         size = step.deployment.spec.group_size
         why = decision.reason or "it no longer fits beside its group"
+        events, restarts = len(step.events), len(step.restarts)  # heal's are posted already
         for state in step.states:
             if state.replica // size == group and state.pods and state.condition != "Terminating":
                 state.why = f"serving group {group} is placed again whole: {why}"
                 booking.deletes.append(_delete(step, state, "restart"))
+        booking.events[:0] = step.events[events:]
+        booking.restarts = step.restarts[restarts:]
+        del step.events[events:], step.restarts[restarts:]
     return booking
 
 

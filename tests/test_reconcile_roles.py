@@ -14,7 +14,7 @@ from tests.fakeapi import FakeAPI
 TEMPLATE = {"spec": {"containers": [{"name": "server", "image": "vllm"}]}}
 
 
-def apply_disagg(api: FakeAPI, replicas: int = 1) -> None:
+def apply_disagg(api: FakeAPI, replicas: int = 1, colocate: str = "Rack") -> None:
     """Shaped as examples/deepseek-r1-disagg.yaml: 1 prefill of 8 GPUs, 1 decode of 32."""
     body = {
         "apiVersion": "rackscale.dev/v1alpha1",
@@ -28,7 +28,7 @@ def apply_disagg(api: FakeAPI, replicas: int = 1) -> None:
         },
         "spec": {
             "replicas": replicas,
-            "placement": {"rackPool": "gb200", "colocate": "Rack", "fallback": "Never"},
+            "placement": {"rackPool": "gb200", "colocate": colocate, "fallback": "Never"},
             "roles": [
                 {
                     "name": "prefill",
@@ -197,5 +197,21 @@ def test_a_lost_role_replica_that_no_longer_fits_beside_its_group_moves_the_whol
     [moved] = racks_by_group(api)["0"]
     assert moved != rack
     assert not uids(api, "prefill") & prefill
+    assert roles(api) == {("0", "prefill"): 2, ("0", "decode"): 8}
+    assert api.status("ds")["phase"] == "Ready"
+
+
+def test_colocate_none_restarts_a_lost_role_replica_alone_with_its_own_compute_domain() -> None:
+    api = FakeAPI(nvl72(2) + hgx(2), domains_served=True)
+    apply_disagg(api, colocate="None")
+    reconciler = Reconciler(api.view(), api)
+    run(reconciler)
+    assert sorted(api.created_domains) == ["ds-0", "ds-1"]
+    prefill = uids(api, "prefill")
+    lose_pod(api, "ds-g0-decode-0-3")
+    run(reconciler, 3)
+    assert api.deleted_domains == ["ds-1"]
+    assert sorted(api.created_domains) == ["ds-0", "ds-1", "ds-1"]
+    assert uids(api, "prefill") == prefill
     assert roles(api) == {("0", "prefill"): 2, ("0", "decode"): 8}
     assert api.status("ds")["phase"] == "Ready"

@@ -264,7 +264,7 @@ class Reconciler:
         out = []
         for want, decision in decisions:
             key = (want.deployment.namespace, want.deployment.name)
-            out.append((key, planner.book_group(steps[key], decision, snapshot)))
+            out += [(key, b) for b in planner.book_group(steps[key], decision, snapshot)]
         return out
 
     async def _create(self, step: Step, booking: Booking) -> None:

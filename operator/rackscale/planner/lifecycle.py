@@ -308,12 +308,13 @@ def decide(states: list[ReplicaState]) -> Actions:
 # ---- serving groups (spec.roles) ---------------------------------------------------------------
 
 
-def decide_groups(states: list[ReplicaState], size: int) -> Actions:
+def decide_groups(states: list[ReplicaState], size: int, *, colocated: bool = True) -> Actions:
     """`decide` for a deployment with spec.roles: `states` are its role replicas, `size` of
     them to a serving group. A group whose role replicas all are missing is placed whole; a
     lost role replica restarts alone beside its group when the group shares no ComputeDomain,
     else the whole group restarts; excess groups go (scale down); an outdated group is replaced
-    whole, one group at a time while the others serve."""
+    whole, one group at a time while the others serve. Not `colocated` (colocate None), each
+    role replica's ComputeDomain is its own, and a lost one restarts alone."""
     actions = Actions()
     groups: dict[int, list[ReplicaState]] = {}
     for state in states:
@@ -322,7 +323,7 @@ def decide_groups(states: list[ReplicaState], size: int) -> Actions:
     outdated: list[list[ReplicaState]] = []
     idle: list[list[ReplicaState]] = []
     for group, members in sorted(groups.items()):
-        _decide_group(group, members, size, actions)
+        _decide_group(group, members, size, actions, colocated=colocated)
         running = [m for m in members if m.condition == "Running"]
         if members[0].condition == "Excess":
             continue
@@ -338,7 +339,9 @@ def decide_groups(states: list[ReplicaState], size: int) -> Actions:
     return actions
 
 
-def _decide_group(group: int, members: list[ReplicaState], size: int, actions: Actions) -> None:
+def _decide_group(
+    group: int, members: list[ReplicaState], size: int, actions: Actions, *, colocated: bool
+) -> None:
     """One serving group's deletes and what of it is placed."""
     if not any(m.pods for m in members):
         for name in dict.fromkeys(m.leftover_domain for m in members if m.leftover_domain):
@@ -350,7 +353,7 @@ def _decide_group(group: int, members: list[ReplicaState], size: int, actions: A
         actions.groups.append(group)
         return
     broken = [m for m in members if m.condition == "Broken"]
-    if any(m.domain for m in members) and (broken or missing):
+    if colocated and any(m.domain for m in members) and (broken or missing):
         _restart_whole(group, members, broken[0] if broken else missing[0], actions)
         return
     actions.delete += [(m, "restart") for m in broken]

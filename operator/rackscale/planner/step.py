@@ -214,7 +214,12 @@ def heal(
     step.states = classify(step, pods, domains, nodes, clock, group_domains)
     step.due = lifecycle.due(step.states)
     size = deployment.spec.group_size
-    actions = lifecycle.decide_groups(step.states, size) if size else lifecycle.decide(step.states)
+    colocated = deployment.spec.colocation != "None"
+    actions = (
+        lifecycle.decide_groups(step.states, size, colocated=colocated)
+        if size
+        else lifecycle.decide(step.states)
+    )
     for state, cause in actions.delete:
         step.deletes.append(_delete(step, state, cause))
     step.delete_domains = list(actions.delete_domains)
@@ -370,12 +375,15 @@ def book(step: Step, decision: Decision, snapshot: Snapshot) -> Booking:
     return booking
 
 
-def book_group(step: Step, decision: GroupDecision, snapshot: Snapshot) -> Booking:
+def book_group(step: Step, decision: GroupDecision, snapshot: Snapshot) -> list[Booking]:
     """What one serving group's decision creates, as one booking: the group's ComputeDomain
     (once, before any of its pods), then every placed role replica's pods. A group not placed
-    posts one Event, its first role replica's."""
+    posts one Event, its first role replica's. colocate None: a booking per role replica, each
+    with its own ComputeDomain."""
     record = step.record
     parts = [book(step, d, snapshot) for d in decision.decisions]
+    if step.deployment.spec.colocation == "None":
+        return parts
     first = decision.decisions[0].replica if decision.decisions else 0
     booking = Booking(first, step.deployment, parts=parts)
     domains = [p.domain for p in parts if p.domain is not None]
@@ -388,7 +396,7 @@ def book_group(step: Step, decision: GroupDecision, snapshot: Snapshot) -> Booki
         record.group_prefer.pop(decision.group, None)
     results = {p.result for p in parts}
     booking.result = "unplaced" if "unplaced" in results else max(results, default="unplaced")
-    return booking
+    return [booking]
 
 
 def book_beside(step: Step, decision: Decision, snapshot: Snapshot) -> Booking:

@@ -215,3 +215,22 @@ def test_colocate_none_restarts_a_lost_role_replica_alone_with_its_own_compute_d
     assert uids(api, "prefill") == prefill
     assert roles(api) == {("0", "prefill"): 2, ("0", "decode"): 8}
     assert api.status("ds")["phase"] == "Ready"
+
+
+def test_a_template_change_replaces_one_whole_group_at_a_time_on_its_racks() -> None:
+    api = FakeAPI(nvl72(2) + hgx(2))
+    apply_disagg(api, replicas=2)
+    reconciler = Reconciler(api.view(), api)
+    run(reconciler)
+    before = racks_by_group(api)
+    old = uids(api, "prefill") | uids(api, "decode")
+    image = {"spec": {"containers": [{"name": "server", "image": "vllm:next"}]}}
+    api.edit("ds", lambda spec: spec["roles"][1].update(template=image))
+    serving = []
+    for _ in range(6):
+        run(reconciler)
+        serving.append(api.status("ds")["readyReplicas"])
+    assert min(serving) == 1, "one group at a time, the other serving"
+    assert not (uids(api, "prefill") | uids(api, "decode")) & old
+    assert racks_by_group(api) == before
+    assert api.status("ds")["phase"] == "Ready"

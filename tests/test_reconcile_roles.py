@@ -94,6 +94,10 @@ def test_a_serving_group_is_placed_whole_in_one_rack() -> None:
     status = api.status("ds")
     assert status["phase"] == "Ready"
     assert (status["readyReplicas"], status["ready"]) == (1, "1/1")
+    assert status["selector"] == (
+        "rackscale.dev/deployment=ds,rackscale.dev/leader=true,rackscale.dev/role=decode"
+    )
+    assert status["gpus"] == 40
     assert {(p["group"], p["role"]) for p in status["placements"]} == {
         (0, "prefill"),
         (0, "decode"),

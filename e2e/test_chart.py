@@ -738,7 +738,7 @@ def test_operator_as_the_service_account_places_without_a_denial(
     assert {p.metadata.labels["rackscale.dev/replica"] for p in live_pods()} == {"0"}
 
     text = operator_as_service_account.read_text()
-    assert "cluster view ready" in text, text[-4000:]
+    assert "cluster cache loaded" in text, text[-4000:]
     denied = [line for line in text.splitlines() if DENIED_IN_LOG.search(line)]
     assert not denied, "\n".join(denied[:20])
 

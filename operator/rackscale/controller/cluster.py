@@ -23,7 +23,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from rackscale.api import RackPool, format_errors
-from rackscale.render import COMPUTE_DOMAIN_VERSION, DEPLOYMENT_LABEL, REPLICA_LABEL
+from rackscale.render import (
+    COMPUTE_DOMAIN_VERSION,
+    DEPLOYMENT_LABEL,
+    GROUP_LABEL,
+    REPLICA_LABEL,
+)
 from rackscale.topology import NodeInfo, PodInfo, Snapshot, Usage, build_racks
 from rackscale.topology.objects import DomainInfo
 
@@ -332,6 +337,18 @@ class ClusterCache:
             domain = self._domains[name]
             index = domain.labels.get(REPLICA_LABEL, "")
             if index.isdigit() and not (uid and domain.owners and uid not in domain.owners):
+                out[int(index)] = domain
+        return out
+
+    def group_domains_of(self, key: Key, uid: str) -> dict[int, DomainInfo]:
+        """The ComputeDomains shared by a deployment's serving groups (spec.roles), by group."""
+        out = {}
+        for name in self._domains_by_deployment.get(key, ()):
+            domain = self._domains[name]
+            index = domain.labels.get(GROUP_LABEL, "")
+            if REPLICA_LABEL in domain.labels or not index.isdigit():
+                continue
+            if not (uid and domain.owners and uid not in domain.owners):
                 out[int(index)] = domain
         return out
 

@@ -23,6 +23,12 @@ from rackscale.controller import metrics
 from rackscale.controller.cluster import ClusterCache, Key
 from rackscale.controller.kube import Writer, now
 from rackscale.placement import Decision, Waiting, place_pass
+from rackscale.placement.groups import (
+    GroupDecision,
+    WaitingGroup,
+    place_groups,
+    restart_role_replica,
+)
 from rackscale.planner import lifecycle, status
 from rackscale.planner import step as planner
 from rackscale.planner.step import Booking, Event, Record, Step
@@ -160,6 +166,7 @@ class Reconciler:
             domains=self.cache.domains_of(key, uid),
             nodes=self.cache.readiness,
             clock=self._clock(),
+            group_domains=self.cache.group_domains_of(key, uid),
         )
         if step.due is not None:
             self.timers[key] = time.monotonic() + step.due
@@ -197,15 +204,34 @@ class Reconciler:
             await self.writer.delete_compute_domain(deployment.namespace, delete.domain)
 
     async def _place(self, steps: Mapping[Key, Step]) -> dict[Key, BaseException]:
-        """Place every waiting replica of the pass in one batch (`place_pass`: largest first,
-        the oldest deployment first among equals), then create what each decision books."""
-        waiting = planner.batch(steps.values())
-        if all(w.terminating for w in waiting):
+        """Place everything waiting in the pass on one snapshot: first role replicas going back
+        beside their serving groups (only their group's racks will do), then whole serving
+        groups (`place_groups`), then every waiting replica in one batch (`place_pass`: largest
+        first, the oldest deployment first among equals), as `plan --together` orders them;
+        then create what each decision books."""
+        ordered = sorted(steps.values(), key=lambda s: s.age)
+        waiting = planner.batch(ordered)
+        groups = [g for s in ordered for g in s.groups]
+        beside = [(s, b) for s in ordered for b in s.beside]
+        if not groups and not beside and all(w.terminating for w in waiting):
             return {}  # nothing to place: keeping room matters only against placements
         snapshot = self.cache.snapshot()
         with metrics.PLACEMENT_SECONDS.time():
-            decisions = place_pass(snapshot, waiting)
-        bookings = self._book(steps, decisions, snapshot)
+            returning = [
+                (s, restart_role_replica(snapshot, s.deployment, b.replica, b.racks))
+                for s, b in beside
+            ]
+            grouped = place_groups(snapshot, groups)
+            decisions = place_pass(snapshot, waiting) if waiting else []
+        bookings = [
+            ((s.deployment.namespace, s.deployment.name), planner.book_beside(s, d, snapshot))
+            for s, d in returning
+        ]
+        bookings += self._book_groups(steps, grouped, snapshot)
+        bookings += self._book(steps, decisions, snapshot)
+        for _, booking in reversed(bookings):
+            metrics.PLACEMENT_DECISIONS.labels(result=booking.result).inc()
+            booking.undo()  # the reservations give way to the pods they become
         errors: dict[Key, BaseException] = {}
         for key, booking in bookings:
             try:
@@ -228,17 +254,29 @@ class Reconciler:
             key = (want.deployment.namespace, want.deployment.name)
             if want.terminating:
                 continue
-            booking = planner.book(steps[key], decision, snapshot)
-            metrics.PLACEMENT_DECISIONS.labels(result=booking.result).inc()
-            out.append((key, booking))
-        for _, booking in reversed(out):
-            if booking.reservation is not None:
-                booking.reservation.undo()
+            out.append((key, planner.book(steps[key], decision, snapshot)))
+        return out
+
+    def _book_groups(
+        self,
+        steps: Mapping[Key, Step],
+        decisions: Iterable[tuple[WaitingGroup, GroupDecision]],
+        snapshot: Snapshot,
+    ) -> list[tuple[Key, Booking]]:
+        out = []
+        for want, decision in decisions:
+            key = (want.deployment.namespace, want.deployment.name)
+            out += [(key, b) for b in planner.book_group(steps[key], decision, snapshot)]
         return out
 
     async def _create(self, step: Step, booking: Booking) -> None:
-        """A booking's ComputeDomain, then its pods; on any failure nothing is left half."""
+        """A booking's deletes (a serving group to place again whole), its ComputeDomain, then
+        its pods; on any failure nothing is left half."""
         deployment = step.deployment
+        for cause in booking.restarts:
+            metrics.REPLICA_RESTARTS.labels(cause=cause).inc()
+        for delete in booking.deletes:
+            await self._delete(deployment, delete)
         pods = booking.pods()
         if not pods:
             await self._post(step.body, booking.events)
@@ -311,6 +349,7 @@ class Reconciler:
             self.cache.domains_of(key, step.uid),
             self.cache.readiness,
             self._clock(),
+            self.cache.group_domains_of(key, step.uid),
         )
         context = planner.Context(self.cache.snapshot(), now(), self.options.ordinary_price)
         done = planner.finish(step, states, context)

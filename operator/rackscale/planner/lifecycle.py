@@ -75,6 +75,8 @@ class Actions:
     place: list[int] = field(default_factory=list)
     waiting: list[int] = field(default_factory=list)  # old pods (or domain) still going away
     delete_domains: list[str] = field(default_factory=list)  # ComputeDomains of no pod
+    groups: list[int] = field(default_factory=list)  # serving groups to place whole
+    beside: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)  # role replica, racks
 
 
 def first_rank(pod: PodInfo) -> int:
@@ -301,3 +303,88 @@ def decide(states: list[ReplicaState]) -> Actions:
     elif running and unavailable == 0:
         actions.delete.append((running[0], "update"))
     return actions
+
+
+# ---- serving groups (spec.roles) ---------------------------------------------------------------
+
+
+def decide_groups(states: list[ReplicaState], size: int, *, colocated: bool = True) -> Actions:
+    """`decide` for a deployment with spec.roles: `states` are its role replicas, `size` of
+    them to a serving group. A group whose role replicas all are missing is placed whole; a
+    lost role replica restarts alone beside its group when the group shares no ComputeDomain,
+    else the whole group restarts; excess groups go (scale down); an outdated group is replaced
+    whole, one group at a time while the others serve. Not `colocated` (colocate None), each
+    role replica's ComputeDomain is its own, and a lost one restarts alone."""
+    actions = Actions()
+    groups: dict[int, list[ReplicaState]] = {}
+    for state in states:
+        groups.setdefault(state.replica // size, []).append(state)
+    unavailable = 0
+    outdated: list[list[ReplicaState]] = []
+    idle: list[list[ReplicaState]] = []
+    for group, members in sorted(groups.items()):
+        _decide_group(group, members, size, actions, colocated=colocated)
+        running = [m for m in members if m.condition == "Running"]
+        if members[0].condition == "Excess":
+            continue
+        serving = len(running) == size and all(m.ready for m in running)
+        if len(running) == size and any(m.outdated for m in running):
+            (outdated if serving else idle).append(members)
+        elif not serving:
+            unavailable += 1
+    if idle:
+        actions.delete += [(m, "update") for m in idle[0]]
+    elif outdated and unavailable == 0:
+        actions.delete += [(m, "update") for m in outdated[0]]
+    return actions
+
+
+def _decide_group(
+    group: int, members: list[ReplicaState], size: int, actions: Actions, *, colocated: bool
+) -> None:
+    """One serving group's deletes and what of it is placed."""
+    if not any(m.pods for m in members):
+        for name in dict.fromkeys(m.leftover_domain for m in members if m.leftover_domain):
+            actions.delete_domains.append(name)
+    if _going(members, actions):
+        return
+    missing = [m for m in members if m.condition == "Missing"]
+    if len(missing) == size:
+        actions.groups.append(group)
+        return
+    broken = [m for m in members if m.condition == "Broken"]
+    if colocated and any(m.domain for m in members) and (broken or missing):
+        _restart_whole(group, members, broken[0] if broken else missing[0], actions)
+        return
+    actions.delete += [(m, "restart") for m in broken]
+    if missing and not broken:
+        racks = tuple(sorted({r for m in members if m.condition == "Running" for r in m.racks}))
+        actions.beside += [(m.replica, racks) for m in missing]
+
+
+def _going(members: list[ReplicaState], actions: Actions) -> bool:
+    """A group scaled away (its role replicas deleted), or with pods still going away (nothing
+    of it is placed until they are gone)."""
+    going = False
+    for member in members:
+        if member.condition == "Excess":
+            actions.delete.append((member, "scale-down"))
+            going = True
+        elif member.condition == "Terminating":
+            actions.waiting.append(member.replica)
+            going = True
+            if member.node_lost:
+                actions.delete.append((member, "force"))
+    return going
+
+
+def _restart_whole(
+    group: int, members: list[ReplicaState], lost: ReplicaState, actions: Actions
+) -> None:
+    """A group sharing a ComputeDomain lost a member: all of it restarts, with a fresh one."""
+    why = lost.why or f"replica {lost.replica} is gone"
+    for member in members:
+        if member is not lost:
+            member.why = f"serving group {group} restarts whole with its ComputeDomain ({why})"
+        if member.pods:
+            actions.delete.append((member, "restart"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,7 +18,7 @@ from rackscale.api.inferencedeployment import (
 from rackscale.api.pricing import Price, cost_per_hour, money
 from rackscale.api.rackpool import PoolCost, RackPoolStatus, RackStatus
 from rackscale.planner.lifecycle import ReplicaState, first_rank
-from rackscale.render import DEPLOYMENT_LABEL, LEADER_LABEL
+from rackscale.render import DEPLOYMENT_LABEL, LEADER_LABEL, ROLE_LABEL
 from rackscale.topology.snapshot import Pool
 
 DOMAINS_MISSING = (
@@ -94,6 +95,154 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+@dataclass(slots=True)
+class _Seen:
+    """A deployment's replicas as the status counts them. With spec.roles each one is a role
+    replica (`desired` = spec.replicas x the group size), and `groups` counts serving groups."""
+
+    desired: int
+    states: list[ReplicaState]
+    wanted: list[ReplicaState]
+    running: list[ReplicaState]
+    placed: list[ReplicaState]
+    ready: list[ReplicaState]
+    shown: list[ReplicaState]
+    placements: list[ReplicaPlacement]
+    mode: str
+    unplaced: dict[int, str]
+    restarting: dict[int, str]
+    terminating: list[int]
+    fallbacks: dict[int, str]
+
+    @property
+    def counts(self) -> str:
+        return f"{len(self.ready)}/{self.desired} replicas ready"
+
+
+def _seen(
+    deployment: InferenceDeployment,
+    states: list[ReplicaState],
+    progress: Progress,
+    gpu_resource: str,
+    sizes: Sizes,
+) -> _Seen:
+    spec = deployment.spec
+    desired = spec.replicas * (spec.group_size or 1)
+    wanted = [s for s in states if s.replica < desired]
+    running = [s for s in wanted if s.condition == "Running"]
+    shown = [s for s in states if s.pods]
+    placements = [_placement(s, gpu_resource, sizes) for s in shown if s.replica < desired]
+    if spec.roles:
+        for placement in placements:
+            member = spec.role_replica(placement.replica)
+            placement.group, placement.role = member.group, member.role
+    modes = {p.mode for p in placements}
+    intended = "Rack" if spec.placement.rack_pool else "DevicePlugin"
+    restarting = {s.replica: s.why or "" for s in wanted if s.condition == "Broken"}
+    restarting.update({r: w for r, w in progress.restarting.items() if r < desired})
+    return _Seen(
+        desired=desired,
+        states=states,
+        wanted=wanted,
+        running=running,
+        placed=[s for s in wanted if s.condition in ("Running", "Broken")],
+        ready=[s for s in running if s.ready],
+        shown=shown,
+        placements=placements,
+        mode=(modes.pop() if len(modes) == 1 else "Mixed") if modes else intended,
+        unplaced={r: why for r, why in progress.unplaced.items() if r < desired},
+        restarting=restarting,
+        terminating=[s.replica for s in wanted if s.condition == "Terminating"],
+        fallbacks={
+            p.replica: progress.fallbacks.get(p.replica, "the pool could not hold it")
+            for p in placements
+            if p.mode == "DevicePlugin" and spec.placement.rack_pool
+        },
+    )
+
+
+def _placed_condition(seen: _Seen) -> Condition:
+    desired, placed, unplaced, fallbacks = seen.desired, seen.placed, seen.unplaced, seen.fallbacks
+    if unplaced:
+        first = min(unplaced)
+        message = f"{len(placed)} of {desired} replicas placed; replica {first}: {unplaced[first]}"
+        return Condition(type="Placed", status="False", reason="Unplaceable", message=message)
+    if len(placed) < desired:
+        message = f"{len(placed)} of {desired} replicas placed"
+        return Condition(type="Placed", status="False", reason="Placing", message=message)
+    if fallbacks:
+        first = min(fallbacks)
+        return Condition(
+            type="Placed",
+            status="True",
+            reason="DevicePluginFallback",
+            message=f"{_plural(len(fallbacks), 'replica')} in device-plugin mode; "
+            f"replica {first}: {fallbacks[first]}",
+        )
+    message = f"{desired} of {desired} replicas placed ({seen.mode})"
+    return Condition(type="Placed", status="True", reason="AllReplicasPlaced", message=message)
+
+
+def _progressing(seen: _Seen, progress: Progress, placed_cond: Condition) -> Condition:
+    desired, unplaced, counts = seen.desired, seen.unplaced, seen.counts
+    if unplaced and not progress.restarting and not seen.terminating:
+        message = "waiting for capacity: " + unplaced[min(unplaced)]
+        return Condition(type="Progressing", status="False", reason="Stalled", message=message)
+    if seen.restarting or seen.terminating:
+        message = "restarting replica " + ", ".join(
+            str(r) for r in sorted({*seen.restarting, *seen.terminating})
+        )
+        return Condition(type="Progressing", status="True", reason="Restarting", message=message)
+    if progress.updating or any(s.outdated for s in seen.wanted):
+        message = f"{sum(not s.outdated for s in seen.running)} of {desired} replicas updated"
+        return Condition(type="Progressing", status="True", reason="Updating", message=message)
+    if progress.scaling_down or any(s.replica >= desired for s in seen.states):
+        return Condition(type="Progressing", status="True", reason="ScalingDown", message=counts)
+    return _moving(seen, placed_cond)
+
+
+def _moving(seen: _Seen, placed_cond: Condition) -> Condition:
+    """Progressing when nothing restarts, updates or scales down: placing, waiting, or done."""
+    desired, counts = seen.desired, seen.counts
+    if len(seen.placed) < desired:
+        message = placed_cond.message
+        return Condition(type="Progressing", status="True", reason="Placing", message=message)
+    if len(seen.ready) < desired:
+        return Condition(type="Progressing", status="True", reason="WaitingForPods", message=counts)
+    return Condition(type="Progressing", status="False", reason="Complete", message=counts)
+
+
+def _degraded(seen: _Seen, placed_cond: Condition) -> Condition:
+    if seen.restarting:
+        first = min(seen.restarting)
+        message = f"replica {first}: {seen.restarting[first]}"
+        return Condition(type="Degraded", status="True", reason="ReplicaLost", message=message)
+    if seen.unplaced and seen.placed:
+        message = placed_cond.message
+        return Condition(type="Degraded", status="True", reason="ReplicasUnplaced", message=message)
+    return Condition(type="Degraded", status="False", reason="AsExpected", message=seen.counts)
+
+
+def _phase(seen: _Seen) -> str:
+    desired, placed, unplaced = seen.desired, seen.placed, seen.unplaced
+    if desired == 0 or len(seen.ready) == desired:
+        return "Ready"
+    if unplaced and not placed:
+        return "Pending"
+    if seen.restarting or (unplaced and placed):
+        return "Degraded"
+    if len(placed) < desired:
+        return "Placing"
+    return "Placed"
+
+
+def _whole(deployment: InferenceDeployment, states: list[ReplicaState]) -> int:
+    """How many serving groups (spec.roles) have every role replica among `states`."""
+    size = deployment.spec.group_size
+    counts = Counter(s.replica // size for s in states)
+    return sum(1 for n in counts.values() if n == size)
+
+
 def deployment_status(
     deployment: InferenceDeployment,
     states: list[ReplicaState],
@@ -107,143 +256,32 @@ def deployment_status(
     """The status a person reads: phase, mode, counts, placements and four conditions (five
     where ComputeDomains apply); memory needed against what each placement's GPUs have, and cost
     per hour. `domains_missing`: the pool wants ComputeDomains and the API server does not serve
-    them."""
+    them. With spec.roles the conditions count role replicas, and `replicas`, `placedReplicas`,
+    `readyReplicas` and `ready` count serving groups (those with a pod; those whose role
+    replicas are all placed; all ready), as `spec.replicas` does."""
     sizes = sizes or Sizes()
-    desired = deployment.spec.replicas
-    wanted = [s for s in states if s.replica < desired]
-    running = [s for s in wanted if s.condition == "Running"]
-    placed = [s for s in wanted if s.condition in ("Running", "Broken")]
-    ready = [s for s in running if s.ready]
-    shown = [s for s in states if s.pods]
-    placements = [_placement(s, gpu_resource, sizes) for s in shown if s.replica < desired]
-    modes = {p.mode for p in placements}
-    intended = "Rack" if deployment.spec.placement.rack_pool else "DevicePlugin"
-    mode = (modes.pop() if len(modes) == 1 else "Mixed") if modes else intended
-    unplaced = {r: why for r, why in progress.unplaced.items() if r < desired}
-    restarting = {s.replica: s.why or "" for s in wanted if s.condition == "Broken"}
-    restarting.update({r: w for r, w in progress.restarting.items() if r < desired})
-    terminating = [s.replica for s in wanted if s.condition == "Terminating"]
-    fallbacks = {
-        p.replica: progress.fallbacks.get(p.replica, "the pool could not hold it")
-        for p in placements
-        if p.mode == "DevicePlugin" and deployment.spec.placement.rack_pool
-    }
-    counts = f"{len(ready)}/{desired} replicas ready"
-
-    if unplaced:
-        first = min(unplaced)
-        placed_cond = Condition(
-            type="Placed",
-            status="False",
-            reason="Unplaceable",
-            message=(
-                f"{len(placed)} of {desired} replicas placed; replica {first}: {unplaced[first]}"
-            ),
-        )
-    elif len(placed) < desired:
-        placed_cond = Condition(
-            type="Placed",
-            status="False",
-            reason="Placing",
-            message=f"{len(placed)} of {desired} replicas placed",
-        )
-    elif fallbacks:
-        first = min(fallbacks)
-        placed_cond = Condition(
-            type="Placed",
-            status="True",
-            reason="DevicePluginFallback",
-            message=f"{_plural(len(fallbacks), 'replica')} in device-plugin mode; "
-            f"replica {first}: {fallbacks[first]}",
-        )
-    else:
-        placed_cond = Condition(
-            type="Placed",
-            status="True",
-            reason="AllReplicasPlaced",
-            message=f"{desired} of {desired} replicas placed ({mode})",
-        )
-
+    seen = _seen(deployment, states, progress, gpu_resource, sizes)
+    placed_cond = _placed_condition(seen)
+    ready = len(seen.ready)
     available = Condition(
         type="Available",
-        status="True" if ready or desired == 0 else "False",
-        reason="ReplicasReady" if ready or desired == 0 else "NoReplicaReady",
-        message=counts,
+        status="True" if ready or seen.desired == 0 else "False",
+        reason="ReplicasReady" if ready or seen.desired == 0 else "NoReplicaReady",
+        message=seen.counts,
     )
-
-    if unplaced and not progress.restarting and not terminating:
-        progressing = Condition(
-            type="Progressing",
-            status="False",
-            reason="Stalled",
-            message="waiting for capacity: " + unplaced[min(unplaced)],
-        )
-    elif restarting or terminating:
-        progressing = Condition(
-            type="Progressing",
-            status="True",
-            reason="Restarting",
-            message="restarting replica "
-            + ", ".join(str(r) for r in sorted({*restarting, *terminating})),
-        )
-    elif progress.updating or any(s.outdated for s in wanted):
-        progressing = Condition(
-            type="Progressing",
-            status="True",
-            reason="Updating",
-            message=f"{sum(not s.outdated for s in running)} of {desired} replicas updated",
-        )
-    elif progress.scaling_down or any(s.replica >= desired for s in states):
-        progressing = Condition(
-            type="Progressing", status="True", reason="ScalingDown", message=counts
-        )
-    elif len(placed) < desired:
-        progressing = Condition(
-            type="Progressing", status="True", reason="Placing", message=placed_cond.message
-        )
-    elif len(ready) < desired:
-        progressing = Condition(
-            type="Progressing", status="True", reason="WaitingForPods", message=counts
-        )
-    else:
-        progressing = Condition(
-            type="Progressing", status="False", reason="Complete", message=counts
-        )
-
-    if restarting:
-        first = min(restarting)
-        degraded = Condition(
-            type="Degraded",
-            status="True",
-            reason="ReplicaLost",
-            message=f"replica {first}: {restarting[first]}",
-        )
-    elif unplaced and placed:
-        degraded = Condition(
-            type="Degraded",
-            status="True",
-            reason="ReplicasUnplaced",
-            message=placed_cond.message,
-        )
-    else:
-        degraded = Condition(type="Degraded", status="False", reason="AsExpected", message=counts)
-
-    if desired == 0 or len(ready) == desired:
-        phase = "Ready"
-    elif unplaced and not placed:
-        phase = "Pending"
-    elif restarting or (unplaced and placed):
-        phase = "Degraded"
-    elif len(placed) < desired:
-        phase = "Placing"
-    else:
-        phase = "Placed"
-
-    summary = _summary(phase, placed_cond, progressing, degraded, counts)
-    domains = _domains_condition(wanted, placements, domains_missing)
+    progressing = _progressing(seen, progress, placed_cond)
+    degraded = _degraded(seen, placed_cond)
+    phase = _phase(seen)
+    summary = _summary(phase, placed_cond, progressing, degraded, seen.counts)
+    domains = _domains_condition(seen.wanted, seen.placements, domains_missing)
     previous = (deployment.status.conditions if deployment.status else []) or []
     model = deployment.spec.model
-    need = model.need(deployment.spec.gpus_per_replica) if model else None
+    need = (
+        model.need(deployment.spec.gpus_per_replica)
+        if model and not deployment.spec.roles
+        else None
+    )
+    placements = seen.placements
     by_mode = {
         mode: sum(p.gpus for pl in placements if pl.mode == mode for p in pl.pods)
         for mode in ("Rack", "DevicePlugin")
@@ -251,15 +289,19 @@ def deployment_status(
     cost = cost_per_hour(
         by_mode["Rack"], by_mode["DevicePlugin"], sizes.pool_price, sizes.ordinary_price
     )
+    counted = (len(seen.shown), len(seen.placed), ready)
+    if deployment.spec.roles:
+        shown = len({s.replica // deployment.spec.group_size for s in seen.shown})
+        counted = (shown, _whole(deployment, seen.placed), _whole(deployment, seen.ready))
     return InferenceDeploymentStatus(
         observed_generation=deployment.metadata.get("generation"),
         phase=phase,
-        mode=mode,
-        replicas=len(shown),
+        mode=seen.mode,
+        replicas=counted[0],
         selector=leader_selector(deployment),
-        placed_replicas=len(placed),
-        ready_replicas=len(ready),
-        ready=f"{len(ready)}/{desired}",
+        placed_replicas=counted[1],
+        ready_replicas=counted[2],
+        ready=f"{counted[2]}/{deployment.spec.replicas}",
         gpus=sum(p.gpus for pl in placements for p in pl.pods),
         racks=(racks := sorted({r for p in placements for r in p.racks})),
         rack_list=",".join(racks),
@@ -321,8 +363,11 @@ def domains_missing(status: InferenceDeploymentStatus) -> bool:
 
 def leader_selector(deployment: InferenceDeployment) -> str:
     """The leader pods of the deployment, as `kubectl get pods -l` takes it: the scale
-    subresource's selector, so an HPA averages the metrics of the pods that serve."""
-    return f"{DEPLOYMENT_LABEL}={deployment.name},{LEADER_LABEL}=true"
+    subresource's selector, so an HPA averages the metrics of the pods that serve (with
+    spec.roles, the serving role's leaders)."""
+    selector = f"{DEPLOYMENT_LABEL}={deployment.name},{LEADER_LABEL}=true"
+    role = deployment.spec.serving_role
+    return selector if role is None else f"{selector},{ROLE_LABEL}={role}"
 
 
 def _summary(

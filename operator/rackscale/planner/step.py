@@ -20,11 +20,12 @@ from rackscale.api import InferenceDeployment, format_errors
 from rackscale.api.pricing import Price
 from rackscale.api.rackpool import DEFAULT_GPU_RESOURCE
 from rackscale.placement import Decision, ReasonCode, ReplicaPlan, Reservation, Waiting
+from rackscale.placement.groups import GroupDecision, WaitingGroup
 from rackscale.planner import lifecycle, status
 from rackscale.render import (
     PoolFacts,
+    compute_domain_of,
     pool_facts,
-    render_compute_domain,
     render_replica,
     render_services,
     template_hash,
@@ -55,6 +56,7 @@ class Record:
     warned: dict[int, str] = field(default_factory=dict)  # replica -> last reason posted
     services: str | None = None  # digest of the Services last applied
     domains_missing: bool = False  # the Event saying multi-node NVLink is not set up was posted
+    group_prefer: dict[int, tuple[str, ...]] = field(default_factory=dict)  # group -> racks held
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,15 @@ class Delete:
     pods: tuple[PodInfo, ...]
     force: bool
     domain: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Beside:
+    """A lost role replica (spec.roles) to place again beside the rest of its serving group,
+    on the racks the group holds (`restart_role_replica`)."""
+
+    replica: int
+    racks: tuple[str, ...]
 
 
 @dataclass(slots=True)
@@ -82,6 +93,8 @@ class Step:
     deletes: list[Delete] = field(default_factory=list)
     delete_domains: list[str] = field(default_factory=list)  # ComputeDomains of no pod
     waiting: list[Waiting] = field(default_factory=list)  # for the pass's placement batch
+    groups: list[WaitingGroup] = field(default_factory=list)  # spec.roles: groups to place whole
+    beside: list[Beside] = field(default_factory=list)  # spec.roles: role replicas to restart
     events: list[Event] = field(default_factory=list)
     restarts: list[str] = field(default_factory=list)  # causes, as metrics count them
     placing: bool = False  # it has replicas to place this pass
@@ -114,11 +127,23 @@ class Booking:
     events: list[Event] = field(default_factory=list)  # posted once the pods are created
     reservation: Reservation | None = None
     result: Literal["placed", "fallback", "unplaced"] = "unplaced"
+    parts: list[Booking] = field(default_factory=list)  # a serving group: its role replicas
+    deletes: list[Delete] = field(default_factory=list)  # a group to place again whole
+    restarts: list[str] = field(default_factory=list)  # the deletes' causes, as metrics count them
 
     def pods(self) -> list[dict[str, Any]]:
+        if self.parts:
+            return [pod for part in self.parts for pod in part.pods()]
         if self.plan is None or self.facts is None:
             return []
         return render_replica(self.deployment, self.plan, self.facts)
+
+    def undo(self) -> None:
+        """Give the booking's reservations back (its pods are counted as they are written)."""
+        for part in reversed(self.parts):
+            part.undo()
+        if self.reservation is not None:
+            self.reservation.undo()
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +165,14 @@ def refusal(body: Body, now: str) -> Refusal | InferenceDeployment:
         deployment = InferenceDeployment.model_validate(dict(body))
     except ValidationError as error:
         return _refuse(body, "; ".join(format_errors(error)), now)
-    if not (deployment.spec.template.get("spec") or {}).get("containers"):
-        message = "spec.template.spec.containers: a pod template needs at least one container"
-        return _refuse(body, message, now)
+    spec = deployment.spec
+    templates = {"spec.template": spec.template}
+    if spec.roles:
+        templates = {f"spec.roles[{i}].template": r.template for i, r in enumerate(spec.roles)}
+    for where, template in templates.items():
+        if not (template.get("spec") or {}).get("containers"):
+            message = f"{where}.spec.containers: a pod template needs at least one container"
+            return _refuse(body, message, now)
     return deployment
 
 
@@ -166,8 +196,10 @@ def heal(
     domains: Mapping[int, DomainInfo],
     nodes: Mapping[str, bool],
     clock: lifecycle.Clock,
+    group_domains: Mapping[int, DomainInfo] | None = None,
 ) -> Step:
-    """What the deployment needs before placement: deletes, and the replicas that wait."""
+    """What the deployment needs before placement: deletes, and the replicas (or, with
+    spec.roles, the serving groups and role replicas) that wait."""
     meta = body.get("metadata") or {}
     step = Step(
         body=body,
@@ -179,29 +211,49 @@ def heal(
     )
     progress = record.progress
     progress.restarting, progress.updating, progress.scaling_down = {}, [], []
-    step.states = classify(step, pods, domains, nodes, clock)
+    step.states = classify(step, pods, domains, nodes, clock, group_domains)
     step.due = lifecycle.due(step.states)
-    actions = lifecycle.decide(step.states)
+    size = deployment.spec.group_size
+    colocated = deployment.spec.colocation != "None"
+    actions = (
+        lifecycle.decide_groups(step.states, size, colocated=colocated)
+        if size
+        else lifecycle.decide(step.states)
+    )
     for state, cause in actions.delete:
         step.deletes.append(_delete(step, state, cause))
     step.delete_domains = list(actions.delete_domains)
-    _wait(step, actions)
+    if size:
+        _wait_groups(step, actions)
+    else:
+        _wait(step, actions)
     return step
 
 
-def classify(
+def classify(  # noqa: PLR0917
     step: Step,
     pods: Iterable[PodInfo],
     domains: Mapping[int, DomainInfo],
     nodes: Mapping[str, bool],
     clock: lifecycle.Clock,
+    group_domains: Mapping[int, DomainInfo] | None = None,
 ) -> list[lifecycle.ReplicaState]:
-    """The deployment's replica states from its pods (owned by this very object)."""
+    """The deployment's replica states from its pods (owned by this very object). With
+    spec.roles, its role replicas' (`spec.replicas` x the group size of them), each group's
+    shared ComputeDomain standing for each of its role replicas'."""
     uid = step.uid
     owned = [p for p in pods if not (uid and p.owners and uid not in p.owners)]
+    spec = step.deployment.spec
+    if spec.roles:
+        shared = {
+            member.replica: domain
+            for group, domain in (group_domains or {}).items()
+            for member in spec.role_replicas(group)
+        }
+        domains = {**shared, **domains}
     return lifecycle.classify(
         owned,
-        step.deployment.spec.replicas,
+        spec.replicas * (spec.group_size or 1),
         digest=step.digest,
         nodes=nodes,
         now=clock.now,
@@ -223,7 +275,7 @@ def _delete(step: Step, state: lifecycle.ReplicaState, cause: lifecycle.Cause) -
         step.restarts.append("template-change")
         record.progress.updating.append(index)
         if state.mode == "Rack" and state.racks:
-            record.prefer[index] = tuple(state.racks)
+            _keep_racks(step, index, tuple(state.racks))
         message = f"replica {index}: the template changed; replacing it"
         step.events.append(Event("Normal", "ReplicaUpdating", message))
     elif cause == "scale-down":
@@ -257,6 +309,33 @@ def batch(steps: Iterable[Step]) -> list[Waiting]:
     return [w for step in sorted(steps, key=lambda s: s.age) for w in step.waiting]
 
 
+def _keep_racks(step: Step, index: int, racks: tuple[str, ...]) -> None:
+    """Racks a replaced replica (with spec.roles, its whole group) returns to."""
+    spec = step.deployment.spec
+    if not spec.roles:
+        step.record.prefer[index] = racks
+        return
+    group = spec.role_replica(index).group
+    held = step.record.group_prefer.get(group, ())
+    step.record.group_prefer[group] = tuple(sorted({*held, *racks}))
+
+
+def _wait_groups(step: Step, actions: lifecycle.Actions) -> None:
+    """spec.roles: the serving groups to place whole, and the role replicas to place again
+    beside their groups (room is not kept for groups whose old pods are still going)."""
+    deployment, record = step.deployment, step.record
+    step.groups = [
+        WaitingGroup(deployment, g, record.group_prefer.get(g, ())) for g in actions.groups
+    ]
+    step.beside = [Beside(replica, racks) for replica, racks in actions.beside]
+    step.placing = bool(step.groups or step.beside)
+    placing = {m.replica for g in actions.groups for m in deployment.spec.role_replicas(g)}
+    placing |= {b.replica for b in step.beside}
+    for index in list(record.progress.unplaced):
+        if index not in placing:
+            forget_unplaced(record, index)
+
+
 def forget_unplaced(record: Record, index: int) -> None:
     record.progress.unplaced.pop(index, None)
     record.codes.pop(index, None)
@@ -284,7 +363,7 @@ def book(step: Step, decision: Decision, snapshot: Snapshot) -> Booking:
     deployment = step.deployment
     booking.plan, booking.facts = plan, pool_facts(deployment, plan, snapshot)
     if plan.compute_domain:
-        booking.domain = render_compute_domain(deployment, index)
+        booking.domain = compute_domain_of(deployment, plan)
     where = ", ".join(plan.racks) or "ordinary GPU nodes"
     if decision.fallback:
         why = decision.reason or "the pool could not hold it"
@@ -299,6 +378,50 @@ def book(step: Step, decision: Decision, snapshot: Snapshot) -> Booking:
         )
         booking.events.append(Event("Normal", "Placed", message))
         booking.result = "placed"
+    return booking
+
+
+def book_group(step: Step, decision: GroupDecision, snapshot: Snapshot) -> list[Booking]:
+    """What one serving group's decision creates, as one booking: the group's ComputeDomain
+    (once, before any of its pods), then every placed role replica's pods. A group not placed
+    posts one Event, its first role replica's. colocate None: a booking per role replica, each
+    with its own ComputeDomain."""
+    record = step.record
+    parts = [book(step, d, snapshot) for d in decision.decisions]
+    if step.deployment.spec.colocation == "None":
+        return parts
+    first = decision.decisions[0].replica if decision.decisions else 0
+    booking = Booking(first, step.deployment, parts=parts)
+    domains = [p.domain for p in parts if p.domain is not None]
+    booking.domain = domains[0] if domains else None
+    for part in parts:
+        part.domain = None
+        booking.events += part.events if part.plan is not None or part is parts[0] else []
+        part.events = []
+    if decision.placed:
+        record.group_prefer.pop(decision.group, None)
+    results = {p.result for p in parts}
+    booking.result = "unplaced" if "unplaced" in results else max(results, default="unplaced")
+    return [booking]
+
+
+def book_beside(step: Step, decision: Decision, snapshot: Snapshot) -> Booking:
+    """A role replica placed again beside its group; when it no longer fits there (or the
+    group shares a ComputeDomain), the rest of the group is deleted, to be placed again whole."""
+    booking = book(step, decision, snapshot)
+    code = decision.why.code if decision.why is not None else None
+    if decision.plan is None and code in ("beside-group", "group-shares-domain"):
+        group = step.deployment.spec.role_replica(decision.replica).group
+        size = step.deployment.spec.group_size
+        why = decision.reason or "it no longer fits beside its group"
+        events, restarts = len(step.events), len(step.restarts)  # heal's are posted already
+        for state in step.states:
+            if state.replica // size == group and state.pods and state.condition != "Terminating":
+                state.why = f"serving group {group} is placed again whole: {why}"
+                booking.deletes.append(_delete(step, state, "restart"))
+        booking.events[:0] = step.events[events:]
+        booking.restarts = step.restarts[restarts:]
+        del step.events[events:], step.restarts[restarts:]
     return booking
 
 

@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from bench import baseline_code, churn, machine, optimal, placement, plan_speed, report
 
@@ -22,8 +22,26 @@ QUICK_OUT = Path(__file__).parent / "out"  # git-ignored: quick runs are not res
 # (the old one's ClusterView, the new one's cache fed by a watch).
 OVERHEAD_DRIVER: dict[baseline_code.Side, str] = {"old": "bench.overhead", "new": "bench.passes"}
 
-# Every size the run uses, full and quick; the report prints them.
-FULL = {
+
+class Sizes(TypedDict):
+    """Every size the run uses; the report prints them."""
+
+    placement_racks: list[int]
+    placement_max_replicas: int | None
+    apply_trials: int
+    failover_trials: int
+    validate_events: int
+    churn_racks: int
+    churn_events: int
+    optimal_instances: int
+    optimal_solver_seconds: float
+    overhead: list[tuple[int, int, int]]
+    plan_speed: tuple[int, int]
+    operator: dict[str, Any]
+
+
+# Every size the run uses, full and quick.
+FULL: Sizes = {
     "placement_racks": [10, 100, 1000],
     "placement_max_replicas": None,
     "apply_trials": 20,
@@ -37,7 +55,7 @@ FULL = {
     "plan_speed": (1000, 2000),  # (racks, replicas): `rackscale plan` as a CI gate
     "operator": {"deployments": 150, "trials": 20, "idle_seconds": 60.0},  # live, 20 racks
 }
-QUICK = {
+QUICK: Sizes = {
     "placement_racks": [10],
     "placement_max_replicas": 40,
     "apply_trials": 2,
@@ -53,7 +71,7 @@ QUICK = {
 }
 
 
-def _placement(params: dict[str, Any], seed: int) -> dict[str, Any]:
+def _placement(params: Sizes, seed: int) -> dict[str, Any]:
     runs = [
         placement.run(n, seed, params["placement_max_replicas"]) for n in params["placement_racks"]
     ]
@@ -65,31 +83,32 @@ def _placement(params: dict[str, Any], seed: int) -> dict[str, Any]:
     }
 
 
-def _apply(params: dict[str, Any], seed: int, keep: bool) -> dict[str, Any]:
+def _apply(params: Sizes, seed: int, keep: bool) -> dict[str, Any]:
     from bench import apply
 
     logs = Path(__file__).parent / ".logs"  # the operator's log; git-ignored
     return apply.run(params["apply_trials"], seed, logs, params["validate_events"], keep)
 
 
-def _failover(params: dict[str, Any], keep: bool) -> dict[str, Any]:
+def _failover(params: Sizes, keep: bool) -> dict[str, Any]:
     from bench import failover
 
     logs = Path(__file__).parent / ".logs" / "failover"  # the operators' logs; git-ignored
     return failover.run(params["failover_trials"], logs, keep)
 
 
-def _overhead(params: dict[str, Any]) -> dict[str, Any]:
+def _overhead(params: Sizes) -> dict[str, Any]:
     """Each size in its own process (the RSS is then the reconciler's state at that size and
     nothing else), once against the old code and once against the new."""
-    runs = []
+    runs: list[dict[str, Any]] = []
     for racks, deployments, passes in params["overhead"]:
         args = [str(racks), str(deployments), str(passes)]
         sides = {
             side: baseline_code.run_json(side, OVERHEAD_DRIVER[side], args)
             for side in baseline_code.SIDES
         }
-        runs.append({"racks": racks, "deployments": deployments, "passes": passes, **sides})
+        run: dict[str, Any] = {"racks": racks, "deployments": deployments, "passes": passes}
+        runs.append(run | sides)
     failed = [f"{side} at {r['racks']} racks" for r in runs for side in baseline_code.SIDES
               if "error" in r[side]]  # fmt: skip
     part: dict[str, Any] = {"code": baseline_code.describe(), "runs": runs}
@@ -98,14 +117,14 @@ def _overhead(params: dict[str, Any]) -> dict[str, Any]:
     return part
 
 
-def _operator(params: dict[str, Any], stop_cluster: bool) -> dict[str, Any]:
+def _operator(params: Sizes, stop_cluster: bool) -> dict[str, Any]:
     from bench import live
 
     logs = Path(__file__).parent / ".logs"  # the operators' logs; git-ignored
     return live.run(params["operator"], logs, stop_cluster=stop_cluster)
 
 
-def _plan_speed(params: dict[str, Any], out: Path) -> dict[str, Any]:
+def _plan_speed(params: Sizes, out: Path) -> dict[str, Any]:
     racks, replicas = params["plan_speed"]
     result = plan_speed.run(racks, replicas, out / "plan-speed")
     plan_speed.show(result)

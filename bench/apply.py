@@ -7,6 +7,7 @@ receipt with the monotonic clock, so they include the watch's delivery delay.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import socket
@@ -25,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench import baseline, validate
 from bench.stats import percentile
-from e2e import cluster, profiles
+from e2e import cluster, objects, profiles
 from rackscale.api import crd
 
 GROUP, VERSION = "rackscale.dev", "v1alpha1"
@@ -54,13 +55,16 @@ class PodClock:
         self.running: dict[str, float] = {}
         self.nodes: dict[str, str] = {}
         self.done = threading.Event()
-        rv = core.list_namespaced_pod(NAMESPACE).metadata.resource_version
-        self.watch = watch.Watch()
+        listed = core.list_namespaced_pod(NAMESPACE).metadata
+        if listed is None or not listed.resource_version:
+            raise RuntimeError(f"the pod list of namespace {NAMESPACE} has no resourceVersion")
+        rv = listed.resource_version
+        self.watch = watch.Watch()  # type: ignore[no-untyped-call]  # watch is unannotated
         self.thread = threading.Thread(target=self._follow, args=(rv,), daemon=True)
         self.thread.start()
 
     def _follow(self, rv: str) -> None:
-        for event in self.watch.stream(
+        for event in self.watch.stream(  # type: ignore[no-untyped-call]  # watch is unannotated
             self.core.list_namespaced_pod, NAMESPACE, resource_version=rv, timeout_seconds=120
         ):
             now = time.perf_counter()
@@ -75,12 +79,12 @@ class PodClock:
                 self.running[name] = now
             if len(self.running) >= PODS:
                 self.done.set()
-                self.watch.stop()
+                self.watch.stop()  # type: ignore[no-untyped-call]  # watch is unannotated
                 return
 
     def wait(self, timeout: float = 90.0) -> None:
         if not self.done.wait(timeout):
-            self.watch.stop()
+            self.watch.stop()  # type: ignore[no-untyped-call]  # watch is unannotated
             raise TimeoutError(f"{self.prefix}: {len(self.running)}/{PODS} pods Running")
 
 
@@ -110,6 +114,12 @@ def _plain_pod(name: str) -> dict[str, Any]:
             "terminationGracePeriodSeconds": 0,
         },
     }
+
+
+def _established(ext: client.ApiextensionsV1Api, name: str) -> bool:
+    status = ext.read_custom_resource_definition(name).status
+    conditions = (status.conditions if status else None) or []
+    return any(c.type == "Established" and c.status == "True" for c in conditions)
 
 
 def _no_pods(core: client.CoreV1Api) -> bool:
@@ -230,17 +240,11 @@ def _setup(api: client.ApiClient) -> None:
             force=True,
             _content_type="application/apply-patch+yaml",
         )
-        _wait(
-            lambda n=definition["metadata"]["name"]: any(
-                c.type == "Established" and c.status == "True"
-                for c in ext.read_custom_resource_definition(n).status.conditions or []
-            ),
-            "the CRDs",
-        )
-    objects = client.CustomObjectsApi(api)
-    for p in objects.list_cluster_custom_object(GROUP, VERSION, "rackpools")["items"]:
-        objects.delete_cluster_custom_object(GROUP, VERSION, "rackpools", p["metadata"]["name"])
-    objects.create_cluster_custom_object(
+        _wait(functools.partial(_established, ext, definition["metadata"]["name"]), "the CRDs")
+    custom = client.CustomObjectsApi(api)
+    for p in objects.custom_items(custom.list_cluster_custom_object(GROUP, VERSION, "rackpools")):
+        custom.delete_cluster_custom_object(GROUP, VERSION, "rackpools", p["metadata"]["name"])
+    custom.create_cluster_custom_object(
         GROUP,
         VERSION,
         "rackpools",
@@ -257,8 +261,8 @@ def _setup(api: client.ApiClient) -> None:
         },
     )
     core = client.CoreV1Api(api)
-    if not any(n.metadata.name == NAMESPACE for n in core.list_namespace().items):
-        core.create_namespace({"metadata": {"name": NAMESPACE}})
+    if not any(objects.name(n) == NAMESPACE for n in core.list_namespace().items):
+        core.create_namespace({"metadata": {"name": NAMESPACE}})  # type: ignore[arg-type]  # a plain manifest
     core.delete_collection_namespaced_pod(NAMESPACE, grace_period_seconds=0)
     _wait(lambda: _no_pods(core), "an empty namespace")
 
@@ -323,7 +327,7 @@ def run(
     api = profiles.api_client_for(str(local.kubeconfig))
     try:
         _setup(api)
-        node_list = api.sanitize_for_serialization(client.CoreV1Api(api).list_node().items)
+        node_list = [objects.serialized(api, n) for n in client.CoreV1Api(api).list_node().items]
         rack_of = {
             n["metadata"]["name"]: n["metadata"]["labels"][profiles.CLIQUE_LABEL] for n in node_list
         }
@@ -353,7 +357,7 @@ def run(
             log.close()
         checked = validate.run(api, node_list, validate_events, seed) if validate_events else None
     finally:
-        api.close()
+        api.close()  # type: ignore[no-untyped-call]  # the client leaves it unannotated
         if local.started and not keep:
             cluster.down()
     return {

@@ -204,7 +204,7 @@ def run(trials: int, logs: Path, keep: bool = False) -> dict[str, Any]:
         _namespace(api)
         results = _run_trials(api, str(local.kubeconfig), trials, logs)
     finally:
-        api.close()
+        api.close()  # type: ignore[no-untyped-call]  # the client leaves it unannotated
         if local.started and not keep:
             cluster.down()
     created = [r["pods_created_s"] for r in results]

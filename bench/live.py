@@ -371,7 +371,7 @@ def run(params: dict[str, Any], logs: Path, stop_cluster: bool | None = None) ->
                 result[side] = {"error": f"{type(error).__name__}: {error}"}
             print(f"    {result[side]}", flush=True)
     finally:
-        api.close()
+        api.close()  # type: ignore[no-untyped-call]  # the client leaves it unannotated
         if stop:
             cluster.down()
     result["cluster_stopped"] = stop
@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-cluster", action="store_true", help="leave the cluster up")
     args = parser.parse_args(argv)
     os.environ.setdefault("RACKSCALE_CLUSTER_DIR", str(Path(__file__).parent / ".cluster"))
-    params = cast(dict[str, Any], (QUICK if args.quick else FULL)["operator"])
+    params = (QUICK if args.quick else FULL)["operator"]
     result = run(params, Path(__file__).parent / ".logs", False if args.keep_cluster else None)
     QUICK_OUT.mkdir(parents=True, exist_ok=True)
     out = QUICK_OUT / "operator-live.json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,10 @@ def _verdict(ok: bool | None) -> str:
     return NA if ok is None else ("met" if ok else "missed")
 
 
+# Adds one headline row: figure, target, rackscale's value, the baseline's, and whether it is met.
+Row = Callable[[str, str, str, str, bool | None], None]
+
+
 def headline(fig: dict[str, Any]) -> list[dict[str, str]]:
     """One row per figure with a target: rackscale, the baseline, and whether the target is met."""
     parts = fig["parts"]
@@ -54,6 +59,17 @@ def headline(fig: dict[str, Any]) -> list[dict[str, str]]:
             }
         )
 
+    apply = parts.get("apply") or {}
+    _placement_rows(parts, row)
+    _apply_rows(apply, row)
+    _failover_rows(parts, row)
+    _churn_rows(parts, apply, row)
+    _optimal_rows(parts, row)
+    _operator_rows(apply, row)
+    return rows
+
+
+def _placement_rows(parts: dict[str, Any], row: Row) -> None:
     runs = _get(parts, "placement", "runs") or []
     biggest = max(runs, key=lambda r: r["racks"]) if runs else None
     if biggest:
@@ -61,7 +77,9 @@ def headline(fig: dict[str, Any]) -> list[dict[str, str]]:
         dps, p99 = biggest["decisions_per_second"], biggest["all"]["p99_ms"]
         row(f"1. placement decisions/s, {n} racks", ">= 2,000", f"{dps:,}", NA, dps >= 2000)
         row(f"1. placement p99, {n} racks", "<= 5 ms", _ms(p99), NA, p99 <= 5)
-    apply = parts.get("apply") or {}
+
+
+def _apply_rows(apply: dict[str, Any], row: Row) -> None:
     if "rackscale" in apply:
         ours, theirs = apply["rackscale"], apply["kube-scheduler"]
         b, t = ours["bound_s"], theirs["bound_s"]
@@ -72,6 +90,9 @@ def headline(fig: dict[str, Any]) -> list[dict[str, str]]:
         row("2. apply to all 16 Running, p99", NA, _s(r["p99"]), _s(tr["p99"]), None)
     else:
         row("2. apply to bound / Running", "<= 1 s / <= 3 s", "not run", "not run", None)
+
+
+def _failover_rows(parts: dict[str, Any], row: Row) -> None:
     failover = _get(parts, "failover", "pods_created_s")
     if failover:
         row("failover: leader killed -> new deployment's pods created by the standby, p50 / max",
@@ -80,6 +101,9 @@ def headline(fig: dict[str, Any]) -> list[dict[str, str]]:
     else:
         row("failover: leader killed -> new deployment's pods created by the standby",
             "<= 20 s", "not run", NA, None)  # fmt: skip
+
+
+def _churn_rows(parts: dict[str, Any], apply: dict[str, Any], row: Row) -> None:
     systems = _get(parts, "churn", "systems") or {}
     if systems:
         o = systems["rackscale"]
@@ -116,6 +140,9 @@ def headline(fig: dict[str, Any]) -> list[dict[str, str]]:
         churn_row("4. largest replica one rack takes, mean, 2nd half", NA,
                   lambda s: f"{s['second_half_mean']['largest_in_one_rack']:.0f} GPUs",
                   None)  # fmt: skip
+
+
+def _optimal_rows(parts: dict[str, Any], row: Row) -> None:
     for fam in (_get(parts, "optimal", "families") or {}).values():
         lo, hi = fam["demand_of_free_gpus"]
         what = f"demand {lo:.0%}-{hi:.0%} of free"
@@ -124,6 +151,9 @@ def headline(fig: dict[str, Any]) -> list[dict[str, str]]:
         row(f"4. GPUs placed / optimum, p95 instance, {what}", ">= 98%", _pct(ratio), NA,
             ratio >= 0.98)  # fmt: skip
         row(f"4. same, replicas arriving one at a time, {what}", NA, _pct(online), NA, None)
+
+
+def _operator_rows(apply: dict[str, Any], row: Row) -> None:
     rec = apply.get("operator_reconcile_20_racks")
     if rec and rec["passes"]:
         row("5. real operator reconcile pass, 20-rack kwok cluster, mean (p99 at most)", NA,
@@ -133,7 +163,6 @@ def headline(fig: dict[str, Any]) -> list[dict[str, str]]:
         row(
             "5. real operator RSS on the 20-rack cluster", NA, f"{mem['rss_mib']:.0f} MiB", NA, None
         )
-    return rows
 
 
 OLD_AND_NEW_COLUMNS = ("figure", "target", "old", "new", "new meets target")

@@ -6,6 +6,7 @@ The client's models declare every field Optional, and its custom-object calls re
 
 from __future__ import annotations
 
+import json
 from typing import Any, Protocol
 
 from kubernetes import client
@@ -72,3 +73,45 @@ def custom(value: object) -> dict[str, Any]:
 def custom_items(value: object) -> list[dict[str, Any]]:
     """The objects of a custom-object list the client returns."""
     return list(custom(value)["items"])
+
+
+def raw_items(response: object) -> list[dict[str, Any]]:
+    """The objects of a list call made with `_preload_content=False`: the client then returns the
+    undecoded HTTP response, whatever its annotation says."""
+    data = getattr(response, "data", None)
+    if not isinstance(data, bytes):
+        raise AssertionError(f"expected an undecoded HTTP response, got {type(response)}")
+    return custom_items(json.loads(data))
+
+
+def service_spec(service: client.V1Service) -> client.V1ServiceSpec:
+    if service.spec is None:
+        raise AssertionError(f"service {name(service)} has no spec")
+    return service.spec
+
+
+def deployment_spec(deployment: client.V1Deployment) -> client.V1DeploymentSpec:
+    if deployment.spec is None:
+        raise AssertionError(f"deployment {name(deployment)} has no spec")
+    return deployment.spec
+
+
+def deployment_args(deployment: client.V1Deployment) -> list[str]:
+    """The arguments of the first container of a Deployment's pod template."""
+    template = deployment_spec(deployment).template.spec
+    if template is None:
+        raise AssertionError(f"deployment {name(deployment)} has no pod template spec")
+    return list(template.containers[0].args or [])
+
+
+def serialized(kube: client.ApiClient, model: object) -> dict[str, Any]:
+    """A client model as the JSON object the API server stores."""
+    # The client leaves sanitize_for_serialization unannotated.
+    return custom(kube.sanitize_for_serialization(model))  # type: ignore[no-untyped-call]
+
+
+def rules(
+    kube: client.ApiClient, role: client.V1Role | client.V1ClusterRole
+) -> list[dict[str, Any]]:
+    """A Role's or ClusterRole's rules as the API server stores them."""
+    return [serialized(kube, rule) for rule in role.rules or []]

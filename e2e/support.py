@@ -4,7 +4,6 @@ and checking every pod against the placement guarantees."""
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -14,7 +13,7 @@ from typing import Any, TypeVar
 import pytest
 from kubernetes import client
 
-from e2e import profiles
+from e2e import objects, profiles
 from rackscale.topology import pinned_node
 
 T = TypeVar("T")
@@ -98,8 +97,10 @@ def patch(kube: client.ApiClient, namespace: str, name: str, spec: dict[str, Any
 
 
 def get(kube: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    return client.CustomObjectsApi(kube).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, "inferencedeployments", name
+    return objects.custom(
+        client.CustomObjectsApi(kube).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "inferencedeployments", name
+        )
     )
 
 
@@ -114,7 +115,7 @@ def pods(kube: client.ApiClient, namespace: str, name: str) -> list[dict[str, An
     response = client.CoreV1Api(kube).list_namespaced_pod(
         namespace, label_selector=f"rackscale.dev/deployment={name}", _preload_content=False
     )
-    return list(json.loads(response.data)["items"])
+    return objects.raw_items(response)
 
 
 def waiting(kube: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
@@ -166,7 +167,7 @@ def events(kube: client.ApiClient, namespace: str, name: str) -> list[str]:
         .list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
         .items
     )
-    return [e.reason for e in items]
+    return [e.reason for e in items if e.reason]
 
 
 def check_guarantees(kube: client.ApiClient) -> None:
@@ -174,13 +175,13 @@ def check_guarantees(kube: client.ApiClient) -> None:
     pod bound where it was pinned, every rack-mode replica inside one rack, and no node holding
     pods of two ComputeDomains or two pods of one (guarantee 13)."""
     core = client.CoreV1Api(kube)
-    nodes = {n.metadata.name: n for n in core.list_node().items}
+    nodes = {objects.name(n): n for n in core.list_node().items}
     response = core.list_pod_for_all_namespaces(_preload_content=False)
     used: Counter[str] = Counter()
     replicas: dict[tuple[str, str, str], set[str]] = defaultdict(set)
     live = [
         p
-        for p in json.loads(response.data)["items"]
+        for p in objects.raw_items(response)
         if p["status"].get("phase") not in ("Succeeded", "Failed")
     ]
     for node, held in node_domains(live).items():
@@ -198,7 +199,7 @@ def check_guarantees(kube: client.ApiClient) -> None:
         pin = pinned_node(pod)
         if "rackscale.dev/deployment" in labels and pin:
             assert node in (None, pin), f"pod {pod['metadata']['name']} pinned to {pin} on {node}"
-            rack = nodes[pin].metadata.labels.get(CLIQUE) if pin in nodes else None
+            rack = objects.labels(nodes[pin]).get(CLIQUE) if pin in nodes else None
             key = (
                 pod["metadata"]["namespace"],
                 labels["rackscale.dev/deployment"],
@@ -206,7 +207,7 @@ def check_guarantees(kube: client.ApiClient) -> None:
             )
             replicas[key].add(str(rack))
     for node, gpus in used.items():
-        allocatable = int((nodes[node].status.allocatable or {}).get(GPU, 0))
+        allocatable = int(objects.allocatable(nodes[node]).get(GPU, 0))
         assert gpus <= allocatable, f"node {node} holds {gpus} GPUs of {allocatable}"
     for key, racks in replicas.items():
         assert len(racks) == 1, f"replica {key} spans racks {racks}"
@@ -227,8 +228,8 @@ def node_domains(pods: list[dict[str, Any]]) -> dict[str, list[str]]:
 def gb200_pool(kube: client.ApiClient, prefix: str, **spec: Any) -> Iterator[str]:
     """A RackPool over the profile's GB200 racks, alone (other pools would share its nodes),
     deleted afterwards; `spec` adds to its spec."""
-    objects = client.CustomObjectsApi(kube)
-    others = objects.list_cluster_custom_object(GROUP, VERSION, "rackpools")["items"]
+    api = client.CustomObjectsApi(kube)
+    others = objects.custom_items(api.list_cluster_custom_object(GROUP, VERSION, "rackpools"))
     if others:
         names = ", ".join(p["metadata"]["name"] for p in others)
         pytest.fail(
@@ -249,8 +250,8 @@ def gb200_pool(kube: client.ApiClient, prefix: str, **spec: Any) -> Iterator[str
             **spec,
         },
     }
-    objects.create_cluster_custom_object(GROUP, VERSION, "rackpools", body)
+    api.create_cluster_custom_object(GROUP, VERSION, "rackpools", body)
     try:
         yield name
     finally:
-        objects.delete_cluster_custom_object(GROUP, VERSION, "rackpools", name)
+        api.delete_cluster_custom_object(GROUP, VERSION, "rackpools", name)

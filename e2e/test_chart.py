@@ -26,6 +26,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from e2e import cluster
+from e2e import objects as reads  # `objects` here renders a chart's manifest
 from e2e.controlplane.processes import free_port
 from e2e.support import eventually, gb200_pool
 from rackscale.cli.main import parser
@@ -490,17 +491,17 @@ def test_install_creates_the_operator_objects(
     assert status["info"]["status"] == "deployed"
     full = f"{name}-rackscale"
     deployment = client.AppsV1Api(kube).read_namespaced_deployment(full, namespace)
-    assert deployment.spec.replicas == 1
-    assert deployment.spec.strategy.type == "Recreate"
+    spec = reads.deployment_spec(deployment)
+    assert spec.replicas == 1
+    assert spec.strategy is not None
+    assert spec.strategy.type == "Recreate"
     client.CoreV1Api(kube).read_namespaced_service_account(full, namespace)
     service = client.CoreV1Api(kube).read_namespaced_service(f"{full}-metrics", namespace)
-    assert service.spec.ports[0].port == 9090
+    assert (reads.service_spec(service).ports or [])[0].port == 9090
     role = client.RbacAuthorizationV1Api(kube).read_cluster_role(full)
-    stored = [kube.sanitize_for_serialization(rule) for rule in role.rules]
-    assert permissions(stored) == EXPECTED_RBAC
+    assert permissions(reads.rules(kube, role)) == EXPECTED_RBAC
     lease_role = client.RbacAuthorizationV1Api(kube).read_namespaced_role(full, namespace)
-    stored = [kube.sanitize_for_serialization(rule) for rule in lease_role.rules]
-    assert permissions(stored) == LEASE_RBAC
+    assert permissions(reads.rules(kube, lease_role)) == LEASE_RBAC
     ext = client.ApiextensionsV1Api(kube)
     for crd in ("rackpools.rackscale.dev", "inferencedeployments.rackscale.dev"):
         ext.read_custom_resource_definition(crd)
@@ -561,12 +562,13 @@ def workload(kube: client.ApiClient) -> Iterator[str]:
     next test finds the racks free."""
     core = client.CoreV1Api(kube)
     name = f"e2e-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name, "labels": {"rackscale.dev/e2e": "true"}}})
+    body = {"metadata": {"name": name, "labels": {"rackscale.dev/e2e": "true"}}}
+    core.create_namespace(body)  # type: ignore[arg-type]  # a plain manifest
     yield name
     objects_api = client.CustomObjectsApi(kube)
-    for item in objects_api.list_namespaced_custom_object(
-        GROUP, VERSION, name, "inferencedeployments"
-    )["items"]:
+    for item in reads.custom_items(
+        objects_api.list_namespaced_custom_object(GROUP, VERSION, name, "inferencedeployments")
+    ):
         objects_api.delete_namespaced_custom_object(
             GROUP, VERSION, name, "inferencedeployments", item["metadata"]["name"]
         )
@@ -596,7 +598,7 @@ def running_operator(
     assert whoami.stdout == account(release), whoami.stderr
 
     deployment = client.AppsV1Api(kube).read_namespaced_deployment(f"{name}-rackscale", namespace)
-    args = list(deployment.spec.template.spec.containers[0].args)
+    args = reads.deployment_args(deployment)
     # Two operators on one machine, and the installed pod's ports mean nothing here.
     readiness = f"http://127.0.0.1:{free_port()}/readyz"
     args = [
@@ -678,11 +680,13 @@ def test_operator_as_the_service_account_places_without_a_denial(
 
     def live_pods() -> list[Any]:
         listed = core.list_namespaced_pod(workload, label_selector="rackscale.dev/deployment=llm")
-        return [p for p in listed.items if not p.metadata.deletion_timestamp]
+        return [p for p in listed.items if not reads.meta(p).deletion_timestamp]
 
     def placed(replicas: int) -> dict[str, Any] | None:
-        body = objects_api.get_namespaced_custom_object(
-            GROUP, VERSION, workload, "inferencedeployments", "llm"
+        body = reads.custom(
+            objects_api.get_namespaced_custom_object(
+                GROUP, VERSION, workload, "inferencedeployments", "llm"
+            )
         )
         status = body.get("status") or {}
         if status.get("observedGeneration") != body["metadata"]["generation"]:
@@ -692,7 +696,7 @@ def test_operator_as_the_service_account_places_without_a_denial(
         pods = live_pods()
         if len(pods) != 2 * replicas or not all(p.spec.node_name for p in pods):
             return None
-        return dict(body)
+        return body
 
     # Pods created (pods: create), status written (inferencedeployments/status: patch).
     eventually(lambda: placed(2), "2 replicas placed, their 4 pods bound and the status written")
@@ -718,7 +722,9 @@ def test_operator_as_the_service_account_places_without_a_denial(
 
     # RackPool status written (rackpools/status: patch).
     def pool_status() -> dict[str, Any] | None:
-        body = objects_api.get_cluster_custom_object(GROUP, VERSION, "rackpools", pool)
+        body = reads.custom(
+            objects_api.get_cluster_custom_object(GROUP, VERSION, "rackpools", pool)
+        )
         status = body.get("status") or {}
         holding = [
             r
@@ -754,7 +760,7 @@ def allowed(
     if resource not in CLUSTER_SCOPED:
         attributes["namespace"] = namespace
     review = client.AuthorizationV1Api(kube).create_subject_access_review(
-        {
+        {  # type: ignore[arg-type]  # a plain manifest
             "apiVersion": "authorization.k8s.io/v1",
             "kind": "SubjectAccessReview",
             "spec": {
@@ -768,7 +774,7 @@ def allowed(
             },
         }
     )
-    return bool(review.status.allowed)
+    return review.status is not None and bool(review.status.allowed)
 
 
 def test_service_account_may_do_nothing_else(
@@ -823,9 +829,9 @@ def test_a_missing_permission_shows_in_the_operator_log(
     rbac = client.RbacAuthorizationV1Api(kube)
     role = rbac.read_cluster_role(f"{name}-rackscale")
     kept = [
-        kube.sanitize_for_serialization(rule)
-        for rule in role.rules
-        if "customresourcedefinitions" not in rule.resources
+        rule
+        for rule in reads.rules(kube, role)
+        if "customresourcedefinitions" not in rule.get("resources", [])
     ]
     rbac.patch_cluster_role(f"{name}-rackscale", {"rules": kept})
     crds = ("apiextensions.k8s.io", "customresourcedefinitions")

@@ -191,10 +191,12 @@ def test_what_makes_no_sense_beside_roles_is_refused_naming_the_field(
 def test_a_disaggregated_deployment_is_accepted(
     kube: client.ApiClient, crds: None, namespace: str
 ) -> None:
-    objects = client.CustomObjectsApi(kube)
+    api = client.CustomObjectsApi(kube)
     body = with_spec(disagg("ok-disagg"), serviceRole="prefill",
                      placement={"rackPool": "p", "colocate": "Block"})  # fmt: skip
-    created = objects.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, "inferencedeployments", body, dry_run="All"
+    created = objects.custom(
+        api.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "inferencedeployments", body, dry_run="All"
+        )
     )
     assert [r["replicas"] for r in created["spec"]["roles"]] == [1, 2]  # the default is 1

@@ -19,7 +19,7 @@ from kopf.testing import KopfRunner
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from e2e import profiles
+from e2e import objects, profiles
 from e2e.support import (
     CLIQUE,
     GPU,
@@ -42,6 +42,12 @@ from e2e.support import (
     waiting,
 )
 from rackscale.topology import pinned_node
+
+
+def whole_rack(name: str, pool: str, replicas: int) -> dict[str, Any]:
+    """An InferenceDeployment of 72-GPU replicas (a whole rack each) that never falls back."""
+    return inference_deployment(name, pool, replicas=replicas, data=9, fallback="Never")
+
 
 # ---- tests ------------------------------------------------------------------------------------
 
@@ -80,19 +86,21 @@ def test_rack_mode_replicas_are_placed_bound_and_ready(
     check_guarantees(kube)
 
     core = client.CoreV1Api(kube)
-    shards = core.read_namespaced_service("moe-shards", llm)
-    assert shards.spec.cluster_ip == "None"
-    assert shards.spec.publish_not_ready_addresses is True
-    leaders = core.read_namespaced_service("moe", llm)
-    assert leaders.spec.selector == {
+    shards = objects.service_spec(core.read_namespaced_service("moe-shards", llm))
+    assert shards.cluster_ip == "None"
+    assert shards.publish_not_ready_addresses is True
+    leaders = objects.service_spec(core.read_namespaced_service("moe", llm))
+    assert leaders.selector == {
         "rackscale.dev/deployment": "moe",
         "rackscale.dev/leader": "true",
     }
     eventually(lambda: "Placed" in events(kube, llm, "moe"), "a Placed event")
 
     def pool_shows_it() -> dict[str, Any] | None:
-        rp = client.CustomObjectsApi(kube).get_cluster_custom_object(
-            GROUP, VERSION, "rackpools", pool
+        rp = objects.custom(
+            client.CustomObjectsApi(kube).get_cluster_custom_object(
+                GROUP, VERSION, "rackpools", pool
+            )
         )
         status = rp.get("status") or {}
         holding = [r for r in status.get("rackStatuses", []) if f"{llm}/moe" in r["deployments"]]
@@ -138,13 +146,12 @@ def test_concurrent_applies_never_share_a_gpu(kube: client.ApiClient, pool: str,
 def test_freed_room_goes_to_the_largest_waiting_replica(
     kube: client.ApiClient, pool: str, llm: str
 ) -> None:
-    whole = {"data": 9, "fallback": "Never"}  # 72 GPUs: a whole rack
-    apply(kube, llm, inference_deployment("filler", pool, replicas=4, **whole))
+    apply(kube, llm, whole_rack("filler", pool, replicas=4))
     ready(kube, llm, "filler", 4)
 
     apply(kube, llm, inference_deployment("small", pool, replicas=1, fallback="Never"))
     waiting(kube, llm, "small")
-    apply(kube, llm, inference_deployment("large", pool, replicas=1, **whole))
+    apply(kube, llm, whole_rack("large", pool, replicas=1))
     waiting(kube, llm, "large")
 
     # One rack freed: taken in arrival order, the small replica would open it and the large one
@@ -162,9 +169,8 @@ def test_freed_room_goes_to_the_largest_waiting_replica(
 def test_a_replaced_replica_returns_to_its_rack_while_a_smaller_one_waits(
     kube: client.ApiClient, pool: str, llm: str
 ) -> None:
-    whole = {"data": 9, "fallback": "Never"}  # 72 GPUs: a whole rack
-    apply(kube, llm, inference_deployment("filler", pool, replicas=3, **whole))
-    apply(kube, llm, inference_deployment("big", pool, replicas=1, **whole))
+    apply(kube, llm, whole_rack("filler", pool, replicas=3))
+    apply(kube, llm, whole_rack("big", pool, replicas=1))
     ready(kube, llm, "filler", 3)
     [rack] = ready(kube, llm, "big", 1)["status"]["racks"]
     apply(kube, llm, inference_deployment("small", pool, replicas=1, fallback="Never"))
@@ -380,6 +386,7 @@ def test_invalid_rackpool_is_refused_naming_the_field(kube: client.ApiClient) ->
             GROUP, VERSION, "rackpools", body
         )
     assert refused.value.status == 422
+    assert refused.value.body, "the API server refused without a body"
     message = json.loads(refused.value.body)["message"]
     assert "spec.nvlinkDomain" in message
     assert "spec.gpusPerRack" in message
@@ -398,7 +405,7 @@ def small_racks(kube: client.ApiClient, crds: None) -> Iterator[tuple[str, dict[
             racks[name] = f"{tag}-{rack}"
             resources = {"cpu": "64", "memory": "256Gi", "pods": "110", GPU: "4"}
             core.create_node(
-                {
+                {  # type: ignore[arg-type]  # a plain manifest
                     "apiVersion": "v1",
                     "kind": "Node",
                     "metadata": {
@@ -413,9 +420,9 @@ def small_racks(kube: client.ApiClient, crds: None) -> Iterator[tuple[str, dict[
                     "status": {"capacity": resources, "allocatable": resources},
                 }
             )
-    objects = client.CustomObjectsApi(kube)
+    objects_api = client.CustomObjectsApi(kube)
     pool = f"e2e-{tag}"
-    objects.create_cluster_custom_object(
+    objects_api.create_cluster_custom_object(
         GROUP,
         VERSION,
         "rackpools",
@@ -431,15 +438,11 @@ def small_racks(kube: client.ApiClient, crds: None) -> Iterator[tuple[str, dict[
     )
 
     def all_ready() -> bool:
-        nodes = [core.read_node(n) for n in racks]
-        return all(
-            any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
-            for n in nodes
-        )
+        return all(objects.node_ready(core.read_node(n)) for n in racks)
 
     eventually(all_ready, "the test's kwok trays to be Ready", timeout=60)
     yield pool, racks
-    objects.delete_cluster_custom_object(GROUP, VERSION, "rackpools", pool)
+    objects_api.delete_cluster_custom_object(GROUP, VERSION, "rackpools", pool)
     for name in racks:
         try:
             core.delete_node(name)
@@ -476,9 +479,9 @@ def test_a_lost_node_moves_its_replica_to_another_rack(
 def test_cost_and_memory_show_in_status_and_in_kubectl_wide(
     kube: client.ApiClient, pool: str, llm: str, kubectl: list[str]
 ) -> None:
-    objects = client.CustomObjectsApi(kube)
+    objects_api = client.CustomObjectsApi(kube)
     price = {"spec": {"pricing": {"perGpuHour": "3.20", "currency": "USD"}}}
-    objects.patch_cluster_custom_object(GROUP, VERSION, "rackpools", pool, price)
+    objects_api.patch_cluster_custom_object(GROUP, VERSION, "rackpools", pool, price)
     body = inference_deployment("priced", pool, replicas=1, tensor=8, fallback="Never")
     body["spec"]["model"] = {"name": "llama-405b", "parametersBillions": 405, "precision": "fp8"}
     apply(kube, llm, body)
@@ -502,7 +505,9 @@ def test_cost_and_memory_show_in_status_and_in_kubectl_wide(
     assert "COST/H" not in short
 
     def priced() -> dict[str, Any] | None:
-        pool_status = objects.get_cluster_custom_object(GROUP, VERSION, "rackpools", pool)
+        pool_status = objects.custom(
+            objects_api.get_cluster_custom_object(GROUP, VERSION, "rackpools", pool)
+        )
         found = (pool_status.get("status") or {}).get("cost")
         return pool_status["status"] if found else None
 

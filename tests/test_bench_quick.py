@@ -81,7 +81,7 @@ def test_the_engine_keeps_every_tp_group_in_its_rack_under_churn(run: Run) -> No
     assert ours["avoidable_splits"] == 0
 
 
-def test_old_and_new_code_side_by_side(run: tuple[Path, dict]) -> None:
+def test_old_and_new_code_side_by_side(run: Run) -> None:
     out, figures = run
     code = figures["parts"]["overhead"]["code"]
     assert code["old_commit"][:10] in code["old"]
@@ -96,7 +96,7 @@ def test_old_and_new_code_side_by_side(run: tuple[Path, dict]) -> None:
     assert f"Old: the operator at commit {code['old_commit'][:10]}" in report
 
 
-def _live_side(p50: float, cpu: float) -> dict:
+def _live_side(p50: float, cpu: float) -> dict[str, Any]:
     return {
         "fill": {"deployments": 150, "gpus": 1136, "ready_s": 40.0},
         "apply_to_pods_created_s": {"p50": p50, "p90": p50 + 0.1, "max": p50 + 0.2},
@@ -106,9 +106,7 @@ def _live_side(p50: float, cpu: float) -> dict:
     }
 
 
-def test_the_live_part_reports_old_and_new_and_a_failed_side(
-    run: tuple[Path, dict], tmp_path: Path
-) -> None:
+def test_the_live_part_reports_old_and_new_and_a_failed_side(run: Run, tmp_path: Path) -> None:
     """A live part's figures (as bench.live returns them) in the table and the report; a side
     that failed shows as failed, its error in the report, and never meets a target."""
     from bench import report

@@ -24,8 +24,9 @@ def write(path: Path, *docs: dict[str, Any]) -> Path:
 @pytest.fixture
 def cluster(tmp_path: Path) -> Path:
     pool = yaml.safe_load((EXAMPLES / "rackpool-gb200.yaml").read_text())
-    nodes = {"apiVersion": "v1", "kind": "List", "items": nvl72(2, blocks=1) + hgx(2)}
-    for item in nodes["items"]:
+    items = nvl72(2, blocks=1) + hgx(2)
+    nodes = {"apiVersion": "v1", "kind": "List", "items": items}
+    for item in items:
         if "nvidia.com/gpu.clique" in item["metadata"]["labels"]:
             item["metadata"]["labels"][BLOCK] = "b0"
     return write(tmp_path / "cluster.yaml", nodes, pool)
@@ -132,7 +133,9 @@ def test_together_places_as_one_operator_pass(
         })
         for name, data in (("small", 1), ("large", 9))
     )  # fmt: skip
-    args = ["plan", "--cluster", nodes, "--cluster", EXAMPLES / "rackpool-gb200.yaml", "-o", "json"]
+    args: list[str | Path] = [
+        "plan", "--cluster", nodes, "--cluster", EXAMPLES / "rackpool-gb200.yaml", "-o", "json"
+    ]  # fmt: skip
 
     def modes(*extra: str | Path) -> list[tuple[str, str]]:
         code, out, _ = run(capsys, *args, *extra, small, large)
@@ -254,7 +257,11 @@ def test_unreadable_and_empty_files_are_one_line(
 ) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_bytes(content)
-    for args in (["--cluster", bad, EXAMPLES / "deepseek-r1.yaml"], ["--cluster", cluster, bad]):
+    invocations: tuple[list[str | Path], ...] = (
+        ["--cluster", bad, EXAMPLES / "deepseek-r1.yaml"],
+        ["--cluster", cluster, bad],
+    )
+    for args in invocations:
         code, out, err = run(capsys, "plan", *args)
         assert code == 2
         assert out == ""

@@ -30,7 +30,7 @@ def test_json_names_each_role_replicas_group_and_role(
     seen = [(r["replica"], r["group"], r["role"], r["roleIndex"]) for r in placement["replicas"]]
     assert seen == [(0, 0, "prefill", 0), (1, 0, "decode", 0), (2, 1, "prefill", 0),
                     (3, 1, "decode", 0)]  # fmt: skip
-    by_group = {}
+    by_group: dict[int, set[str]] = {}
     for r in placement["replicas"]:
         by_group.setdefault(r["group"], set()).update(r["racks"])
         assert r["computeDomain"] == f"deepseek-r1-disagg-g{r['group']}"

@@ -13,10 +13,11 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from rackscale.api import InferenceDeployment, RackPool
+from rackscale.api import InferenceDeployment, RackPool, RackPoolSpec
 from rackscale.placement import (
     Decision,
     DeploymentPlan,
+    PodPlan,
     ReplicaPlan,
     Waiting,
     place,
@@ -109,7 +110,9 @@ class World:
         for p in cluster.pods:
             spec = p["spec"]
             target = spec.get("nodeName") or _affinity_node(spec)
-            if target not in self.raw or p["status"]["phase"] in ("Succeeded", "Failed"):
+            if target is None or target not in self.raw:
+                continue
+            if p["status"]["phase"] in ("Succeeded", "Failed"):
                 continue
             gpus = sum(
                 int(
@@ -244,9 +247,21 @@ class World:
         slots = {r: sum(self.free(n) // slot for n in usable[r]) for r in racks}
         if any(s * slot >= gpus for s in slots.values()):
             return 1
-        units = gpus // unit
-        if placement.replica_scope == "Rack" or units < 2:
+        if placement.replica_scope == "Rack":
             return None
+        return self.fewest_combined(dep, racks, slots, slot, unit)
+
+    def fewest_combined(
+        self,
+        dep: InferenceDeployment,
+        racks: list[str],
+        slots: dict[str, int],
+        slot: int,
+        unit: int,
+    ) -> int | None:
+        """The fewest racks, two or more, whose free slots together hold the replica's whole
+        units (None: no such racks), by brute force."""
+        units = dep.spec.parallelism.gpus // unit
         capacity = {r: slots[r] // (unit // slot) for r in racks}
         for count in range(2, units + 1):
             for group in self.groups(dep, racks):
@@ -371,43 +386,63 @@ def check_reason(world: World, dep: InferenceDeployment, reason: str) -> None:
 
 def check_decision(world: World, dep: InferenceDeployment, decision: Decision) -> None:
     """Every guarantee one replica's decision must keep, judged against the world before it."""
-    spec = dep.spec
-    par = spec.parallelism
-    placement = spec.placement
     plan = decision.plan
-    if plan is None:  # gang: nothing placed, and only when the user said Never
-        assert placement.rack_pool is not None
-        assert placement.fallback == "Never"
-        assert decision.reason
-        check_reason(world, dep, decision.reason)
-        fewest = world.fewest_racks(dep, world.pod_gpus(dep))
-        assert fewest is None, f"refused ({decision.reason}) but {fewest} rack(s) could hold it"
+    if plan is None:
+        check_refusal(world, dep, decision)
         return
+    check_shards(dep, decision, plan)
+    if plan.mode == "DevicePlugin":
+        check_fallback(world, dep, decision, plan)
+        return
+    check_rack_plan(world, dep, plan)
 
+
+def check_refusal(world: World, dep: InferenceDeployment, decision: Decision) -> None:
+    """A gang refused: nothing placed, only when the user said Never, and no racks could hold it."""
+    placement = dep.spec.placement
+    assert placement.rack_pool is not None
+    assert placement.fallback == "Never"
+    assert decision.reason
+    check_reason(world, dep, decision.reason)
+    fewest = world.fewest_racks(dep, world.pod_gpus(dep))
+    assert fewest is None, f"refused ({decision.reason}) but {fewest} rack(s) could hold it"
+
+
+def check_shards(dep: InferenceDeployment, decision: Decision, plan: ReplicaPlan) -> None:
+    """A replica is placed whole, as equal shards holding consecutive ranks."""
     pods = plan.pods
     assert plan.replica == decision.replica
-    assert sum(p.gpus for p in pods) == par.gpus, "a replica is placed whole"
+    assert sum(p.gpus for p in pods) == dep.spec.parallelism.gpus, "a replica is placed whole"
     assert [p.shard for p in pods] == list(range(len(pods)))
     assert len({p.gpus for p in pods}) == 1
     assert [p.first_rank for p in pods] == [i * pods[0].gpus for i in range(len(pods))]
-    if spec.gpus_per_pod:
-        assert pods[0].gpus == spec.gpus_per_pod
+    if dep.spec.gpus_per_pod:
+        assert pods[0].gpus == dep.spec.gpus_per_pod
 
-    if plan.mode == "DevicePlugin":
-        assert all(p.node is None for p in pods)
-        assert plan.racks == ()
-        if placement.rack_pool is not None:
-            assert placement.fallback == "DevicePlugin"
-            assert "device-plugin" in (decision.reason or "")
-            check_reason(world, dep, str(decision.reason))
-            fewest = world.fewest_racks(dep, world.pod_gpus(dep))
-            assert fewest is None, f"fell back ({decision.reason}) but {fewest} rack(s) fit"
-        return
 
-    pool_name = placement.rack_pool
+def check_fallback(
+    world: World, dep: InferenceDeployment, decision: Decision, plan: ReplicaPlan
+) -> None:
+    """Left to kube-scheduler: no node chosen, and for a pool's replica only when no racks fit."""
+    placement = dep.spec.placement
+    assert all(p.node is None for p in plan.pods)
+    assert plan.racks == ()
+    if placement.rack_pool is not None:
+        assert placement.fallback == "DevicePlugin"
+        assert "device-plugin" in (decision.reason or "")
+        check_reason(world, dep, str(decision.reason))
+        fewest = world.fewest_racks(dep, world.pod_gpus(dep))
+        assert fewest is None, f"fell back ({decision.reason}) but {fewest} rack(s) fit"
+
+
+def check_rack_plan(world: World, dep: InferenceDeployment, plan: ReplicaPlan) -> None:
+    """A replica placed on racks of its pool, then counted into the world."""
+    spec = dep.spec
+    pool_name = spec.placement.rack_pool
     assert pool_name is not None
     pool = world.pools[pool_name]
     tolerations = (spec.template.get("spec") or {}).get("tolerations") or []
+    pods = plan.pods
     nodes = [str(p.node) for p in pods]
     for n in nodes:
         assert world.pool_of.get(n) == pool_name, f"{n} is not a node of {pool_name}"
@@ -416,7 +451,27 @@ def check_decision(world: World, dep: InferenceDeployment, decision: Decision) -
     assert sorted(plan.racks) == sorted(world.rack_name(r) for r in racks)
     assert len(plan.racks) == len(set(plan.racks))
 
-    # Guarantee 3: TP and EP groups stay in one NVLink domain.
+    check_domains(world, dep, pool, pods)
+    check_scope(world, dep, nodes, racks)
+    check_racks_free(world, dep, pool, racks)
+    # Guarantee 9: best fit, after spreading.
+    if len(racks) == 1 and not tolerations:
+        best = world.best_fit(dep, pods[0].gpus)
+        assert world.rack_free(racks[0], dep) == best, f"{racks[0]} not the best fit ({best} free)"
+    check_fewest_racks(world, dep, pods, racks)
+    check_memory(world, dep, pods)
+
+    world.apply(dep, plan)
+    # Guarantee 1, counting foreign pods and every plan so far.
+    for n in set(nodes):
+        assert world.used[n] <= world.allocatable[n], f"{n}: {world.used[n]} GPUs"
+
+
+def check_domains(
+    world: World, dep: InferenceDeployment, pool: RackPoolSpec, pods: tuple[PodPlan, ...]
+) -> None:
+    """Guarantee 3: TP and EP groups stay in one NVLink domain."""
+    par = dep.spec.parallelism
     domain_of_rank = []
     for p in pods:
         domain = p.node if pool.nvlink_domain == "Node" else world.rack_of[str(p.node)]
@@ -426,8 +481,10 @@ def check_decision(world: World, dep: InferenceDeployment, decision: Decision) -
             group = set(domain_of_rank[start : start + size])
             assert len(group) == 1, f"{what} group at rank {start} spans {group}"
 
-    # Guarantee 4: one unit of replicaScope.
-    scope = placement.replica_scope
+
+def check_scope(world: World, dep: InferenceDeployment, nodes: list[str], racks: list[str]) -> None:
+    """Guarantee 4: one unit of replicaScope."""
+    scope = dep.spec.placement.replica_scope
     if scope == "Node":
         assert len(set(nodes)) == 1
     elif scope == "Rack":
@@ -437,50 +494,53 @@ def check_decision(world: World, dep: InferenceDeployment, decision: Decision) -
         assert len(blocks) == 1
         assert None not in blocks
 
+
+def check_racks_free(
+    world: World, dep: InferenceDeployment, pool: RackPoolSpec, racks: list[str]
+) -> None:
+    """Guarantees 5 and 6: no rack another replica holds, nor one of another tenant."""
     for r in racks:
         # Guarantee 5, and nobody else on a rack an exclusive replica holds.
         assert r not in world.held, f"{r} is held by {world.held[r]}"
-        if placement.exclusive:
+        if dep.spec.placement.exclusive:
             assert world.rack_used(r) == 0, f"exclusive replica on {r}, already in use"
         # Guarantee 6.
         if pool.tenancy == "Exclusive":
             assert set(world.namespaces[r]) <= {dep.namespace}, f"{r}: {world.namespaces[r]}"
 
-    # Guarantee 9: best fit, after spreading.
-    if len(racks) == 1 and not tolerations:
-        best = world.best_fit(dep, pods[0].gpus)
-        assert world.rack_free(racks[0], dep) == best, f"{racks[0]} not the best fit ({best} free)"
 
-    # Guarantee 12: fewest racks, cut only between whole TP/EP groups and pods, whole pipeline
-    # stages per rack whenever as few racks can hold them.
+def check_fewest_racks(
+    world: World, dep: InferenceDeployment, pods: tuple[PodPlan, ...], racks: list[str]
+) -> None:
+    """Guarantee 12: fewest racks, cut only between whole TP/EP groups and pods, whole pipeline
+    stages per rack whenever as few racks can hold them."""
     fewest = world.fewest_racks(dep, pods[0].gpus)
     assert len(racks) == fewest, f"used {len(racks)} racks where {fewest} suffice"
-    if len(racks) > 1:
-        assert scope in ("Block", "Any")
-        _slot, unit, part = world.shape(dep, pods[0].gpus)
-        share = Counter(world.rack_of[str(p.node)] for p in pods for _ in range(p.gpus))
-        assert all(s % unit == 0 for s in share.values()), f"shares {share}, unit {unit}"
-        # Each rack holds one run of consecutive ranks.
-        rank_racks = [world.rack_of[str(p.node)] for p in pods for _ in range(p.gpus)]
-        runs = 1 + sum(a != b for a, b in pairwise(rank_racks))
-        assert runs == len(racks), f"ranks leave and re-enter racks: {rank_racks}"
-        if world.whole_stages_fit(dep, pods[0].gpus, len(racks)):
-            assert all(s % part == 0 for s in share.values()), f"shares {share}, stages {part}"
+    if len(racks) <= 1:
+        return
+    assert dep.spec.placement.replica_scope in ("Block", "Any")
+    _slot, unit, part = world.shape(dep, pods[0].gpus)
+    share = Counter(world.rack_of[str(p.node)] for p in pods for _ in range(p.gpus))
+    assert all(s % unit == 0 for s in share.values()), f"shares {share}, unit {unit}"
+    # Each rack holds one run of consecutive ranks.
+    rank_racks = [world.rack_of[str(p.node)] for p in pods for _ in range(p.gpus)]
+    runs = 1 + sum(a != b for a, b in pairwise(rank_racks))
+    assert runs == len(racks), f"ranks leave and re-enter racks: {rank_racks}"
+    if world.whole_stages_fit(dep, pods[0].gpus, len(racks)):
+        assert all(s % part == 0 for s in share.values()), f"shares {share}, stages {part}"
 
-    # Guarantee 14: every GPU holds its share of the model, so their sum holds all of it.
+
+def check_memory(world: World, dep: InferenceDeployment, pods: tuple[PodPlan, ...]) -> None:
+    """Guarantee 14: every GPU holds its share of the model, so their sum holds all of it."""
     need = memory_need(dep)
-    if need is not None:
-        memory = [world.gpu_memory(str(p.node)) for p in pods]
-        for p, mib in zip(pods, memory, strict=True):
-            assert mib is None or mib >= need[1], f"{p.node}: {mib} MiB per GPU, needs {need[1]}"
-        if None not in memory:
-            total = sum(p.gpus * int(mib or 0) for p, mib in zip(pods, memory, strict=True))
-            assert total >= need[0], f"{total} MiB of GPU memory for a replica needing {need[0]}"
-
-    world.apply(dep, plan)
-    # Guarantee 1, counting foreign pods and every plan so far.
-    for n in set(nodes):
-        assert world.used[n] <= world.allocatable[n], f"{n}: {world.used[n]} GPUs"
+    if need is None:
+        return
+    memory = [world.gpu_memory(str(p.node)) for p in pods]
+    for p, mib in zip(pods, memory, strict=True):
+        assert mib is None or mib >= need[1], f"{p.node}: {mib} MiB per GPU, needs {need[1]}"
+    if None not in memory:
+        total = sum(p.gpus * int(mib or 0) for p, mib in zip(pods, memory, strict=True))
+        assert total >= need[0], f"{total} MiB of GPU memory for a replica needing {need[0]}"
 
 
 def check_plans(

@@ -155,9 +155,9 @@ def check_group(  # noqa: PLR0917
             for p in plan.pods:
                 other = domains.setdefault(str(p.node), f"{dep.namespace}/{plan.compute_domain}")
                 assert other == f"{dep.namespace}/{plan.compute_domain}", f"{p.node}: two domains"
-    for member, plan in zip(members, plans, strict=True):
-        if plan is not None and plan.mode == "Rack":
-            world.apply(views[member.role], plan)
+    for member, placed in zip(members, plans, strict=True):
+        if placed is not None and placed.mode == "Rack":
+            world.apply(views[member.role], placed)
     for n in {str(p.node) for p in pods}:
         assert world.used[n] <= world.allocatable[n], f"{n}: {world.used[n]} GPUs"  # guarantee 1
         rack = world.rack_of[n]

@@ -8,6 +8,7 @@ import copy
 from typing import Any
 
 import celpy
+import celpy.adapter
 import pytest
 from pydantic import ValidationError
 
@@ -164,7 +165,7 @@ def broken_rules(obj: dict[str, Any]) -> list[str]:
     for path, rule in cel_rules():
         for where, value in scopes.get(path, []):
             program = env.program(env.compile(rule["rule"]))
-            if not bool(program.evaluate({"self": celpy.json_to_cel(value)})):
+            if not bool(program.evaluate({"self": celpy.adapter.json_to_cel(value)})):
                 field = f"{where}{rule['fieldPath']}".lstrip(".")
                 broken.append(f"{field}: {rule['message']}")
     return broken

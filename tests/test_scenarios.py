@@ -169,7 +169,11 @@ def test_degraded_rack_is_used_on_its_healthy_nodes_only() -> None:
     nodes[-1]["status"]["conditions"] = []  # hand-written: no Ready condition means Ready
     dep = deployment("dense", tensor=4, replicas=4, fallback="Never", spread="Pack")
     plans = plan(nodes, [dep])
-    assert sorted(p.node for r in plans[0].replicas for p in r.pods) == ["a-04", "a-05", "a-06"]
+    assert sorted(str(p.node) for r in plans[0].replicas for p in r.pods) == [
+        "a-04",
+        "a-05",
+        "a-06",
+    ]
     assert (
         plans[0].reason
         == "replica 3: no rack holds 4 free GPUs in one NVLink domain: 1 rack is Degraded"
@@ -198,7 +202,7 @@ def test_a_toleration_opens_tainted_nodes() -> None:
     plain = deployment("plain", tensor=4, fallback="Never")
     plans = plan(nodes, [plain, tolerant_dep])
     assert plans[0].mode == "Unplaced"
-    assert sorted(p.node for p in only(plans).pods) == ["a-0", "a-1"]
+    assert sorted(str(p.node) for p in only(plans).pods) == ["a-0", "a-1"]
 
 
 # Foreign GPU pods
@@ -295,7 +299,7 @@ def test_hgx_refuses_a_tensor_group_larger_than_a_node() -> None:
 
 def block_nodes(racks: dict[str, int]) -> list[dict[str, Any]]:
     """NVL72 racks named `<block>/<rack>`, each with `trays` trays of 4 GPUs."""
-    out = []
+    out: list[dict[str, Any]] = []
     for name, trays in racks.items():
         block, rack = name.split("/")
         labels = {PRODUCT: "NVIDIA-GB200", CLIQUE: rack, BLOCK: block}

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypedDict
 
-from bench import baseline_code, churn, machine, optimal, placement, plan_speed, report
+from bench import baseline_code, churn, disagg, machine, optimal, placement, plan_speed, report
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
@@ -33,6 +33,7 @@ class Sizes(TypedDict):
     validate_events: int
     churn_racks: int
     churn_events: int
+    disagg: tuple[int, int]
     optimal_instances: int
     optimal_solver_seconds: float
     overhead: list[tuple[int, int, int]]
@@ -49,6 +50,7 @@ FULL: Sizes = {
     "validate_events": 120,  # a churn stream through the real kube-scheduler, to check the model
     "churn_racks": 64,
     "churn_events": 6000,
+    "disagg": (32, 3000),  # (racks, events): serving groups arriving and leaving at up to 90%
     "optimal_instances": 200,
     "optimal_solver_seconds": 5.0,
     "overhead": [(100, 50, 20), (1000, 500, 10)],  # (racks, deployments filling them, passes)
@@ -63,6 +65,7 @@ QUICK: Sizes = {
     "validate_events": 20,
     "churn_racks": 8,
     "churn_events": 300,
+    "disagg": (8, 300),
     "optimal_instances": 10,
     "optimal_solver_seconds": 1.0,
     "overhead": [(20, 10, 5)],
@@ -122,6 +125,13 @@ def _operator(params: Sizes, stop_cluster: bool) -> dict[str, Any]:
 
     logs = Path(__file__).parent / ".logs"  # the operators' logs; git-ignored
     return live.run(params["operator"], logs, stop_cluster=stop_cluster)
+
+
+def _disagg(params: Sizes, seed: int) -> dict[str, Any]:
+    racks, events = params["disagg"]
+    result = disagg.run(racks, events, seed)
+    disagg.show(result)
+    return result
 
 
 def _plan_speed(params: Sizes, out: Path) -> dict[str, Any]:
@@ -186,6 +196,31 @@ def main(argv: list[str] | None = None) -> int:
         },
         "machine": machine.describe(),
     }
+    parts = _run_parts(params, args, with_apply, with_operator)
+    figures["parts"] = parts
+    figures["load_average_end"] = machine.load_average()
+    figures["seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)
+    figures["headline"] = report.headline(figures)
+    figures["old_and_new"] = report.old_and_new(figures)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"{started:%Y-%m-%d}"
+    (args.out / f"{stem}.json").write_text(json.dumps(figures, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text(report.markdown(figures, args.out, stem))
+    print("\n" + report.table(figures["headline"]))
+    print("\n" + report.table(figures["old_and_new"], report.OLD_AND_NEW_COLUMNS))
+    print(f"\nwritten: {args.out / stem}.json, {args.out / stem}.md and its plots")
+    failed = [name for name, part in parts.items() if "error" in part]
+    if failed:
+        print(f"parts that failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_parts(
+    params: Sizes, args: argparse.Namespace, with_apply: bool, with_operator: bool
+) -> dict[str, Any]:
+    """Every part in turn; a part that fails records its error and the run goes on."""
     parts: dict[str, Any] = {}
     seed = args.seed
     _part("placement", parts, lambda: _placement(params, seed))
@@ -205,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         parts["operator"] = {"skipped": no_cluster}
     _part("churn", parts, lambda: churn.run(params["churn_racks"], params["churn_events"], seed))
+    _part("disagg", parts, lambda: _disagg(params, seed))
     _part(
         "optimal",
         parts,
@@ -212,24 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     _part("overhead", parts, lambda: _overhead(params))
     _part("plan_speed", parts, lambda: _plan_speed(params, QUICK_OUT))
-    figures["parts"] = parts
-    figures["load_average_end"] = machine.load_average()
-    figures["seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)
-    figures["headline"] = report.headline(figures)
-    figures["old_and_new"] = report.old_and_new(figures)
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{started:%Y-%m-%d}"
-    (args.out / f"{stem}.json").write_text(json.dumps(figures, indent=2) + "\n")
-    (args.out / f"{stem}.md").write_text(report.markdown(figures, args.out, stem))
-    print("\n" + report.table(figures["headline"]))
-    print("\n" + report.table(figures["old_and_new"], report.OLD_AND_NEW_COLUMNS))
-    print(f"\nwritten: {args.out / stem}.json, {args.out / stem}.md and its plots")
-    failed = [name for name, part in parts.items() if "error" in part]
-    if failed:
-        print(f"parts that failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    return parts
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ def headline(fig: dict[str, Any]) -> list[dict[str, str]]:
     _apply_rows(apply, row)
     _failover_rows(parts, row)
     _churn_rows(parts, apply, row)
+    _disagg_rows(parts, row)
     _optimal_rows(parts, row)
     _operator_rows(apply, row)
     return rows
@@ -90,6 +91,27 @@ def _apply_rows(apply: dict[str, Any], row: Row) -> None:
         row("2. apply to all 16 Running, p99", NA, _s(r["p99"]), _s(tr["p99"]), None)
     else:
         row("2. apply to bound / Running", "<= 1 s / <= 3 s", "not run", "not run", None)
+
+
+def _disagg_rows(parts: dict[str, Any], row: Row) -> None:
+    """Serving groups under churn: colocate Rack against the same roles as independent
+    deployments (in the baseline column)."""
+    systems = _get(parts, "disagg", "systems") or {}
+    if not systems:
+        return
+    ours, theirs = systems["colocate: Rack"], systems["independent deployments"]
+
+    def share(s: dict[str, Any]) -> str:
+        value = s["same_nvlink_domain_share"]
+        return NA if value is None else _pct(value)
+
+    ok = ours["same_nvlink_domain_share"] == 1
+    row("13. serving groups whose prefill and decode share an NVLink domain, churn to 90% "
+        "(baseline: the roles as independent deployments)", "100%", share(ours), share(theirs),
+        ok)  # fmt: skip
+    row("13. serving groups refused", NA, str(ours["refused"]), str(theirs["refused"]), None)
+    row("13. whole racks free after churn", NA, str(ours["after_churn"]["whole_racks_free"]),
+        str(theirs["after_churn"]["whole_racks_free"]), None)  # fmt: skip
 
 
 def _failover_rows(parts: dict[str, Any], row: Row) -> None:

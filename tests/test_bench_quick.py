@@ -42,6 +42,7 @@ def test_every_part_is_measured_or_says_why_not(run: Run) -> None:
         "failover",
         "operator",
         "churn",
+        "disagg",
         "optimal",
         "overhead",
         "plan_speed",

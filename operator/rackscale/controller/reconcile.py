@@ -246,9 +246,9 @@ class Reconciler:
         decisions: Iterable[tuple[Waiting, Decision]],
         snapshot: Snapshot,
     ) -> list[tuple[Key, Booking]]:
-        """The planner's bookings. The batch's reservations then give way to the pods they
-        become, each counted in the cache as created when it is written (so the snapshot holds
-        only what the cache holds)."""
+        """The planner's bookings of the batch's decisions (its reservations are given back in
+        `_place`: each pod is counted in the cache as created when it is written, so the
+        snapshot holds only what the cache holds)."""
         out = []
         for want, decision in decisions:
             key = (want.deployment.namespace, want.deployment.name)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from rackscale.api import InferenceDeployment, RackPool
 from rackscale.cli import main as cli
@@ -201,3 +203,18 @@ def test_explain_shows_memory_needed_against_its_gpus_and_the_cost() -> None:
         "its GPUs have: replica 0 1480 GiB"
     ) in text
     assert "  cost: 25.60 USD/h" in text
+
+
+def test_a_pending_serving_group_is_explained_role_by_role() -> None:
+    text = Path(__file__).resolve().parent.parent / "examples" / "deepseek-r1-disagg.yaml"
+    docs = [d for d in yaml.safe_load_all(text.read_text()) if d]
+    (raw,) = [d for d in docs if d["kind"] == "InferenceDeployment"]
+    raw["spec"]["placement"]["rackPool"] = "gb200"
+    out = explain(Cluster(raw, nvl72(2), [], [POOL], []))
+    replicas = InferenceDeployment.model_validate(raw).spec.replica_count
+    for index in range(replicas):
+        assert f"  replica {index} (group " in out
+    assert out.count("the operator places it on its next pass") == replicas
+    racks = {line.split("it fits now on ")[1].split(":")[0] for line in out.splitlines()
+             if "it fits now on " in line}  # fmt: skip
+    assert len(racks) == 1, f"a group's role replicas on one rack: {racks}"

@@ -507,6 +507,12 @@ class InferenceDeploymentSpec(Spec):
         """Role replicas in one serving group."""
         return sum(r.replicas for r in self.roles or ())
 
+    @property
+    def replica_count(self) -> int:
+        """Replicas the engine places and the pods number: `replicas`, or with roles the role
+        replicas of every serving group."""
+        return self.replicas * (self.group_size or 1)
+
     def role(self, name: str) -> Role:
         for role in self.roles or ():
             if role.name == name:

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from rackscale.api import GROUP, VERSION, InferenceDeployment, RackPool, format_errors
 from rackscale.cli import kubectl
 from rackscale.placement import Decision, place_pass
+from rackscale.placement.groups import place_groups
 from rackscale.planner import step as planner
 from rackscale.planner.lifecycle import Clock
 from rackscale.render import (
@@ -176,12 +177,12 @@ def explain(cluster: Cluster) -> str:
     next_pass = _next_pass(cluster, snapshot)
     lines.append("Replicas:")
     by_replica = _pods_of(cluster, deployment)
-    for index in sorted(set(range(deployment.spec.replicas)) | set(by_replica)):
+    for index in sorted(set(range(deployment.spec.replica_count)) | set(by_replica)):
         pods = sorted(by_replica.get(index, []), key=lambda p: p["metadata"]["name"])
         if pods:
             lines += _placed(deployment, body, snapshot, index, pods)
         else:
-            lines += _pending(index, next_pass.get((deployment.key, index)))
+            lines += _pending(deployment, index, next_pass.get((deployment.key, index)))
     lines += _conditions(body.get("status") or {})
     lines += ["Events:", *(_events(cluster.events) or ["  none"])]
     return "\n".join(lines)
@@ -190,10 +191,11 @@ def explain(cluster: Cluster) -> str:
 def _summary(deployment: InferenceDeployment, body: Mapping[str, Any]) -> list[str]:
     meta, status = body.get("metadata") or {}, body.get("status") or {}
     spec = deployment.spec
-    par, placement = spec.parallelism, spec.placement
+    placement = spec.placement
+    unit = "serving groups" if spec.roles else "replicas"
     lines = [
         f"  phase {status.get('phase', 'unknown (not reconciled yet)')}, "
-        f"{status.get('readyReplicas', 0)}/{spec.replicas} replicas ready, "
+        f"{status.get('readyReplicas', 0)}/{spec.replicas} {unit} ready, "
         f"{status.get('gpus', 0)} GPUs, mode {status.get('mode', '-')}"
     ]
     if status.get("observedGeneration") != meta.get("generation"):
@@ -201,11 +203,7 @@ def _summary(deployment: InferenceDeployment, body: Mapping[str, Any]) -> list[s
             f"  status is for generation {status.get('observedGeneration', '-')}, the spec is "
             f"generation {meta.get('generation')}: the operator has not caught up yet"
         )
-    lines.append(
-        f"  each replica: {par.gpus} GPUs (tensor {par.tensor} x pipeline {par.pipeline} x data "
-        f"{par.data}, expert {par.expert})"
-        + (f", {spec.gpus_per_pod} GPUs per pod" if spec.gpus_per_pod else "")
-    )
+    lines += _shape(deployment)
     lines.extend(_memory_and_cost(deployment, status))
     if placement.rack_pool:
         lines.append(
@@ -217,6 +215,21 @@ def _summary(deployment: InferenceDeployment, body: Mapping[str, Any]) -> list[s
         lines.append(
             "  placement: no rackPool, so device-plugin mode: kube-scheduler and the device "
             "plugin place the pods on ordinary GPU nodes"
+        )
+    return lines
+
+
+def _shape(deployment: InferenceDeployment) -> list[str]:
+    """Each replica's GPUs and parallelism; with roles, each role's, per serving group."""
+    spec = deployment.spec
+    views = [(f"{r.replicas} x {r.name}", deployment.role_view(r.name)) for r in spec.roles or []]
+    lines = [f"  each serving group: {spec.gpus_per_replica} GPUs"] if views else []
+    for label, view in views or [("each replica", deployment)]:
+        par, per_pod = view.spec.parallelism, view.spec.gpus_per_pod
+        lines.append(
+            f"  {'  ' if views else ''}{label}: {par.gpus} GPUs (tensor {par.tensor} x pipeline "
+            f"{par.pipeline} x data {par.data}, expert {par.expert})"
+            + (f", {per_pod} GPUs per pod" if per_pod else "")
         )
     return lines
 
@@ -258,11 +271,19 @@ def _next_pass(cluster: Cluster, snapshot: Snapshot) -> dict[tuple[str, int], De
                 clock=clock,
             )
         )
+    # As the executor orders them: whole serving groups, then every other waiting replica.
+    grouped = place_groups(
+        snapshot, [g for s in sorted(steps, key=lambda s: s.age) for g in s.groups]
+    )
     decisions = place_pass(snapshot, planner.batch(steps))
+    out = {(w.deployment.key, w.replica): d for w, d in decisions if not w.terminating}
     for _, decision in reversed(decisions):
         if decision.reservation is not None:
             decision.reservation.undo()
-    return {(w.deployment.key, w.replica): d for w, d in decisions if not w.terminating}
+    for want, group in reversed(grouped):
+        out.update({(want.deployment.key, d.replica): d for d in group.decisions})
+        group.undo()
+    return out
 
 
 def _key(body: Mapping[str, Any]) -> str:
@@ -276,8 +297,16 @@ def _owned(pod: PodInfo, deployment: InferenceDeployment) -> bool:
     )
 
 
-def _pending(index: int, decision: Decision | None) -> list[str]:
-    lines = [f"  replica {index}: pending"]
+def _member(deployment: InferenceDeployment, index: int) -> str:
+    """` (group 0, decode 0)` for a role replica; nothing without roles."""
+    if not deployment.spec.roles:
+        return ""
+    member = deployment.spec.role_replica(index)
+    return f" (group {member.group}, {member.role} {member.index})"
+
+
+def _pending(deployment: InferenceDeployment, index: int, decision: Decision | None) -> list[str]:
+    lines = [f"  replica {index}{_member(deployment, index)}: pending"]
     if decision is None:
         lines.append("    its old pods are still going away; it is placed once they are gone")
     elif decision.plan is None:
@@ -301,14 +330,16 @@ def _placed(
 ) -> list[str]:
     spec, placement = deployment.spec, deployment.spec.placement
     lines = []
-    if index >= spec.replicas:
+    if index >= spec.replica_count:
         lines.append(f"  replica {index}: being removed (spec.replicas is {spec.replicas})")
     annotations = _annotations(pods[0])
     mode = annotations.get(MODE_ANNOTATION) or "Rack"
     racks = [r for r in annotations.get(RACKS_ANNOTATION, "").split(",") if r]
     nodes = sorted({n for p in pods if (n := pinned_node(p) or p["spec"].get("nodeName"))})
-    if index < spec.replicas:
-        lines.append(f"  replica {index}: {mode} mode, {len(pods)} pods")
+    if index < spec.replica_count:
+        lines.append(
+            f"  replica {index}{_member(deployment, index)}: {mode} mode, {len(pods)} pods"
+        )
     if mode == "Rack":
         shown = ", ".join(_rack_now(snapshot, placement.rack_pool, r) for r in racks)
         lines.append(f"    racks: {shown or '-'}")
@@ -345,7 +376,12 @@ def _memory_and_cost(deployment: InferenceDeployment, status: Mapping[str, Any])
     """Memory one replica needs against what each placed replica's GPUs have, and the cost."""
     lines = []
     model = deployment.spec.model
-    need = model.need(deployment.spec.gpus_per_replica) if model else None
+    # With roles each role holds the whole model: one figure per replica says nothing true.
+    need = (
+        model.need(deployment.spec.gpus_per_replica)
+        if model and not deployment.spec.roles
+        else None
+    )
     if need is not None:
         have = [
             f"replica {p.get('replica')} {p['gpuMemoryMiB'] // 1024} GiB"

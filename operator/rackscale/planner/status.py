@@ -127,7 +127,7 @@ def _seen(
     sizes: Sizes,
 ) -> _Seen:
     spec = deployment.spec
-    desired = spec.replicas * (spec.group_size or 1)
+    desired = spec.replica_count
     wanted = [s for s in states if s.replica < desired]
     running = [s for s in wanted if s.condition == "Running"]
     shown = [s for s in states if s.pods]

@@ -253,7 +253,7 @@ def classify(  # noqa: PLR0917
         domains = {**shared, **domains}
     return lifecycle.classify(
         owned,
-        spec.replicas * (spec.group_size or 1),
+        spec.replica_count,
         digest=step.digest,
         nodes=nodes,
         now=clock.now,

@@ -153,9 +153,20 @@ class Kind:
         return live_pods(self.kube, self.namespace, self.name)
 
     def via_service(self, from_pod: dict[str, Any]) -> dict[str, Any]:
-        return through_service(
-            self.kubectl, self.namespace, self.name, from_pod["metadata"]["name"]
-        )
+        """Through the Service, once kube-proxy routes it: the leader's endpoint reaches the
+        nodes' rules a moment after the pod turns Ready."""
+
+        def answer() -> dict[str, Any] | None:
+            try:
+                return through_service(
+                    self.kubectl, self.namespace, self.name, from_pod["metadata"]["name"]
+                )
+            except AssertionError as error:
+                if "Connection refused" not in str(error):
+                    raise
+                return None
+
+        return eventually(answer, f"{self.name} answering through its Service", timeout=30)
 
     def node(self, name: str) -> client.V1Node:
         return client.CoreV1Api(self.kube).read_node(name)

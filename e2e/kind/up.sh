@@ -146,11 +146,16 @@ plugin() {
 }
 step "device plugin" plugin
 
+# The operator runs on the control-plane node: the tests stop GPU workers, and an operator on
+# one of them would stop with it.
 operator() {
   local repo="${operator_image%:*}" tag="${operator_image##*:}"
   "$helm" --kubeconfig "$kubeconfig" upgrade --install rackscale "$root/charts/rackscale" \
     --namespace rackscale-system --create-namespace \
     --set "image.repository=$repo" --set "image.tag=$tag" --set image.pullPolicy=Never \
+    --set-string 'nodeSelector.node-role\.kubernetes\.io/control-plane=' \
+    --set 'tolerations[0].key=node-role.kubernetes.io/control-plane' \
+    --set 'tolerations[0].operator=Exists' --set 'tolerations[0].effect=NoSchedule' \
     --wait --timeout 180s >/dev/null \
     || { k -n rackscale-system get pods -o wide >&2; k -n rackscale-system logs deploy/rackscale --tail=30 >&2 || true
          die "helm install charts/rackscale did not become ready"; }

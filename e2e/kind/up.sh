@@ -106,15 +106,18 @@ ready() {
 }
 step "nodes Ready" ready
 
-# Each image saved once, then imported into every worker at the same time (the control plane
-# keeps its NoSchedule taint: none of these run there).
+# Each image saved once, then imported into every node that runs it at the same time: the
+# operator's into the control plane (where it runs), the others into every worker.
 load() {
-  local node nodes image file pids=()
-  nodes="$(k get nodes -l '!node-role.kubernetes.io/control-plane' -o name | sed 's#^node/##')"
+  local node workers targets image file pids=()
+  workers="$(k get nodes -l '!node-role.kubernetes.io/control-plane' -o name | sed 's#^node/##')"
   for image in "$operator_image" "$plugin_image" "$shard_image"; do
     file="$state/image.tar"
     pids=()
-    for node in $nodes; do
+    targets="$workers"
+    [[ "$image" == "$operator_image" ]] \
+      && targets="$(k get nodes -l node-role.kubernetes.io/control-plane -o name | sed 's#^node/##')"
+    for node in $targets; do
       # containerd names a one-part repository docker.io/library/<it>, others docker.io/<it>.
       if docker exec "$node" ctr -n k8s.io images ls -q 2>/dev/null \
         | grep -qxE "docker\.io/(library/)?${image//./\\.}"; then continue; fi
@@ -122,7 +125,7 @@ load() {
       docker exec -i "$node" ctr -n k8s.io images import --digests --snapshotter=overlayfs - <"$file" >/dev/null &
       pids+=($!)
     done
-    for pid in "${pids[@]}"; do wait "$pid" || die "loading $image into a worker failed"; done
+    for pid in "${pids[@]}"; do wait "$pid" || die "loading $image into a node failed"; done
     rm -f "$file"
   done
 }

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from sortedcontainers import SortedList
 
@@ -187,24 +187,59 @@ def place_pass(
     does a `terminating` replica (restarted or replaced), whose own old pods are among those.
     """
     order = pass_order(waiting)
-    first = _try_order(snapshot, order, explain=False)
-    if all(d.plan is not None and not d.fallback for w, d in first if not w.terminating):
-        return first  # everything in its pool (or in device-plugin mode by choice): done
-    best, score = order, _score(first)
-    _undo(first)
+    return search_orders(
+        order,
+        lambda o, explain: _try_order(snapshot, o, explain=explain),
+        done=lambda first: all(
+            d.plan is not None and not d.fallback for w, d in first if not w.terminating
+        ),  # everything in its pool (or in device-plugin mode by choice)
+        score=_score,
+        undo=_undo,
+        tries=tries,
+    )
+
+
+class _Ordered(Protocol):
+    @property
+    def prefer(self) -> tuple[str, ...]: ...
+    @property
+    def deployment(self) -> InferenceDeployment: ...
+
+
+W = TypeVar("W", bound=_Ordered)
+R = TypeVar("R")
+
+
+def search_orders(  # noqa: PLR0917
+    order: list[W],
+    attempt: Callable[[list[W], bool], list[R]],
+    done: Callable[[list[R]], bool],
+    score: Callable[[list[R]], int],
+    undo: Callable[[list[R]], None],
+    tries: int,
+) -> list[R]:
+    """The search one pass makes over orders (of replicas, or of serving groups): `order`
+    first, without reasons; when that is not `done`, `tries` deterministic shuffles of it by up
+    to 40% of each one's size (those keeping their racks stay first), and the order scoring
+    highest (the first on a tie) is placed again, with reasons."""
+    first = attempt(order, False)
+    if done(first):
+        return first
+    best, top = order, score(first)
+    undo(first)
     staying = [w for w in order if w.prefer]
     rest = [w for w in order if not w.prefer]
-    # When nothing fits, each replica was tried on the same room: no other order helps.
+    # When nothing fits, each was tried on the same room: no other order helps.
     rng = random.Random(len(order))
-    for _ in range(tries if score and len(rest) > 1 else 0):
+    for _ in range(tries if top and len(rest) > 1 else 0):
         shuffled = staying + sorted(
             rest, key=lambda w: -w.deployment.spec.gpus_per_replica * rng.uniform(0.6, 1.4)
         )
-        trial = _try_order(snapshot, shuffled, explain=False)
-        if _score(trial) > score:
-            best, score = shuffled, _score(trial)
-        _undo(trial)
-    return _try_order(snapshot, best, explain=True)
+        trial = attempt(shuffled, False)
+        if score(trial) > top:
+            best, top = shuffled, score(trial)
+        undo(trial)
+    return attempt(best, True)
 
 
 def _try_order(

@@ -11,14 +11,19 @@ applies to the group as a whole (guarantee 15). `colocate: None` places each rol
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from rackscale.api.inferencedeployment import InferenceDeployment, RoleReplica
-from rackscale.placement.engine import ORDER_TRIES, Decision, DeploymentPlan, place_replica
+from rackscale.placement.engine import (
+    ORDER_TRIES,
+    Decision,
+    DeploymentPlan,
+    place_replica,
+    search_orders,
+)
 from rackscale.placement.reasons import Note, Reason
 from rackscale.placement.shape import shape_of
 from rackscale.topology.snapshot import Pool, Rack, Snapshot, group_compute_domain_name
@@ -78,24 +83,16 @@ def place_groups(
     orders (deterministic shuffles of the largest-first order by up to 40% of a group's size,
     groups keeping their racks first), keeping the one placing the most GPUs in pools, the
     first on a tie."""
-    order = group_order(waiting)
-    first = _try_groups(snapshot, order, explain=False)
-    if all(_in_pool(d) or d.deployment.spec.placement.rack_pool is None for _, d in first):
-        return first
-    best, score = order, _placed_gpus(first)
-    _undo_groups(first)
-    staying = [w for w in order if w.prefer]
-    rest = [w for w in order if not w.prefer]
-    rng = random.Random(len(order))
-    for _ in range(tries if score and len(rest) > 1 else 0):
-        shuffled = staying + sorted(
-            rest, key=lambda w: -w.deployment.spec.gpus_per_replica * rng.uniform(0.6, 1.4)
-        )
-        trial = _try_groups(snapshot, shuffled, explain=False)
-        if _placed_gpus(trial) > score:
-            best, score = shuffled, _placed_gpus(trial)
-        _undo_groups(trial)
-    return _try_groups(snapshot, best, explain=True)
+    return search_orders(
+        group_order(waiting),
+        lambda o, explain: _try_groups(snapshot, o, explain=explain),
+        done=lambda first: all(
+            _in_pool(d) or d.deployment.spec.placement.rack_pool is None for _, d in first
+        ),
+        score=_placed_gpus,
+        undo=_undo_groups,
+        tries=tries,
+    )
 
 
 def _try_groups(

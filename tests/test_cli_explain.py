@@ -218,3 +218,24 @@ def test_a_pending_serving_group_is_explained_role_by_role() -> None:
     racks = {line.split("it fits now on ")[1].split(":")[0] for line in out.splitlines()
              if "it fits now on " in line}  # fmt: skip
     assert len(racks) == 1, f"a group's role replicas on one rack: {racks}"
+
+
+def test_a_replica_spanning_racks_without_rdma_is_warned() -> None:
+    """A 144-GPU replica must span two racks: explain warns that its pods request no RDMA
+    device, pending or placed; one that fits a rack gets no warning."""
+    cluster, _ = placed_cluster()
+    raw = body("wide", replicas=1, data=18, replicaScope="Any")
+    text = explain(Cluster(raw, cluster.nodes, cluster.pods, cluster.pools, []))
+    assert "the operator places it on its next pass" in text
+    [warning] = [line for line in text.splitlines() if "warning:" in line]
+    assert warning.startswith("    warning: llm/wide: replica 0 spans racks ")
+    assert "requests no RDMA resource" in warning
+    raw["spec"]["template"] = {
+        "spec": {
+            "containers": [
+                {"name": "server", "image": "vllm", "resources": {"limits": {"rdma/ib": 1}}}
+            ]
+        }
+    }
+    assert "warning:" not in explain(Cluster(raw, cluster.nodes, cluster.pods, cluster.pools, []))
+    assert "warning:" not in explain(cluster)

@@ -360,3 +360,45 @@ def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
     text = capsys.readouterr().out
     for line in ("0  every replica", "2  bad input", "3  some replica is left unplaced"):
         assert line in text
+
+
+def test_a_replica_spanning_racks_without_rdma_is_warned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The 405B pipeline spans two racks of a block; its pods request no RDMA device, so NCCL
+    would use TCP between the racks. Given an RDMA resource, the warning goes."""
+    cluster = [EXAMPLES / "cluster.yaml", EXAMPLES / "rackpool-gb200.yaml"]
+    flags = [a for c in cluster for a in ("--cluster", c)]
+    example = EXAMPLES / "llama-405b-block.yaml"
+    code, out, _ = run(capsys, "plan", *flags, example)
+    assert code == 0
+    [warning] = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert "llm/llama-405b: replica 0 spans racks b0/" in warning
+    assert "requests no RDMA resource" in warning
+    assert "fall back to TCP sockets" in warning
+    code, out, _ = run(capsys, "plan", *flags, "-o", "json", example)
+    assert json.loads(out)["warnings"] == [warning.removeprefix("warning: ")]
+    code, out, err = run(capsys, "plan", *flags, "-o", "yaml", example)
+    assert yaml.safe_load(out)["kind"] == "List"
+    assert err.strip() == warning
+
+    doc = yaml.safe_load(example.read_text())
+    for template in (doc["spec"]["template"], doc["spec"]["workerTemplate"]):
+        limits = template["spec"]["containers"][0]["resources"].setdefault("limits", {})
+        limits["rdma/rdma_shared_device_a"] = 1
+    with_rdma = write(tmp_path / "rdma.yaml", doc)
+    code, out, _ = run(capsys, "plan", *flags, with_rdma)
+    assert code == 0
+    assert "warning:" not in out
+    # One template without it is enough for the warning.
+    del doc["spec"]["workerTemplate"]["spec"]["containers"][0]["resources"]["limits"]
+    code, out, _ = run(capsys, "plan", *flags, write(tmp_path / "half.yaml", doc))
+    assert "requests no RDMA resource" in out
+
+
+def test_a_replica_in_one_rack_needs_no_rdma(
+    cluster: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "plan", "--cluster", cluster, EXAMPLES / "deepseek-r1.yaml")
+    assert code == 0
+    assert "warning:" not in out

@@ -30,6 +30,7 @@ from rackscale.render import (
     RACKS_ANNOTATION,
     REPLICA_LABEL,
 )
+from rackscale.render.network import cross_rack_warning
 from rackscale.topology import PodInfo, Snapshot, build_snapshot, pinned_node
 
 EVENTS_SHOWN = 10
@@ -316,6 +317,7 @@ def _pending(deployment: InferenceDeployment, index: int, decision: Decision | N
             f"    it fits now on {', '.join(decision.plan.racks)}: the operator places it "
             "on its next pass"
         )
+        lines += _network(deployment, index, decision.plan.racks)
     else:
         lines.append(f"    it fits now in device-plugin mode ({decision.reason or 'no rackPool'})")
     return lines
@@ -345,6 +347,7 @@ def _placed(
         lines.append(f"    racks: {shown or '-'}")
         lines.append(f"    nodes: {', '.join(nodes) or '-'}")
         lines.append(f"    why: {_why_racks(deployment, racks)}")
+        lines += _network(deployment, index, racks)
     elif placement.rack_pool:
         fallback = _condition(body.get("status") or {}, "Placed")
         fell_back = fallback.get("reason") == "DevicePluginFallback"
@@ -357,6 +360,11 @@ def _placed(
         lines.append("    why: no rackPool: kube-scheduler chose the nodes")
     lines += [f"    {_pod_line(pod)}" for pod in pods]
     return lines
+
+
+def _network(deployment: InferenceDeployment, index: int, racks: Sequence[str]) -> list[str]:
+    warning = cross_rack_warning(deployment, index, racks)
+    return [f"    warning: {warning}"] if warning else []
 
 
 def _conditions(status: Mapping[str, Any]) -> list[str]:

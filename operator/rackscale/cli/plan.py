@@ -18,6 +18,7 @@ from rackscale.cli.manifests import FAST_ABOVE_BYTES, InputError, describe, obje
 from rackscale.placement import DeploymentPlan, ReplicaPlan, place, place_together
 from rackscale.placement.groups import place_deployment_groups, place_groups_together
 from rackscale.render import plan_objects
+from rackscale.render.network import cross_rack_warning
 from rackscale.topology import NodeInfo, Snapshot, build_snapshot
 
 EPILOG = """exit codes:
@@ -249,6 +250,8 @@ def run(args: argparse.Namespace) -> int:
         print(kubectl.dump(as_json(snapshot, plans, deployments, ordinary), "json"))
     elif args.output == "yaml":
         print(as_yaml(snapshot, plans, deployments))
+        for warning in warnings(snapshot, plans, deployments):
+            print(f"warning: {warning}", file=sys.stderr)
     else:
         print(as_table(snapshot, plans, deployments, ordinary, wide=args.output == "wide",
                        headers=not args.no_headers))  # fmt: skip
@@ -338,16 +341,26 @@ def as_json(
     }
     if totals := fit.totals_json(fits):
         out["totalCostPerHour"] = totals
-    if snapshot.conflicts:
-        out["warnings"] = conflict_warnings(snapshot)
+    if found := warnings(snapshot, plans, deployments or []):
+        out["warnings"] = found
     return out
 
 
-def conflict_warnings(snapshot: Snapshot) -> list[str]:
-    return [
+def warnings(
+    snapshot: Snapshot, plans: list[DeploymentPlan], deployments: list[InferenceDeployment]
+) -> list[str]:
+    """Nodes two pools claim, then replicas spanning racks whose pods get no RDMA device."""
+    conflicts = [
         f"node {node} is selected by RackPools {', '.join(pools)} and belongs to none"
         for node, pools in sorted(snapshot.conflicts.items())
     ]
+    network = [
+        warning
+        for plan, deployment in zip(plans, deployments, strict=False)
+        for replica in plan.replicas
+        if (warning := cross_rack_warning(deployment, replica.replica, replica.racks))
+    ]
+    return conflicts + network
 
 
 def _pods(replica: ReplicaPlan) -> str:
@@ -422,5 +435,5 @@ def as_table(
             )
         if plan.reason:
             lines.append(f"  reason: {plan.reason}")
-    lines.extend(f"warning: {w}" for w in conflict_warnings(snapshot))
+    lines.extend(f"warning: {w}" for w in warnings(snapshot, plans, deployments))
     return "\n".join(lines)

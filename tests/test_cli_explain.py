@@ -239,3 +239,52 @@ def test_a_replica_spanning_racks_without_rdma_is_warned() -> None:
     }
     assert "warning:" not in explain(Cluster(raw, cluster.nodes, cluster.pods, cluster.pools, []))
     assert "warning:" not in explain(cluster)
+
+
+def test_a_reason_is_said_once() -> None:
+    """The operator words one engine reason into several conditions and an Event: explain
+    prints it under the replica, groups the conditions that share a message, and points back
+    to it instead of repeating it."""
+    cluster, _ = placed_cluster()
+    raw = body("huge", replicas=1, data=16)
+    reason = "no rack holds 128 free GPUs in one NVLink domain (largest free: 72 on clique-0001)"
+    placed = f"0 of 1 replicas placed; replica 0: {reason}"
+    waiting = f"waiting for capacity: {reason}"
+    raw["status"] = {
+        "observedGeneration": 1,
+        "phase": "Pending",
+        "conditions": [
+            {"type": t, "status": v, "reason": r, "message": m}
+            for t, v, r, m in [
+                ("Placed", "False", "Unplaceable", placed),
+                ("Progressing", "False", "Stalled", waiting),
+                ("Degraded", "True", "ReplicasUnplaced", placed),
+                ("Available", "False", "Pending", "0 of 1 replicas ready"),
+                ("Ready", "False", "Pending", placed),
+                ("Reconciling", "False", "Stalled", waiting),
+                ("Stalled", "True", "Stalled", waiting),
+            ]
+        ],
+    }
+    events = [
+        {
+            "type": "Warning",
+            "reason": "FailedPlacement",
+            "message": f"replica 0: {reason}",
+            "count": 3,
+            "lastTimestamp": "2026-01-01T12:00:00Z",
+        }
+    ]
+    text = explain(Cluster(raw, cluster.nodes, cluster.pods, cluster.pools, events))
+    assert text.count(reason) == 1  # the operator's status, stale here, says it once
+    current = "no rack holds 128 free GPUs in one NVLink domain"
+    assert text.count(current) == 2  # the next pass's reason under the replica, then the status
+    conditions = text.split("Conditions:\n")[1].split("Events:")[0].splitlines()
+    assert conditions == [
+        "  Placed=False Unplaceable, Degraded=True ReplicasUnplaced, Ready=False Pending: "
+        f"{placed}",
+        "  Progressing=False Stalled, Reconciling=False Stalled, Stalled=True Stalled: "
+        "waiting for capacity: (as above)",
+        "  Available=False Pending: 0 of 1 replicas ready",
+    ]
+    assert text.endswith("Warning  FailedPlacement (x3): replica 0: (as above)")

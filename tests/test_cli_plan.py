@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -249,7 +252,6 @@ def test_python_dash_m_works_like_the_console_script(capsys: pytest.CaptureFixtu
         (b"kind: Node\nmetadata: {name: caf\xe9}\n", "not UTF-8 text (invalid byte at offset"),
         (b"", "no objects found"),
         (b"# only a comment\n---\n", "no objects found"),
-        (b'{"apiVersion": "v1", "kind": "List", "items": []}', "no objects found"),
     ],
 )
 def test_unreadable_and_empty_files_are_one_line(
@@ -267,6 +269,39 @@ def test_unreadable_and_empty_files_are_one_line(
         assert out == ""
         assert err.count("\n") == 1
         assert err.startswith(f"error: {bad}: {expected}")
+
+
+def test_an_empty_list_is_valid_input(
+    cluster: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kubectl get pods -A -o json` of a cluster with no pods is an empty List: nothing runs."""
+    empty = tmp_path / "pods.json"
+    empty.write_text('{"apiVersion": "v1", "kind": "List", "items": []}')
+    code, out, err = run(capsys, "plan", "--cluster", cluster, "--cluster", empty, "-o", "json",
+                         EXAMPLES / "deepseek-r1.yaml")  # fmt: skip
+    assert (code, err) == (0, "")
+    [placement] = json.loads(out)["placements"]
+    assert len(placement["replicas"]) == 2
+    code, out, err = run(capsys, "plan", "--cluster", cluster, "-o", "json", empty)
+    assert (code, err) == (0, "")
+    assert json.loads(out) == {"placements": []}
+
+
+def test_a_reader_closing_the_pipe_ends_the_command_quietly() -> None:
+    """`rackscale plan ... | head -c 1`: no traceback, the shell's SIGPIPE status. The YAML is
+    over 200 kB, more than a pipe holds, so the reader is gone before it is all written."""
+    script = (
+        f"{sys.executable} -m rackscale plan -o yaml --cluster {EXAMPLES / 'cluster.yaml'} "
+        f"--cluster {EXAMPLES / 'rackpool-gb200.yaml'} "
+        + " ".join(str(EXAMPLES / n) for n in ("deepseek-r1.yaml", "llama-405b-block.yaml"))
+        + " | head -c 1; exit ${PIPESTATUS[0]}"
+    )
+    done = subprocess.run(  # noqa: S603  # our own command line
+        ["/bin/bash", "-c", script], capture_output=True, text=True, check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (141, "a")
+    assert "Traceback" not in done.stderr
 
 
 def test_a_rack_pool_missing_from_the_cluster_names_the_field(

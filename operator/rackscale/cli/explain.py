@@ -141,7 +141,7 @@ def _rack_now(snapshot: Snapshot, pool: str | None, name: str) -> str:
     return f"{name} ({rack.health}, {free}/{rack.allocatable} GPUs free now)"
 
 
-def _events(events: Sequence[Mapping[str, Any]]) -> list[str]:
+def _events(events: Sequence[Mapping[str, Any]], said: Said | None = None) -> list[str]:
     def when(event: Mapping[str, Any]) -> str:
         return str(
             event.get("lastTimestamp")
@@ -154,9 +154,10 @@ def _events(events: Sequence[Mapping[str, Any]]) -> list[str]:
     for event in sorted(events, key=when)[-EVENTS_SHOWN:]:
         count = event.get("count") or 1
         times = f" (x{count})" if count > 1 else ""
+        message = str(event.get("message", ""))
         lines.append(
             f"  {when(event) or '-'}  {event.get('type', ''):<7}  {event.get('reason', '')}"
-            f"{times}: {event.get('message', '')}"
+            f"{times}: {said.once(message) if said else message}"
         )
     return lines
 
@@ -178,15 +179,44 @@ def explain(cluster: Cluster) -> str:
     next_pass = _next_pass(cluster, snapshot)
     lines.append("Replicas:")
     by_replica = _pods_of(cluster, deployment)
+    said = Said()
     for index in sorted(set(range(deployment.spec.replica_count)) | set(by_replica)):
         pods = sorted(by_replica.get(index, []), key=lambda p: p["metadata"]["name"])
         if pods:
             lines += _placed(deployment, body, snapshot, index, pods)
         else:
-            lines += _pending(deployment, index, next_pass.get((deployment.key, index)))
-    lines += _conditions(body.get("status") or {})
-    lines += ["Events:", *(_events(cluster.events) or ["  none"])]
+            decision = next_pass.get((deployment.key, index))
+            lines += _pending(deployment, index, decision)
+            if decision is not None and decision.plan is None:
+                said.add(str(decision.reason))
+    lines += _conditions(body.get("status") or {}, said)
+    lines += ["Events:", *(_events(cluster.events, said) or ["  none"])]
     return "\n".join(lines)
+
+
+class Said:
+    """Reasons already printed in full: conditions and Events that repeat one say `(as above)`.
+    The operator words one engine reason into several conditions and an Event; a person needs
+    to read it once."""
+
+    SHORTEST = 40  # shorter texts cost less to repeat than a pointer to them
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def add(self, text: str) -> None:
+        if len(text) >= self.SHORTEST and text not in self.texts:
+            self.texts.append(text)
+
+    def once(self, message: str) -> str:
+        """The message with every reason said before replaced by `(as above)`; then the
+        message, and its reason (what follows the replica or state it starts with, up to the
+        first `: `), count as said."""
+        for text in sorted(self.texts, key=len, reverse=True):
+            message = message.replace(text, "(as above)")
+        self.add(message)
+        self.add(message.partition(": ")[2])
+        return message
 
 
 def _summary(deployment: InferenceDeployment, body: Mapping[str, Any]) -> list[str]:
@@ -367,14 +397,16 @@ def _network(deployment: InferenceDeployment, index: int, racks: Sequence[str]) 
     return [f"    warning: {warning}"] if warning else []
 
 
-def _conditions(status: Mapping[str, Any]) -> list[str]:
+def _conditions(status: Mapping[str, Any], said: Said) -> list[str]:
+    """One line per distinct message, naming every condition that carries it."""
     conditions = status.get("conditions") or []
-    lines = ["Conditions:"]
+    by_message: dict[str, list[str]] = {}
     for cond in conditions:
-        lines.append(
-            f"  {cond.get('type')}={cond.get('status')} {cond.get('reason')}: "
-            f"{cond.get('message', '')}"
-        )
+        name = f"{cond.get('type')}={cond.get('status')} {cond.get('reason')}"
+        by_message.setdefault(str(cond.get("message", "")), []).append(name)
+    lines = ["Conditions:"]
+    for message, names in by_message.items():
+        lines.append(f"  {', '.join(names)}: {said.once(message)}")
     if not conditions:
         lines.append("  none yet: is the operator running? (kubectl get pods -A | grep rackscale)")
     return lines

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -61,15 +62,29 @@ def plugin_parser() -> argparse.ArgumentParser:
     return root
 
 
+# What a shell reports for a command ended by SIGPIPE: 128 + 13.
+CLOSED_PIPE = 141
+
+
+def _handle(args: argparse.Namespace) -> int:
+    """Run the subcommand; a reader that closed the pipe early (`| head`) ends it quietly."""
+    try:
+        code = int(args.handler(args))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would report the unflushed output again at exit: point stdout at nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return CLOSED_PIPE
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    return int(args.handler(args))
+    return _handle(parser().parse_args(argv))
 
 
 def kubectl_plugin(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `kubectl-rackscale` script: kubectl runs it for `kubectl rackscale`."""
-    args = plugin_parser().parse_args(argv)
-    return int(args.handler(args))
+    return _handle(plugin_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -366,27 +366,24 @@ def documents(
     progress: Callable[[str], None] | None = None,
     labels: frozenset[str] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Every object in a file: YAML documents or JSON, with `kind: List` (and `*List`) unpacked."""
+    """Every object in a file: YAML documents or JSON, with `kind: List` (and `*List`) unpacked.
+    An empty List is valid and holds nothing (`kubectl get pods -A -o json` of a cluster with no
+    pods); a file with no document at all is an error."""
     text = read_text(path)
     if progress is not None:
         progress(f"reading {path} ({len(text) / 1e6:.0f} MB)")
     docs = _parse(path, text, labels)
     if not any(doc is not None for doc in docs):
         raise InputError(f"{path}: no objects found (the file is empty or only comments)")
-    found = 0
     for number, doc in enumerate(docs, start=1):
         if doc is None:
             continue
         if not isinstance(doc, dict) or "kind" not in doc:
             raise InputError(f"{path}: document {number} is not a Kubernetes object (no kind)")
         if str(doc["kind"]).endswith("List") and isinstance(doc.get("items"), list):
-            found += len(doc["items"])
             yield from doc["items"]
         else:
-            found += 1
             yield doc
-    if not found:
-        raise InputError(f"{path}: no objects found (an empty List)")
 
 
 def describe(obj: dict[str, Any]) -> str:

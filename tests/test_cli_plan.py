@@ -296,7 +296,7 @@ def test_a_reader_closing_the_pipe_ends_the_command_quietly() -> None:
         + " ".join(str(EXAMPLES / n) for n in ("deepseek-r1.yaml", "llama-405b-block.yaml"))
         + " | head -c 1; exit ${PIPESTATUS[0]}"
     )
-    done = subprocess.run(  # noqa: S603  # our own command line
+    done = subprocess.run(
         ["/bin/bash", "-c", script], capture_output=True, text=True, check=False,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )  # fmt: skip

@@ -242,6 +242,21 @@ def test_parsers_follow_the_fixture() -> None:
         parser_of(sglang).parse_args([])
 
 
+SOURCE = re.compile(r"[\w./-]+\.(py|md|sh|yml|yaml)(@\w+)?(:\d+|\s\()")
+
+
+def test_every_fixture_fact_says_where_it_was_read() -> None:
+    for fixture in fixtures().values():
+        entries = [fixture["image"], *fixture["options"], *(fixture.get("deprecated") or [])]
+        entries += [r for r in fixture["rules"].values() if isinstance(r, dict)]
+        for entry in entries:
+            assert SOURCE.search(entry["source"]), (fixture["engine"], entry)
+        for key in ("dp_source", "moe_dense_source", "headless_source"):
+            for holder in (fixture["rules"], fixture["rules"].get("data_parallel_load_balancing")):
+                if holder and key in holder:
+                    assert SOURCE.search(holder[key]), (fixture["engine"], key)
+
+
 def given(line: list[str], option: str) -> bool:
     return any(a == option or a.startswith(f"{option}=") for a in line)
 

@@ -47,6 +47,7 @@ class FakeAPI:
         self.inference_pools_served = inference_pools_served
         self.inference_pools: dict[tuple[str, str], dict[str, Any]] = {}
         self.deleted_inference_pools: list[str] = []
+        self.refused_pool_writes: list[tuple[str, str]] = []  # while their CRD is not served
         self.services: dict[tuple[str, str], dict[str, Any]] = {}
         self.events: list[tuple[str, str, str]] = []
         self.created = 0
@@ -179,13 +180,19 @@ class FakeAPI:
         self.services[(body["metadata"]["namespace"], body["metadata"]["name"])] = body
 
     async def apply_inference_pool(self, body: dict[str, Any]) -> None:
-        assert self.inference_pools_served, "an InferencePool written while its CRD is not served"
+        self._pool_served("apply", body["metadata"]["name"])
         self.inference_pools[(body["metadata"]["namespace"], body["metadata"]["name"])] = body
 
     async def delete_inference_pool(self, namespace: str, name: str) -> None:
-        assert self.inference_pools_served, "an InferencePool deleted while its CRD is not served"
+        self._pool_served("delete", name)
         self.deleted_inference_pools.append(name)
         self.inference_pools.pop((namespace, name), None)
+
+    def _pool_served(self, verb: str, name: str) -> None:
+        """As the API server answers a write to a resource it does not serve: 404."""
+        if not self.inference_pools_served:
+            self.refused_pool_writes.append((verb, name))
+            raise RuntimeError("404: the server could not find the requested resource")
 
     async def create_compute_domain(self, body: dict[str, Any]) -> bool:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])

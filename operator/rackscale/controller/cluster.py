@@ -26,8 +26,8 @@ from rackscale.api import RackPool, format_errors
 from rackscale.render import (
     COMPUTE_DOMAIN_VERSION,
     DEPLOYMENT_LABEL,
-    INFERENCE_POOL_VERSION,
     GROUP_LABEL,
+    INFERENCE_POOL_VERSION,
     REPLICA_LABEL,
 )
 from rackscale.topology import NodeInfo, PodInfo, Snapshot, Usage, build_racks

@@ -264,9 +264,9 @@ def deployment_status(
     where ComputeDomains apply); memory needed against what each placement's GPUs have, and cost
     per hour. `domains_missing`: the pool wants ComputeDomains and the API server does not serve
     them; `inference_pools_missing`: nor InferencePools (spec.inferencePool then gets a
-    condition saying so). With spec.roles the conditions count role replicas, and `replicas`, `placedReplicas`,
-    `readyReplicas` and `ready` count serving groups (those with a pod; those whose role
-    replicas are all placed; all ready), as `spec.replicas` does."""
+    condition saying so). With spec.roles the conditions count role replicas, and `replicas`,
+    `placedReplicas`, `readyReplicas` and `ready` count serving groups (those with a pod; those
+    whose role replicas are all placed; all ready), as `spec.replicas` does."""
     sizes = sizes or Sizes()
     seen = _seen(deployment, states, progress, gpu_resource, sizes)
     placed_cond = _placed_condition(seen)

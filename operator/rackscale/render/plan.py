@@ -2,7 +2,8 @@
 
 `plan_objects` is the full list of objects for placed replicas (each replica's ComputeDomain,
 where it has one, and its Pods, then each deployment's Services and its InferencePool, where
-spec.inferencePool asks for one), in the order the operator creates them. Objects a later feature adds per deployment or replica belong here.
+spec.inferencePool asks for one), in the order the operator creates them. Objects a later
+feature adds per deployment or replica belong here.
 """
 
 from __future__ import annotations

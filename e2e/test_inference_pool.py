@@ -72,7 +72,7 @@ def serving_leaders(body: dict[str, Any], role: str | None) -> set[str]:
 
 
 def check(
-    kube: client.ApiClient, namespace: str, name: str, groups: int, role: str | None, port: int
+    kube: client.ApiClient, namespace: str, name: str, groups: int, *, role: str | None, port: int
 ) -> set[str]:
     """Once Ready at `groups` replicas: the pool's live pods are exactly the serving leaders
     (no worker, no other role, not even one being deleted), on `port`. Returns the leaders."""
@@ -110,19 +110,23 @@ def check(
 
 def restart_a_replica(kube: client.ApiClient, namespace: str, name: str, leader: str) -> None:
     """Delete shard 1 of the replica `leader` leads; wait until that leader is a new pod."""
-    core = client.CoreV1Api(kube)
-    old = core.read_namespaced_pod(leader, namespace).metadata.uid
+
+    def uid() -> str | None:
+        """The leader's uid, while it is not being deleted."""
+        for pod in pods(kube, namespace, name):
+            meta = pod["metadata"]
+            if meta["name"] == leader and not meta.get("deletionTimestamp"):
+                return str(meta["uid"])
+        return None
+
+    old = uid()
+    assert old is not None
     worker = leader[: -len("-0")] + "-1"
-    core.delete_namespaced_pod(worker, namespace, grace_period_seconds=0)
+    client.CoreV1Api(kube).delete_namespaced_pod(worker, namespace, grace_period_seconds=0)
 
     def renewed() -> bool:
-        try:
-            pod = core.read_namespaced_pod(leader, namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return False
-            raise
-        return bool(pod.metadata.uid != old and not pod.metadata.deletion_timestamp)
+        now = uid()
+        return now is not None and now != old
 
     eventually(renewed, f"replica of {leader} to restart with a new leader", timeout=120)
 
@@ -135,13 +139,17 @@ def test_a_plain_deployment_pool_follows_scaling_and_a_restart(
     body["spec"]["port"] = 8080
     body["spec"]["inferencePool"] = PICKER
     apply(kube, llm, body)
-    assert check(kube, llm, "plain", 1, None, 8080) == {"plain-0-0"}
+    assert check(kube, llm, "plain", 1, role=None, port=8080) == {"plain-0-0"}
     patch(kube, llm, "plain", {"replicas": 3})
-    assert check(kube, llm, "plain", 3, None, 8080) == {"plain-0-0", "plain-1-0", "plain-2-0"}
+    assert check(kube, llm, "plain", 3, role=None, port=8080) == {
+        "plain-0-0",
+        "plain-1-0",
+        "plain-2-0",
+    }
     patch(kube, llm, "plain", {"replicas": 2})
-    assert check(kube, llm, "plain", 2, None, 8080) == {"plain-0-0", "plain-1-0"}
+    assert check(kube, llm, "plain", 2, role=None, port=8080) == {"plain-0-0", "plain-1-0"}
     restart_a_replica(kube, llm, "plain", "plain-1-0")
-    assert check(kube, llm, "plain", 2, None, 8080) == {"plain-0-0", "plain-1-0"}
+    assert check(kube, llm, "plain", 2, role=None, port=8080) == {"plain-0-0", "plain-1-0"}
 
     patch(kube, llm, "plain", {"inferencePool": None})  # removing the field deletes the pool
     eventually(lambda: pool_of(kube, llm, "plain") is None, "InferencePool plain to be deleted")
@@ -180,18 +188,18 @@ def test_with_roles_the_pool_selects_the_decode_leaders_through_scaling_and_a_re
     kube: client.ApiClient, pool: str, llm: str
 ) -> None:
     apply(kube, llm, roles_deployment(pool))
-    first = check(kube, llm, "disagg", 1, "decode", 8200)
+    first = check(kube, llm, "disagg", 1, role="decode", port=8200)
     assert first == {"disagg-g0-decode-0-0"}
     patch(kube, llm, "disagg", {"replicas": 3})
-    three = check(kube, llm, "disagg", 3, "decode", 8200)
+    three = check(kube, llm, "disagg", 3, role="decode", port=8200)
     assert three == {f"disagg-g{g}-decode-0-0" for g in range(3)}
     patch(kube, llm, "disagg", {"replicas": 2})
-    assert check(kube, llm, "disagg", 2, "decode", 8200) == {
+    assert check(kube, llm, "disagg", 2, role="decode", port=8200) == {
         "disagg-g0-decode-0-0",
         "disagg-g1-decode-0-0",
     }
     restart_a_replica(kube, llm, "disagg", "disagg-g1-decode-0-0")
-    assert check(kube, llm, "disagg", 2, "decode", 8200) == {
+    assert check(kube, llm, "disagg", 2, role="decode", port=8200) == {
         "disagg-g0-decode-0-0",
         "disagg-g1-decode-0-0",
     }

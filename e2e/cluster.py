@@ -1,5 +1,6 @@
 """The local control plane: etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kwok,
-and a stand-in for the node side of NVIDIA's DRA driver for ComputeDomains (e2e/computedomains).
+and a stand-in for the node side of NVIDIA's DRA driver for ComputeDomains (e2e/computedomains);
+with the InferencePool CRD of the Gateway API Inference Extension installed (e2e/inferencepools).
 
     python -m e2e.cluster up [--profile NAME_OR_PATH] [--wait]
     python -m e2e.cluster status
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from e2e import profiles
+from e2e import inferencepools, profiles
 from e2e.controlplane import pki, processes
 
 if TYPE_CHECKING:
@@ -490,6 +491,7 @@ def up(profile: str = "default", wait: bool = False, timeout: float = 120.0) -> 
             f"profile {prof.name}: {created} nodes created, {existing} already there "
             f"({time.monotonic() - t0:.1f}s)"
         )
+        inferencepools.install(_api(state))  # the CRD only: no gateway runs here
         if wait:
             t0 = time.monotonic()
             _wait_ready(state, {n["metadata"]["name"] for n in objs}, timeout + len(objs) / 50)

@@ -93,6 +93,24 @@ def test_names_of_kubernetes_things_are_checked_naming_the_field(
     assert words in message, message
 
 
+@pytest.mark.parametrize(
+    ("pool", "words"),
+    [
+        ({}, "spec.inferencePool.endpointPickerRef: Required value"),
+        ({"endpointPickerRef": {"port": {"number": 9002}}},
+         "spec.inferencePool.endpointPickerRef.name: Required value"),
+        ({"endpointPickerRef": {"name": "epp"}},
+         "spec.inferencePool.endpointPickerRef.port: Invalid value"),
+    ],
+)  # fmt: skip
+@pytest.mark.usefixtures("crds")
+def test_an_inference_pool_without_its_endpoint_picker_is_refused_naming_the_field(
+    kube: client.ApiClient, namespace: str, pool: dict[str, Any], words: str
+) -> None:
+    message = refusal(kube, namespace, deployment("gw", inferencePool=pool))
+    assert words in message, message
+
+
 def test_valid_names_pass(kube: client.ApiClient, crds: None, namespace: str) -> None:
     api = client.CustomObjectsApi(kube)
     api.create_cluster_custom_object(
@@ -105,6 +123,13 @@ def test_valid_names_pass(kube: client.ApiClient, crds: None, namespace: str) ->
         GROUP, VERSION, namespace, "inferencedeployments",
         deployment("ok", placement={"rackPool": "0-ok"}), dry_run="All",
     )  # fmt: skip
+    picker = {"name": "epp", "port": {"number": 9002}}
+    created = api.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "inferencedeployments",
+        deployment("gw", inferencePool={"endpointPickerRef": picker}), dry_run="All",
+    )  # fmt: skip
+    ref = objects.custom(created)["spec"]["inferencePool"]["endpointPickerRef"]
+    assert ref == {**picker, "group": "", "kind": "Service", "failureMode": "FailClose"}
 
 
 def test_a_new_object_reads_in_progress_before_the_operator_writes(

@@ -29,15 +29,25 @@ Store = dict[Any, list[dict[str, Any]]]
 
 
 class FakeAPI:
-    """Pods, Services, ComputeDomains, statuses and Events kept in dicts."""
+    """Pods, Services, ComputeDomains, InferencePools, statuses and Events kept in dicts."""
 
-    def __init__(self, nodes: list[dict[str, Any]], *, domains_served: bool = False) -> None:
+    def __init__(
+        self,
+        nodes: list[dict[str, Any]],
+        *,
+        domains_served: bool = False,
+        inference_pools_served: bool = False,
+    ) -> None:
         self.nodes: Store = {n["metadata"]["name"]: [n] for n in nodes}
         self.pods: Store = {}
         self.pools: Store = {"gb200": [copy.deepcopy(POOL)]}
         self.deployments: Store = {}
         self.domains: Store = {}
         self.domains_served = domains_served
+        self.inference_pools_served = inference_pools_served
+        self.inference_pools: dict[tuple[str, str], dict[str, Any]] = {}
+        self.deleted_inference_pools: list[str] = []
+        self.refused_pool_writes: list[tuple[str, str]] = []  # while their CRD is not served
         self.services: dict[tuple[str, str], dict[str, Any]] = {}
         self.events: list[tuple[str, str, str]] = []
         self.created = 0
@@ -62,6 +72,7 @@ class FakeAPI:
             deployments=[copy.deepcopy(d) for (d,) in self.deployments.values()],
             domains=[DomainInfo.from_body(d) for (d,) in self.domains.values()],
             domains_served=self.domains_served,
+            inference_pools_served=self.inference_pools_served,
         )
         self._caches.append(cache)
         return cache
@@ -167,6 +178,21 @@ class FakeAPI:
 
     async def apply_service(self, body: dict[str, Any]) -> None:
         self.services[(body["metadata"]["namespace"], body["metadata"]["name"])] = body
+
+    async def apply_inference_pool(self, body: dict[str, Any]) -> None:
+        self._pool_served("apply", body["metadata"]["name"])
+        self.inference_pools[(body["metadata"]["namespace"], body["metadata"]["name"])] = body
+
+    async def delete_inference_pool(self, namespace: str, name: str) -> None:
+        self._pool_served("delete", name)
+        self.deleted_inference_pools.append(name)
+        self.inference_pools.pop((namespace, name), None)
+
+    def _pool_served(self, verb: str, name: str) -> None:
+        """As the API server answers a write to a resource it does not serve: 404."""
+        if not self.inference_pools_served:
+            self.refused_pool_writes.append((verb, name))
+            raise RuntimeError("404: the server could not find the requested resource")
 
     async def create_compute_domain(self, body: dict[str, Any]) -> bool:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])

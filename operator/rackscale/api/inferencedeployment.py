@@ -398,6 +398,77 @@ ROLE_RULES: list[dict[str, Any]] = [
 ]
 
 
+# The Gateway API Inference Extension's names for what an InferencePool references (its v1 API,
+# inference.networking.k8s.io): the same bounds, so the pool rackscale writes is never refused.
+DNS_1123_SUBDOMAIN = r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+KIND_NAME = r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$"
+PORT_RULE = "port is needed when kind is Service (the default)"
+
+
+class PortNumber(Spec):
+    """A port, as the InferencePool API writes one."""
+
+    number: int = Field(ge=1, le=65535, description="The port number.")
+
+
+class EndpointPickerRef(Spec):
+    """The endpoint picker (EPP) the InferencePool names: the extension a gateway asks which
+    endpoint of the pool takes each request. Fields as InferencePool v1 names them."""
+
+    model_config = Spec.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel("self.kind != 'Service' || has(self.port)", PORT_RULE, ".port")
+            ]
+        }
+    }
+
+    group: str = Field(
+        default="",
+        max_length=253,
+        pattern=DNS_1123_SUBDOMAIN,
+        description="API group of the picker's object; empty (the default) for the core group.",
+    )
+    kind: str = Field(
+        default="Service",
+        min_length=1,
+        max_length=63,
+        pattern=KIND_NAME,
+        description="Kind of the picker's object; default Service.",
+    )
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        description="Name of the picker's object, in the deployment's namespace.",
+    )
+    port: PortNumber | None = Field(
+        default=None,
+        description="The port the picker listens on (its gRPC ext-proc port); needed when kind "
+        "is Service.",
+    )
+    failure_mode: Literal["FailOpen", "FailClose"] = Field(
+        default="FailClose",
+        description="What the gateway does when the picker does not answer: FailClose refuses "
+        "the request (the default), FailOpen sends it on without the picker's choice.",
+    )
+
+    @model_validator(mode="after")
+    def _port_for_services(self) -> EndpointPickerRef:
+        if self.kind == "Service" and self.port is None:
+            raise FieldError("port", PORT_RULE)
+        return self
+
+
+class InferencePoolSpec(Spec):
+    """An InferencePool (Gateway API Inference Extension, v1) that fronts the deployment's
+    serving pods for an inference gateway."""
+
+    endpoint_picker_ref: EndpointPickerRef = Field(
+        description="The endpoint picker the pool references: name and port (kind Service by "
+        "default), as the InferencePool API names it.",
+    )
+
+
 class InferenceDeploymentSpec(Spec):
     """What the user asks for."""
 
@@ -478,6 +549,12 @@ class InferenceDeploymentSpec(Spec):
         default=None,
         description="With spec.roles: the role whose leaders the Service `<name>` selects; "
         "default: the role named decode, else the last role.",
+    )
+    inference_pool: InferencePoolSpec | None = Field(
+        default=None,
+        description="An InferencePool `<name>` (inference.networking.k8s.io/v1) for an "
+        "inference gateway, selecting the pods that serve requests (the leaders; with "
+        "spec.roles, those of the serving role) on the port they serve on. Absent: none.",
     )
 
     @property

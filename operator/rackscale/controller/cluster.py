@@ -27,6 +27,7 @@ from rackscale.render import (
     COMPUTE_DOMAIN_VERSION,
     DEPLOYMENT_LABEL,
     GROUP_LABEL,
+    INFERENCE_POOL_VERSION,
     REPLICA_LABEL,
 )
 from rackscale.topology import NodeInfo, PodInfo, Snapshot, Usage, build_racks
@@ -70,6 +71,10 @@ def serves_compute_domains(crd: Body) -> bool:
     return serves(crd, COMPUTE_DOMAIN_VERSION)
 
 
+def serves_inference_pools(crd: Body) -> bool:
+    return serves(crd, INFERENCE_POOL_VERSION)
+
+
 def _without_status(body: Body) -> dict[str, Any]:
     """What of a deployment asks for work: everything but its status and resourceVersion."""
     meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "resourceVersion"}
@@ -104,6 +109,7 @@ class ClusterCache:
     readiness: dict[str, bool] = field(default_factory=dict)  # node -> Ready
     deployments: dict[Key, Body] = field(default_factory=dict)
     domains_served: bool = False  # the API server serves NVIDIA's ComputeDomains
+    inference_pools_served: bool = False  # ... and InferencePools (inference.networking.k8s.io/v1)
     loaded: bool = False  # the first full listing is in
     _pools: dict[str, _Pool] = field(default_factory=dict)
     _shown: dict[Key, PodInfo] = field(default_factory=dict)  # pods as the watch shows them
@@ -129,6 +135,7 @@ class ClusterCache:
         deployments: Iterable[Body],
         domains: Iterable[DomainInfo] = (),
         domains_served: bool = False,
+        inference_pools_served: bool = False,
     ) -> None:
         """The first full listing (kopf's indices once filled); later changes come by put."""
         for node in nodes:
@@ -143,6 +150,7 @@ class ClusterCache:
         for domain in domains:
             self.put_domain((domain.namespace, domain.name), domain)
         self.put_domains_served(domains_served)
+        self.put_inference_pools_served(inference_pools_served)
         self.loaded = True
         self._stale()
         # The listing lives as long as the operator: the cyclic collector need not walk it on
@@ -210,6 +218,13 @@ class ClusterCache:
         if served != self.domains_served:
             self.domains_served = served
             self._stale()
+
+    def put_inference_pools_served(self, served: bool) -> None:
+        """Every deployment is reconciled again: those with spec.inferencePool get theirs, or a
+        condition saying why not. Placement does not change: the snapshot stands."""
+        if served != self.inference_pools_served:
+            self.inference_pools_served = served
+            self._all_dirty = True
 
     # ---- the operator's own writes -----------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """Every kopf handler of the operator. Each only decodes its arguments and delegates.
 
 kopf's indices hold the typed slim objects of nodes, GPU pods, RackPools, InferenceDeployments and
-ComputeDomains; every watch event puts its object into the operator's one cache and wakes the
-one worker, which reconciles what changed. Nothing here adds finalizers or
-writes kopf's bookkeeping into the objects: deletion is left to owner references.
+ComputeDomains, and whether the ComputeDomain and InferencePool CRDs are served; every watch
+event puts its object into the operator's one cache and wakes the one worker, which reconciles
+what changed. Nothing here adds finalizers or writes kopf's bookkeeping into the objects:
+deletion is left to owner references.
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ import kopf
 
 from rackscale.api import GROUP, VERSION
 from rackscale.controller import leader, liveness
-from rackscale.controller.cluster import ClusterCache, is_gpu_pod, serves_compute_domains
+from rackscale.controller.cluster import (
+    ClusterCache,
+    is_gpu_pod,
+    serves_compute_domains,
+    serves_inference_pools,
+)
 from rackscale.controller.kube import Kube, api_client
 from rackscale.controller.reconcile import Options, Reconciler
 from rackscale.controller.worker import Worker, period
@@ -27,6 +33,7 @@ from rackscale.render import (
     COMPUTE_DOMAIN_PLURAL,
     COMPUTE_DOMAIN_VERSION,
     DEPLOYMENT_LABEL,
+    INFERENCE_POOL_CRD,
 )
 from rackscale.topology import NodeInfo, PodInfo
 from rackscale.topology.objects import DomainInfo
@@ -120,6 +127,12 @@ def computedomain_crd(name: str, body: kopf.Body, **_: Any) -> dict[str, bool]:
     return {name: serves_compute_domains(body)}
 
 
+# The InferencePool CRD: whether it is served decides whether spec.inferencePool gets its pool.
+@kopf.index(*CRDS, field="metadata.name", value=INFERENCE_POOL_CRD)
+def inferencepool_crd(name: str, body: kopf.Body, **_: Any) -> dict[str, bool]:
+    return {name: serves_inference_pools(body)}
+
+
 def _one(index: Any, key: Any, event: Any) -> Any:
     """The one value an object gave its index under `key`; None when the event deletes it
     (kopf may call the handler before the index forgets it)."""
@@ -147,6 +160,7 @@ def _observe(memo: kopf.Memo, indices: dict[str, Any], put: Any) -> None:
             deployments=_values(indices["inferencedeployments"]),
             domains=_values(indices["computedomains"]),
             domains_served=any(_values(indices["computedomain_crd"])),
+            inference_pools_served=any(_values(indices["inferencepool_crd"])),
         )
         worker.loaded()
     else:
@@ -198,3 +212,9 @@ async def domain_changed(namespace: str | None, name: str, memo: kopf.Memo, **kw
 async def crd_changed(memo: kopf.Memo, **kwargs: Any) -> None:
     served = any(_values(kwargs["computedomain_crd"]))
     _observe(memo, kwargs, lambda cache: cache.put_domains_served(served))
+
+
+@kopf.on.event(*CRDS, field="metadata.name", value=INFERENCE_POOL_CRD)
+async def inference_pool_crd_changed(memo: kopf.Memo, **kwargs: Any) -> None:
+    served = any(_values(kwargs["inferencepool_crd"]))
+    _observe(memo, kwargs, lambda cache: cache.put_inference_pools_served(served))

@@ -1,4 +1,5 @@
-"""The one place that writes to the API server: pods, services, statuses and Events."""
+"""The one place that writes to the API server: pods, services, ComputeDomains, InferencePools,
+statuses and Events."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from rackscale.api import GROUP, VERSION
-from rackscale.render import COMPUTE_DOMAIN_GROUP, COMPUTE_DOMAIN_PLURAL, COMPUTE_DOMAIN_VERSION
+from rackscale.render import (
+    COMPUTE_DOMAIN_GROUP,
+    COMPUTE_DOMAIN_PLURAL,
+    COMPUTE_DOMAIN_VERSION,
+    INFERENCE_POOL_GROUP,
+    INFERENCE_POOL_PLURAL,
+    INFERENCE_POOL_VERSION,
+)
 
 log = logging.getLogger("rackscale.kube")
 
@@ -25,6 +33,8 @@ class Writer(Protocol):
     async def apply_service(self, body: dict[str, Any]) -> None: ...
     async def create_compute_domain(self, body: dict[str, Any]) -> bool: ...
     async def delete_compute_domain(self, namespace: str, name: str) -> None: ...
+    async def apply_inference_pool(self, body: dict[str, Any]) -> None: ...
+    async def delete_inference_pool(self, namespace: str, name: str) -> None: ...
     async def patch_deployment_status(
         self, namespace: str, name: str, status: dict[str, Any]
     ) -> None: ...
@@ -117,6 +127,37 @@ class Kube:
                 COMPUTE_DOMAIN_VERSION,
                 namespace,
                 COMPUTE_DOMAIN_PLURAL,
+                name,
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    async def apply_inference_pool(self, body: dict[str, Any]) -> None:
+        """Server-side apply, as for Services: the pool's selector, ports and picker become what
+        rackscale renders; status and fields other managers own stay theirs."""
+        meta = body["metadata"]
+        await asyncio.to_thread(
+            self.custom.patch_namespaced_custom_object,
+            INFERENCE_POOL_GROUP,
+            INFERENCE_POOL_VERSION,
+            meta["namespace"],
+            INFERENCE_POOL_PLURAL,
+            meta["name"],
+            body,
+            field_manager=self.component,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+
+    async def delete_inference_pool(self, namespace: str, name: str) -> None:
+        try:
+            await asyncio.to_thread(
+                self.custom.delete_namespaced_custom_object,
+                INFERENCE_POOL_GROUP,
+                INFERENCE_POOL_VERSION,
+                namespace,
+                INFERENCE_POOL_PLURAL,
                 name,
             )
         except ApiException as error:

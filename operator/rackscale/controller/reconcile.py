@@ -351,10 +351,23 @@ class Reconciler:
             self._clock(),
             self.cache.group_domains_of(key, step.uid),
         )
-        context = planner.Context(self.cache.snapshot(), now(), self.options.ordinary_price)
+        context = planner.Context(
+            self.cache.snapshot(),
+            now(),
+            self.options.ordinary_price,
+            inference_pools=self.cache.inference_pools_served,
+        )
         done = planner.finish(step, states, context)
         for service in done.services:
             await self.writer.apply_service(service)
+        try:
+            if done.inference_pool is not None:
+                await self.writer.apply_inference_pool(done.inference_pool)
+            if done.delete_inference_pool is not None:
+                await self.writer.delete_inference_pool(key[0], done.delete_inference_pool)
+        except Exception:
+            step.record.inference_pool = None  # not known: applied (or deleted) again next pass
+            raise
         if done.status is not None:
             await self.writer.patch_deployment_status(*key, done.status)
         await self._post(step.body, done.events)

@@ -18,7 +18,7 @@ from rackscale.api.inferencedeployment import (
 from rackscale.api.pricing import Price, cost_per_hour, money
 from rackscale.api.rackpool import PoolCost, RackPoolStatus, RackStatus
 from rackscale.planner.lifecycle import ReplicaState, first_rank
-from rackscale.render import DEPLOYMENT_LABEL, LEADER_LABEL, ROLE_LABEL
+from rackscale.render import serving_port, serving_selector
 from rackscale.topology.snapshot import Pool
 
 DOMAINS_MISSING = (
@@ -26,6 +26,12 @@ DOMAINS_MISSING = (
     "not installed): replicas whose pods span trays get no IMEX channel, so multi-node NVLink is "
     "not set up and NCCL falls back to the network; install the driver, or set the RackPool's "
     "computeDomains: Off to silence this"
+)
+INFERENCE_POOLS_MISSING = (
+    "the API server does not serve inferencepools.inference.networking.k8s.io v1 (the Gateway "
+    "API Inference Extension's CRDs are not installed): no InferencePool is created, so no "
+    "inference gateway fronts this deployment; install those CRDs, or remove spec.inferencePool "
+    "to silence this"
 )
 
 
@@ -251,14 +257,16 @@ def deployment_status(
     now: str,
     *,
     domains_missing: bool = False,
+    inference_pools_missing: bool = False,
     sizes: Sizes | None = None,
 ) -> InferenceDeploymentStatus:
     """The status a person reads: phase, mode, counts, placements and four conditions (five
     where ComputeDomains apply); memory needed against what each placement's GPUs have, and cost
     per hour. `domains_missing`: the pool wants ComputeDomains and the API server does not serve
-    them. With spec.roles the conditions count role replicas, and `replicas`, `placedReplicas`,
-    `readyReplicas` and `ready` count serving groups (those with a pod; those whose role
-    replicas are all placed; all ready), as `spec.replicas` does."""
+    them; `inference_pools_missing`: nor InferencePools (spec.inferencePool then gets a
+    condition saying so). With spec.roles the conditions count role replicas, and `replicas`,
+    `placedReplicas`, `readyReplicas` and `ready` count serving groups (those with a pod; those
+    whose role replicas are all placed; all ready), as `spec.replicas` does."""
     sizes = sizes or Sizes()
     seen = _seen(deployment, states, progress, gpu_resource, sizes)
     placed_cond = _placed_condition(seen)
@@ -274,6 +282,7 @@ def deployment_status(
     phase = _phase(seen)
     summary = _summary(phase, placed_cond, progressing, degraded, seen.counts)
     domains = _domains_condition(seen.wanted, seen.placements, domains_missing)
+    gateway = _inference_pool_condition(deployment, inference_pools_missing)
     previous = (deployment.status.conditions if deployment.status else []) or []
     model = deployment.spec.model
     need = (
@@ -310,7 +319,7 @@ def deployment_status(
         currency=cost[1] if cost else None,
         placements=placements,
         conditions=_conditions(
-            [placed_cond, available, progressing, degraded, *summary, *domains],
+            [placed_cond, available, progressing, degraded, *summary, *domains, *gateway],
             [c.model_dump(by_alias=True) for c in previous],
             now,
         ),
@@ -361,13 +370,37 @@ def domains_missing(status: InferenceDeploymentStatus) -> bool:
     return any(c.type == "ComputeDomains" and c.reason == "NotInstalled" for c in status.conditions)
 
 
+def _inference_pool_condition(deployment: InferenceDeployment, missing: bool) -> list[Condition]:
+    """`InferencePool`, with spec.inferencePool: whether the pool fronting the serving pods
+    exists, or why it cannot."""
+    if deployment.spec.inference_pool is None:
+        return []
+    if missing:
+        return [
+            Condition(
+                type="InferencePool",
+                status="False",
+                reason="NotInstalled",
+                message=INFERENCE_POOLS_MISSING,
+            )
+        ]
+    message = (
+        f"InferencePool {deployment.name} selects {leader_selector(deployment)} on port "
+        f"{serving_port(deployment)}"
+    )
+    return [Condition(type="InferencePool", status="True", reason="Applied", message=message)]
+
+
+def inference_pools_missing(status: InferenceDeploymentStatus) -> bool:
+    """Whether the status says the deployment's InferencePool cannot be created."""
+    return any(c.type == "InferencePool" and c.reason == "NotInstalled" for c in status.conditions)
+
+
 def leader_selector(deployment: InferenceDeployment) -> str:
     """The leader pods of the deployment, as `kubectl get pods -l` takes it: the scale
     subresource's selector, so an HPA averages the metrics of the pods that serve (with
     spec.roles, the serving role's leaders)."""
-    selector = f"{DEPLOYMENT_LABEL}={deployment.name},{LEADER_LABEL}=true"
-    role = deployment.spec.serving_role
-    return selector if role is None else f"{selector},{ROLE_LABEL}={role}"
+    return ",".join(f"{key}={value}" for key, value in serving_selector(deployment).items())
 
 
 def _summary(

@@ -26,6 +26,7 @@ from rackscale.render import (
     PoolFacts,
     compute_domain_of,
     pool_facts,
+    render_inference_pool,
     render_replica,
     render_services,
     template_hash,
@@ -56,6 +57,10 @@ class Record:
     warned: dict[int, str] = field(default_factory=dict)  # replica -> last reason posted
     services: str | None = None  # digest of the Services last applied
     domains_missing: bool = False  # the Event saying multi-node NVLink is not set up was posted
+    # Digest of the InferencePool last applied; "": none stands; None: not known (a new record,
+    # or the API server does not serve InferencePools).
+    inference_pool: str | None = None
+    pools_missing: bool = False  # the Event saying no InferencePool can be created was posted
     group_prefer: dict[int, tuple[str, ...]] = field(default_factory=dict)  # group -> racks held
 
 
@@ -148,12 +153,15 @@ class Booking:
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    """What ends a deployment's pass: Services to apply, the status to write, Events."""
+    """What ends a deployment's pass: Services (and its InferencePool) to apply, or its
+    InferencePool to delete, the status to write, Events."""
 
     services: list[dict[str, Any]]
     status: dict[str, Any] | None  # None: unchanged
     events: list[Event]
     cost: tuple[str, str] | None  # (per hour, currency)
+    inference_pool: dict[str, Any] | None = None  # to apply
+    delete_inference_pool: str | None = None  # the name of one to delete
 
 
 # ---- healing -----------------------------------------------------------------------------------
@@ -440,17 +448,20 @@ class Context:
     snapshot: Snapshot
     now: str
     ordinary_price: Price | None = None
+    inference_pools: bool = False  # the API server serves InferencePools (v1)
 
 
 def finish(step: Step, states: list[lifecycle.ReplicaState], context: Context) -> Finish:
     """Services (applied when they change, and whenever the deployment places: one may have
-    been deleted), the status to write when it changed, and the Event that multi-node NVLink is
-    not set up, once."""
+    been deleted), the InferencePool alike (or its deletion), the status to write when it
+    changed, and the Events that multi-node NVLink is not set up, or that no InferencePool can
+    be created, once."""
     deployment, record = step.deployment, step.record
     services = render_services(deployment)
     digest = _digest(services)
     apply = services if (record.services != digest or step.placing) else []
     record.services = digest
+    gateway, gone = _inference_pool(step, context.inference_pools)
     pool = context.snapshot.pools.get(deployment.spec.placement.rack_pool or "")
     missing = pool is not None and pool.spec.wants_compute_domains and not pool.compute_domains
     built = status.deployment_status(
@@ -460,6 +471,7 @@ def finish(step: Step, states: list[lifecycle.ReplicaState], context: Context) -
         pool.spec.gpu_resource if pool else DEFAULT_GPU_RESOURCE,
         context.now,
         domains_missing=missing,
+        inference_pools_missing=not context.inference_pools,
         sizes=_sizes(deployment, states, context),
     )
     new = status.dump(built)
@@ -468,10 +480,36 @@ def finish(step: Step, states: list[lifecycle.ReplicaState], context: Context) -
     if status.domains_missing(built) and not record.domains_missing:
         events.append(Event("Warning", "ComputeDomainsMissing", status.DOMAINS_MISSING))
         record.domains_missing = True
+    if not status.inference_pools_missing(built):
+        record.pools_missing = False  # posted again should the CRD go
+    elif not record.pools_missing:
+        events.append(Event("Warning", "InferencePoolMissing", status.INFERENCE_POOLS_MISSING))
+        record.pools_missing = True
     cost = None
     if built.cost_per_hour is not None and built.currency is not None:
         cost = (built.cost_per_hour, built.currency)
-    return Finish(apply, new if status.changed(new, current) else None, events, cost)
+    changed = new if status.changed(new, current) else None
+    return Finish(apply, changed, events, cost, gateway, gone)
+
+
+def _inference_pool(step: Step, served: bool) -> tuple[dict[str, Any] | None, str | None]:
+    """The InferencePool to apply (when it changed, or the deployment places: it may have been
+    deleted), or the name of one to delete (spec.inferencePool removed; once after a restart,
+    when nothing says none stands). Nothing while the API server does not serve them."""
+    record, deployment = step.record, step.deployment
+    if not served:
+        record.inference_pool = None  # any pool went with its CRD: applied again once served
+        return None, None
+    wanted = render_inference_pool(deployment)
+    if wanted is None:
+        if record.inference_pool == "":
+            return None, None
+        record.inference_pool = ""
+        return None, deployment.name
+    digest = _digest([wanted])
+    again = record.inference_pool != digest or step.placing
+    record.inference_pool = digest
+    return (wanted if again else None), None
 
 
 def _sizes(

@@ -11,6 +11,14 @@ from rackscale.render.computedomain import (
     render_compute_domain,
     render_group_compute_domain,
 )
+from rackscale.render.inferencepool import (
+    INFERENCE_POOL_API_VERSION,
+    INFERENCE_POOL_CRD,
+    INFERENCE_POOL_GROUP,
+    INFERENCE_POOL_PLURAL,
+    INFERENCE_POOL_VERSION,
+    render_inference_pool,
+)
 from rackscale.render.names import (
     COMPUTE_DOMAIN_LABEL,
     DEPLOYMENT_LABEL,
@@ -39,7 +47,7 @@ from rackscale.render.names import (
 )
 from rackscale.render.plan import compute_domain_of, plan_objects
 from rackscale.render.pods import PoolFacts, pool_facts, render_replica, template_hash
-from rackscale.render.services import render_services
+from rackscale.render.services import render_services, serving_port, serving_selector
 
 __all__ = [
     "CHANNEL_CLAIM",
@@ -53,6 +61,11 @@ __all__ = [
     "EXCLUSIVE_LABEL",
     "FIRST_RANK_ANNOTATION",
     "GROUP_LABEL",
+    "INFERENCE_POOL_API_VERSION",
+    "INFERENCE_POOL_CRD",
+    "INFERENCE_POOL_GROUP",
+    "INFERENCE_POOL_PLURAL",
+    "INFERENCE_POOL_VERSION",
     "LEADER_LABEL",
     "MODE_ANNOTATION",
     "RACKS_ANNOTATION",
@@ -76,10 +89,13 @@ __all__ = [
     "pool_facts",
     "render_compute_domain",
     "render_group_compute_domain",
+    "render_inference_pool",
     "render_replica",
     "render_services",
     "replica_pod_name",
     "role_pod_name",
     "role_service_name",
+    "serving_port",
+    "serving_selector",
     "template_hash",
 ]

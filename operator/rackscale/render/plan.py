@@ -1,8 +1,9 @@
 """Everything the operator creates for a plan: one function, for the reconciler and `plan -o yaml`.
 
 `plan_objects` is the full list of objects for placed replicas (each replica's ComputeDomain,
-where it has one, and its Pods, then each deployment's Services), in the order the operator
-creates them. Objects a later feature adds per deployment or replica belong here.
+where it has one, and its Pods, then each deployment's Services and its InferencePool, where
+spec.inferencePool asks for one), in the order the operator creates them. Objects a later
+feature adds per deployment or replica belong here.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from rackscale.api.inferencedeployment import InferenceDeployment
 from rackscale.placement import DeploymentPlan
 from rackscale.placement.engine import ReplicaPlan
 from rackscale.render.computedomain import render_compute_domain, render_group_compute_domain
+from rackscale.render.inferencepool import render_inference_pool
 from rackscale.render.pods import pool_facts, render_replica
 from rackscale.render.services import render_services
 from rackscale.topology import Snapshot
@@ -24,8 +26,8 @@ def plan_objects(
     plans: Sequence[DeploymentPlan],
     deployments: Sequence[InferenceDeployment],
 ) -> list[dict[str, Any]]:
-    """The ComputeDomain and Pods of every placed replica and the Services of every deployment
-    with one."""
+    """The ComputeDomain and Pods of every placed replica, and the Services (and InferencePool)
+    of every deployment with one."""
     out: list[dict[str, Any]] = []
     for plan, deployment in zip(plans, deployments, strict=True):
         domains: set[str] = set()
@@ -36,6 +38,9 @@ def plan_objects(
             out += render_replica(deployment, replica, pool_facts(deployment, replica, snapshot))
         if plan.replicas:
             out += render_services(deployment)
+            pool = render_inference_pool(deployment)
+            if pool is not None:
+                out.append(pool)
     return out
 
 

@@ -16,14 +16,26 @@ from rackscale.render.names import (
 )
 
 
+def serving_selector(deployment: InferenceDeployment) -> dict[str, str]:
+    """The labels of exactly the pods that serve requests: the leaders (shard 0; workers serve
+    no HTTP), with spec.roles those of the serving role. The Service `<name>`, the scale
+    subresource's selector and the InferencePool all select with it."""
+    selector = {DEPLOYMENT_LABEL: deployment.name, LEADER_LABEL: "true"}
+    serving = deployment.spec.serving_role
+    return selector if serving is None else {**selector, ROLE_LABEL: serving}
+
+
+def serving_port(deployment: InferenceDeployment) -> int:
+    """The port the serving pods serve on: the serving role's, else spec.port."""
+    return _port(deployment, deployment.spec.serving_role)
+
+
 def render_services(deployment: InferenceDeployment) -> list[dict[str, Any]]:
     """`<name>-shards` (headless, not-ready addresses published) and `<name>` on `spec.port`.
     With spec.roles, `<name>` selects the leaders of the serving role (spec.serviceRole, else
     decode, else the last role) on its port, and `<name>-<role>` those of each role."""
-    serving = deployment.spec.serving_role
-    port = _port(deployment, serving)
+    port = serving_port(deployment)
     selector = {DEPLOYMENT_LABEL: deployment.name}
-    leaders_of = {ROLE_LABEL: serving} if serving else {}
     labels = {DEPLOYMENT_LABEL: deployment.name}
 
     def meta(name: str) -> dict[str, Any]:
@@ -51,7 +63,7 @@ def render_services(deployment: InferenceDeployment) -> list[dict[str, Any]]:
         "metadata": meta(deployment.name),
         "spec": {
             "type": "ClusterIP",
-            "selector": {**selector, **leaders_of, LEADER_LABEL: "true"},
+            "selector": serving_selector(deployment),
             "ports": [{"name": "serve", "port": port, "targetPort": port, "protocol": "TCP"}],
         },
     }

@@ -81,8 +81,16 @@ def backends(text: str) -> list[Backend]:
     """A comma-separated `host:port` list, as RACKSCALE_<ROLE>_LEADERS holds."""
     found = [Backend.parse(part) for part in text.split(",") if part.strip()]
     if not found:
-        raise argparse.ArgumentTypeError("needs at least one host:port")
+        raise ValueError(f"{text!r} names no host:port")
     return found
+
+
+def backends_argument(text: str) -> list[Backend]:
+    """`backends` for argparse, whose message then says what was wrong."""
+    try:
+        return backends(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 class RoundRobin:
@@ -352,13 +360,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
     parser.add_argument(
         "--prefill",
-        type=backends,
+        type=backends_argument,
         required=True,
         help="prefill engines, host:port,host:port (RACKSCALE_PREFILL_LEADERS); round-robin",
     )
     parser.add_argument(
         "--decode",
-        type=backends,
+        type=backends_argument,
         required=True,
         help="decode engines, host:port,... (the one on this pod: 127.0.0.1:8200)",
     )

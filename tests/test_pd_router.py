@@ -12,9 +12,11 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 import router
 
@@ -407,3 +409,11 @@ def socket_closed_port() -> Iterator[int]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield int(sock.getsockname()[1])
+
+
+def test_the_kustomization_makes_config_map_pd_router_in_llm_without_a_hash() -> None:
+    here = Path(router.__file__).parent
+    kustomization = yaml.safe_load((here / "kustomization.yaml").read_text())
+    assert kustomization["namespace"] == "llm"
+    assert kustomization["generatorOptions"] == {"disableNameSuffixHash": True}
+    assert kustomization["configMapGenerator"] == [{"name": "pd-router", "files": ["router.py"]}]

@@ -143,7 +143,9 @@ def log(message: str, **fields: Any) -> None:
 class Router:
     """Where the hops go, and how long a hop may take."""
 
-    def __init__(self, prefill: Sequence[Backend], decode: Sequence[Backend], timeout: float):
+    def __init__(
+        self, prefill: Sequence[Backend], decode: Sequence[Backend], timeout: float
+    ) -> None:
         self.prefill = RoundRobin(prefill)
         self.decode = RoundRobin(decode)
         self.timeout = timeout

@@ -40,17 +40,17 @@ test-e2e: $(STAMP) e2e-binaries ## End-to-end tests on their own local control p
 	RACKSCALE_CLUSTER_DIR=$(CURDIR)/.cluster-e2e $(PY) -m pytest e2e
 
 .PHONY: lint
-lint: $(STAMP) ## ruff, mypy (strict everywhere: operator, tests, e2e, bench), import-linter contracts, hadolint.
-	$(VENV)/bin/ruff check operator tests e2e bench
-	$(VENV)/bin/ruff format --check operator tests e2e bench
+lint: $(STAMP) ## ruff, mypy (strict everywhere: operator, tests, e2e, bench, the example router), import-linter contracts, hadolint.
+	$(VENV)/bin/ruff check operator tests e2e bench examples
+	$(VENV)/bin/ruff format --check operator tests e2e bench examples
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/hadolint operator/Dockerfile
 
 .PHONY: fmt
 fmt: $(STAMP) ## Format and fix what ruff can.
-	$(VENV)/bin/ruff format operator tests e2e bench
-	$(VENV)/bin/ruff check --fix operator tests e2e bench
+	$(VENV)/bin/ruff format operator tests e2e bench examples
+	$(VENV)/bin/ruff check --fix operator tests e2e bench examples
 
 .PHONY: crds
 crds: $(STAMP) ## Generate crds/ (and the chart's copy) and docs/api.md from the pydantic models.

@@ -1,6 +1,7 @@
 """On kind, with real kubelets: the in-cluster operator's replicas run as shard groups that find
 their leader through cluster DNS, restart as a unit, move off a stopped worker, and get devices
-from the fake-GPU device plugin when no pool places them."""
+from the fake-GPU device plugin when no pool places them; and serving groups of stand-in prefill
+and decode engines serve disaggregated through the example's router."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import json
 import subprocess
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 
 from e2e import objects
@@ -296,3 +300,205 @@ def plain_gpu_node(kube: client.ApiClient) -> Iterator[str]:
     finally:
         core.patch_node(node, {"metadata": {"labels": {CLIQUE: clique}}})
         wait_gpus(kube, node, GPUS_PER_NODE)
+
+
+# ---- disaggregated serving: the example's router in front of stand-in engines --------------
+
+ROUTER = Path(__file__).resolve().parents[2] / "examples" / "pd-router"
+ENGINE_PORT = 8200  # the decode engine's, behind the router on the role's port
+ROUTED = 40
+
+
+def stand_in(image: str, port: int, probe: bool) -> dict[str, Any]:
+    """shard.py as a prefill or decode engine (it stands in for vLLM: there are no GPUs)."""
+    container: dict[str, Any] = {
+        "name": "engine",
+        "image": image,
+        "imagePullPolicy": "Never",
+        "args": ["--port", str(port)],
+        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+        "ports": [{"name": "engine", "containerPort": port}],
+        "resources": {"requests": {"cpu": "10m", "memory": "24Mi"}, "limits": {"memory": "64Mi"}},
+    }
+    if probe:
+        container["readinessProbe"] = {
+            "httpGet": {"path": "/health", "port": port},
+            "periodSeconds": 1,
+        }
+    return container
+
+
+def disaggregated_deployment(name: str, image: str, pool: str) -> dict[str, Any]:
+    """Two serving groups, each a prefill and a decode replica of 4 GPUs in one rack; the decode
+    leader runs the example's router on the served port, its engine on 8200, as
+    examples/deepseek-r1-disagg.yaml wires them."""
+    router = {
+        "name": "router",
+        "image": image,
+        "imagePullPolicy": "Never",
+        "command": ["python3", "/router/router.py"],
+        "args": [
+            "--port=8000",
+            "--prefill=$(RACKSCALE_PREFILL_LEADERS)",
+            f"--decode=127.0.0.1:{ENGINE_PORT}",
+        ],
+        "ports": [{"name": "http", "containerPort": 8000}],
+        "readinessProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 1},
+        "volumeMounts": [{"name": "router", "mountPath": "/router", "readOnly": True}],
+        "resources": {"requests": {"cpu": "10m", "memory": "24Mi"}, "limits": {"memory": "64Mi"}},
+    }
+
+    def role(role: str, containers: list[dict[str, Any]], **pod: Any) -> dict[str, Any]:
+        spec = {"terminationGracePeriodSeconds": 2, "containers": containers, **pod}
+        return {
+            "name": role,
+            "parallelism": {"tensor": GPUS_PER_NODE},
+            "gpusPerPod": GPUS_PER_NODE,
+            "template": {"spec": spec},
+        }
+
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "InferenceDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 2,
+            "placement": {"rackPool": pool, "colocate": "Rack", "fallback": "Never"},
+            "port": 8000,
+            "roles": [
+                role("prefill", [stand_in(image, 8000, probe=True)]),
+                role(
+                    "decode",
+                    [stand_in(image, ENGINE_PORT, probe=False), router],
+                    volumes=[{"name": "router", "configMap": {"name": "pd-router"}}],
+                ),
+            ],
+        },
+    }
+
+
+def router_config_map(kubectl: list[str], namespace: str) -> dict[str, Any]:
+    """ConfigMap pd-router as `kubectl apply -k examples/pd-router` makes it, in `namespace`."""
+    [body] = [d for d in yaml.safe_load_all(kubectl_out(kubectl, "kustomize", str(ROUTER))) if d]
+    assert body["kind"] == "ConfigMap"
+    assert body["metadata"]["name"] == "pd-router", "no hash suffix: the pods name it"
+    assert body["data"]["router.py"] == (ROUTER / "router.py").read_text()
+    body["metadata"]["namespace"] = namespace
+    return dict(body)
+
+
+# Run inside a pod: completions through Service <name> (cluster DNS, kube-proxy); first until
+# both groups answered once (kube-proxy routes endpoints a moment after they turn Ready), then
+# `count` counted ones, half chat, every fourth streamed. Prints what each answer said.
+CLIENT = """
+import json, sys, time, urllib.error, urllib.request
+url, count = sys.argv[1], int(sys.argv[2])
+
+def post(i, path, stream):
+    body = {"model": "stand-in", "max_tokens": 8 + i, "stream": stream}
+    body.update({"messages": [{"role": "user", "content": f"q{i}"}]} if "chat" in path
+                else {"prompt": f"q{i}"})
+    request = urllib.request.Request(url + path, json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        raw = response.read().decode()
+    if stream:
+        events = [line[6:] for line in raw.split("\\n") if line.startswith("data: ")]
+        assert events[-1] == "[DONE]", raw
+        raw = events[0]
+    return {"path": path, "stream": stream, "max_tokens": body["max_tokens"], **json.loads(raw)}
+
+warmup, groups, deadline = [], set(), time.monotonic() + 60
+while len(groups) < 2 and time.monotonic() < deadline:
+    try:
+        answer = post(0, "/v1/completions", False)
+    except (urllib.error.URLError, ConnectionError):
+        time.sleep(0.5)
+        continue
+    warmup.append(answer)
+    groups.add(answer["served"]["decode"]["group"])
+paths = ["/v1/completions", "/v1/chat/completions"]
+counted = [post(i, paths[i % 2], i % 4 == 3) for i in range(count)]
+print(json.dumps({"warmup": warmup, "counted": counted}))
+"""
+
+
+def test_disaggregated_requests_go_to_prefill_then_to_decode_of_the_same_group(
+    kind: Kind, pool: str
+) -> None:
+    core = client.CoreV1Api(kind.kube)
+    config_map = router_config_map(kind.kubectl, kind.namespace)
+    core.create_namespaced_config_map(kind.namespace, config_map)  # type: ignore[arg-type]
+    apply(kind.kube, kind.namespace, disaggregated_deployment(kind.name, kind.image, pool))
+    ready(kind.kube, kind.namespace, kind.name, 2)
+
+    # The leaders of each (group, role), as the API shows them; each group inside one rack.
+    leaders: dict[tuple[int, str], dict[str, Any]] = {}
+    for pod in kind.live():
+        labels = pod["metadata"]["labels"]
+        assert labels["rackscale.dev/leader"] == "true", "one pod per role replica here"
+        leaders[int(labels["rackscale.dev/group"]), labels["rackscale.dev/role"]] = pod
+    assert sorted(leaders) == [(0, "decode"), (0, "prefill"), (1, "decode"), (1, "prefill")]
+    for group in (0, 1):
+        nodes = {leaders[group, r]["spec"]["nodeName"] for r in ("prefill", "decode")}
+        assert len({objects.labels(kind.node(n))[CLIQUE] for n in nodes}) == 1
+
+    url = f"http://{kind.name}.{kind.namespace}.svc:8000"
+    out = kubectl_out(
+        kind.kubectl,
+        "-n",
+        kind.namespace,
+        "exec",
+        leaders[0, "prefill"]["metadata"]["name"],
+        "--",
+        "python3",
+        "-c",
+        CLIENT,
+        url,
+        str(ROUTED),
+        timeout=180,
+    )
+    seen = json.loads(out)
+    counted: list[dict[str, Any]] = seen["counted"]
+    assert len(counted) == ROUTED
+
+    hops: Counter[tuple[int, str, str]] = Counter()
+    for answer in [*seen["warmup"], *counted]:
+        prefill, decode = answer["served"]["prefill"], answer["served"]["decode"]
+        group = decode["group"]
+        assert prefill is not None, f"decode got no kv_transfer_params: {answer}"
+        assert prefill["group"] == group, f"prefill and decode of different groups: {answer}"
+        assert prefill["role"] == "prefill"
+        assert decode["role"] == "decode"
+        assert prefill["pod"] == leaders[group, "prefill"]["metadata"]["name"]
+        assert decode["pod"] == leaders[group, "decode"]["metadata"]["name"]
+        params = answer["kv_transfer_params_received"]
+        assert params["remote_engine_id"] == prefill["pod"]
+        assert params["remote_host"] == leaders[group, "prefill"]["status"]["podIP"]
+        assert params["do_remote_prefill"] is True
+        assert params["prefill_max_tokens"] == 1
+        assert params["prefill_stream"] is False
+        hops[group, prefill["pod"], decode["pod"]] += 1
+    # Decode got the client's own max_tokens, not prefill's one token (shard.py echoes it).
+    assert [a["max_tokens"] for a in counted] == list(range(8, 8 + ROUTED))
+    per_group = Counter(a["served"]["decode"]["group"] for a in counted)
+    assert set(per_group) == {0, 1}, f"both groups serve through Service {kind.name}"
+
+    # Each decode leader's router logged exactly the requests its group answered.
+    for group in (0, 1):
+        pod = leaders[group, "decode"]["metadata"]["name"]
+        lines = kubectl_out(kind.kubectl, "-n", kind.namespace, "logs", pod, "-c", "router")
+        routed = [json.loads(x) for x in lines.splitlines() if x.startswith("{")]
+        requests = [r for r in routed if r["msg"] == "request"]
+        assert len(requests) == sum(n for (g, _, _), n in hops.items() if g == group)
+        assert all(r["status"] == 200 for r in requests)
+
+    print(
+        f"\nthrough Service {kind.name}: {ROUTED} requests counted "
+        f"(+{len(seen['warmup'])} until both groups answered), "
+        f"{sum(a['stream'] for a in counted)} streamed, "
+        f"{sum('chat' in a['path'] for a in counted)} chat"
+    )
+    for (group, prefill_pod, decode_pod), n in sorted(hops.items()):
+        print(f"  group {group}: {n} requests  {prefill_pod} (prefill) -> {decode_pod} (decode)")
+    print(f"  counted requests per group: {dict(sorted(per_group.items()))}")

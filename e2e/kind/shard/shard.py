@@ -9,6 +9,18 @@ Every shard serves HTTP on the deployment's port, the leader's answering through
   GET /ready   the readiness probe: on the leader 200 only once every shard of the replica has
                checked in with consistent ranks, on a follower once it has checked in; 503 before
   GET /        the group as JSON: replica, world size, the members and their ranks
+  GET /health  as /ready: what a router asks of the engine behind it
+
+The leader also stands in for an inference engine of a disaggregated deployment (spec.roles;
+there are no GPUs here, so nothing is computed): it answers POST /v1/completions and
+/v1/chat/completions in vLLM's NixlConnector protocol.
+
+  as prefill   a request whose kv_transfer_params ask for remote decode is answered with
+               kv_transfer_params naming this pod as where the KV cache waits: remote_host its
+               pod IP, remote_engine_id its pod name, and (for the tests) its pod, group and role
+  as decode    any other request is answered with which prefill pod and which decode pod (and
+               their serving groups) served it, and the kv_transfer_params it received; with
+               `stream: true` as server-sent events. Each one is logged.
 
 A follower whose leader goes exits with status 1; a leader whose member leaves turns unready.
 SIGUSR1 makes any shard exit with status 3, a crash on demand for the tests. With `restartPolicy:
@@ -24,12 +36,15 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 CHECKIN_PORT = int(os.environ.get("SHARD_CHECKIN_PORT", "29400"))
+COMPLETION_PATHS = ("/v1/completions", "/v1/chat/completions")
+NIXL_SIDE_CHANNEL_PORT = 5600  # vLLM's default; nothing listens on it here
 
 
 def log(message: str, **fields: Any) -> None:
@@ -54,6 +69,9 @@ class Identity:
     ranks: int
     leader: str
     pod: str
+    role: str | None
+    group: int | None
+    ip: str
 
     @classmethod
     def from_env(cls) -> Identity:
@@ -83,7 +101,14 @@ class Identity:
             ranks=ranks_of(env, world // shards),
             leader=env["RACKSCALE_LEADER_ADDRESS"],
             pod=env.get("HOSTNAME", socket.gethostname()),
+            role=env.get("RACKSCALE_ROLE"),
+            group=int(env["RACKSCALE_GROUP"]) if "RACKSCALE_GROUP" in env else None,
+            ip=env.get("POD_IP") or socket.gethostbyname(socket.gethostname()),
         )
+
+    def engine(self) -> dict[str, Any]:
+        """Who served a request, as the stand-in engine reports it."""
+        return {"pod": self.pod, "group": self.group, "role": self.role, "host": self.ip}
 
     def report(self) -> dict[str, Any]:
         return {
@@ -193,17 +218,111 @@ def serve_checkins(group: Group) -> None:
         threading.Thread(target=handle, args=(conn, peer), daemon=True).start()
 
 
-def serve_http(view_of: Callable[[], dict[str, Any]], port: int) -> None:
-    """/ready (200 once formed, or checked in for a follower) and / (the view as JSON)."""
+class StandInEngine:
+    """The leader's stand-in for a vLLM engine behind NixlConnector, prefill or decode as each
+    request asks: there are no GPUs on kind, so nothing is computed and no KV cache moves."""
+
+    def __init__(self, me: Identity) -> None:
+        self.me = me
+
+    def prefill(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Where the request's KV cache would wait: this pod."""
+        request_id = f"cmpl-{uuid.uuid4().hex}"
+        params = {
+            "do_remote_prefill": True,
+            "do_remote_decode": False,
+            "remote_engine_id": self.me.pod,
+            "remote_request_id": request_id,
+            "remote_block_ids": [[0]],
+            "remote_host": self.me.ip,
+            "remote_port": NIXL_SIDE_CHANNEL_PORT,
+            "tp_size": self.me.world_size,
+            # Not vLLM's keys: what the kind tests read back from decode.
+            "remote_pod": self.me.pod,
+            "remote_group": self.me.group,
+            "remote_role": self.me.role,
+            "prefill_max_tokens": body.get("max_tokens"),
+            "prefill_stream": body.get("stream"),
+        }
+        log("prefilled", id=request_id, max_tokens=body.get("max_tokens"))
+        return {
+            "id": request_id,
+            "object": "text_completion",
+            "model": body.get("model"),
+            "choices": [{"index": 0, "text": "", "finish_reason": "length"}],
+            "kv_transfer_params": params,
+        }
+
+    def decode(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Which prefill and which decode pod served the request, and what it carried."""
+        params = body.get("kv_transfer_params") or {}
+        prefill = (
+            {k: params.get(f"remote_{k}") for k in ("pod", "group", "role", "host")}
+            if params
+            else None
+        )
+        served = {"prefill": prefill, "decode": self.me.engine()}
+        log("decoded", served=served, kv_transfer_params=params)
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "model": body.get("model"),
+            "choices": [
+                {
+                    "index": 0,
+                    "text": "(stand-in: nothing generated)",
+                    "finish_reason": "stop",
+                }
+            ],
+            "served": served,
+            "kv_transfer_params_received": params,
+            "max_tokens": body.get("max_tokens"),
+        }
+
+
+def serve_http(
+    view_of: Callable[[], dict[str, Any]], port: int, engine: StandInEngine | None = None
+) -> None:
+    """/ready and /health (200 once formed, or checked in for a follower), / (the view as
+    JSON), and on the leader the stand-in engine's completions."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             view = view_of()
-            if self.path == "/ready":
+            if self.path in ("/ready", "/health"):
                 code, body = (200, b"ready\n") if view["formed"] else (503, b"forming\n")
             else:
                 code, body = 200, (json.dumps(view) + "\n").encode()
+            self.send(code, body)
+
+        def do_POST(self) -> None:
+            if engine is None or self.path not in COMPLETION_PATHS:
+                self.send(404, b"no such path\n")
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                body = json.loads(self.rfile.read(length))
+            except ValueError:
+                self.send(400, b"the body is not JSON\n")
+                return
+            if (body.get("kv_transfer_params") or {}).get("do_remote_decode"):
+                self.send(200, json.dumps(engine.prefill(body)).encode(), "application/json")
+                return
+            answer = engine.decode(body)
+            if not body.get("stream"):
+                self.send(200, json.dumps(answer).encode(), "application/json")
+                return
+            # Server-sent events with no length: the body ends when the connection closes.
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            self.wfile.write(f"data: {json.dumps(answer)}\n\n".encode())
+            self.wfile.flush()
+            self.wfile.write(b"data: [DONE]\n\n")
+
+        def send(self, code: int, body: bytes, content_type: str = "text/plain") -> None:
             self.send_response(code)
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -254,7 +373,7 @@ def main() -> None:
             group.formed = True
             log("group formed", replica=me.replica, world_size=me.world_size, shards=[0])
         threading.Thread(target=serve_checkins, args=(group,), daemon=True).start()
-        serve_http(group.view, port)
+        serve_http(group.view, port, StandInEngine(me))
     else:
         checked_in = threading.Event()
 

@@ -182,6 +182,22 @@ def test_a_lost_decode_shard_restarts_the_whole_group_when_it_shares_a_compute_d
     assert api.status("ds")["phase"] == "Ready"
 
 
+def test_a_role_replica_lost_whole_restarts_its_group_with_a_fresh_compute_domain() -> None:
+    api = FakeAPI(nvl72(2) + hgx(2), domains_served=True)
+    apply_disagg(api)
+    reconciler = Reconciler(api.view(), api)
+    run(reconciler)
+    decode = uids(api, "decode")
+    lose_pod(api, "ds-g0-prefill-0-0")
+    lose_pod(api, "ds-g0-prefill-0-1")  # every pod of the prefill replica: none is left to see
+    run(reconciler, 3)
+    assert api.deleted_domains == ["ds-g0"]
+    assert api.created_domains == ["ds-g0", "ds-g0"]
+    assert roles(api) == {("0", "prefill"): 2, ("0", "decode"): 8}
+    assert not uids(api, "decode") & decode
+    assert api.status("ds")["phase"] == "Ready"
+
+
 def test_a_lost_role_replica_that_no_longer_fits_beside_its_group_moves_the_whole_group() -> None:
     api = FakeAPI(nvl72(2) + hgx(2))
     apply_disagg(api)
@@ -317,3 +333,104 @@ def test_a_role_scaled_to_zero_is_refused_naming_the_field() -> None:
         status["conditions"]
     )
     assert uids(api, "decode") == decode
+
+
+def test_scaling_a_role_grows_a_group_into_its_compute_domain() -> None:
+    api = FakeAPI(nvl72(2) + hgx(2), domains_served=True)
+    apply_disagg(api)
+    reconciler = Reconciler(api.view(), api)
+    run(reconciler)
+    assert api.created_domains == ["ds-g0"]
+    prefill, decode = uids(api, "prefill"), uids(api, "decode")
+    scale_role(api, "prefill", 2)
+    run(reconciler, 3)
+    assert roles(api) == {("0", "prefill"): 4, ("0", "decode"): 8}
+    assert uids(api, "decode") == decode
+    assert prefill < uids(api, "prefill")
+    assert (api.created_domains, api.deleted_domains) == (["ds-g0"], [])
+    for pod in pods(api):  # the added pods join the group's domain, as its other pods do
+        assert pod["metadata"]["labels"]["rackscale.dev/compute-domain"] == "ds-g0"
+        [claim] = pod["spec"]["resourceClaims"]
+        assert claim["resourceClaimTemplateName"] == "ds-g0-channel"
+    nodes = [p["spec"]["nodeName"] for p in pods(api)]
+    assert len(set(nodes)) == len(nodes)  # one pod per tray
+    status = api.status("ds")
+    assert (status["phase"], status["ready"]) == ("Ready", "1/1")
+
+
+def test_a_group_grows_only_onto_trays_holding_no_other_compute_domain() -> None:
+    """Guarantee 13 for a group's additions: one pod per tray, never beside another domain."""
+    api = FakeAPI(nvl72(1), domains_served=True)
+    apply_disagg(api)
+    (body,) = api.deployments[("llm", "ds")]
+    body["spec"]["roles"][0]["gpusPerPod"] = 2  # prefill: 4 pods of 2 GPUs
+    api.touch("deployments", ("llm", "ds"))
+    reconciler = Reconciler(api.view(), api)
+    run(reconciler)  # the group takes 12 of the 18 trays
+    neighbour = api.apply("nb", replicas=1, tensor=2, data=4, fallback="Never")
+    neighbour["spec"]["gpusPerPod"] = 2  # 4 pods on 4 trays, each half free
+    api.touch("deployments", ("llm", "nb"))
+    run(reconciler)
+    assert len({p["spec"]["nodeName"] for p in pods(api, "nb")}) == 4
+    assert sorted(api.created_domains) == ["ds-g0", "nb-0"]
+    before = uids(api, "prefill") | uids(api, "decode")
+    scale_role(api, "prefill", 2)  # 4 more pods: 2 trays are free, 4 others hold nb-0's pods
+    run(reconciler, 2)
+    assert uids(api, "prefill") | uids(api, "decode") == before
+    placed = next(c for c in api.status("ds")["conditions"] if c["type"] == "Placed")
+    assert "serving group 0 cannot grow by this prefill replica in its rack" in placed["message"]
+    assert "holding no other ComputeDomain" in placed["message"]
+    assert any(
+        reason == "FailedPlacement" and "cannot grow" in text for _, reason, text in api.events
+    )
+    assert api.status("ds")["ready"] == "1/1"
+    assert (api.created_domains, api.deleted_domains) == (["ds-g0", "nb-0"], [])
+
+
+def test_of_two_groups_the_one_with_room_grows_and_the_other_is_refused_whole() -> None:
+    api = FakeAPI(nvl72(2) + hgx(2))
+    apply_disagg(api, replicas=2)
+    reconciler = Reconciler(api.view(), api)
+    run(reconciler)
+    racks = racks_by_group(api)
+    assert racks["0"] != racks["1"]  # 40 GPUs each: one group to a rack
+    api.apply("filler", replicas=1, tensor=8, data=4, fallback="Never")  # 32 GPUs: a rack full
+    run(reconciler)
+    [filled] = {p["metadata"]["labels"]["rackscale.dev/rack"] for p in pods(api, "filler")}
+    full = next(g for g, held in racks.items() if held == {filled})
+    free = "1" if full == "0" else "0"
+    by_group = {
+        g: {
+            p["metadata"]["uid"]
+            for p in pods(api)
+            if p["metadata"]["labels"]["rackscale.dev/group"] == g
+        }
+        for g in racks
+    }
+    scale_role(api, "prefill", 2)
+    run(reconciler, 3)
+    assert roles(api)[(free, "prefill")] == 4  # grown in its rack
+    assert roles(api)[(full, "prefill")] == 2
+    assert by_group[free] < {
+        p["metadata"]["uid"]
+        for p in pods(api)
+        if p["metadata"]["labels"]["rackscale.dev/group"] == free
+    }
+    kept = {
+        p["metadata"]["uid"]
+        for p in pods(api)
+        if p["metadata"]["labels"]["rackscale.dev/group"] == full
+    }
+    assert kept == by_group[full]  # refused: every pod of it kept
+    assert racks_by_group(api) == racks
+    status = api.status("ds")
+    placed = next(c for c in status["conditions"] if c["type"] == "Placed")
+    refused = f"serving group {full} cannot grow by this prefill replica in its rack"
+    assert refused in placed["message"]
+    assert f"serving group {free} cannot grow" not in placed["message"]
+    assert any(reason == "FailedPlacement" and refused in text for _, reason, text in api.events)
+    codes = reconciler.records["uid-ds"].codes
+    assert set(codes.values()) == {"group-cannot-grow"}
+    assert {int(full) * 1000 + 1} == set(codes)  # the full group's prefill 1
+    # Both groups serve; what the spec asks is not all placed.
+    assert (status["phase"], status["ready"]) == ("Degraded", "2/2")

@@ -246,20 +246,23 @@ def classify(  # noqa: PLR0917
 ) -> list[lifecycle.ReplicaState]:
     """The deployment's replica states from its pods (owned by this very object). With
     spec.roles, its role replicas', each known by its group, role and index (so scaling one
-    role changes nothing of the others), each group's shared ComputeDomain standing for each of
-    its role replicas'; a missing one its group never had is `added`."""
+    role changes nothing of the others); a missing one its group never had is `added`. Each
+    group's shared ComputeDomain stands for its role replicas that have pods, so one without
+    pods is Missing (lost, or added) beside them; when none has pods, for every one, so the
+    domain left behind goes before the group is placed again."""
     uid = step.uid
     owned = [p for p in pods if not (uid and p.owners and uid not in p.owners)]
     spec = step.deployment.spec
     number = None
     if spec.roles:
-        shared = {
-            member.replica: domain
-            for group, domain in (group_domains or {}).items()
-            for member in spec.role_replicas(group)
-        }
-        domains = {**shared, **domains}
         number = partial(role_number_of, step.deployment)
+        holding = {n for p in owned if (n := number(p)) is not None}
+        shared: dict[int, DomainInfo] = {}
+        for group, domain in (group_domains or {}).items():
+            members = [m.replica for m in spec.role_replicas(group)]
+            held = [r for r in members if r in holding] or members
+            shared |= dict.fromkeys(held, domain)
+        domains = {**shared, **domains}
     states = lifecycle.classify(
         owned,
         spec.replica_numbers(),

@@ -356,6 +356,12 @@ def test_scaling_a_role_grows_a_group_into_its_compute_domain() -> None:
     assert len(set(nodes)) == len(nodes)  # one pod per tray
     status = api.status("ds")
     assert (status["phase"], status["ready"]) == ("Ready", "1/1")
+    scale_role(api, "prefill", 1)  # the group keeps serving in its ComputeDomain
+    run(reconciler, 2)
+    assert (uids(api, "prefill"), uids(api, "decode")) == (prefill, decode)
+    assert (api.created_domains, api.deleted_domains) == (["ds-g0"], [])
+    status = api.status("ds")
+    assert (status["phase"], status["ready"]) == ("Ready", "1/1")
 
 
 def test_a_group_grows_only_onto_trays_holding_no_other_compute_domain() -> None:

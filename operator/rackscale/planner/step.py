@@ -30,6 +30,7 @@ from rackscale.render import (
     ROLE_LABEL,
     PoolFacts,
     compute_domain_of,
+    group_compute_domain_name,
     pool_facts,
     render_replica,
     render_services,
@@ -352,7 +353,19 @@ def _delete(step: Step, state: lifecycle.ReplicaState, cause: lifecycle.Cause) -
         step.events.append(Event("Normal", "ScaledDown", message))
         record.prefer.pop(index, None)
         record.progress.fallbacks.pop(index, None)
-    return Delete(index, cause, tuple(state.pods), state.node_lost, state.domain)
+    return Delete(index, cause, tuple(state.pods), state.node_lost, _domain_going(step, state))
+
+
+def _domain_going(step: Step, state: lifecycle.ReplicaState) -> str | None:
+    """The ComputeDomain deleted with a replica: its own, or its serving group's, but not when
+    a role scaled down leaves a group that stays, which keeps serving in it."""
+    spec = step.deployment.spec
+    if spec.roles and not spec.wants(state.replica):
+        group = spec.group_of(state.replica)
+        shared = group_compute_domain_name(step.deployment.name, group)
+        if group < spec.replicas and state.domain == shared:
+            return None
+    return state.domain
 
 
 def _wait(step: Step, actions: lifecycle.Actions) -> None:

@@ -1,7 +1,8 @@
 """Serving groups (spec.roles) on a real API server, kube-scheduler and kwok: the disaggregated
 DeepSeek-R1 example placed whole in one rack, scaled by whole groups, and a lost decode shard
 restarting its whole group when the group shares a ComputeDomain, only its role replica when
-not."""
+not, and scaling one role growing and shrinking each group in place, with and without
+ComputeDomains."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from e2e.support import (
     pods,
     ready,
 )
+from e2e.test_compute_domains import domains
 from e2e.test_explain import plugin
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "deepseek-r1-disagg.yaml"
@@ -154,3 +156,86 @@ def test_a_lost_decode_shard_restarts_only_its_role_replica_without_a_compute_do
         body = lose_decode_shard(kube, llm, name, {("0", "decode")})
         assert racks_of(body)[0] == {rack}, "placed again beside its prefill replica"
         check_guarantees(kube)
+
+
+def scale_prefill(kube: client.ApiClient, namespace: str, name: str, replicas: int) -> None:
+    """Patch spec.roles[0].replicas (prefill; a merge patch replaces the whole list)."""
+    roles = get(kube, namespace, name)["spec"]["roles"]
+    assert roles[0]["name"] == "prefill"
+    roles[0]["replicas"] = replicas
+    patch(kube, namespace, name, {"roles": roles})
+
+
+def prefill_index(pod_name: str, name: str) -> str:
+    """`1` of `<name>-g0-prefill-1-0`."""
+    return pod_name.removeprefix(name).split("-")[3]
+
+
+def two_groups(pool: str) -> dict[str, Any]:
+    body = example(pool)
+    body["spec"]["replicas"] = 2
+    return body
+
+
+def scale_prefill_in_place(
+    kube: client.ApiClient, namespace: str, name: str, *, shared: bool
+) -> None:
+    """Two serving groups; prefill 1 -> 2 per group, then back to 1: each group changes in
+    place, in its rack, and no other pod restarts. `shared`: each group shares a ComputeDomain,
+    which the added prefill replicas join."""
+    body = ready(kube, namespace, name, 2)
+    racks = racks_of(body)
+    assert all(len(held) == 1 for held in racks.values())
+    before = member_uids(kube, namespace, name)
+    found = {n: d["metadata"]["uid"] for n, d in domains(kube, namespace).items()}
+    assert found.keys() == ({f"{name}-g0", f"{name}-g1"} if shared else set())
+
+    scale_prefill(kube, namespace, name, 2)
+    grown = {"0": Counter(prefill=4, decode=8), "1": Counter(prefill=4, decode=8)}
+    eventually(lambda: groups(kube, namespace, name) == grown, "each group to grow by a prefill")
+    body = ready(kube, namespace, name, 2)
+    assert body["status"]["ready"] == "2/2"
+    after = member_uids(kube, namespace, name)
+    for group in ("0", "1"):
+        assert after[(group, "decode")] == before[(group, "decode")], "no decode pod restarted"
+        assert before[(group, "prefill")] < after[(group, "prefill")], "the prefill pods kept"
+    assert racks_of(body) == racks, "each group grew in its own rack"
+    now = {n: d["metadata"]["uid"] for n, d in domains(kube, namespace).items()}
+    assert now == found, "no ComputeDomain created or deleted"
+    for pod in live(kube, namespace, name):
+        group = pod["metadata"]["labels"]["rackscale.dev/group"]
+        claims = [
+            c.get("resourceClaimTemplateName") for c in pod["spec"].get("resourceClaims") or []
+        ]
+        assert claims == ([f"{name}-g{group}-channel"] if shared else []), pod["metadata"]["name"]
+    check_guarantees(kube)
+
+    scale_prefill(kube, namespace, name, 1)
+    shrunk = {"0": Counter(prefill=2, decode=8), "1": Counter(prefill=2, decode=8)}
+    eventually(lambda: groups(kube, namespace, name) == shrunk, "prefill 1 of each group to go")
+    body = ready(kube, namespace, name, 2)
+    assert member_uids(kube, namespace, name) == before, "only the prefill-1 pods were deleted"
+    assert {
+        prefill_index(p["metadata"]["name"], name)
+        for p in live(kube, namespace, name)
+        if p["metadata"]["labels"]["rackscale.dev/role"] == "prefill"
+    } == {"0"}
+    assert {n: d["metadata"]["uid"] for n, d in domains(kube, namespace).items()} == found
+    check_guarantees(kube)
+
+
+@pytest.mark.usefixtures("operator")
+def test_scaling_prefill_grows_each_group_in_place_into_its_compute_domain(
+    kube: client.ApiClient, pool: str, llm: str
+) -> None:
+    apply(kube, llm, two_groups(pool))
+    scale_prefill_in_place(kube, llm, "deepseek-r1-disagg", shared=True)
+
+
+@pytest.mark.usefixtures("operator")
+def test_scaling_prefill_grows_each_group_in_place_without_compute_domains(
+    kube: client.ApiClient, crds: None, llm: str
+) -> None:
+    with gb200_pool(kube, "e2e-off", computeDomains="Off") as pool:
+        apply(kube, llm, two_groups(pool))
+        scale_prefill_in_place(kube, llm, "deepseek-r1-disagg", shared=False)

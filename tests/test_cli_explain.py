@@ -211,8 +211,9 @@ def test_a_pending_serving_group_is_explained_role_by_role() -> None:
     (raw,) = [d for d in docs if d["kind"] == "InferenceDeployment"]
     raw["spec"]["placement"]["rackPool"] = "gb200"
     out = explain(Cluster(raw, nvl72(2), [], [POOL], []))
-    replicas = InferenceDeployment.model_validate(raw).spec.replica_count
-    for index in range(replicas):
+    numbers = InferenceDeployment.model_validate(raw).spec.replica_numbers()
+    replicas = len(numbers)
+    for index in numbers:
         assert f"  replica {index} (group " in out
     assert out.count("the operator places it on its next pass") == replicas
     racks = {line.split("it fits now on ")[1].split(":")[0] for line in out.splitlines()

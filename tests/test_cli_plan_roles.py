@@ -28,8 +28,9 @@ def test_json_names_each_role_replicas_group_and_role(
     assert code == 0
     [placement] = json.loads(out)["placements"]
     seen = [(r["replica"], r["group"], r["role"], r["roleIndex"]) for r in placement["replicas"]]
-    assert seen == [(0, 0, "prefill", 0), (1, 0, "decode", 0), (2, 1, "prefill", 0),
-                    (3, 1, "decode", 0)]  # fmt: skip
+    # group x 1000 + role position x 100 + index
+    assert seen == [(0, 0, "prefill", 0), (100, 0, "decode", 0), (1000, 1, "prefill", 0),
+                    (1100, 1, "decode", 0)]  # fmt: skip
     by_group: dict[int, set[str]] = {}
     for r in placement["replicas"]:
         by_group.setdefault(r["group"], set()).update(r["racks"])

@@ -63,7 +63,7 @@ def test_a_group_lies_in_the_fullest_rack_that_holds_it_whole() -> None:
     assert decision.placed
     assert decision.racks == ("clique-0001",)  # 40 GPUs: rack 0 has too few, rack 2 stays whole
     assert [m.role for m, _ in decision.roles] == ["prefill", "decode"]
-    assert [d.replica for d in decision.decisions] == [0, 1]
+    assert [d.replica for d in decision.decisions] == [0, 100]
     assert snapshot.pools["gb200"].racks["clique-0002"].free == 72
 
 
@@ -176,7 +176,7 @@ def test_a_lost_role_replica_restarts_beside_its_group_or_not_at_all() -> None:
     lost = decision.decisions[1]  # the decode
     assert lost.reservation is not None
     lost.reservation.undo()
-    again = restart_role_replica(snapshot, dep, 1, decision.racks)
+    again = restart_role_replica(snapshot, dep, 100, decision.racks)
     assert again.plan is not None
     assert again.plan.racks == (rack,)
     assert again.reservation is not None
@@ -185,7 +185,7 @@ def test_a_lost_role_replica_restarts_beside_its_group_or_not_at_all() -> None:
     # prefill; the group is placed again whole instead.
     filler = disagg("filler", prefill=(1, 4), decode=(1, 16), fallback="Never")
     assert place_group(snapshot, filler, 0, prefer=(rack,)).racks == (rack,)
-    refused = restart_role_replica(snapshot, dep, 1, decision.racks)
+    refused = restart_role_replica(snapshot, dep, 100, decision.racks)
     assert refused.plan is None
     assert str(refused.reason).startswith("it no longer fits beside serving group 0: ")
 
@@ -197,7 +197,7 @@ def test_a_group_sharing_a_compute_domain_restarts_whole() -> None:
     assert decision.compute_domain == "ds-g0"
     assert decision.decisions[1].reservation is not None
     decision.decisions[1].reservation.undo()
-    refused = restart_role_replica(snapshot, dep, 1, decision.racks)
+    refused = restart_role_replica(snapshot, dep, 100, decision.racks)
     assert refused.plan is None
     assert refused.reason == "serving group 0 shares a ComputeDomain: it restarts whole"
 

@@ -133,7 +133,7 @@ def test_scaling_adds_and_removes_whole_groups_keeping_the_ratio() -> None:
     assert all(len(racks) == 1 for racks in racks_by_group(api).values())
     status = api.status("ds")
     assert (status["replicas"], status["readyReplicas"], status["ready"]) == (2, 2, "2/2")
-    assert sorted(p["replica"] for p in status["placements"]) == [0, 1, 2, 3]
+    assert sorted(p["replica"] for p in status["placements"]) == [0, 100, 1000, 1100]
     api.edit("ds", lambda spec: spec.update(replicas=1))
     run(reconciler, 2)
     assert roles(api) == {("0", "prefill"): 2, ("0", "decode"): 8}
@@ -149,7 +149,7 @@ def test_a_lost_decode_shard_restarts_only_its_role_replica_beside_its_group() -
     prefill, decode = uids(api, "prefill"), uids(api, "decode")
     lose_pod(api, "ds-g0-decode-0-3")
     run(reconciler)
-    assert api.status("ds")["conditions"][3]["message"] == "replica 1: shard 3 of 8 is gone"
+    assert api.status("ds")["conditions"][3]["message"] == "replica 100: shard 3 of 8 is gone"
     run(reconciler, 2)
     assert uids(api, "prefill") == prefill  # the prefill replica kept serving
     assert len(uids(api, "decode")) == 8
@@ -157,7 +157,7 @@ def test_a_lost_decode_shard_restarts_only_its_role_replica_beside_its_group() -
     assert racks_by_group(api) == {"0": {rack}}
     assert api.status("ds")["phase"] == "Ready"
     assert any(
-        reason == "ReplicaRestarting" and "replica 1:" in text for _, reason, text in api.events
+        reason == "ReplicaRestarting" and "replica 100:" in text for _, reason, text in api.events
     )
 
 
@@ -179,6 +179,22 @@ def test_a_lost_decode_shard_restarts_the_whole_group_when_it_shares_a_compute_d
     assert len(uids(api, "decode")) == 8
     assert not uids(api, "decode") & decode
     assert [len(r) for r in racks_by_group(api).values()] == [1]
+    assert api.status("ds")["phase"] == "Ready"
+
+
+def test_a_role_replica_lost_whole_restarts_its_group_with_a_fresh_compute_domain() -> None:
+    api = FakeAPI(nvl72(2) + hgx(2), domains_served=True)
+    apply_disagg(api)
+    reconciler = Reconciler(api.view(), api)
+    run(reconciler)
+    decode = uids(api, "decode")
+    lose_pod(api, "ds-g0-prefill-0-0")
+    lose_pod(api, "ds-g0-prefill-0-1")  # every pod of the prefill replica: none is left to see
+    run(reconciler, 3)
+    assert api.deleted_domains == ["ds-g0"]
+    assert api.created_domains == ["ds-g0", "ds-g0"]
+    assert roles(api) == {("0", "prefill"): 2, ("0", "decode"): 8}
+    assert not uids(api, "decode") & decode
     assert api.status("ds")["phase"] == "Ready"
 
 
@@ -210,12 +226,12 @@ def test_colocate_none_restarts_a_lost_role_replica_alone_with_its_own_compute_d
     apply_disagg(api, colocate="None")
     reconciler = Reconciler(api.view(), api)
     run(reconciler)
-    assert sorted(api.created_domains) == ["ds-0", "ds-1"]
+    assert sorted(api.created_domains) == ["ds-0", "ds-100"]
     prefill = uids(api, "prefill")
     lose_pod(api, "ds-g0-decode-0-3")
     run(reconciler, 3)
-    assert api.deleted_domains == ["ds-1"]
-    assert sorted(api.created_domains) == ["ds-0", "ds-1", "ds-1"]
+    assert api.deleted_domains == ["ds-100"]
+    assert sorted(api.created_domains) == ["ds-0", "ds-100", "ds-100"]
     assert uids(api, "prefill") == prefill
     assert roles(api) == {("0", "prefill"): 2, ("0", "decode"): 8}
     assert api.status("ds")["phase"] == "Ready"
@@ -238,3 +254,189 @@ def test_a_template_change_replaces_one_whole_group_at_a_time_on_its_racks() -> 
     assert not (uids(api, "prefill") | uids(api, "decode")) & old
     assert racks_by_group(api) == before
     assert api.status("ds")["phase"] == "Ready"
+
+
+def scale_role(api: FakeAPI, role: str, replicas: int) -> None:
+    def change(spec: dict[str, Any]) -> None:
+        for item in spec["roles"]:
+            if item["name"] == role:
+                item["replicas"] = replicas
+
+    api.edit("ds", change)
+
+
+def test_scaling_a_role_grows_each_group_in_its_rack_and_restarts_no_other_pod() -> None:
+    api = FakeAPI(nvl72(2) + hgx(2))
+    apply_disagg(api, replicas=2)
+    reconciler = Reconciler(api.view(), api)
+    run(reconciler)
+    before = racks_by_group(api)
+    prefill, decode = uids(api, "prefill"), uids(api, "decode")
+    scale_role(api, "prefill", 2)
+    run(reconciler, 2)
+    assert roles(api) == {
+        ("0", "prefill"): 4,
+        ("0", "decode"): 8,
+        ("1", "prefill"): 4,
+        ("1", "decode"): 8,
+    }
+    assert uids(api, "decode") == decode  # no decode pod restarted
+    assert prefill < uids(api, "prefill")  # nor the prefill replicas it had
+    assert racks_by_group(api) == before  # the new prefill replicas beside their groups
+    names = {p["metadata"]["name"] for p in pods(api)}
+    assert {"ds-g0-prefill-1-0", "ds-g1-prefill-1-1"} <= names
+    status = api.status("ds")
+    assert (status["phase"], status["ready"]) == ("Ready", "2/2")
+    grown = uids(api, "prefill")
+    scale_role(api, "prefill", 1)
+    run(reconciler, 2)
+    assert uids(api, "decode") == decode
+    assert uids(api, "prefill") == prefill  # only the highest prefill replica of each group went
+    assert not any("prefill-1" in p["metadata"]["name"] for p in pods(api))
+    assert grown > prefill
+    assert api.status("ds")["ready"] == "2/2"
+
+
+def test_a_group_without_room_to_grow_is_refused_and_keeps_serving() -> None:
+    api = FakeAPI(nvl72(2) + hgx(2))
+    apply_disagg(api)
+    reconciler = Reconciler(api.view(), api)
+    run(reconciler)
+    before = uids(api, "prefill") | uids(api, "decode")
+    scale_role(api, "prefill", 6)  # 6 x 8 + 32 = 80 GPUs: more than a rack's 72
+    run(reconciler, 3)
+    assert uids(api, "prefill") | uids(api, "decode") == before  # nothing deleted
+    status = api.status("ds")
+    placed = next(c for c in status["conditions"] if c["type"] == "Placed")
+    assert "serving group 0 cannot grow by this prefill replica in its rack" in placed["message"]
+    assert any(
+        reason == "FailedPlacement" and "cannot grow" in text for _, reason, text in api.events
+    )
+    assert api.status("ds")["ready"] == "1/1"  # it serves as it was
+    scale_role(api, "prefill", 5)  # 72 GPUs: the rack holds it
+    run(reconciler, 2)
+    assert roles(api)[("0", "prefill")] == 10
+    assert before <= uids(api, "prefill") | uids(api, "decode")
+
+
+def test_a_role_scaled_to_zero_is_refused_naming_the_field() -> None:
+    api = FakeAPI(nvl72(1))
+    apply_disagg(api)
+    reconciler = Reconciler(api.view(), api)
+    run(reconciler)
+    decode = uids(api, "decode")
+    scale_role(api, "prefill", 0)
+    run(reconciler)
+    status = api.status("ds")
+    assert status["phase"] == "Failed"
+    assert "roles.0.replicas" in str(status["conditions"]) or "roles[0].replicas" in str(
+        status["conditions"]
+    )
+    assert uids(api, "decode") == decode
+
+
+def test_scaling_a_role_grows_a_group_into_its_compute_domain() -> None:
+    api = FakeAPI(nvl72(2) + hgx(2), domains_served=True)
+    apply_disagg(api)
+    reconciler = Reconciler(api.view(), api)
+    run(reconciler)
+    assert api.created_domains == ["ds-g0"]
+    prefill, decode = uids(api, "prefill"), uids(api, "decode")
+    scale_role(api, "prefill", 2)
+    run(reconciler, 3)
+    assert roles(api) == {("0", "prefill"): 4, ("0", "decode"): 8}
+    assert uids(api, "decode") == decode
+    assert prefill < uids(api, "prefill")
+    assert (api.created_domains, api.deleted_domains) == (["ds-g0"], [])
+    for pod in pods(api):  # the added pods join the group's domain, as its other pods do
+        assert pod["metadata"]["labels"]["rackscale.dev/compute-domain"] == "ds-g0"
+        [claim] = pod["spec"]["resourceClaims"]
+        assert claim["resourceClaimTemplateName"] == "ds-g0-channel"
+    nodes = [p["spec"]["nodeName"] for p in pods(api)]
+    assert len(set(nodes)) == len(nodes)  # one pod per tray
+    status = api.status("ds")
+    assert (status["phase"], status["ready"]) == ("Ready", "1/1")
+    scale_role(api, "prefill", 1)  # the group keeps serving in its ComputeDomain
+    run(reconciler, 2)
+    assert (uids(api, "prefill"), uids(api, "decode")) == (prefill, decode)
+    assert (api.created_domains, api.deleted_domains) == (["ds-g0"], [])
+    status = api.status("ds")
+    assert (status["phase"], status["ready"]) == ("Ready", "1/1")
+
+
+def test_a_group_grows_only_onto_trays_holding_no_other_compute_domain() -> None:
+    """Guarantee 13 for a group's additions: one pod per tray, never beside another domain."""
+    api = FakeAPI(nvl72(1), domains_served=True)
+    apply_disagg(api)
+    (body,) = api.deployments[("llm", "ds")]
+    body["spec"]["roles"][0]["gpusPerPod"] = 2  # prefill: 4 pods of 2 GPUs
+    api.touch("deployments", ("llm", "ds"))
+    reconciler = Reconciler(api.view(), api)
+    run(reconciler)  # the group takes 12 of the 18 trays
+    neighbour = api.apply("nb", replicas=1, tensor=2, data=4, fallback="Never")
+    neighbour["spec"]["gpusPerPod"] = 2  # 4 pods on 4 trays, each half free
+    api.touch("deployments", ("llm", "nb"))
+    run(reconciler)
+    assert len({p["spec"]["nodeName"] for p in pods(api, "nb")}) == 4
+    assert sorted(api.created_domains) == ["ds-g0", "nb-0"]
+    before = uids(api, "prefill") | uids(api, "decode")
+    scale_role(api, "prefill", 2)  # 4 more pods: 2 trays are free, 4 others hold nb-0's pods
+    run(reconciler, 2)
+    assert uids(api, "prefill") | uids(api, "decode") == before
+    placed = next(c for c in api.status("ds")["conditions"] if c["type"] == "Placed")
+    assert "serving group 0 cannot grow by this prefill replica in its rack" in placed["message"]
+    assert "holding no other ComputeDomain" in placed["message"]
+    assert any(
+        reason == "FailedPlacement" and "cannot grow" in text for _, reason, text in api.events
+    )
+    assert api.status("ds")["ready"] == "1/1"
+    assert (api.created_domains, api.deleted_domains) == (["ds-g0", "nb-0"], [])
+
+
+def test_of_two_groups_the_one_with_room_grows_and_the_other_is_refused_whole() -> None:
+    api = FakeAPI(nvl72(2) + hgx(2))
+    apply_disagg(api, replicas=2)
+    reconciler = Reconciler(api.view(), api)
+    run(reconciler)
+    racks = racks_by_group(api)
+    assert racks["0"] != racks["1"]  # 40 GPUs each: one group to a rack
+    api.apply("filler", replicas=1, tensor=8, data=4, fallback="Never")  # 32 GPUs: a rack full
+    run(reconciler)
+    [filled] = {p["metadata"]["labels"]["rackscale.dev/rack"] for p in pods(api, "filler")}
+    full = next(g for g, held in racks.items() if held == {filled})
+    free = "1" if full == "0" else "0"
+    by_group = {
+        g: {
+            p["metadata"]["uid"]
+            for p in pods(api)
+            if p["metadata"]["labels"]["rackscale.dev/group"] == g
+        }
+        for g in racks
+    }
+    scale_role(api, "prefill", 2)
+    run(reconciler, 3)
+    assert roles(api)[(free, "prefill")] == 4  # grown in its rack
+    assert roles(api)[(full, "prefill")] == 2
+    assert by_group[free] < {
+        p["metadata"]["uid"]
+        for p in pods(api)
+        if p["metadata"]["labels"]["rackscale.dev/group"] == free
+    }
+    kept = {
+        p["metadata"]["uid"]
+        for p in pods(api)
+        if p["metadata"]["labels"]["rackscale.dev/group"] == full
+    }
+    assert kept == by_group[full]  # refused: every pod of it kept
+    assert racks_by_group(api) == racks
+    status = api.status("ds")
+    placed = next(c for c in status["conditions"] if c["type"] == "Placed")
+    refused = f"serving group {full} cannot grow by this prefill replica in its rack"
+    assert refused in placed["message"]
+    assert f"serving group {free} cannot grow" not in placed["message"]
+    assert any(reason == "FailedPlacement" and refused in text for _, reason, text in api.events)
+    codes = reconciler.records["uid-ds"].codes
+    assert set(codes.values()) == {"group-cannot-grow"}
+    assert {int(full) * 1000 + 1} == set(codes)  # the full group's prefill 1
+    # Both groups serve; what the spec asks is not all placed.
+    assert (status["phase"], status["ready"]) == ("Degraded", "2/2")

@@ -53,7 +53,7 @@ def test_pods_are_named_and_labelled_by_group_role_and_index() -> None:
     labels = pods[3]["metadata"]["labels"]
     assert labels["rackscale.dev/role"] == "decode"
     assert labels["rackscale.dev/group"] == "0"
-    assert labels["rackscale.dev/replica"] == "2"  # numbered across the deployment
+    assert labels["rackscale.dev/replica"] == "100"  # group x 1000 + role position x 100
     assert labels["rackscale.dev/shard"] == "1"
     assert "rackscale.dev/leader" not in labels
     assert all(p["spec"]["hostname"] == p["metadata"]["name"] for p in pods)
@@ -128,7 +128,7 @@ def test_services_per_role_and_the_main_one_on_the_serving_role() -> None:
 def test_colocate_none_gives_each_role_replica_its_own_compute_domain() -> None:
     dep = disagg(placement={"rackPool": "gb200", "colocate": "None"})
     domains = of_kind(objects(dep), "ComputeDomain")
-    assert [d["metadata"]["name"] for d in domains] == ["ds-2", "ds-5"]  # the decode replicas
+    assert [d["metadata"]["name"] for d in domains] == ["ds-100", "ds-1100"]  # the decodes
 
 
 def test_the_template_hash_covers_the_roles_and_stays_the_same_without_them() -> None:

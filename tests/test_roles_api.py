@@ -50,11 +50,16 @@ def test_a_serving_group_is_one_of_each_role_at_its_count() -> None:
     assert spec.group_size == 3
     assert spec.gpus_per_replica == 4 + 2 * 16  # one group's GPUs
     assert spec.role_replicas(1) == [
-        RoleReplica(1, "prefill", 0, 3),
-        RoleReplica(1, "decode", 0, 4),
-        RoleReplica(1, "decode", 1, 5),
+        RoleReplica(1, "prefill", 0, 1000),
+        RoleReplica(1, "decode", 0, 1100),
+        RoleReplica(1, "decode", 1, 1101),
     ]
-    assert [spec.role_replica(r) for r in range(6)] == spec.role_replicas(0) + spec.role_replicas(1)
+    numbers = spec.replica_numbers()
+    assert numbers == [0, 100, 101, 1000, 1100, 1101]  # group x 1000 + position x 100 + index
+    assert [spec.role_replica(r) for r in numbers] == spec.role_replicas(0) + spec.role_replicas(1)
+    assert not spec.wants(102)
+    assert not spec.wants(2000)
+    assert spec.wants(1101)
 
 
 def test_the_role_view_is_a_deployment_of_the_role_shape_with_the_same_placement() -> None:

@@ -84,14 +84,16 @@ ROLE_ENVIRONMENT: tuple[tuple[str, str], ...] = (
         "RACKSCALE_ROLE_INDEX",
         "With spec.roles: the pod's replica of its role inside the group, 0 to "
         "spec.roles[].replicas - 1. RACKSCALE_REPLICA numbers role replicas across the "
-        "deployment: group after group, roles in spec order.",
+        "deployment: group x 1000 + the role's position in spec.roles x 100 + this index.",
     ),
     (
         "RACKSCALE_<ROLE>_LEADERS",
         "With spec.roles, one per role: `host:port` of the leader (shard 0) of each replica of "
         "that role in the pod's group, comma-separated, the host under the headless Service "
         "(`<name>-g<group>-<role>-<index>-0.<name>-shards.<namespace>.svc`), the port the "
-        "role's (spec.roles[].port, else spec.port). For example RACKSCALE_PREFILL_LEADERS.",
+        "role's (spec.roles[].port, else spec.port). For example RACKSCALE_PREFILL_LEADERS. "
+        "Set when the pod is created: after a role is scaled, the pods that stay keep the list "
+        "they had (the Service `<name>-<role>` follows every change).",
     ),
 )
 

@@ -339,10 +339,19 @@ class Role(Spec):
         return self
 
 
+# A role replica's number in the deployment: `group x 1000 + role position x 100 + index`. It
+# depends on nothing but the replica's own identity, so scaling one role renumbers no other.
+GROUP_NUMBERS = 1000
+ROLE_NUMBERS = 100
+assert MAX_ROLES * ROLE_NUMBERS <= GROUP_NUMBERS
+assert MAX_ROLE_REPLICAS < ROLE_NUMBERS
+
+
 @dataclass(frozen=True, slots=True)
 class RoleReplica:
-    """One replica of a role in one serving group. `replica` numbers it in the deployment:
-    group after group, roles in spec order, so `rackscale.dev/replica` stays unique."""
+    """One replica of a role in one serving group. `replica` numbers it in the deployment
+    (`group x 1000 + role position x 100 + index`), unique and stable while roles are scaled:
+    it is `rackscale.dev/replica`."""
 
     group: int
     role: str
@@ -598,16 +607,43 @@ class InferenceDeploymentSpec(Spec):
 
     def role_replicas(self, group: int) -> list[RoleReplica]:
         """The role replicas of one serving group, roles in spec order."""
-        out: list[RoleReplica] = []
-        for role in self.roles or ():
-            for index in range(role.replicas):
-                out.append(RoleReplica(group, role.name, index, group * self.group_size + len(out)))
-        return out
+        return [
+            RoleReplica(group, role.name, index, self.role_number(group, position, index))
+            for position, role in enumerate(self.roles or ())
+            for index in range(role.replicas)
+        ]
+
+    @staticmethod
+    def role_number(group: int, position: int, index: int) -> int:
+        """The deployment-wide number of replica `index` of the role at `position`."""
+        return group * GROUP_NUMBERS + position * ROLE_NUMBERS + index
 
     def role_replica(self, replica: int) -> RoleReplica:
-        """Which group, role and index the deployment-wide replica number `replica` is."""
-        group, offset = divmod(replica, self.group_size)
-        return self.role_replicas(group)[offset]
+        """Which group, role and index the deployment-wide replica number `replica` is (the
+        index may lie beyond the role's replicas: a replica scaled away)."""
+        group, rest = divmod(replica, GROUP_NUMBERS)
+        position, index = divmod(rest, ROLE_NUMBERS)
+        return RoleReplica(group, (self.roles or [])[position].name, index, replica)
+
+    def group_of(self, replica: int) -> int:
+        """The serving group of role replica `replica`."""
+        return replica // GROUP_NUMBERS
+
+    def replica_numbers(self) -> list[int]:
+        """Every wanted replica's number: `0 .. replicas - 1`, or with roles every role
+        replica of every serving group."""
+        if not self.roles:
+            return list(range(self.replicas))
+        return [m.replica for g in range(self.replicas) for m in self.role_replicas(g)]
+
+    def wants(self, replica: int) -> bool:
+        """Whether replica number `replica` is wanted by the spec."""
+        if not self.roles:
+            return 0 <= replica < self.replicas
+        group, rest = divmod(replica, GROUP_NUMBERS)
+        position, index = divmod(rest, ROLE_NUMBERS)
+        roles = self.roles
+        return group < self.replicas and position < len(roles) and index < roles[position].replicas
 
     @model_validator(mode="after")
     def _roles_make_sense(self) -> InferenceDeploymentSpec:

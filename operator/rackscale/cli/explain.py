@@ -89,8 +89,11 @@ def _pods_of(cluster: Cluster, deployment: InferenceDeployment) -> dict[int, lis
         if uid and owners and not any(o.get("uid") == uid for o in owners):
             continue
         index = labels.get(REPLICA_LABEL, "")
-        if index.isdigit():
-            replicas.setdefault(int(index), []).append(pod)
+        number = int(index) if index.isdigit() else None
+        if deployment.spec.roles:  # known by group, role and index, as the operator knows it
+            number = planner.role_number_of(deployment, PodInfo.of(pod))
+        if number is not None:
+            replicas.setdefault(number, []).append(pod)
     return replicas
 
 
@@ -180,7 +183,7 @@ def explain(cluster: Cluster) -> str:
     lines.append("Replicas:")
     by_replica = _pods_of(cluster, deployment)
     said = Said()
-    for index in sorted(set(range(deployment.spec.replica_count)) | set(by_replica)):
+    for index in sorted(set(deployment.spec.replica_numbers()) | set(by_replica)):
         pods = sorted(by_replica.get(index, []), key=lambda p: p["metadata"]["name"])
         if pods:
             lines += _placed(deployment, body, snapshot, index, pods)
@@ -330,7 +333,7 @@ def _owned(pod: PodInfo, deployment: InferenceDeployment) -> bool:
 
 def _member(deployment: InferenceDeployment, index: int) -> str:
     """` (group 0, decode 0)` for a role replica; nothing without roles."""
-    if not deployment.spec.roles:
+    if not deployment.spec.roles or not deployment.spec.wants(index):
         return ""
     member = deployment.spec.role_replica(index)
     return f" (group {member.group}, {member.role} {member.index})"
@@ -362,13 +365,13 @@ def _placed(
 ) -> list[str]:
     spec, placement = deployment.spec, deployment.spec.placement
     lines = []
-    if index >= spec.replica_count:
-        lines.append(f"  replica {index}: being removed (spec.replicas is {spec.replicas})")
+    if not spec.wants(index):
+        lines.append(f"  replica {index}: being removed (scaled down)")
     annotations = _annotations(pods[0])
     mode = annotations.get(MODE_ANNOTATION) or "Rack"
     racks = [r for r in annotations.get(RACKS_ANNOTATION, "").split(",") if r]
     nodes = sorted({n for p in pods if (n := pinned_node(p) or p["spec"].get("nodeName"))})
-    if index < spec.replica_count:
+    if spec.wants(index):
         lines.append(
             f"  replica {index}{_member(deployment, index)}: {mode} mode, {len(pods)} pods"
         )

@@ -26,6 +26,7 @@ from rackscale.placement import Decision, Waiting, place_pass
 from rackscale.placement.groups import (
     GroupDecision,
     WaitingGroup,
+    grow_group,
     place_groups,
     restart_role_replica,
 )
@@ -220,6 +221,12 @@ class Reconciler:
             returning = [
                 (s, restart_role_replica(snapshot, s.deployment, b.replica, b.racks))
                 for s, b in beside
+                if not b.added
+            ]
+            returning += [
+                (s, decision)
+                for s, group, racks in planner.growing(ordered)
+                for decision in grow_group(snapshot, s.deployment, group, racks)
             ]
             grouped = place_groups(snapshot, groups)
             decisions = place_pass(snapshot, waiting) if waiting else []

@@ -195,13 +195,21 @@ def place_group(
 
 
 def restart_role_replica(
-    snapshot: Snapshot, deployment: InferenceDeployment, replica: int, group_racks: Iterable[str]
+    snapshot: Snapshot,
+    deployment: InferenceDeployment,
+    replica: int,
+    group_racks: Iterable[str],
+    *,
+    added: bool = False,
 ) -> Decision:
     """A lost role replica (`replica` as numbered in the deployment) placed again beside the
     rest of its group: on the group's rack (colocate Rack) or the racks of its block (Block),
     never elsewhere. No plan when it does not fit there, or when the group shares a
     ComputeDomain (IMEX state does not survive a member's loss): the group is then placed
-    again whole (`place_group`). colocate None: the replica is placed as any replica."""
+    again whole (`place_group`). `added`: a role replica the group grows by (its role scaled
+    up), placed the same way but joining the group's ComputeDomain (guarantee 13 holds with
+    the group's pods), and refused (`group-cannot-grow`) when it does not fit. colocate None:
+    the replica is placed as any replica."""
     spec = deployment.spec
     member = spec.role_replica(replica)
     view = deployment.role_view(member.role)
@@ -210,17 +218,44 @@ def restart_role_replica(
         return place_replica(snapshot, view, replica)
     views = {r.name: view if r.name == member.role else deployment.role_view(r.name)
              for r in spec.roles or []}  # fmt: skip
-    if _group_domain(deployment, pool, views, member.group) is not None:
+    domain = _group_domain(deployment, pool, views, member.group)
+    if domain is not None and not added:
         return Decision(replica, None, Reason("group-shares-domain", {"group": str(member.group)}))
     held = set(group_racks)
     if spec.colocation == "Block":
         blocks = {pool.racks[r].block for r in held if r in pool.racks}
         held = {r.name for r in pool.racks.values() if r.block is not None and r.block in blocks}
-    decision = place_replica(snapshot, _never(view), replica, only=held)
+    decision = place_replica(snapshot, _never(view), replica, only=held, domain=domain)
     if decision.plan is None:
-        details = {"group": str(member.group), "why": decision.reason or ""}
-        decision.why = Reason("beside-group", details)
+        unit = "block" if spec.colocation == "Block" else "rack"
+        why = decision.reason or f"no room in its {unit}"
+        details = {"group": str(member.group), "why": why}
+        if added:
+            details |= {"role": member.role, "unit": unit}
+        decision.why = Reason("group-cannot-grow" if added else "beside-group", details)
     return decision
+
+
+def grow_group(
+    snapshot: Snapshot,
+    deployment: InferenceDeployment,
+    replicas: Iterable[int],
+    group_racks: Iterable[str],
+) -> list[Decision]:
+    """The role replicas one serving group grows by (its roles scaled up), placed beside it
+    (`restart_role_replica`, `added`) all or none: when one does not fit, the others are undone
+    and each carries the reason (`group-cannot-grow`), so the group serves as it was."""
+    racks, wanted = tuple(group_racks), list(replicas)
+    done: list[Decision] = []
+    for replica in wanted:
+        decision = restart_role_replica(snapshot, deployment, replica, racks, added=True)
+        if decision.plan is None and deployment.spec.colocation != "None":
+            for placed in reversed(done):
+                if placed.reservation is not None:
+                    placed.reservation.undo()
+            return [Decision(r, None, decision.why) for r in wanted]
+        done.append(decision)
+    return done
 
 
 def fits_in(

@@ -93,6 +93,7 @@ ReasonCode = Literal[
     "group-no-room",
     "group-shares-domain",
     "beside-group",
+    "group-cannot-grow",
 ]
 REASON_CODES: tuple[ReasonCode, ...] = get_args(ReasonCode)
 
@@ -118,6 +119,8 @@ _SENTENCES: dict[ReasonCode, str] = {
     "group-no-room": "{why}",
     "group-shares-domain": "serving group {group} shares a ComputeDomain: it restarts whole",
     "beside-group": "it no longer fits beside serving group {group}: {why}",
+    "group-cannot-grow": "serving group {group} cannot grow by this {role} replica in its "
+    "{unit}; the group serves as it was: {why}",
 }
 
 NoteCode = Literal["memory-refused", "kept", "fallback"]

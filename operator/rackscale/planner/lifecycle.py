@@ -5,7 +5,7 @@ Pure: pods, nodes and the clock in; replica states and actions out.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, get_args
@@ -52,6 +52,7 @@ class ReplicaState:
     domain: str | None = None  # its ComputeDomain, named by its pods
     domain_ready: bool = False
     leftover_domain: str | None = None  # a ComputeDomain its pods no longer use: delete it
+    added: bool = False  # spec.roles, Missing: a role replica its group never had (scaled up)
     loss: Loss | None = None  # Broken: the kind of loss
     due: float | None = None  # seconds until the clock alone may change this state
 
@@ -77,6 +78,7 @@ class Actions:
     delete_domains: list[str] = field(default_factory=list)  # ComputeDomains of no pod
     groups: list[int] = field(default_factory=list)  # serving groups to place whole
     beside: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)  # role replica, racks
+    grow: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)  # added, racks
 
 
 def first_rank(pod: PodInfo) -> int:
@@ -173,11 +175,13 @@ def _domain(
     return name, False, None, clock.domain_after - waited
 
 
-def _leftover(index: int, domain: DomainInfo | None, replicas: int) -> ReplicaState | None:
+def _leftover(
+    index: int, domain: DomainInfo | None, replicas: Collection[int]
+) -> ReplicaState | None:
     """A replica with no pods: Missing when wanted; Terminating while its ComputeDomain stays
     (a replica gets a fresh one)."""
     if domain is None:
-        return ReplicaState(index, "Missing") if index < replicas else None
+        return ReplicaState(index, "Missing") if index in replicas else None
     leftover = None if domain.deleting else domain.name
     return ReplicaState(index, "Terminating", leftover_domain=leftover)
 
@@ -186,7 +190,7 @@ def _state(
     index: int,
     group: list[PodInfo],
     *,
-    replicas: int,
+    replicas: Collection[int],
     digest: str,
     nodes: Mapping[str, bool],
     domain: DomainInfo | None,
@@ -197,7 +201,7 @@ def _state(
         # A pod on a lost node never hears from its kubelet: only a forced delete ends it.
         lost = any(bool(p.node_name) and not nodes.get(str(p.pinned)) for p in group)
         return ReplicaState(index, "Terminating", group, domain=named, node_lost=lost)
-    if index >= replicas:
+    if index not in replicas:
         return ReplicaState(index, "Excess", group, domain=named)
     shards_text = group[0].annotations.get(SHARDS_ANNOTATION, "")
     shards = int(shards_text) if shards_text.isdigit() else len(group)
@@ -226,7 +230,7 @@ def _state(
 
 def classify(
     pods: Iterable[PodInfo | Mapping[str, Any]],
-    replicas: int,
+    replicas: int | Collection[int],
     *,
     digest: str,
     nodes: Mapping[str, bool],
@@ -234,34 +238,38 @@ def classify(
     unschedulable_after: float,
     domains: Mapping[int, DomainInfo | Mapping[str, Any]] | None = None,
     domain_after: float = 300.0,
+    number: Callable[[PodInfo], int | None] | None = None,
 ) -> list[ReplicaState]:
     """Every replica index that is wanted, still has pods or a ComputeDomain, in index order.
 
-    `nodes` maps node name to readiness; `digest` is the template hash pods must carry;
-    `domains` maps replica index to its ComputeDomain as the watch shows it.
+    `replicas` is how many are wanted (`0 .. replicas - 1`) or the wanted numbers; `nodes` maps
+    node name to readiness; `digest` is the template hash pods must carry; `domains` maps
+    replica index to its ComputeDomain as the watch shows it; `number` says which replica a
+    pod is (default: its `rackscale.dev/replica` label).
     """
     clock = Clock(now, unschedulable_after, domain_after)
+    wanted = set(range(replicas)) if isinstance(replicas, int) else set(replicas)
     typed = {i: DomainInfo.of(d) for i, d in (domains or {}).items()}
     grouped: dict[int, list[PodInfo]] = {}
     for pod in map(PodInfo.of, pods):
-        index = _index(pod, REPLICA_LABEL)
+        index = number(pod) if number is not None else _index(pod, REPLICA_LABEL)
         if index is not None:
             grouped.setdefault(index, []).append(pod)
     states = []
-    for index in sorted(set(range(replicas)) | set(grouped) | set(typed)):
+    for index in sorted(wanted | set(grouped) | set(typed)):
         group = sorted(grouped.get(index, []), key=lambda p: _index(p, SHARD_LABEL) or 0)
         state = (
             _state(
                 index,
                 group,
-                replicas=replicas,
+                replicas=wanted,
                 digest=digest,
                 nodes=nodes,
                 domain=typed.get(index),
                 clock=clock,
             )
             if group
-            else _leftover(index, typed.get(index), replicas)
+            else _leftover(index, typed.get(index), wanted)
         )
         if state is not None:
             states.append(state)
@@ -308,28 +316,37 @@ def decide(states: list[ReplicaState]) -> Actions:
 # ---- serving groups (spec.roles) ---------------------------------------------------------------
 
 
-def decide_groups(states: list[ReplicaState], size: int, *, colocated: bool = True) -> Actions:
-    """`decide` for a deployment with spec.roles: `states` are its role replicas, `size` of
-    them to a serving group. A group whose role replicas all are missing is placed whole; a
-    lost role replica restarts alone beside its group when the group shares no ComputeDomain,
-    else the whole group restarts; excess groups go (scale down); an outdated group is replaced
-    whole, one group at a time while the others serve. Not `colocated` (colocate None), each
-    role replica's ComputeDomain is its own, and a lost one restarts alone."""
+def decide_groups(
+    states: list[ReplicaState], *, colocated: bool = True, stride: int = 1000
+) -> Actions:
+    """`decide` for a deployment with spec.roles: `states` are its role replicas, numbered
+    `group x stride + ...`. A group whose role replicas
+    all are missing is placed whole; a lost role replica restarts alone beside its group when
+    the group shares no ComputeDomain, else the whole group restarts; a role replica the group
+    never had (`added`: its role scaled up) is placed beside its group, joining its
+    ComputeDomain, and nothing of the group restarts for it; excess role replicas go (scale
+    down: whole groups, or a role's highest indexes); an outdated group is replaced whole, one
+    group at a time while the others serve. Not `colocated` (colocate None), each role
+    replica's ComputeDomain is its own, and a lost one restarts alone."""
     actions = Actions()
     groups: dict[int, list[ReplicaState]] = {}
     for state in states:
-        groups.setdefault(state.replica // size, []).append(state)
+        groups.setdefault(state.replica // stride, []).append(state)
     unavailable = 0
     outdated: list[list[ReplicaState]] = []
     idle: list[list[ReplicaState]] = []
     for group, members in sorted(groups.items()):
-        _decide_group(group, members, size, actions, colocated=colocated)
+        _decide_group(group, members, actions, colocated=colocated)
         running = [m for m in members if m.condition == "Running"]
-        if members[0].condition == "Excess":
+        if all(m.condition == "Excess" for m in members):
             continue
-        serving = len(running) == size and all(m.ready for m in running)
-        if len(running) == size and any(m.outdated for m in running):
-            (outdated if serving else idle).append(members)
+        # A group refused the role replicas it is to grow by serves as it was.
+        whole = bool(running) and all(
+            m.condition in ("Running", "Excess") or m.added for m in members
+        )
+        serving = whole and all(m.ready for m in running)
+        if whole and any(m.outdated for m in running):
+            (outdated if serving else idle).append(running)
         elif not serving:
             unavailable += 1
     if idle:
@@ -340,7 +357,7 @@ def decide_groups(states: list[ReplicaState], size: int, *, colocated: bool = Tr
 
 
 def _decide_group(
-    group: int, members: list[ReplicaState], size: int, actions: Actions, *, colocated: bool
+    group: int, members: list[ReplicaState], actions: Actions, *, colocated: bool
 ) -> None:
     """One serving group's deletes and what of it is placed."""
     if not any(m.pods for m in members):
@@ -349,17 +366,19 @@ def _decide_group(
     if _going(members, actions):
         return
     missing = [m for m in members if m.condition == "Missing"]
-    if len(missing) == size:
+    if missing and len(missing) == len(members):
         actions.groups.append(group)
         return
+    lost = [m for m in missing if not m.added]
     broken = [m for m in members if m.condition == "Broken"]
-    if colocated and any(m.domain for m in members) and (broken or missing):
-        _restart_whole(group, members, broken[0] if broken else missing[0], actions)
+    if colocated and any(m.domain for m in members) and (broken or lost):
+        _restart_whole(group, members, broken[0] if broken else lost[0], actions)
         return
     actions.delete += [(m, "restart") for m in broken]
     if missing and not broken:
         racks = tuple(sorted({r for m in members if m.condition == "Running" for r in m.racks}))
-        actions.beside += [(m.replica, racks) for m in missing]
+        actions.beside += [(m.replica, racks) for m in lost]
+        actions.grow += [(m.replica, racks) for m in missing if m.added]
 
 
 def _going(members: list[ReplicaState], actions: Actions) -> bool:

@@ -134,10 +134,10 @@ def _seen(
 ) -> _Seen:
     spec = deployment.spec
     desired = spec.replica_count
-    wanted = [s for s in states if s.replica < desired]
+    wanted = [s for s in states if spec.wants(s.replica)]
     running = [s for s in wanted if s.condition == "Running"]
     shown = [s for s in states if s.pods]
-    placements = [_placement(s, gpu_resource, sizes) for s in shown if s.replica < desired]
+    placements = [_placement(s, gpu_resource, sizes) for s in shown if spec.wants(s.replica)]
     if spec.roles:
         for placement in placements:
             member = spec.role_replica(placement.replica)
@@ -145,7 +145,7 @@ def _seen(
     modes = {p.mode for p in placements}
     intended = "Rack" if spec.placement.rack_pool else "DevicePlugin"
     restarting = {s.replica: s.why or "" for s in wanted if s.condition == "Broken"}
-    restarting.update({r: w for r, w in progress.restarting.items() if r < desired})
+    restarting.update({r: w for r, w in progress.restarting.items() if spec.wants(r)})
     return _Seen(
         desired=desired,
         states=states,
@@ -156,7 +156,7 @@ def _seen(
         shown=shown,
         placements=placements,
         mode=(modes.pop() if len(modes) == 1 else "Mixed") if modes else intended,
-        unplaced={r: why for r, why in progress.unplaced.items() if r < desired},
+        unplaced={r: why for r, why in progress.unplaced.items() if spec.wants(r)},
         restarting=restarting,
         terminating=[s.replica for s in wanted if s.condition == "Terminating"],
         fallbacks={
@@ -202,7 +202,7 @@ def _progressing(seen: _Seen, progress: Progress, placed_cond: Condition) -> Con
     if progress.updating or any(s.outdated for s in seen.wanted):
         message = f"{sum(not s.outdated for s in seen.running)} of {desired} replicas updated"
         return Condition(type="Progressing", status="True", reason="Updating", message=message)
-    if progress.scaling_down or any(s.replica >= desired for s in seen.states):
+    if progress.scaling_down or len(seen.states) > len(seen.wanted):
         return Condition(type="Progressing", status="True", reason="ScalingDown", message=counts)
     return _moving(seen, placed_cond)
 
@@ -242,11 +242,15 @@ def _phase(seen: _Seen) -> str:
     return "Placed"
 
 
-def _whole(deployment: InferenceDeployment, states: list[ReplicaState]) -> int:
+def _whole(
+    deployment: InferenceDeployment, states: list[ReplicaState], everything: list[ReplicaState]
+) -> int:
     """How many serving groups (spec.roles) have every role replica among `states`."""
-    size = deployment.spec.group_size
-    counts = Counter(s.replica // size for s in states)
-    return sum(1 for n in counts.values() if n == size)
+    size, spec = deployment.spec.group_size, deployment.spec
+    counts = Counter(spec.group_of(s.replica) for s in states if spec.wants(s.replica))
+    # A group refused the role replicas it is to grow by serves as it was.
+    added = Counter(spec.group_of(s.replica) for s in everything if s.added)
+    return sum(1 for g, n in counts.items() if n + added[g] == size)
 
 
 def deployment_status(
@@ -300,8 +304,12 @@ def deployment_status(
     )
     counted = (len(seen.shown), len(seen.placed), ready)
     if deployment.spec.roles:
-        shown = len({s.replica // deployment.spec.group_size for s in seen.shown})
-        counted = (shown, _whole(deployment, seen.placed), _whole(deployment, seen.ready))
+        shown = len({deployment.spec.group_of(s.replica) for s in seen.shown})
+        counted = (
+            shown,
+            _whole(deployment, seen.placed, states),
+            _whole(deployment, seen.ready, states),
+        )
     return InferenceDeploymentStatus(
         observed_generation=deployment.metadata.get("generation"),
         phase=phase,

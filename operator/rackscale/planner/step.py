@@ -12,19 +12,25 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from rackscale.api import InferenceDeployment, format_errors
+from rackscale.api.inferencedeployment import GROUP_NUMBERS, ROLE_NUMBERS
 from rackscale.api.pricing import Price
 from rackscale.api.rackpool import DEFAULT_GPU_RESOURCE
 from rackscale.placement import Decision, ReasonCode, ReplicaPlan, Reservation, Waiting
 from rackscale.placement.groups import GroupDecision, WaitingGroup
 from rackscale.planner import lifecycle, status
 from rackscale.render import (
+    GROUP_LABEL,
+    GROUP_ROLES_ANNOTATION,
+    ROLE_LABEL,
     PoolFacts,
     compute_domain_of,
+    group_compute_domain_name,
     pool_facts,
     render_inference_pool,
     render_replica,
@@ -82,6 +88,7 @@ class Beside:
 
     replica: int
     racks: tuple[str, ...]
+    added: bool = False  # its role scaled up: it joins the group, which restarts for nothing
 
 
 @dataclass(slots=True)
@@ -224,7 +231,7 @@ def heal(
     size = deployment.spec.group_size
     colocated = deployment.spec.colocation != "None"
     actions = (
-        lifecycle.decide_groups(step.states, size, colocated=colocated)
+        lifecycle.decide_groups(step.states, colocated=colocated, stride=GROUP_NUMBERS)
         if size
         else lifecycle.decide(step.states)
     )
@@ -247,28 +254,90 @@ def classify(  # noqa: PLR0917
     group_domains: Mapping[int, DomainInfo] | None = None,
 ) -> list[lifecycle.ReplicaState]:
     """The deployment's replica states from its pods (owned by this very object). With
-    spec.roles, its role replicas' (`spec.replicas` x the group size of them), each group's
-    shared ComputeDomain standing for each of its role replicas'."""
+    spec.roles, its role replicas', each known by its group, role and index (so scaling one
+    role changes nothing of the others); a missing one its group never had is `added`. Each
+    group's shared ComputeDomain stands for its role replicas that have pods, so one without
+    pods is Missing (lost, or added) beside them; when none has pods, for every one, so the
+    domain left behind goes before the group is placed again."""
     uid = step.uid
     owned = [p for p in pods if not (uid and p.owners and uid not in p.owners)]
     spec = step.deployment.spec
+    number = None
     if spec.roles:
-        shared = {
-            member.replica: domain
-            for group, domain in (group_domains or {}).items()
-            for member in spec.role_replicas(group)
-        }
+        number = partial(role_number_of, step.deployment)
+        holding = {n for p in owned if (n := number(p)) is not None}
+        shared: dict[int, DomainInfo] = {}
+        for group, domain in (group_domains or {}).items():
+            members = [m.replica for m in spec.role_replicas(group)]
+            held = [r for r in members if r in holding] or members
+            shared |= dict.fromkeys(held, domain)
         domains = {**shared, **domains}
-    return lifecycle.classify(
+    states = lifecycle.classify(
         owned,
-        spec.replica_count,
+        spec.replica_numbers(),
         digest=step.digest,
         nodes=nodes,
         now=clock.now,
         unschedulable_after=clock.unschedulable_after,
         domains=domains,
         domain_after=clock.domain_after,
+        number=number,
     )
+    if spec.roles:
+        _mark_added(step.deployment, states)
+    return states
+
+
+def role_number_of(deployment: InferenceDeployment, pod: PodInfo) -> int | None:
+    """A role pod's replica number from its identity (group and role labels, index from its
+    name `<name>-g<group>-<role>-<index>-<shard>`), whatever number it was created with. A pod
+    of a role no longer in the spec is numbered past every role (it is excess)."""
+    group, role = pod.labels.get(GROUP_LABEL, ""), pod.labels.get(ROLE_LABEL)
+    prefix = f"{deployment.name}-g{group}-{role}-"
+    index = pod.name[len(prefix) :].split("-", 1)[0] if pod.name.startswith(prefix) else ""
+    if not group.isdigit() or not index.isdigit():
+        return None
+    names = [r.name for r in deployment.spec.roles or ()]
+    position = names.index(role) if role in names else GROUP_NUMBERS // ROLE_NUMBERS - 1
+    return deployment.spec.role_number(int(group), position, int(index))
+
+
+def _mark_added(deployment: InferenceDeployment, states: list[lifecycle.ReplicaState]) -> None:
+    """A missing role replica is `added` when its group, which has pods, never had it: its
+    index is at least the most replicas of its role any living pod of the group was created
+    beside (pods without that record: the role's replicas among the group's pods)."""
+    spec = deployment.spec
+    had: dict[int, dict[str, int]] = {}
+    for state in states:
+        if not state.pods:
+            continue
+        counts = had.setdefault(spec.group_of(state.replica), {})
+        for pod in state.pods:
+            for role, count in _recorded(pod).items():
+                counts[role] = max(counts.get(role, 0), count)
+        recorded = any(GROUP_ROLES_ANNOTATION in p.annotations for p in state.pods)
+        if not recorded and _known(deployment, state.replica):
+            member = spec.role_replica(state.replica)
+            counts[member.role] = max(counts.get(member.role, 0), member.index + 1)
+    for state in states:
+        group = spec.group_of(state.replica)
+        if state.condition != "Missing" or group not in had:
+            continue
+        member = spec.role_replica(state.replica)
+        state.added = member.index >= had[group].get(member.role, 0)
+
+
+def _known(deployment: InferenceDeployment, replica: int) -> bool:
+    return (replica % GROUP_NUMBERS) // ROLE_NUMBERS < len(deployment.spec.roles or ())
+
+
+def _recorded(pod: PodInfo) -> dict[str, int]:
+    out = {}
+    for item in pod.annotations.get(GROUP_ROLES_ANNOTATION, "").split(","):
+        role, _, count = item.partition("=")
+        if count.isdigit():
+            out[role] = int(count)
+    return out
 
 
 def _delete(step: Step, state: lifecycle.ReplicaState, cause: lifecycle.Cause) -> Delete:
@@ -292,7 +361,19 @@ def _delete(step: Step, state: lifecycle.ReplicaState, cause: lifecycle.Cause) -
         step.events.append(Event("Normal", "ScaledDown", message))
         record.prefer.pop(index, None)
         record.progress.fallbacks.pop(index, None)
-    return Delete(index, cause, tuple(state.pods), state.node_lost, state.domain)
+    return Delete(index, cause, tuple(state.pods), state.node_lost, _domain_going(step, state))
+
+
+def _domain_going(step: Step, state: lifecycle.ReplicaState) -> str | None:
+    """The ComputeDomain deleted with a replica: its own, or its serving group's, but not when
+    a role scaled down leaves a group that stays, which keeps serving in it."""
+    spec = step.deployment.spec
+    if spec.roles and not spec.wants(state.replica):
+        group = spec.group_of(state.replica)
+        shared = group_compute_domain_name(step.deployment.name, group)
+        if group < spec.replicas and state.domain == shared:
+            return None
+    return state.domain
 
 
 def _wait(step: Step, actions: lifecycle.Actions) -> None:
@@ -323,7 +404,7 @@ def _keep_racks(step: Step, index: int, racks: tuple[str, ...]) -> None:
     if not spec.roles:
         step.record.prefer[index] = racks
         return
-    group = spec.role_replica(index).group
+    group = spec.group_of(index)
     held = step.record.group_prefer.get(group, ())
     step.record.group_prefer[group] = tuple(sorted({*held, *racks}))
 
@@ -336,12 +417,25 @@ def _wait_groups(step: Step, actions: lifecycle.Actions) -> None:
         WaitingGroup(deployment, g, record.group_prefer.get(g, ())) for g in actions.groups
     ]
     step.beside = [Beside(replica, racks) for replica, racks in actions.beside]
+    step.beside += [Beside(replica, racks, added=True) for replica, racks in actions.grow]
     step.placing = bool(step.groups or step.beside)
     placing = {m.replica for g in actions.groups for m in deployment.spec.role_replicas(g)}
     placing |= {b.replica for b in step.beside}
     for index in list(record.progress.unplaced):
         if index not in placing:
             forget_unplaced(record, index)
+
+
+def growing(steps: Iterable[Step]) -> list[tuple[Step, list[int], tuple[str, ...]]]:
+    """The role replicas each serving group grows by this pass (placed all or none, by
+    `grow_group`), with the racks the group holds."""
+    out: dict[tuple[int, int], tuple[Step, list[int], tuple[str, ...]]] = {}
+    for step in steps:
+        for b in step.beside:
+            if b.added:
+                group = step.deployment.spec.group_of(b.replica)
+                out.setdefault((id(step), group), (step, [], b.racks))[1].append(b.replica)
+    return list(out.values())
 
 
 def forget_unplaced(record: Record, index: int) -> None:
@@ -415,22 +509,31 @@ def book_group(step: Step, decision: GroupDecision, snapshot: Snapshot) -> list[
 
 def book_beside(step: Step, decision: Decision, snapshot: Snapshot) -> Booking:
     """A role replica placed again beside its group; when it no longer fits there (or the
-    group shares a ComputeDomain), the rest of the group is deleted, to be placed again whole."""
+    group shares a ComputeDomain), the rest of the group is deleted, to be placed again whole.
+    A role replica added to its group (`group-cannot-grow` when it does not fit) deletes
+    nothing: the group keeps serving as it was. Either joins the group's ComputeDomain."""
     booking = book(step, decision, snapshot)
     code = decision.why.code if decision.why is not None else None
+    shared = step.deployment.spec.colocation != "None"
+    if booking.plan is not None and shared and _grows(step, decision):
+        booking.domain = None  # the group's ComputeDomain exists: its new member joins it
     if decision.plan is None and code in ("beside-group", "group-shares-domain"):
-        group = step.deployment.spec.role_replica(decision.replica).group
-        size = step.deployment.spec.group_size
+        group = step.deployment.spec.group_of(decision.replica)
         why = decision.reason or "it no longer fits beside its group"
         events, restarts = len(step.events), len(step.restarts)  # heal's are posted already
         for state in step.states:
-            if state.replica // size == group and state.pods and state.condition != "Terminating":
+            same = step.deployment.spec.group_of(state.replica) == group
+            if same and state.pods and state.condition != "Terminating":
                 state.why = f"serving group {group} is placed again whole: {why}"
                 booking.deletes.append(_delete(step, state, "restart"))
         booking.events[:0] = step.events[events:]
         booking.restarts = step.restarts[restarts:]
         del step.events[events:], step.restarts[restarts:]
     return booking
+
+
+def _grows(step: Step, decision: Decision) -> bool:
+    return any(b.added and b.replica == decision.replica for b in step.beside)
 
 
 # ---- status ----------------------------------------------------------------------------------

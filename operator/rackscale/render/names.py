@@ -28,6 +28,9 @@ FIRST_RANK_ANNOTATION = "rackscale.dev/first-rank"
 MODE_ANNOTATION = "rackscale.dev/mode"
 RACK_ANNOTATION = "rackscale.dev/rack"  # the exact rack name; the label is sanitised
 RACKS_ANNOTATION = "rackscale.dev/racks"
+# With spec.roles: each role's replicas in the group when the pod was created,
+# `prefill=1,decode=1`; tells a role replica added by scaling from one that was lost.
+GROUP_ROLES_ANNOTATION = "rackscale.dev/group-roles"
 
 __all__ = [
     "COMPUTE_DOMAIN_LABEL",
@@ -35,6 +38,7 @@ __all__ = [
     "EXCLUSIVE_LABEL",
     "FIRST_RANK_ANNOTATION",
     "GROUP_LABEL",
+    "GROUP_ROLES_ANNOTATION",
     "LEADER_LABEL",
     "MODE_ANNOTATION",
     "RACKS_ANNOTATION",

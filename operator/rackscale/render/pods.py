@@ -19,6 +19,7 @@ from rackscale.render.names import (
     EXCLUSIVE_LABEL,
     FIRST_RANK_ANNOTATION,
     GROUP_LABEL,
+    GROUP_ROLES_ANNOTATION,
     LEADER_LABEL,
     MODE_ANNOTATION,
     RACK_ANNOTATION,
@@ -89,8 +90,10 @@ def template_hash(deployment: InferenceDeployment) -> str:
     }
     if spec.worker_template is not None:  # absent, the digest of existing pods stays the same
         shaping["workerTemplate"] = spec.worker_template
-    if spec.roles is not None:
-        shaping["roles"] = [r.model_dump(mode="json", by_alias=True) for r in spec.roles]
+    if spec.roles is not None:  # a role's replicas are scaled in place (its pods stay)
+        shaping["roles"] = [
+            r.model_dump(mode="json", by_alias=True, exclude={"replicas"}) for r in spec.roles
+        ]
     text = json.dumps(shaping, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -130,7 +133,9 @@ def _pod(  # noqa: PLR0917
             "name": name,
             "namespace": deployment.namespace,
             "labels": _labels(deployment, plan, pod, rack, meta_in.get("labels") or {}),
-            "annotations": _annotations(plan, pod, rack, digest, meta_in.get("annotations") or {}),
+            "annotations": _annotations(
+                deployment, plan, pod, rack, digest, meta_in.get("annotations") or {}
+            ),
             "ownerReferences": [owner_reference(deployment)],
         },
         "spec": _spec(deployment, view, plan, pod, facts, template.get("spec") or {}, rack),
@@ -169,8 +174,13 @@ def _labels(
     return labels
 
 
-def _annotations(
-    plan: ReplicaPlan, pod: PodPlan, rack: str, digest: str, given: Mapping[str, str]
+def _annotations(  # noqa: PLR0917
+    deployment: InferenceDeployment,
+    plan: ReplicaPlan,
+    pod: PodPlan,
+    rack: str,
+    digest: str,
+    given: Mapping[str, str],
 ) -> dict[str, str]:
     annotations = dict(given)
     annotations.update(
@@ -184,6 +194,9 @@ def _annotations(
     if plan.mode == "Rack":
         annotations[RACK_ANNOTATION] = rack
         annotations[RACKS_ANNOTATION] = ",".join(plan.racks)
+    if deployment.spec.roles:
+        counts = (f"{r.name}={r.replicas}" for r in deployment.spec.roles)
+        annotations[GROUP_ROLES_ANNOTATION] = ",".join(counts)
     return annotations
 
 

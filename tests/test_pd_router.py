@@ -334,6 +334,81 @@ def test_an_unreachable_prefill_is_a_502_naming_it(setup: Setup) -> None:
     assert not setup.decode.completions()
 
 
+def router_on(routing: router.Router) -> tuple[ThreadingHTTPServer, threading.Thread, int]:
+    httpd = router.server(("127.0.0.1", 0), routing)
+    return httpd, serve(httpd), httpd.server_address[1]
+
+
+def test_an_unreachable_prefill_gives_way_to_the_next(setup: Setup) -> None:
+    """A prefill leader being removed (its role scaled down) or restarting: the request goes
+    to the next one instead."""
+    with socket_closed_port() as dead:
+        routing = router.Router(
+            [
+                router.Backend("127.0.0.1", dead),
+                router.Backend("127.0.0.1", setup.prefills[1].port),
+            ],
+            [router.Backend("127.0.0.1", setup.decode.port)],
+            TIMEOUT,
+        )
+        httpd, thread, port = router_on(routing)
+        try:
+            both = Setup(setup.prefills, setup.decode, port)
+            answers = [both.post("/v1/completions", {"prompt": str(i)}) for i in range(4)]
+        finally:
+            httpd.shutdown()
+            httpd.server_close()
+            thread.join(TIMEOUT)
+    assert [status for status, _ in answers] == [200] * 4
+    assert len(setup.prefills[1].completions()) == 4
+    assert len(setup.decode.completions()) == 4
+
+
+def test_the_leaders_file_follows_the_prefill_role_as_it_scales(
+    setup: Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pod's leaders annotation, as a downward API file: until it names prefill leaders the
+    fixed list serves; then its prefill line does, and a change to it is read again."""
+    monkeypatch.setattr(router.LiveLeaders, "RECHECK_SECONDS", 0.0)
+    first, second = (f"127.0.0.1:{e.port}" for e in setup.prefills)
+    leaders = tmp_path / "leaders"
+    live = router.LiveLeaders([router.Backend.parse(first)], str(leaders))
+    routing = router.Router(live, [router.Backend("127.0.0.1", setup.decode.port)], TIMEOUT)
+    httpd, thread, port = router_on(routing)
+    client = Setup(setup.prefills, setup.decode, port)
+    try:
+        assert client.post("/v1/completions", {"prompt": "no file yet"})[0] == 200
+        leaders.write_text(f"prefill={second}\ndecode=127.0.0.1:1")
+        assert client.post("/v1/completions", {"prompt": "one prefill"})[0] == 200
+        leaders.write_text(f"prefill={first},{second}\ndecode=127.0.0.1:1\n")
+        for i in range(4):
+            assert client.post("/v1/completions", {"prompt": f"two {i}"})[0] == 200
+        leaders.write_text("decode=127.0.0.1:1\n")  # no prefill line: the fixed list again
+        assert client.post("/v1/completions", {"prompt": "fixed"})[0] == 200
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(TIMEOUT)
+    prompts = {
+        engine.name: [r.body["prompt"] for r in engine.completions() if r.body]
+        for engine in setup.prefills
+    }
+    assert prompts == {
+        "prefill-a": ["no file yet", "two 0", "two 2", "fixed"],
+        "prefill-b": ["one prefill", "two 1", "two 3"],
+    }
+
+
+def test_leaders_file_lines_are_read_by_role() -> None:
+    text = "decode=d-0.x.svc:8000\nprefill=p-0.x.svc:8000,p-1.x.svc:8000\n"
+    assert [str(b) for b in router.role_leaders(text, "prefill")] == [
+        "p-0.x.svc:8000",
+        "p-1.x.svc:8000",
+    ]
+    assert router.role_leaders(text, "router") == []
+    assert router.role_leaders("prefill=\n", "prefill") == []
+
+
 def test_a_bad_body_is_a_400(setup: Setup) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", setup.port, timeout=TIMEOUT)
     conn.request("POST", "/v1/completions", b"{not json", {"Content-Type": "application/json"})

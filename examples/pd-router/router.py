@@ -3,7 +3,8 @@
 It serves the OpenAI API on the decode leader's port and sends every completion in two hops, as
 vLLM's NixlConnector expects from the process in front of a prefill and a decode engine:
 
-1. to a prefill leader of the pod's serving group (taken round-robin from --prefill), with
+1. to a prefill leader of the pod's serving group (taken round-robin from --prefill, or from the
+   `--leaders` file that rackscale keeps current as the group's prefill role scales), with
    `kv_transfer_params: {do_remote_decode: true}`, one output token and no streaming: the prefill
    engine computes the prompt's KV cache, keeps it, and answers with the `kv_transfer_params` that
    say where the cache waits (engine id, block ids, side-channel host and port, ...);
@@ -16,7 +17,14 @@ the router's port means "router and decode engine up". Every other path goes to 
 as it is. An error from a hop reaches the client with that hop's status; a hop that cannot be
 reached is a 502.
 
-    python3 router.py --port 8000 --prefill "$RACKSCALE_PREFILL_LEADERS" --decode 127.0.0.1:8200
+    python3 router.py --port 8000 --prefill "$RACKSCALE_PREFILL_LEADERS" --decode 127.0.0.1:8200 \
+        --leaders /etc/rackscale/leaders
+
+`--leaders` is the pod's annotation `rackscale.dev/leaders` as a downward API volume shows it:
+one line `<role>=host:port,...` per role of the serving group. rackscale keeps the annotation
+current when a role of the group scales; the kubelet rewrites the file within a minute or so, and
+the router reads it again when it changed. Until it holds a `prefill=` line, --prefill is used.
+A prefill leader that cannot be reached is skipped for the next one, once each per request.
 
 Python's standard library only, so that it runs with the python3 of any engine image. rackscale
 ships it as ConfigMap `pd-router` (`kubectl apply -k examples/pd-router`).
@@ -28,6 +36,7 @@ import argparse
 import http.client
 import itertools
 import json
+import os
 import sys
 import threading
 import time
@@ -106,6 +115,65 @@ class RoundRobin:
             return next(self._cycle)
 
 
+class LiveLeaders:
+    """The prefill leaders to use: those of `role` in the leaders file while it names some, else
+    the fixed list. The file is read again when it changed, checked at most once a second."""
+
+    RECHECK_SECONDS = 1.0
+
+    def __init__(self, fixed: Sequence[Backend], path: str | None, role: str = "prefill") -> None:
+        self.fixed = RoundRobin(fixed)
+        self.current = self.fixed
+        self.path, self.role = path, role
+        self._stamp: tuple[float, int] | None = None
+        self._checked = float("-inf")
+        self._lock = threading.Lock()
+
+    @property
+    def items(self) -> tuple[Backend, ...]:
+        self._refresh()
+        return self.current.items
+
+    def next(self) -> Backend:
+        self._refresh()
+        return self.current.next()
+
+    def _refresh(self) -> None:
+        if self.path is None:
+            return
+        with self._lock:
+            now = time.monotonic()
+            if now - self._checked < self.RECHECK_SECONDS:
+                return
+            self._checked = now
+            try:
+                info = os.stat(self.path)
+                stamp = (info.st_mtime, info.st_size)
+                if stamp == self._stamp:
+                    return
+                with open(self.path, encoding="utf-8") as leaders:
+                    found = role_leaders(leaders.read(), self.role)
+            except (OSError, ValueError) as err:
+                log("leaders file not used", path=self.path, error=str(err))
+                self._stamp, self.current = None, self.fixed
+                return
+            self._stamp = stamp
+            new = RoundRobin(found) if found else self.fixed
+            if new.items != self.current.items:
+                log("prefill leaders", prefill=[str(b) for b in new.items], path=self.path)
+                self.current = new
+
+
+def role_leaders(text: str, role: str) -> list[Backend]:
+    """The backends of one role in a leaders file (`<role>=host:port,...` a line); none when
+    the role has no line or an empty one."""
+    for line in text.splitlines():
+        name, sep, hosts = line.partition("=")
+        if sep and name.strip() == role and hosts.strip():
+            return backends(hosts)
+    return []
+
+
 class HopError(Exception):
     """A hop that failed: what the client gets back, with the hop's status."""
 
@@ -144,9 +212,12 @@ class Router:
     """Where the hops go, and how long a hop may take."""
 
     def __init__(
-        self, prefill: Sequence[Backend], decode: Sequence[Backend], timeout: float
+        self,
+        prefill: Sequence[Backend] | LiveLeaders,
+        decode: Sequence[Backend],
+        timeout: float,
     ) -> None:
-        self.prefill = RoundRobin(prefill)
+        self.prefill = prefill if isinstance(prefill, LiveLeaders) else LiveLeaders(prefill, None)
         self.decode = RoundRobin(decode)
         self.timeout = timeout
 
@@ -173,10 +244,20 @@ class Router:
     def prefill_hop(
         self, path: str, request: dict[str, Any], headers: dict[str, str]
     ) -> tuple[Backend, dict[str, Any]]:
-        """Hop 1: the prefill leader's `kv_transfer_params` for this request."""
-        target = self.prefill.next()
+        """Hop 1: the prefill leader's `kv_transfer_params` for this request. A leader that
+        cannot be reached (being removed as its role scales down, or restarting) gives way to
+        the next, each tried once."""
         payload = json.dumps(prefill_request(path, request)).encode()
-        conn, response = self.send(target, "POST", path, payload, json_headers(headers))
+        tries = len(self.prefill.items)
+        for attempt in range(tries):
+            target = self.prefill.next()
+            try:
+                conn, response = self.send(target, "POST", path, payload, json_headers(headers))
+                break
+            except HopError:
+                if attempt == tries - 1:
+                    raise
+                log("prefill unreachable, trying the next", prefill=str(target))
         try:
             raw = response.read()
         finally:
@@ -373,6 +454,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="decode engines, host:port,... (the one on this pod: 127.0.0.1:8200)",
     )
     parser.add_argument(
+        "--leaders",
+        default=None,
+        metavar="FILE",
+        help="the pod's rackscale.dev/leaders annotation as a downward API file, read again "
+        "when it changes: its prefill line replaces --prefill as the group's prefill role scales",
+    )
+    parser.add_argument(
+        "--role", default="prefill", help="the role in the --leaders file to send prefills to"
+    )
+    parser.add_argument(
         "--timeout", type=float, default=600.0, help="seconds a hop may stay silent"
     )
     return parser.parse_args(argv)
@@ -380,7 +471,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    router = Router(args.prefill, args.decode, args.timeout)
+    router = Router(LiveLeaders(args.prefill, args.leaders, args.role), args.decode, args.timeout)
     httpd = server((args.host, args.port), router)
     log(
         "router listening",

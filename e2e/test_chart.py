@@ -42,7 +42,7 @@ VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletec
 # (API group, resource[/subresource]) -> verbs: exactly what the ClusterRole must grant.
 EXPECTED_RBAC: dict[tuple[str, str], set[str]] = {
     ("", "nodes"): {"list", "watch"},
-    ("", "pods"): {"list", "watch", "create", "delete"},
+    ("", "pods"): {"list", "watch", "create", "delete", "patch"},
     ("", "services"): {"create", "patch"},
     ("", "events"): {"create"},
     (GROUP, "rackpools"): {"list", "watch"},

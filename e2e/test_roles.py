@@ -200,6 +200,10 @@ def scale_prefill_in_place(
         assert after[(group, "decode")] == before[(group, "decode")], "no decode pod restarted"
         assert before[(group, "prefill")] < after[(group, "prefill")], "the prefill pods kept"
     assert racks_of(body) == racks, "each group grew in its own rack"
+    eventually(
+        lambda: told_prefills(kube, namespace, name) == {"0", "1"},
+        "every pod to be told both prefill leaders of its group",
+    )
     now = {n: d["metadata"]["uid"] for n, d in domains(kube, namespace).items()}
     assert now == found, "no ComputeDomain created or deleted"
     for pod in live(kube, namespace, name):
@@ -221,7 +225,25 @@ def scale_prefill_in_place(
         if p["metadata"]["labels"]["rackscale.dev/role"] == "prefill"
     } == {"0"}
     assert {n: d["metadata"]["uid"] for n, d in domains(kube, namespace).items()} == found
+    eventually(
+        lambda: told_prefills(kube, namespace, name) == {"0"},
+        "every pod to be told its group's one prefill leader",
+    )
     check_guarantees(kube)
+
+
+def told_prefills(kube: client.ApiClient, namespace: str, name: str) -> set[str] | None:
+    """The prefill indexes every live pod's `rackscale.dev/leaders` names, checked to be of the
+    pod's own group; None while the pods disagree."""
+    told: set[frozenset[str]] = set()
+    for pod in live(kube, namespace, name):
+        group = pod["metadata"]["labels"]["rackscale.dev/group"]
+        text = pod["metadata"]["annotations"].get("rackscale.dev/leaders", "")
+        lines = dict(line.split("=", 1) for line in text.splitlines())
+        hosts = [h.split(".", 1)[0] for h in lines.get("prefill", "").split(",") if h]
+        assert all(h.startswith(f"{name}-g{group}-prefill-") for h in hosts), (group, hosts)
+        told.add(frozenset(prefill_index(h, name) for h in hosts))
+    return set(next(iter(told))) if len(told) == 1 else None
 
 
 @pytest.mark.usefixtures("operator")

@@ -49,6 +49,7 @@ class FakeAPI:
         self.deleted_inference_pools: list[str] = []
         self.refused_pool_writes: list[tuple[str, str]] = []  # while their CRD is not served
         self.services: dict[tuple[str, str], dict[str, Any]] = {}
+        self.annotated: list[str] = []  # pods whose annotations were patched, in order
         self.events: list[tuple[str, str, str]] = []
         self.created = 0
         self.fail_after: int | None = None  # creates that succeed before one fails
@@ -174,6 +175,16 @@ class FakeAPI:
         else:
             (pod,) = self.pods[key]
             pod["metadata"]["deletionTimestamp"] = "2026-11-28T10:00:00Z"
+        self.touch("pods", key)
+
+    async def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        await asyncio.sleep(0)
+        key = (namespace, name)
+        if key not in self.pods:
+            return
+        (pod,) = self.pods[key]
+        pod["metadata"].setdefault("annotations", {}).update(annotations)
+        self.annotated.append(name)
         self.touch("pods", key)
 
     async def apply_service(self, body: dict[str, Any]) -> None:

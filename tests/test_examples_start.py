@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 import pytest
 import yaml
 
+import router as pd_router
 from rackscale.api import InferenceDeployment, RackPool
 from rackscale.api.environment import COORDINATION_PORT
 from rackscale.placement import place_deployment
@@ -515,21 +516,22 @@ def check_router(pod: dict[str, Any], engine_port: int, port: int) -> None:
     (router,) = routers
     line = argv(pod, router)
     assert line[:2] == ["python3", "/router/router.py"], line
-    p = _Parser(prog="router.py", allow_abbrev=False)
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--prefill", required=True)
-    p.add_argument("--decode", required=True)
-    args = p.parse_args(line[2:])
+    args = pd_router.parse_args(line[2:])  # the router's own parser
     assert args.port == port == served_port(pod)
-    assert args.decode == f"127.0.0.1:{engine_port}"
-    assert args.prefill == container_env(pod, router)["RACKSCALE_PREFILL_LEADERS"]
-    targets = args.prefill.split(",")
-    assert targets
-    for target in targets:
+    assert [str(b) for b in args.decode] == [f"127.0.0.1:{engine_port}"]
+    prefill = [str(b) for b in args.prefill]
+    assert ",".join(prefill) == container_env(pod, router)["RACKSCALE_PREFILL_LEADERS"]
+    for target in prefill:
         assert re.fullmatch(r"[\w.-]+-prefill-\d+-0\.[\w.-]+\.svc:\d+", target), target
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in router["volumeMounts"]}
     assert volumes[mounts["/router"]]["configMap"]["name"] == "pd-router"
+    # The leaders file: the pod's annotation, which lists the same prefill leaders at start.
+    folder, _, file = str(args.leaders).rpartition("/")
+    (item,) = [i for i in volumes[mounts[folder]]["downwardAPI"]["items"] if i["path"] == file]
+    assert item["fieldRef"]["fieldPath"] == "metadata.annotations['rackscale.dev/leaders']"
+    annotation = pod["metadata"]["annotations"]["rackscale.dev/leaders"]
+    assert [str(b) for b in pd_router.role_leaders(annotation, args.role)] == prefill
     assert {"containerPort": port, "name": "http"}.items() <= router["ports"][0].items()
     assert "startupProbe" in router
 

@@ -440,3 +440,48 @@ def test_of_two_groups_the_one_with_room_grows_and_the_other_is_refused_whole() 
     assert {int(full) * 1000 + 1} == set(codes)  # the full group's prefill 1
     # Both groups serve; what the spec asks is not all placed.
     assert (status["phase"], status["ready"]) == ("Degraded", "2/2")
+
+
+def leaders(pod: dict[str, Any]) -> dict[str, list[str]]:
+    """A pod's `rackscale.dev/leaders`, as a router reads it: role -> host:port list."""
+    text = pod["metadata"]["annotations"]["rackscale.dev/leaders"]
+    lines = (line.split("=", 1) for line in text.splitlines())
+    return {role: hosts.split(",") for role, hosts in lines}
+
+
+def test_every_pod_of_a_group_is_told_its_leaders_as_a_role_scales() -> None:
+    """The leaders annotation starts as RACKSCALE_<ROLE>_LEADERS says, and follows a role
+    scaling on the pods that stay (a patch: no pod restarts), so a router reading it through a
+    downward API volume sends prefills to the new replicas, and stops sending to removed ones."""
+    api = FakeAPI(nvl72(2) + hgx(2))
+    apply_disagg(api, replicas=2)
+    reconciler = Reconciler(api.view(), api)
+    run(reconciler)
+    address = "ds-g{}-{}-{}-0.ds-shards.llm.svc:8000"
+    for pod in pods(api):
+        group = pod["metadata"]["labels"]["rackscale.dev/group"]
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        assert leaders(pod) == {
+            "prefill": [address.format(group, "prefill", 0)],
+            "decode": [address.format(group, "decode", 0)],
+        }
+        assert env["RACKSCALE_PREFILL_LEADERS"] == address.format(group, "prefill", 0)
+    decode = uids(api, "decode")
+    scale_role(api, "prefill", 2)
+    run(reconciler, 2)
+    assert uids(api, "decode") == decode
+    for pod in pods(api):
+        group = pod["metadata"]["labels"]["rackscale.dev/group"]
+        assert leaders(pod)["prefill"] == [
+            address.format(group, "prefill", 0),
+            address.format(group, "prefill", 1),
+        ]
+    scale_role(api, "prefill", 1)
+    run(reconciler, 2)
+    assert uids(api, "decode") == decode
+    for pod in pods(api):
+        group = pod["metadata"]["labels"]["rackscale.dev/group"]
+        assert leaders(pod)["prefill"] == [address.format(group, "prefill", 0)]
+    patched = len(api.annotated)
+    run(reconciler, 2)
+    assert len(api.annotated) == patched  # once said, not said again

@@ -93,7 +93,8 @@ ROLE_ENVIRONMENT: tuple[tuple[str, str], ...] = (
         "(`<name>-g<group>-<role>-<index>-0.<name>-shards.<namespace>.svc`), the port the "
         "role's (spec.roles[].port, else spec.port). For example RACKSCALE_PREFILL_LEADERS. "
         "Set when the pod is created: after a role is scaled, the pods that stay keep the list "
-        "they had (the Service `<name>-<role>` follows every change).",
+        "they had; the pod's annotation `rackscale.dev/leaders` (`<role>=host:port,...` a line) "
+        "follows every change, for a downward API volume to show.",
     ),
 )
 

@@ -31,6 +31,9 @@ class Writer(Protocol):
     async def create_pod(self, body: dict[str, Any]) -> str: ...
     async def delete_pod(self, namespace: str, name: str, *, force: bool = False) -> None: ...
     async def apply_service(self, body: dict[str, Any]) -> None: ...
+    async def annotate_pod(
+        self, namespace: str, name: str, annotations: dict[str, str]
+    ) -> None: ...
     async def create_compute_domain(self, body: dict[str, Any]) -> bool: ...
     async def delete_compute_domain(self, namespace: str, name: str) -> None: ...
     async def apply_inference_pool(self, body: dict[str, Any]) -> None: ...
@@ -82,6 +85,20 @@ class Kube:
                 name,
                 namespace,
                 grace_period_seconds=0 if force else None,
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    async def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        """Set annotations on a running pod (a merge patch: its other metadata stays); a pod
+        gone meanwhile needs none."""
+        try:
+            await asyncio.to_thread(
+                self.core.patch_namespaced_pod,
+                name,
+                namespace,
+                {"metadata": {"annotations": annotations}},
             )
         except ApiException as error:
             if error.status != 404:

@@ -367,6 +367,8 @@ class Reconciler:
         done = planner.finish(step, states, context)
         for service in done.services:
             await self.writer.apply_service(service)
+        for pod, values in done.annotate:
+            await self.writer.annotate_pod(key[0], pod, values)
         try:
             if done.inference_pool is not None:
                 await self.writer.apply_inference_pool(done.inference_pool)

@@ -27,10 +27,12 @@ from rackscale.planner import lifecycle, status
 from rackscale.render import (
     GROUP_LABEL,
     GROUP_ROLES_ANNOTATION,
+    LEADERS_ANNOTATION,
     ROLE_LABEL,
     PoolFacts,
     compute_domain_of,
     group_compute_domain_name,
+    leaders_annotation,
     pool_facts,
     render_inference_pool,
     render_replica,
@@ -169,6 +171,7 @@ class Finish:
     cost: tuple[str, str] | None  # (per hour, currency)
     inference_pool: dict[str, Any] | None = None  # to apply
     delete_inference_pool: str | None = None  # the name of one to delete
+    annotate: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # pod, annotations
 
 
 # ---- healing -----------------------------------------------------------------------------------
@@ -592,7 +595,30 @@ def finish(step: Step, states: list[lifecycle.ReplicaState], context: Context) -
     if built.cost_per_hour is not None and built.currency is not None:
         cost = (built.cost_per_hour, built.currency)
     changed = new if status.changed(new, current) else None
-    return Finish(apply, changed, events, cost, gateway, gone)
+    return Finish(apply, changed, events, cost, gateway, gone, _leaders(step, states))
+
+
+def _leaders(step: Step, states: list[lifecycle.ReplicaState]) -> list[tuple[str, dict[str, str]]]:
+    """The pods of wanted serving groups whose `rackscale.dev/leaders` no longer says where the
+    leaders of their group listen (a role of the group scaled): the annotation to set on each."""
+    spec = step.deployment.spec
+    if not spec.roles:
+        return []
+    wanted: dict[int, str] = {}
+    out = []
+    for state in states:
+        group = spec.group_of(state.replica)
+        if state.condition in ("Terminating", "Excess") or group >= spec.replicas:
+            continue
+        text = wanted.get(group)
+        if text is None:
+            text = wanted[group] = leaders_annotation(step.deployment, group)
+        out += [
+            (pod.name, {LEADERS_ANNOTATION: text})
+            for pod in state.pods
+            if not pod.deleting and pod.annotations.get(LEADERS_ANNOTATION) != text
+        ]
+    return out
 
 
 def _inference_pool(step: Step, served: bool) -> tuple[dict[str, Any] | None, str | None]:

@@ -27,6 +27,7 @@ from rackscale.render.names import (
     GROUP_LABEL,
     GROUP_ROLES_ANNOTATION,
     LEADER_LABEL,
+    LEADERS_ANNOTATION,
     MODE_ANNOTATION,
     RACK_ANNOTATION,
     RACK_LABEL,
@@ -47,7 +48,13 @@ from rackscale.render.names import (
     role_service_name,
 )
 from rackscale.render.plan import compute_domain_of, plan_objects
-from rackscale.render.pods import PoolFacts, pool_facts, render_replica, template_hash
+from rackscale.render.pods import (
+    PoolFacts,
+    leaders_annotation,
+    pool_facts,
+    render_replica,
+    template_hash,
+)
 from rackscale.render.services import render_services, serving_port, serving_selector
 
 __all__ = [
@@ -68,6 +75,7 @@ __all__ = [
     "INFERENCE_POOL_GROUP",
     "INFERENCE_POOL_PLURAL",
     "INFERENCE_POOL_VERSION",
+    "LEADERS_ANNOTATION",
     "LEADER_LABEL",
     "MODE_ANNOTATION",
     "RACKS_ANNOTATION",
@@ -85,6 +93,7 @@ __all__ = [
     "group_compute_domain_name",
     "headless_service_name",
     "leader_address",
+    "leaders_annotation",
     "leaders_variable",
     "plan_objects",
     "pod_name",

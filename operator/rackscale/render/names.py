@@ -31,6 +31,9 @@ RACKS_ANNOTATION = "rackscale.dev/racks"
 # With spec.roles: each role's replicas in the group when the pod was created,
 # `prefill=1,decode=1`; tells a role replica added by scaling from one that was lost.
 GROUP_ROLES_ANNOTATION = "rackscale.dev/group-roles"
+# With spec.roles: where the leaders of every role of the pod's group listen, a line
+# `<role>=host:port,...` each; kept current as roles scale (a downward API volume shows it live).
+LEADERS_ANNOTATION = "rackscale.dev/leaders"
 
 __all__ = [
     "COMPUTE_DOMAIN_LABEL",
@@ -39,6 +42,7 @@ __all__ = [
     "FIRST_RANK_ANNOTATION",
     "GROUP_LABEL",
     "GROUP_ROLES_ANNOTATION",
+    "LEADERS_ANNOTATION",
     "LEADER_LABEL",
     "MODE_ANNOTATION",
     "RACKS_ANNOTATION",

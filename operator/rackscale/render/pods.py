@@ -21,6 +21,7 @@ from rackscale.render.names import (
     GROUP_LABEL,
     GROUP_ROLES_ANNOTATION,
     LEADER_LABEL,
+    LEADERS_ANNOTATION,
     MODE_ANNOTATION,
     RACK_ANNOTATION,
     RACK_LABEL,
@@ -197,6 +198,8 @@ def _annotations(  # noqa: PLR0917
     if deployment.spec.roles:
         counts = (f"{r.name}={r.replicas}" for r in deployment.spec.roles)
         annotations[GROUP_ROLES_ANNOTATION] = ",".join(counts)
+        group = deployment.spec.group_of(plan.replica)
+        annotations[LEADERS_ANNOTATION] = leaders_annotation(deployment, group)
     return annotations
 
 
@@ -280,22 +283,36 @@ def _env(
 def _role_env(deployment: InferenceDeployment, member: RoleReplica) -> list[dict[str, str]]:
     """Which role replica the pod is, and where the leaders of every role of its group listen
     (api.environment.ROLE_ENVIRONMENT)."""
-    spec = deployment.spec
     env = [
         {"name": "RACKSCALE_ROLE", "value": member.role},
         {"name": "RACKSCALE_GROUP", "value": str(member.group)},
         {"name": "RACKSCALE_ROLE_INDEX", "value": str(member.index)},
     ]
-    group = spec.role_replicas(member.group)
-    for role in spec.roles or ():
-        port = role.port or spec.port
-        leaders = [
-            f"{leader_address(deployment, other.replica)}:{port}"
-            for other in group
-            if other.role == role.name
-        ]
-        env.append({"name": leaders_variable(role.name), "value": ",".join(leaders)})
+    for role, leaders in group_leaders(deployment, member.group).items():
+        env.append({"name": leaders_variable(role), "value": ",".join(leaders)})
     return env
+
+
+def group_leaders(deployment: InferenceDeployment, group: int) -> dict[str, list[str]]:
+    """Each role of a serving group, in spec order, and the `host:port` of its leaders there."""
+    spec = deployment.spec
+    members = spec.role_replicas(group)
+    return {
+        role.name: [
+            f"{leader_address(deployment, m.replica)}:{role.port or spec.port}"
+            for m in members
+            if m.role == role.name
+        ]
+        for role in spec.roles or ()
+    }
+
+
+def leaders_annotation(deployment: InferenceDeployment, group: int) -> str:
+    """The value of `rackscale.dev/leaders` on the pods of a serving group: `<role>=host:port,...`
+    a line, as RACKSCALE_<ROLE>_LEADERS holds them, for the group's roles as they are now."""
+    return "\n".join(
+        f"{role}={','.join(leaders)}" for role, leaders in group_leaders(deployment, group).items()
+    )
 
 
 def _data_parallel_ranks(par: Parallelism, first_rank: int, gpus: int) -> tuple[int, int]:

@@ -306,6 +306,12 @@ def plain_gpu_node(kube: client.ApiClient) -> Iterator[str]:
 
 ROUTER = Path(__file__).resolve().parents[2] / "examples" / "pd-router"
 ENGINE_PORT = 8200  # the decode engine's, behind the router on the role's port
+# The group's leaders as the pod's annotation shows them, through a downward API volume.
+LEADERS_FILE = "/etc/rackscale/leaders"
+LEADERS_ITEM = {
+    "path": "leaders",
+    "fieldRef": {"fieldPath": "metadata.annotations['rackscale.dev/leaders']"},
+}
 ROUTED = 40
 
 
@@ -341,10 +347,14 @@ def disaggregated_deployment(name: str, image: str, pool: str) -> dict[str, Any]
             "--port=8000",
             "--prefill=$(RACKSCALE_PREFILL_LEADERS)",
             f"--decode=127.0.0.1:{ENGINE_PORT}",
+            f"--leaders={LEADERS_FILE}",
         ],
         "ports": [{"name": "http", "containerPort": 8000}],
         "readinessProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 1},
-        "volumeMounts": [{"name": "router", "mountPath": "/router", "readOnly": True}],
+        "volumeMounts": [
+            {"name": "router", "mountPath": "/router", "readOnly": True},
+            {"name": "leaders", "mountPath": LEADERS_FILE.rpartition("/")[0]},
+        ],
         "resources": {"requests": {"cpu": "10m", "memory": "24Mi"}, "limits": {"memory": "64Mi"}},
     }
 
@@ -370,7 +380,10 @@ def disaggregated_deployment(name: str, image: str, pool: str) -> dict[str, Any]
                 role(
                     "decode",
                     [stand_in(image, ENGINE_PORT, probe=False), router],
-                    volumes=[{"name": "router", "configMap": {"name": "pd-router"}}],
+                    volumes=[
+                        {"name": "router", "configMap": {"name": "pd-router"}},
+                        {"name": "leaders", "downwardAPI": {"items": [LEADERS_ITEM]}},
+                    ],
                 ),
             ],
         },
@@ -492,6 +505,13 @@ def test_disaggregated_requests_go_to_prefill_then_to_decode_of_the_same_group(
         requests = [r for r in routed if r["msg"] == "request"]
         assert len(requests) == sum(n for (g, _, _), n in hops.items() if g == group)
         assert all(r["status"] == 200 for r in requests)
+        # The kubelet showed the pod's rackscale.dev/leaders as a file: the router took its
+        # group's prefill leader from there.
+        told = [r for r in routed if r["msg"] == "prefill leaders"]
+        assert told, f"{pod}: the router never read {LEADERS_FILE}"
+        assert told[-1]["source"] == LEADERS_FILE
+        (address,) = told[-1]["prefill"]
+        assert address.startswith(f"{kind.name}-g{group}-prefill-0-0."), address
 
     print(
         f"\nthrough Service {kind.name}: {ROUTED} requests counted "

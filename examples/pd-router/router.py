@@ -126,6 +126,7 @@ class LiveLeaders:
         self.current = self.fixed
         self.path, self.role = path, role
         self._stamp: tuple[float, int] | None = None
+        self._source = "--prefill"
         self._checked = float("-inf")
         self._lock = threading.Lock()
 
@@ -154,14 +155,16 @@ class LiveLeaders:
                 with open(self.path, encoding="utf-8") as leaders:
                     found = role_leaders(leaders.read(), self.role)
             except (OSError, ValueError) as err:
-                log("leaders file not used", path=self.path, error=str(err))
-                self._stamp, self.current = None, self.fixed
+                if self._stamp is not None or self._source != "--prefill":
+                    log("leaders file not used", path=self.path, error=str(err))
+                self._stamp, self.current, self._source = None, self.fixed, "--prefill"
                 return
             self._stamp = stamp
-            new = RoundRobin(found) if found else self.fixed
-            if new.items != self.current.items:
-                log("prefill leaders", prefill=[str(b) for b in new.items], path=self.path)
-                self.current = new
+            source = self.path if found else "--prefill"
+            if (tuple(found) or self.fixed.items, source) == (self.current.items, self._source):
+                return
+            self.current, self._source = (RoundRobin(found) if found else self.fixed), source
+            log("prefill leaders", prefill=[str(b) for b in self.current.items], source=source)
 
 
 def role_leaders(text: str, role: str) -> list[Backend]:

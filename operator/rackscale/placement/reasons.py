@@ -75,18 +75,23 @@ def summarize(problems: tuple[Problem, ...] | list[Problem]) -> str:
         verb = _PHRASES[cause][0 if n == 1 else 1]
         noun = ("rack" if n == 1 else "racks") if not parts else ""
         text = " ".join(x for x in (str(n), noun, verb) if x)
-        if cause == "tenant":
-            text += f" {name} (tenancy Exclusive)"
-        elif cause == "held":
-            text += f" {name}"
-        elif cause == "kept":
-            text += f" {name} (GPUs there are being released)"
-        elif cause == "memory":
-            text += _listed([f"{gib(c)} GiB" for c in sorted(counts)], n)
-        elif cause != "degraded" and cause != "unavailable" and cause != "in-use":
-            text += _listed([str(c) for c in sorted(counts)], n)
-        parts.append(text)
+        parts.append(text + _what(cause, name, sorted(counts)))
     return ", ".join(parts) if parts else "the pool has no racks"
+
+
+def _what(cause: Cause, name: str, counts: list[int]) -> str:
+    """What follows the racks of one cause: who holds them, or their numbers listed."""
+    if cause == "tenant":
+        return f" {name} (tenancy Exclusive)"
+    if cause == "kept":
+        return f" {name} (GPUs there are being released)"
+    if cause == "held":
+        return f" {name}"
+    if cause == "memory":
+        return _listed([f"{gib(c)} GiB" for c in counts], len(counts))
+    if cause in {"too-few", "split", "compute-domain"}:
+        return _listed([str(c) for c in counts], len(counts))
+    return ""
 
 
 def _listed(items: list[str], n: int) -> str:
@@ -313,8 +318,21 @@ _BARE: dict[ReasonCode, str] = {
 _WHOLE = "(whole tensor- and expert-parallel groups and pods)"
 
 
-def _sentence(code: ReasonCode, d: Details) -> str:  # noqa: C901, PLR0911
+def _sentence(code: ReasonCode, d: Details) -> str:
     """The words of a code, from its details."""
+    match d:
+        case NoRackWithRoom() | NoNodeWithRoom() | NoRacksWithRoom():
+            return _no_room(code, d)
+        case GroupNoRoom() | GroupBlockLabelMissing() | Group() | BesideGroup():
+            return _group_refused(d)
+        case GpuMemory():
+            return _gpu_memory(d)
+        case InPool() | PoolEmpty() | PodTooLarge():
+            return _pool_refused(code, d)
+
+
+def _pool_refused(code: ReasonCode, d: InPool | PoolEmpty | PodTooLarge) -> str:
+    """The pool cannot be used as it is, or has no node large enough for one pod."""
     match d:
         case InPool(pool) if code == "pool-missing":
             return f"RackPool {pool} does not exist"
@@ -339,8 +357,11 @@ def _sentence(code: ReasonCode, d: Details) -> str:  # noqa: C901, PLR0911
                 else f"a pod of {d.pod_gpus} GPUs"
             )
             return f"{what} cannot fit one node of RackPool {d.pool} (at most {d.largest} GPUs)"
-        case GpuMemory():
-            return _gpu_memory(d)
+
+
+def _no_room(code: ReasonCode, d: NoRackWithRoom | NoNodeWithRoom | NoRacksWithRoom) -> str:
+    """No rack, node or set of racks with room: what each rack lacks."""
+    match d:
         case NoRackWithRoom(gpus, problems, cannot_span):
             span = (
                 f"; its tensor- and expert-parallel groups and pods need {gpus} GPUs in one "
@@ -363,6 +384,11 @@ def _sentence(code: ReasonCode, d: Details) -> str:  # noqa: C901, PLR0911
                 f"no {where} holds {d.gpus} free GPUs as {d.units} parts of {d.unit} {_WHOLE}: "
                 + _no_racks(d)
             )
+
+
+def _group_refused(d: GroupNoRoom | GroupBlockLabelMissing | Group | BesideGroup) -> str:
+    """A serving group not placed whole, or a role replica not placed beside its group."""
+    match d:
         case GroupNoRoom(group, small, misses, first):
             parts = []
             if small:

@@ -1,4 +1,4 @@
-"""The words of every reason code and note, rendered from typed details: the one place they are kept."""
+"""The words of every reason code and note, rendered from typed details."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from rackscale.placement.reasons import (
     Kept,
     MemoryRefused,
     NoNodeWithRoom,
-    Note,
     NoRacksWithRoom,
     NoRackWithRoom,
+    Note,
     PodTooLarge,
     PoolEmpty,
     Problem,

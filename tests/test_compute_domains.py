@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from rackscale.api import InferenceDeployment
 from rackscale.placement import place, place_replica
+from rackscale.placement.reasons import NoRackWithRoom, Problem, Reason
 from rackscale.render import (
     CHANNEL_CLAIM,
     COMPUTE_DOMAIN_LABEL,
@@ -132,7 +133,9 @@ def test_the_reason_says_when_the_one_domain_per_tray_rule_blocks() -> None:
     snapshot = build_snapshot(nodes, pods, [pool(gpusPerRack=32)], compute_domains=True)
     refused = place_replica(snapshot, dep, 0)
     assert refused.plan is None
-    assert "too few trays holding no other ComputeDomain (one pod per tray)" in str(refused.reason)
+    assert refused.why == Reason(
+        "no-rack-with-room", NoRackWithRoom(10, (Problem("compute-domain", 4),))
+    )
     small = deployment("small", tensor=2, data=4, gpusPerPod=2, fallback="Never")
     placed = place_replica(snapshot, small, 0)
     assert placed.plan is not None

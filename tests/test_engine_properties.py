@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable
 from fractions import Fraction
@@ -24,6 +23,7 @@ from rackscale.placement import (
     place_pass,
     place_replica,
 )
+from rackscale.placement.reasons import Kept, NoRackWithRoom, Note, Reason
 from rackscale.topology import Snapshot, build_snapshot
 from tests.factory import BLOCK, CLIQUE, PRODUCT, node
 from tests.strategies import (
@@ -371,17 +371,16 @@ def _affinity_node(spec: dict[str, Any]) -> str | None:
     return None
 
 
-COUNTED = re.compile(r"(?:^|, )(\d+) (?:racks? )?(?:has|have|is|are|holds|hold) ")
-
-
-def check_reason(world: World, dep: InferenceDeployment, reason: str) -> None:
+def check_reason(world: World, dep: InferenceDeployment, why: Reason) -> None:
     """Guarantee 11: a refusal for want of one rack accounts for every rack of the pool."""
-    head = f"no rack holds {dep.spec.parallelism.gpus} free GPUs in one NVLink domain: "
-    if not reason.startswith(head):
+    assert why.explained, why
+    if why.code != "no-rack-with-room":
         return
-    counted = sum(int(n) for n in COUNTED.findall(reason[len(head) :].partition(";")[0]))
+    assert isinstance(why.details, NoRackWithRoom)
+    assert why.details.gpus == dep.spec.parallelism.gpus
+    counted = len(why.details.problems)
     racks = sum(p == dep.spec.placement.rack_pool for p in world.rack_pool.values())
-    assert counted == racks, f"{reason!r} counts {counted} of {racks} racks"
+    assert counted == racks, f"{why.text!r} counts {counted} of {racks} racks"
 
 
 def check_decision(world: World, dep: InferenceDeployment, decision: Decision) -> None:
@@ -402,8 +401,8 @@ def check_refusal(world: World, dep: InferenceDeployment, decision: Decision) ->
     placement = dep.spec.placement
     assert placement.rack_pool is not None
     assert placement.fallback == "Never"
-    assert decision.reason
-    check_reason(world, dep, decision.reason)
+    assert decision.why is not None
+    check_reason(world, dep, decision.why)
     fewest = world.fewest_racks(dep, world.pod_gpus(dep))
     assert fewest is None, f"refused ({decision.reason}) but {fewest} rack(s) could hold it"
 
@@ -429,8 +428,9 @@ def check_fallback(
     assert plan.racks == ()
     if placement.rack_pool is not None:
         assert placement.fallback == "DevicePlugin"
-        assert "device-plugin" in (decision.reason or "")
-        check_reason(world, dep, str(decision.reason))
+        assert decision.why is not None
+        assert decision.why.notes[-1] == Note("fallback")
+        check_reason(world, dep, decision.why)
         fewest = world.fewest_racks(dep, world.pod_gpus(dep))
         assert fewest is None, f"fell back ({decision.reason}) but {fewest} rack(s) fit"
 
@@ -903,7 +903,8 @@ def check_release_pass(
             assert bool(kept) == (fits_later is not None), (decision.reason, fits_later)
         if kept:
             assert later.fewest_racks(dep, later.pod_gpus(dep), only=kept) is not None
-            assert "kept for it" in str(decision.reason)
+            assert decision.why is not None
+            assert Note("kept", Kept(decision.kept)) in decision.why.notes
         now.kept |= kept
         later.kept |= kept
     assert all(r.kept_for is None for p in snapshot.pools.values() for r in p.racks.values())

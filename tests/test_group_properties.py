@@ -101,7 +101,9 @@ def check_together(
     assert len(rack_mode) in (0, len(plans)), f"group {decision.group} placed in part"
     if not rack_mode:
         assert fitting == [], f"refused ({decision.reason}) but {fitting[0][0]} holds it"
-        assert decision.reason
+        assert decision.why is not None
+        assert decision.why.explained
+        assert decision.why.code in ("group-no-room", "group-block-label-missing")
         if spec.placement.fallback == "Never":
             assert all(p is None for p in plans)
         else:

@@ -13,6 +13,16 @@ from rackscale.placement.groups import (
     place_groups,
     restart_role_replica,
 )
+from rackscale.placement.reasons import (
+    BesideGroup,
+    Group,
+    GroupBlockLabelMissing,
+    GroupNoRoom,
+    NoRackWithRoom,
+    Note,
+    Reason,
+    ServingGroup,
+)
 from rackscale.topology import Snapshot, build_snapshot
 from tests.factory import gpu_pod, nvl72, pool
 
@@ -74,11 +84,12 @@ def test_a_group_no_rack_holds_whole_is_refused_with_the_reason_and_nothing_held
     assert not decision.placed
     assert decision.decisions[0].plan is None
     assert decision.decisions[1].plan is None
-    assert decision.reason == (
-        "no rack holds serving group 0 whole (1 prefill of 16, 1 decode of 32 = 48 GPUs): "
-        "2 racks have fewer free GPUs (32, 32)"
-    )
-    assert decision.decisions[1].reason == f"placed with replica 0: {decision.reason}"
+    group = ServingGroup(0, "rack", (("prefill", 1, 16), ("decode", 1, 32)), 48)
+    assert decision.why == Reason("group-no-room", GroupNoRoom(group, small=(32, 32)))
+    assert [d.why for d in decision.decisions] == [
+        decision.why,
+        Reason("group-no-room", GroupNoRoom(group, small=(32, 32), with_replica=0)),
+    ]
     assert all(r.free == 32 for r in snapshot.pools["gb200"].racks.values())
 
 
@@ -148,7 +159,8 @@ def test_a_group_that_fits_no_rack_falls_back_whole_to_device_plugin_mode() -> N
     snapshot = racks({0: 17}, count=1)
     decision = place_group(snapshot, disagg(), 0)
     assert [d.plan.mode for d in decision.decisions if d.plan] == ["DevicePlugin", "DevicePlugin"]
-    assert all("device-plugin mode" in str(d.reason) for d in decision.decisions)
+    whys = [d.why for d in decision.decisions]
+    assert [(w.code, w.notes[-1]) for w in whys if w] == [("group-no-room", Note("fallback"))] * 2
 
 
 def test_a_pass_places_the_largest_group_first() -> None:
@@ -187,7 +199,12 @@ def test_a_lost_role_replica_restarts_beside_its_group_or_not_at_all() -> None:
     assert place_group(snapshot, filler, 0, prefer=(rack,)).racks == (rack,)
     refused = restart_role_replica(snapshot, dep, 100, decision.racks)
     assert refused.plan is None
-    assert str(refused.reason).startswith("it no longer fits beside serving group 0: ")
+    assert refused.why is not None
+    assert refused.why.code == "beside-group"
+    assert isinstance(refused.why.details, BesideGroup)
+    assert refused.why.details.group == 0
+    assert refused.why.details.why.code == "no-rack-with-room"
+    assert isinstance(refused.why.details.why.details, NoRackWithRoom)
 
 
 def test_a_group_sharing_a_compute_domain_restarts_whole() -> None:
@@ -199,14 +216,14 @@ def test_a_group_sharing_a_compute_domain_restarts_whole() -> None:
     decision.decisions[1].reservation.undo()
     refused = restart_role_replica(snapshot, dep, 100, decision.racks)
     assert refused.plan is None
-    assert refused.reason == "serving group 0 shares a ComputeDomain: it restarts whole"
+    assert refused.why == Reason("group-shares-domain", Group(0))
 
 
 def test_the_engine_does_not_place_a_deployment_with_roles_as_one_replica() -> None:
     snapshot = racks(count=1)
     decision = place_replica(snapshot, disagg(), 0)
     assert decision.plan is None
-    assert decision.reason == "spec.roles: place its serving groups (placement.groups)"
+    assert decision.why == Reason("roles-need-groups")
     assert snapshot.pools["gb200"].racks["clique-0000"].free == 72
 
 
@@ -223,3 +240,17 @@ def test_a_pass_tries_other_orders_when_largest_first_leaves_a_group_out() -> No
     assert sum(d.placed for _, d in first) == 3
     placed = place_groups(racks({0: 6, 1: 8}, count=2), waiting())
     assert all(d.placed for _, d in placed)  # 28 + 20 on the 48, 20 + 20 on the 40
+
+
+def test_colocate_block_without_a_block_label_has_its_own_code() -> None:
+    snapshot = racks(count=2)  # the pool has no spec.blockLabel
+    decision = place_group(snapshot, disagg(colocate="Block", fallback="Never"), 0)
+    group = ServingGroup(0, "block", (("prefill", 1, 8), ("decode", 1, 32)), 40)
+    assert decision.why == Reason(
+        "group-block-label-missing", GroupBlockLabelMissing(group, "gb200")
+    )
+    assert [d.why.code for d in decision.decisions if d.why] == ["group-block-label-missing"] * 2
+    # A trial without explain knows the cause and words nothing.
+    quiet = place_group(snapshot, disagg(colocate="Block", fallback="Never"), 0, explain=False)
+    assert quiet.why == Reason("group-block-label-missing")
+    assert quiet.reason is None

@@ -11,6 +11,14 @@ from rackscale.api import InferenceDeployment, format_errors
 from rackscale.api.crd import definitions
 from rackscale.api.inferencedeployment import BYTES_PER_PARAMETER, Model
 from rackscale.placement import place
+from rackscale.placement.reasons import (
+    GpuMemory,
+    MemoryRefused,
+    NoRackWithRoom,
+    Note,
+    Problem,
+    Reason,
+)
 from rackscale.topology import build_snapshot
 from tests.factory import nvl72, pool
 
@@ -84,19 +92,22 @@ def test_a_model_too_large_for_every_gpu_is_refused_with_what_would_fit() -> Non
     snapshot = build_snapshot(labelled(2, {0: A100_MIB, 1: A100_MIB}), [], [pool()])
     [plan] = place(snapshot, [model_deployment("big", 405, "bf16")])
     assert plan.mode == "Unplaced"
-    assert plan.reason == (
-        "replica 0: the replica needs 770.4 GiB of GPU memory (754.4 GiB of weights at bf16, "
-        "16 GiB runtime overhead), 96.3 GiB on each of its 8 GPUs: all 2 racks (36 nodes) of "
-        "RackPool gb200 have GPUs with too little memory (40 GiB); it would fit on 20 or more "
-        "GPUs of 40 GiB, or on 8 GPUs at precision fp6"
+    need = Model.model_validate({"name": "m", "parametersBillions": 405, "precision": "bf16"}).need(
+        8
     )
+    assert need is not None
+    memory = GpuMemory("gb200", need, 2, 36, (A100_MIB,), A100_MIB, 20, "fp6")
+    assert plan.decisions[0].why == Reason("gpu-memory", memory)
     # As it says: 405B at fp6 is 282.9 GiB of weights, 37.4 GiB a GPU with the overhead.
     [fp6] = place(snapshot, [model_deployment("big", 405, "fp6")])
     assert fp6.mode == "Rack"
     # 1000B at fp32 fits no precision on 8 GPUs of 40 GiB (fp4 is 58.2 GiB a GPU).
     [huge] = place(snapshot, [model_deployment("huge", 1000, "fp32")])
-    assert str(huge.reason).endswith(
-        "it would fit on 99 or more GPUs of 40 GiB; no lower precision fits 8 GPUs"
+    assert huge.decisions[0].why is not None
+    assert isinstance(huge.decisions[0].why.details, GpuMemory)
+    assert (huge.decisions[0].why.details.more_gpus, huge.decisions[0].why.details.precision) == (
+        99,
+        None,
     )
 
 
@@ -114,10 +125,13 @@ def test_a_replica_goes_only_to_nodes_whose_gpus_hold_it() -> None:
     place(snapshot, [small, fill])  # small on rack 0, then all of rack 1
     [refused] = place(snapshot, [large])
     assert refused.mode == "Unplaced"
-    assert str(refused.reason).startswith(
-        "replica 0: no rack holds 8 free GPUs in one NVLink domain: 1 rack has too few free "
-        "(0), 1 has GPUs with too little memory for it (40 GiB); 18 nodes refused for memory "
-        "(GPUs of 40 GiB): the replica needs 393.2 GiB of GPU memory"
+    assert large.spec.model is not None
+    need = large.spec.model.need(8)
+    assert need is not None
+    assert refused.decisions[0].why == Reason(
+        "no-rack-with-room",
+        NoRackWithRoom(8, (Problem("memory", A100_MIB), Problem("too-few", 0))),
+        (Note("memory-refused", MemoryRefused(((A100_MIB, 18),), need)),),
     )
 
 

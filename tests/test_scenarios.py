@@ -16,6 +16,18 @@ from rackscale.placement import (
     place_pass,
     place_replica,
 )
+from rackscale.placement.reasons import (
+    BlockRoom,
+    InPool,
+    Kept,
+    NoNodeWithRoom,
+    NoRacksWithRoom,
+    NoRackWithRoom,
+    Note,
+    PodTooLarge,
+    Problem,
+    Reason,
+)
 from rackscale.topology import build_snapshot
 from tests.factory import BLOCK, CLIQUE, PRODUCT, deployment, gpu_pod, node, nvl72, pool
 
@@ -39,6 +51,15 @@ def only(plans: list[DeploymentPlan]) -> ReplicaPlan:
     replicas = plans[-1].replicas
     assert len(replicas) == 1, plans[-1].reason
     return replicas[0]
+
+
+def why(plan: DeploymentPlan, replica: int = 0) -> Reason | None:
+    """Why the replica is not in its pool (None: it is)."""
+    return next(d.why for d in plan.decisions if d.replica == replica)
+
+
+def room(gpus: int, *problems: Problem) -> Reason:
+    return Reason("no-rack-with-room", NoRackWithRoom(gpus, problems))
 
 
 def rack_of(name: str) -> str:
@@ -189,10 +210,7 @@ def test_unavailable_rack_is_never_used() -> None:
     plans = plan(nodes, [dep])
     assert {r.racks for r in plans[0].replicas} == {("clique-0001",)}
     assert len(plans[0].replicas) == 9
-    assert plans[0].reason == (
-        "replica 9: no rack holds 8 free GPUs in one NVLink domain: "
-        "1 rack has too few free (0), 1 is Unavailable"
-    )
+    assert why(plans[0], 9) == room(8, Problem("unavailable"), Problem("too-few", 0))
 
 
 def test_a_toleration_opens_tainted_nodes() -> None:
@@ -239,9 +257,7 @@ def test_foreign_gpu_pods_are_counted_whatever_their_form() -> None:
     plans = plan(nodes, [dep], pods=pods, pools=[pool(gpusPerRack=16)])
     # Only the node whose pod finished is free: 2 + 4 + 4 GPUs are held by others.
     assert [p.node for r in plans[0].replicas for p in r.pods] == [names[3]]
-    assert plans[0].reason == (
-        "replica 1: no rack holds 4 free GPUs in one NVLink domain: 1 rack has too few free (2)"
-    )
+    assert why(plans[0], 1) == room(4, Problem("too-few", 2))
 
 
 def test_pods_already_placed_by_rackscale_keep_their_gpus() -> None:
@@ -251,7 +267,7 @@ def test_pods_already_placed_by_rackscale_keep_their_gpus() -> None:
     dep = deployment("new", tensor=8, gpusPerPod=4, fallback="Never")
     plans = plan(nodes, [dep], pods=pods, pools=[pool(gpusPerRack=8)])
     assert plans[0].mode == "Unplaced"
-    assert "1 rack has too few free (4)" in str(plans[0].reason)
+    assert why(plans[0]) == room(8, Problem("too-few", 4))
 
 
 # HGX: NVLink ends at the node
@@ -288,9 +304,8 @@ def test_hgx_refuses_a_tensor_group_larger_than_a_node() -> None:
     dep = deployment("big", tensor=16, gpusPerPod=8, rackPool="hgx", fallback="Never")
     plans = plan(hgx_nodes(4), [dep], pools=[hgx_pool()])
     assert plans[0].mode == "Unplaced"
-    assert plans[0].reason == (
-        "replica 0: 16 GPUs that must share NVLink (tensor 16, expert 1, gpusPerPod 8) "
-        "cannot fit one node of RackPool hgx (at most 8 GPUs)"
+    assert why(plans[0]) == Reason(
+        "pod-too-large", PodTooLarge("hgx", 8, 8, nvlink_gpus=16, tensor=16)
     )
 
 
@@ -338,11 +353,12 @@ def test_block_replica_never_leaves_its_block_but_any_may() -> None:
     )
     plans = plan(nodes, [block], pools=[pool(blockLabel=BLOCK)])
     assert plans[0].mode == "Unplaced"
-    assert plans[0].reason is not None
-    assert plans[0].reason.startswith(
-        "replica 0: no block holds 128 free GPUs as 16 parts of 8 "
-        "(whole tensor- and expert-parallel groups and pods)"
-    )
+    refused = why(plans[0])
+    assert refused is not None
+    assert refused.code == "no-block-with-room"
+    assert isinstance(refused.details, NoRacksWithRoom)
+    assert (refused.details.gpus, refused.details.units, refused.details.unit) == (128, 16, 8)
+    assert refused.details.rooms == (BlockRoom("b0", 10, (40, 40)), BlockRoom("b1", 9, (72,)))
 
     anywhere = deployment("moe", tensor=8, pipeline=16, gpusPerPod=4, replicaScope="Any")
     replica = only(plan(nodes, [anywhere], pools=[pool(blockLabel=BLOCK)]))
@@ -438,20 +454,14 @@ def test_exclusive_replica_takes_a_whole_empty_rack_and_holds_it() -> None:
     assert only(plans[:1]).racks == ("clique-0001",)
     # Rack 1 still has 64 free GPUs, but it is held: the second replica finds no room.
     assert [r.racks for r in plans[1].replicas] == [("clique-0000",)]
-    assert plans[1].reason == (
-        "replica 1: no rack holds 4 free GPUs in one NVLink domain: "
-        "1 rack has too few free (0), 1 is held exclusively by llm/whole"
-    )
+    assert why(plans[1], 1) == room(4, Problem("too-few", 0), Problem("held", 0, "llm/whole"))
 
 
 def test_exclusive_replica_refuses_racks_in_use() -> None:
     pods = [gpu_pod("tiny", "gb200-0000-00", 1), gpu_pod("tiny2", "gb200-0001-05", 1)]
     whole = deployment("whole", tensor=8, gpusPerPod=4, exclusive=True, fallback="Never")
     plans = plan(nvl72(2), [whole], pods=pods)
-    assert plans[0].reason == (
-        "replica 0: no rack holds 8 free GPUs in one NVLink domain: "
-        "2 racks are in use (an exclusive replica takes whole free racks)"
-    )
+    assert why(plans[0]) == room(8, Problem("in-use"), Problem("in-use"))
 
 
 def test_running_exclusive_pods_hold_their_rack() -> None:
@@ -479,11 +489,8 @@ def test_single_tenant_racks_hold_one_namespace() -> None:
     ops = deployment("ops", namespace="ops", tensor=4, fallback="Never")
     plans = plan(nvl72(3), [research, ops], pods=pods, pools=pools)
     assert [r.racks for r in plans[0].replicas] == [("clique-0002",)] * 2
-    assert plans[1].reason == (
-        "replica 0: no rack holds 4 free GPUs in one NVLink domain: "
-        "1 rack holds pods of namespace batch (tenancy Exclusive), "
-        "1 holds pods of namespace llm (tenancy Exclusive), "
-        "1 holds pods of namespace research (tenancy Exclusive)"
+    assert why(plans[1]) == room(
+        4, *(Problem("tenant", 0, ns) for ns in ("batch", "llm", "research"))
     )
 
 
@@ -505,7 +512,9 @@ def test_fallback_device_plugin_runs_unpinned_pods_and_says_why() -> None:
     assert replica.mode == "DevicePlugin"
     assert replica.racks == ()
     assert [(p.node, p.gpus, p.first_rank) for p in replica.pods] == [(None, 8, 0), (None, 8, 8)]
-    assert "running in device-plugin mode" in str(plans[0].reason)
+    fallback = why(plans[0])
+    assert fallback is not None
+    assert (fallback.code, fallback.notes) == ("no-rack-with-room", (Note("fallback"),))
 
 
 def test_fallback_never_leaves_the_replica_pending_with_a_reason() -> None:
@@ -513,9 +522,7 @@ def test_fallback_never_leaves_the_replica_pending_with_a_reason() -> None:
     plans = plan(nvl72(1, trays=4), [dep])
     assert plans[0].mode == "Unplaced"
     assert plans[0].replicas == []
-    assert plans[0].reason == (
-        "replica 0: no rack holds 32 free GPUs in one NVLink domain: 1 rack is Degraded"
-    )
+    assert why(plans[0]) == room(32, Problem("degraded", 16))
 
 
 def test_some_replicas_placed_and_some_fallen_back_is_mixed() -> None:
@@ -552,7 +559,14 @@ def test_reason_counts_racks_by_cause() -> None:
     )
     plans = plan(nodes, [kimi, dep], pods=pods)
     assert only(plans[:1]).racks == ("clique-0003",)
-    assert plans[1].decisions[0].reason == (
+    assert why(plans[1]) == room(
+        32,
+        Problem("too-few", 8),
+        Problem("too-few", 16),
+        Problem("degraded", 20),
+        Problem("held", 0, "llm/kimi"),
+    )
+    assert plans[1].decisions[0].reason == (  # as docs/design.md quotes it
         "no rack holds 32 free GPUs in one NVLink domain: 2 racks have too few free (8, 16), "
         "1 is Degraded, 1 is held exclusively by llm/kimi"
     )
@@ -563,20 +577,15 @@ def test_a_rack_pool_that_does_not_exist() -> None:
     fallback = deployment("lost-too", rackPool="nope", fallback="DevicePlugin")
     plans = plan(nvl72(1), [never, fallback])
     assert plans[0].mode == "Unplaced"
-    assert plans[0].reason == "replica 0: RackPool nope does not exist"
+    assert why(plans[0]) == Reason("pool-missing", InPool("nope"))
     assert plans[1].mode == "DevicePlugin"
-    assert plans[1].reason == (
-        "replica 0: RackPool nope does not exist; running in device-plugin mode"
-    )
+    assert why(plans[1]) == Reason("pool-missing", InPool("nope"), (Note("fallback"),))
 
 
 def test_block_scope_without_block_label() -> None:
     dep = deployment("moe", tensor=8, pipeline=2, replicaScope="Block", fallback="Never")
     plans = plan(nvl72(2), [dep])
-    assert plans[0].reason == (
-        "replica 0: replicaScope Block needs spec.blockLabel on RackPool gb200; "
-        "set it, or use replicaScope Rack or Any"
-    )
+    assert why(plans[0]) == Reason("block-label-missing", InPool("gb200"))
 
 
 # Determinism
@@ -670,13 +679,20 @@ def test_pods_without_names_each_hold_their_gpus() -> None:
 
 
 @pytest.mark.parametrize(
-    ("tenancy", "cause"),
+    ("tenancy", "refused"),
     [
-        ("Shared", "held exclusively by llm/kimi"),
-        ("Exclusive", "holds pods of namespace llm (tenancy Exclusive)"),
+        # rack 1 is in reach but full
+        ("Shared", NoNodeWithRoom(8, (Problem("held", 0, "llm/kimi"),), most=0)),
+        # rack 1 holds pods of namespace other: no rack is in reach
+        (
+            "Exclusive",
+            NoNodeWithRoom(8, (Problem("tenant", 0, "llm"), Problem("tenant", 0, "other"))),
+        ),
     ],
 )
-def test_node_scope_reason_names_why_free_nodes_are_out_of_reach(tenancy: str, cause: str) -> None:
+def test_node_scope_reason_names_why_free_nodes_are_out_of_reach(
+    tenancy: str, refused: NoNodeWithRoom
+) -> None:
     # Rack 1 is full. Rack 0 has two free 8-GPU nodes, but either kimi, an exclusive replica,
     # holds it, or (single-tenant pool) a pod of namespace llm runs there. A replica of
     # namespace batch that needs one node cannot go there, and the reason must say why.
@@ -690,9 +706,8 @@ def test_node_scope_reason_names_why_free_nodes_are_out_of_reach(tenancy: str, c
     dep = deployment("x", namespace="batch", tensor=8, replicaScope="Node", fallback="Never")
     pools = [pool(gpusPerRack=24, tenancy=tenancy)]
     plans = plan(nodes, [*earlier, dep], pods=pods, pools=pools)
-    reason = str(plans[-1].reason)
-    assert "the most free on one node is 8" not in reason
-    assert cause in reason
+    # The free nodes are out of reach: never counted as the most free on one node.
+    assert why(plans[-1]) == Reason("no-node-with-room", refused)
 
 
 def test_multi_rack_reason_counts_gpus_a_toleration_opens() -> None:
@@ -701,10 +716,8 @@ def test_multi_rack_reason_counts_gpus_a_toleration_opens() -> None:
     dep = tolerant("tolerant", {"tensor": 4, "pipeline": 3}, replicaScope="Any")
     plans = plan(nodes, [dep], pools=[pool(gpusPerRack=4)])
     # Three stages of 4 GPUs, two racks of 4 GPUs each: the same words as without the taint.
-    assert plans[0].reason == (
-        "replica 0: no set of racks in the pool holds 12 free GPUs as 3 parts of 4 "
-        "(whole tensor- and expert-parallel groups and pods): the pool has room for 2 parts "
-        "(racks with 4, 4 free)"
+    assert why(plans[0]) == Reason(
+        "no-racks-with-room", NoRacksWithRoom(12, 3, 4, rooms=(BlockRoom(None, 2, (4, 4)),))
     )
 
 
@@ -754,8 +767,11 @@ def test_one_pass_places_the_largest_waiting_replica_before_an_older_small_one()
     assert [name for name, _ in decided] == ["large", "small"]
     assert decided[0][1].plan is not None
     assert decided[1][1].plan is None
-    assert decided[1][1].reason is not None
-    assert decided[1][1].reason.startswith("no rack holds 8 free GPUs in one NVLink domain")
+    refused = decided[1][1].why
+    assert refused is not None
+    assert (refused.code, refused.explained) == ("no-rack-with-room", True)
+    assert isinstance(refused.details, NoRackWithRoom)
+    assert refused.details.gpus == 8
 
 
 def test_a_pass_places_replicas_keeping_their_racks_first_then_largest_then_as_given() -> None:
@@ -788,15 +804,10 @@ def test_a_rack_being_released_is_kept_for_the_largest_waiting_replica() -> None
     (_, first), (_, second) = place_pass(snapshot, [Waiting(small, 0), Waiting(large, 0)])
     assert first.plan is None
     assert first.kept == ("clique-0000",)
-    assert first.reason is not None
-    assert first.reason.endswith(
-        "; rack clique-0000 is kept for it: it fits there once the GPUs being released are free"
-    )
+    assert first.why is not None
+    assert first.why.notes == (Note("kept", Kept(("clique-0000",))),)
     assert second.plan is None
-    assert second.reason == (
-        "no rack holds 8 free GPUs in one NVLink domain: 1 rack is kept for llm/large "
-        "(GPUs there are being released)"
-    )
+    assert second.why == room(8, Problem("kept", 0, "llm/large"))
     # The pass over, nothing is kept, and the GPUs being released still count as used.
     rack = snapshot.pools["gb200"].racks["clique-0000"]
     assert (rack.kept_for, rack.free) == (None, 32)
@@ -851,7 +862,16 @@ def test_a_replica_whose_old_pods_are_going_has_their_rack_kept_for_it() -> None
     (_, replaced), (_, other) = place_pass(snapshot, waiting)
     assert (replaced.plan, replaced.kept) == (None, ("clique-0000",))
     assert other.plan is None
-    assert other.reason is not None
-    assert "1 rack is kept for llm/big" in other.reason
+    assert other.why == room(8, Problem("kept", 0, "llm/big"))
     # Without it, the small replica takes the free trays.
     assert place_pass(build_snapshot(nvl72(1), going, [pool()]), [Waiting(small, 0)])[0][1].plan
+
+
+def test_a_trial_without_explain_carries_the_code_and_no_words() -> None:
+    snapshot = build_snapshot(nvl72(1, trays=2), [], [pool(gpusPerRack=8)])
+    dep = deployment("big", tensor=8, data=2, gpusPerPod=4, fallback="Never")
+    quiet = place_replica(snapshot, dep, 0, explain=False)
+    assert quiet.why == Reason("no-rack-with-room")
+    assert quiet.reason is None
+    told = place_replica(snapshot, dep, 0)
+    assert told.why == room(16, Problem("too-few", 8))

@@ -23,7 +23,21 @@ from rackscale.api.inferencedeployment import (
     MemoryNeed,
 )
 from rackscale.placement.ledger import Reservation
-from rackscale.placement.reasons import Note, Problem, Reason, summarize
+from rackscale.placement.reasons import (
+    BlockRoom,
+    GpuMemory,
+    InPool,
+    Kept,
+    MemoryRefused,
+    NoNodeWithRoom,
+    NoRacksWithRoom,
+    NoRackWithRoom,
+    Note,
+    PodTooLarge,
+    PoolEmpty,
+    Problem,
+    Reason,
+)
 from rackscale.placement.shape import Shape, shape_of
 from rackscale.topology.snapshot import Node, Pool, Rack, Snapshot, compute_domain_name
 
@@ -261,7 +275,8 @@ def _try_order(
                 kept.extend(racks)
                 decision.kept = tuple(r.name for r in racks)
                 if explain and decision.why is not None:
-                    decision.why = decision.why.noted(Note("kept", {"racks": _kept_text(racks)}))
+                    names = tuple(r.name for r in racks)
+                    decision.why = decision.why.noted(Note("kept", Kept(names)))
             out.append((want, decision))
     finally:
         for rack in kept:
@@ -310,11 +325,6 @@ def _release(pool: Pool, sign: int) -> None:
     for node, gpus, namespace, deployment, domain in pool.releasing.values():
         assert node.rack is not None
         node.rack.use(node, sign * gpus, namespace, deployment, domain)
-
-
-def _kept_text(racks: list[Rack]) -> str:
-    names = ", ".join(r.name for r in racks)
-    return f"rack {names} is" if len(racks) == 1 else f"racks {names} are"
 
 
 def place_together(
@@ -405,19 +415,13 @@ def _request(
 ) -> _Request:
     pool = snapshot.pools.get(pool_name)
     if pool is None:
-        raise NoRoom(Reason("pool-missing", {"pool": pool_name}))
+        raise NoRoom(Reason("pool-missing", InPool(pool_name)))
     if not pool.racks:
         shared = sum(pool_name in pools for pools in snapshot.conflicts.values())
-        why = (
-            f"its {shared} matching node{'s are' if shared > 1 else ' is'} selected by "
-            "another RackPool too"
-            if shared
-            else f"no node matches its nodeSelector and carries the label {pool.spec.rack_label}"
-        )
-        raise NoRoom(Reason("pool-empty", {"pool": pool_name, "why": why}))
+        raise NoRoom(Reason("pool-empty", PoolEmpty(pool_name, pool.spec.rack_label, shared)))
     scope = deployment.spec.placement.replica_scope
     if scope == "Block" and not pool.spec.block_label:
-        raise NoRoom(Reason("block-label-missing", {"pool": pool_name}))
+        raise NoRoom(Reason("block-label-missing", InPool(pool_name)))
     shape = shape_of(deployment.spec, pool.node_gpus)
     template_spec = deployment.spec.template.get("spec") or {}
     request = _Request(
@@ -429,15 +433,11 @@ def _request(
         request.domain = f"{deployment.namespace}/{name}"
     largest = pool.largest_node_gpus
     if request.slot > largest:
-        what = (
-            f"{shape.domain_gpus} GPUs that must share NVLink (tensor {shape.tensor}, expert "
-            f"{shape.expert}, gpusPerPod {shape.pod_gpus})"
-            if pool.spec.nvlink_domain == "Node"
-            else f"a pod of {shape.pod_gpus} GPUs"
+        nvlink = shape.domain_gpus if pool.spec.nvlink_domain == "Node" else None
+        too_large = PodTooLarge(
+            pool_name, largest, shape.pod_gpus, nvlink, shape.tensor, shape.expert
         )
-        raise NoRoom(
-            Reason("pod-too-large", {"what": what, "pool": pool_name, "largest": str(largest)})
-        )
+        raise NoRoom(Reason("pod-too-large", too_large))
     _memory_filter(request)
     return request
 
@@ -458,19 +458,7 @@ def _memory_filter(request: _Request) -> None:
     if small < sum(nodes.values()):
         request.memory_split = True
         return
-    pool = request.pool
-    sizes = ", ".join(f"{_gib(mib)} GiB" for mib in sorted(m for m in nodes if m is not None))
-    racks = len(pool.racks)
-    where = f"all {racks} racks ({small} nodes)" if racks > 1 else f"its one rack ({small} nodes)"
-    details = {
-        "need": _need_text(need),
-        "where": where,
-        "pool": pool.name,
-        "verb": "have" if racks > 1 else "has",
-        "sizes": sizes,
-        "fits": _what_fits(request, need),
-    }
-    raise NoRoom(Reason("gpu-memory", details))
+    raise NoRoom(Reason("gpu-memory", _what_fits(request, need, small)))
 
 
 def _fits_memory(request: _Request, node: Node) -> bool:
@@ -489,30 +477,14 @@ def _usable(request: _Request, node: Node) -> bool:
     )
 
 
-def _gib(mib: int) -> str:
-    return f"{mib / 1024:.1f}".removesuffix(".0")
-
-
-def _need_text(need: MemoryNeed) -> str:
-    """`the replica needs 788.9 GiB of GPU memory (624.9 GiB of weights at fp8, ...)`."""
-    parts = [f"{_gib(need.weights_mib)} GiB of weights at {need.precision}"]
-    if need.kv_cache_mib:
-        parts.append(f"{_gib(need.kv_cache_mib)} GiB KV cache")
-    parts.append(f"{_gib(need.overhead_mib)} GiB runtime overhead")
-    return (
-        f"the replica needs {_gib(need.total_mib)} GiB of GPU memory ({', '.join(parts)}), "
-        f"{_gib(need.per_gpu_mib)} GiB on each of its {need.gpus} GPUs"
-    )
-
-
-def _what_fits(request: _Request, need: MemoryNeed) -> str:
-    """What would fit the pool's largest GPUs: more GPUs per replica, or a lower precision."""
-    largest = max((m for m in request.pool.gpu_memory if m is not None), default=0)
+def _what_fits(request: _Request, need: MemoryNeed, small: int) -> GpuMemory:
+    """Why no GPU of the pool holds the replica (`small` nodes), and what would fit the
+    pool's largest GPUs: more GPUs per replica, or a lower precision."""
+    sizes = tuple(sorted(m for m in request.pool.gpu_memory if m is not None))
+    largest = max(sizes, default=0)
     room = largest - RUNTIME_OVERHEAD_MIB_PER_GPU
     content = need.weights_mib + need.kv_cache_mib
-    ways = []
-    if room > 0:
-        ways.append(f"on {-(-content // room)} or more GPUs of {_gib(largest)} GiB")
+    more = -(-content // room) if room > 0 else None
     model = request.deployment.spec.model
     assert model is not None
     current = BYTES_PER_PARAMETER[need.precision]
@@ -521,10 +493,17 @@ def _what_fits(request: _Request, need: MemoryNeed) -> str:
         key=lambda p: (-BYTES_PER_PARAMETER[p], p),
     )
     fitting = [p for p in lower if (o := model.need(need.gpus, p)) and o.per_gpu_mib <= largest]
-    if fitting:
-        ways.append(f"on {need.gpus} GPUs at precision {fitting[0]}")
-    text = "it would fit " + ", or ".join(ways) if ways else "it fits no GPU of the pool"
-    return text if fitting else f"{text}; no lower precision fits {need.gpus} GPUs"
+    pool = request.pool
+    return GpuMemory(
+        pool.name,
+        need,
+        len(pool.racks),
+        small,
+        sizes,
+        largest,
+        more,
+        fitting[0] if fitting else None,
+    )
 
 
 def _memory_note(request: _Request) -> Note:
@@ -534,10 +513,7 @@ def _memory_note(request: _Request) -> Note:
     small = sorted(
         (m, n) for m, n in request.pool.gpu_memory.items() if m is not None and m < need.per_gpu_mib
     )
-    nodes = sum(n for _, n in small)
-    sizes = ", ".join(f"{_gib(m)} GiB" for m, _ in small)
-    counted = f"{nodes} node{'s' if nodes != 1 else ''}"
-    return Note("memory-refused", {"nodes": counted, "sizes": sizes, "need": _need_text(need)})
+    return Note("memory-refused", MemoryRefused(tuple(small), need))
 
 
 def _place_in_pool(request: _Request) -> tuple[ReplicaPlan, Reservation]:
@@ -561,22 +537,9 @@ def _place_in_racks(request: _Request) -> tuple[ReplicaPlan, Reservation]:
     if scope == "Rack" or request.shape.units < 2:
         if not request.explain:
             raise NoRoom(Reason("no-rack-with-room"))
-        problems = [
-            _problem(request, r, request.shape.gpus // request.slot) for r in _racks(request)
-        ]
-        span = (
-            ""
-            if scope == "Rack"
-            else (
-                f"; its tensor- and expert-parallel groups and pods need {request.shape.gpus} "
-                "GPUs in one NVLink domain, so it cannot span racks"
-            )
-        )
-        details = {
-            "gpus": str(request.shape.gpus),
-            "problems": summarize([p for p in problems if p]),
-            "span": span,
-        }
+        need = request.shape.gpus // request.slot
+        problems = tuple(p for r in _racks(request) if (p := _problem(request, r, need)))
+        details = NoRackWithRoom(request.shape.gpus, problems, cannot_span=scope != "Rack")
         raise NoRoom(Reason("no-rack-with-room", details))
     return _reserve(request, _best_racks(request))
 
@@ -610,9 +573,9 @@ def _barrier(request: _Request, rack: Rack) -> Problem | None:
 def _reserved(rack: Rack) -> Problem | None:
     """Held by an exclusive replica, or kept for one this pass."""
     if rack.held_by is not None:
-        return Problem("held", rack.held_by[0])
+        return Problem("held", 0, rack.held_by[0])
     if rack.kept_for is not None:
-        return Problem("kept", f"{rack.kept_for} (GPUs there are being released)")
+        return Problem("kept", 0, rack.kept_for)
     return None
 
 
@@ -621,11 +584,11 @@ def _refused(request: _Request, rack: Rack) -> Problem | None:
     if request.pool.spec.tenancy == "Exclusive":
         others = sorted(ns for ns in rack.namespaces if ns != request.deployment.namespace)
         if others:
-            return Problem("tenant", others[0] + " (tenancy Exclusive)")
+            return Problem("tenant", 0, others[0])
     if request.exclusive and rack.used:
         return Problem("in-use")
     if request.memory_split and not any(_fits_memory(request, n) for n in rack.nodes):
-        return Problem("memory", f"{_gib(min(n.gpu_memory_mib or 0 for n in rack.nodes))} GiB")
+        return Problem("memory", min(n.gpu_memory_mib or 0 for n in rack.nodes))
     if rack.health == "Unavailable" and not request.slow:
         return Problem("unavailable")
     return None
@@ -643,13 +606,13 @@ def _problem(request: _Request, rack: Rack, need: int) -> Problem | None:
             for n in rack.nodes
         )
         if trays >= need:  # only the one-ComputeDomain-per-node rule stands in the way
-            return Problem("compute-domain", str(_slots(request, rack)))
+            return Problem("compute-domain", _slots(request, rack))
     free = _free(request, rack)
     if rack.health == "Degraded":
-        return Problem("degraded", str(free))
+        return Problem("degraded", free)
     if free >= need * request.slot:
-        return Problem("split", str(free))
-    return Problem("too-few", str(free))
+        return Problem("split", free)
+    return Problem("too-few", free)
 
 
 def _candidates(request: _Request, min_free: int) -> Iterator[Rack]:
@@ -692,17 +655,14 @@ def _best_node(request: _Request) -> Node:
                 return min(fits, key=lambda n: (n.free, n.name))
     if not request.explain:
         raise NoRoom(Reason("no-node-with-room"))
-    barriers = [p for p in (_barrier(request, r) for r in _racks(request)) if p]
+    barriers = tuple(p for p in (_barrier(request, r) for r in _racks(request)) if p)
     reachable = [r for r in _racks(request) if _barrier(request, r) is None]
     most = max(
         (n.free for r in reachable for n in r.nodes if _usable(request, n)),
         default=0,
     )
-    parts = [summarize(barriers)] if barriers else []
-    if reachable:
-        parts.append(f"the most free on one node of the other racks is {most}" if barriers
-                     else f"the most free on one node is {most}")  # fmt: skip
-    raise NoRoom(Reason("no-node-with-room", {"gpus": str(need), "problems": "; ".join(parts)}))
+    details = NoNodeWithRoom(need, barriers, most if reachable else None)
+    raise NoRoom(Reason("no-node-with-room", details))
 
 
 def _best_racks(request: _Request) -> list[tuple[Rack, int]]:
@@ -770,11 +730,11 @@ def _why_no_racks(request: _Request, per_unit: int, by_block: bool) -> Reason:
     shape = request.shape
     groups = request.pool.blocks() if by_block else {None: list(request.pool.racks.values())}
     problems: list[Problem] = []
-    short: list[str] = []
+    rooms: list[BlockRoom] = []
+    unlabeled = 0
     for block, racks in sorted(groups.items(), key=lambda g: g[0] or ""):
         if by_block and block is None:
-            many = len(racks) > 1
-            short.append(f"{len(racks)} rack{'s carry' if many else ' carries'} no block label")
+            unlabeled = len(racks)
             continue
         room = []
         for rack in racks:
@@ -785,20 +745,11 @@ def _why_no_racks(request: _Request, per_unit: int, by_block: bool) -> Reason:
                 room.append(rack)
         if room:
             units = sum(_slots(request, r) // per_unit for r in room)
-            frees = ", ".join(str(_free(request, r)) for r in room)
-            where = f"block {block}" if block is not None else "the pool"
-            noun = "part" if units == 1 else "parts"
-            short.append(f"{where} has room for {units} {noun} (racks with {frees} free)")
-    details = "; ".join(short + ([summarize(problems)] if problems else []))
-    return Reason(
-        "no-block-with-room" if by_block else "no-racks-with-room",
-        {
-            "gpus": str(shape.gpus),
-            "units": str(shape.units),
-            "unit": str(shape.unit_gpus),
-            "problems": details or "the pool has no racks",
-        },
+            rooms.append(BlockRoom(block, units, tuple(_free(request, r) for r in room)))
+    details = NoRacksWithRoom(
+        shape.gpus, shape.units, shape.unit_gpus, tuple(problems), tuple(rooms), unlabeled
     )
+    return Reason("no-block-with-room" if by_block else "no-racks-with-room", details)
 
 
 def _split(

@@ -24,7 +24,16 @@ from rackscale.placement.engine import (
     place_replica,
     search_orders,
 )
-from rackscale.placement.reasons import Note, Reason
+from rackscale.placement.reasons import (
+    BesideGroup,
+    Group,
+    GroupBlockLabelMissing,
+    GroupCannotGrow,
+    GroupNoRoom,
+    Note,
+    Reason,
+    ServingGroup,
+)
 from rackscale.placement.shape import shape_of
 from rackscale.topology.snapshot import Pool, Rack, Snapshot, group_compute_domain_name
 
@@ -37,8 +46,13 @@ class GroupDecision:
     deployment: InferenceDeployment
     group: int
     roles: list[tuple[RoleReplica, Decision]] = field(default_factory=list)
-    reason: str | None = None
+    why: Reason | None = None  # why no unit holds it whole (details only when explained)
     compute_domain: str | None = None  # `<name>-g<group>`, when its pods share one
+
+    @property
+    def reason(self) -> str | None:
+        """`why` in words (None when placed, or not explained)."""
+        return (self.why.text or None) if self.why else None
 
     @property
     def placed(self) -> bool:
@@ -188,8 +202,8 @@ def place_group(
         if placed is not None:
             result.roles = placed
             return result
-    result.reason = _why_not(deployment, pool, group, misses) if explain else ""
-    result.roles = _unplaced(snapshot, deployment, views, members, result.reason)
+    result.why = _why_not(deployment, pool, group, misses, explain=explain)
+    result.roles = _unplaced(snapshot, deployment, views, members, result.why)
     result.compute_domain = None
     return result
 
@@ -220,19 +234,21 @@ def restart_role_replica(
              for r in spec.roles or []}  # fmt: skip
     domain = _group_domain(deployment, pool, views, member.group)
     if domain is not None and not added:
-        return Decision(replica, None, Reason("group-shares-domain", {"group": str(member.group)}))
+        return Decision(replica, None, Reason("group-shares-domain", Group(member.group)))
     held = set(group_racks)
     if spec.colocation == "Block":
         blocks = {pool.racks[r].block for r in held if r in pool.racks}
         held = {r.name for r in pool.racks.values() if r.block is not None and r.block in blocks}
     decision = place_replica(snapshot, _never(view), replica, only=held, domain=domain)
-    if decision.plan is None:
+    if decision.plan is None and decision.why is not None:
         unit = "block" if spec.colocation == "Block" else "rack"
-        why = decision.reason or f"no room in its {unit}"
-        details = {"group": str(member.group), "why": why}
-        if added:
-            details |= {"role": member.role, "unit": unit}
-        decision.why = Reason("group-cannot-grow" if added else "beside-group", details)
+        decision.why = (
+            Reason(
+                "group-cannot-grow", GroupCannotGrow(member.group, member.role, unit, decision.why)
+            )
+            if added
+            else Reason("beside-group", BesideGroup(member.group, decision.why))
+        )
     return decision
 
 
@@ -366,7 +382,7 @@ def _unplaced(
     deployment: InferenceDeployment,
     views: dict[str, InferenceDeployment],
     members: list[RoleReplica],
-    reason: str,
+    reason: Reason,
 ) -> list[tuple[RoleReplica, Decision]]:
     """No unit holds the group: all of it in device-plugin mode (fallback DevicePlugin), or all
     of it pending. The first role replica carries the reason, the others point to it."""
@@ -374,8 +390,7 @@ def _unplaced(
     out = []
     fallback = deployment.spec.placement.fallback == "DevicePlugin"
     for member in members:
-        text = reason if member.replica == first else f"placed with replica {first}: {reason}"
-        why = Reason("group-no-room", {"why": text} if reason else {})
+        why = reason if member.replica == first else reason.with_replica(first)
         if fallback:
             view = _device_plugin_view(views[member.role])
             plan = place_replica(snapshot, view, member.replica).plan
@@ -391,29 +406,32 @@ def _device_plugin_view(view: InferenceDeployment) -> InferenceDeployment:
     return InferenceDeployment(metadata=view.metadata, spec=spec)
 
 
-def _why_not(deployment: InferenceDeployment, pool: Pool, group: int, misses: Counter[str]) -> str:
-    """`no rack holds serving group 0 whole (1 prefill of 4 GPUs, 2 decode of 16 = 36 GPUs):
-    2 racks have fewer free GPUs (8, 16); 1 rack has no room for a decode beside the rest`."""
+def _why_not(
+    deployment: InferenceDeployment,
+    pool: Pool,
+    group: int,
+    misses: Counter[str],
+    *,
+    explain: bool,
+) -> Reason:
+    """Why no unit holds the serving group whole: the pool lacks a block label for colocate
+    Block, or units have too few free GPUs or no room for a role replica beside the rest."""
     spec = deployment.spec
-    unit = "block" if spec.colocation == "Block" else "rack"
-    parts = ", ".join(f"{r.replicas} {r.name} of {r.parallelism.gpus}" for r in spec.roles or [])
-    head = f"no {unit} holds serving group {group} whole ({parts} = {spec.gpus_per_replica} GPUs)"
-    if unit == "block" and not pool.spec.block_label:
-        return f"{head}: colocate Block needs spec.blockLabel on RackPool {pool.name}"
+    unit: Literal["rack", "block"] = "block" if spec.colocation == "Block" else "rack"
+    missing = unit == "block" and not pool.spec.block_label
+    code: Literal["group-no-room", "group-block-label-missing"] = (
+        "group-block-label-missing" if missing else "group-no-room"
+    )
+    if not explain:
+        return Reason(code)
+    roles = tuple((r.name, r.replicas, r.parallelism.gpus) for r in spec.roles or [])
+    serving = ServingGroup(group, unit, roles, spec.gpus_per_replica)
+    if missing:
+        return Reason(code, GroupBlockLabelMissing(serving, pool.name))
     units = (
         [r for b, r in pool.blocks().items() if b is not None]
         if unit == "block"
         else [[r] for r in pool.racks.values()]
     )
-    small = sorted(_room(u) for u in units if _room(u) < spec.gpus_per_replica)
-    parts_out = []
-    if small:
-        frees = ", ".join(str(f) for f in small)
-        parts_out.append(f"{_count(len(small), unit)} fewer free GPUs ({frees})")
-    for role, n in sorted(misses.items()):
-        parts_out.append(f"{_count(n, unit)} no room for a {role} replica beside the rest")
-    return f"{head}: " + ("; ".join(parts_out) or f"the pool has no {unit}")
-
-
-def _count(n: int, unit: str) -> str:
-    return f"{n} {unit}{'s have' if n != 1 else ' has'}"
+    small = tuple(sorted(_room(u) for u in units if _room(u) < spec.gpus_per_replica))
+    return Reason(code, GroupNoRoom(serving, small, tuple(sorted(misses.items()))))

@@ -9,15 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rackscale.api import InferenceDeployment
+from rackscale.api.labels import COMPUTE_DOMAIN_LABEL
 from rackscale.placement import place, place_replica
 from rackscale.placement.reasons import NoRackWithRoom, Problem, Reason
-from rackscale.render import (
-    CHANNEL_CLAIM,
-    COMPUTE_DOMAIN_LABEL,
-    PoolFacts,
-    render_compute_domain,
-    render_replica,
-)
+from rackscale.render import CHANNEL_CLAIM, PoolFacts, render_compute_domain, render_replica
 from rackscale.topology import build_snapshot
 from tests.factory import deployment, nvl72, pool
 from tests.strategies import GPU, Cluster, workloads

@@ -19,12 +19,10 @@ from rackscale.api.common import (
     check_name,
     qualified_name_rule,
 )
+from rackscale.api.labels import DEFAULT_RACK_LABEL
 from rackscale.api.pricing import Pricing
 
-DEFAULT_RACK_LABEL = "nvidia.com/gpu.clique"
-GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB per GPU, as GPU Feature Discovery sets it
 DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
-POOL_TAINT_KEY = "rackscale.dev/pool"
 
 
 class LabelSelectorRequirement(Spec):

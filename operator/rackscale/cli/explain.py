@@ -17,19 +17,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from rackscale.api import GROUP, VERSION, InferenceDeployment, RackPool, format_errors
+from rackscale.api.labels import DEPLOYMENT_LABEL, MODE_ANNOTATION, RACKS_ANNOTATION, REPLICA_LABEL
 from rackscale.cli import kubectl
 from rackscale.placement import Decision, place_pass
 from rackscale.placement.groups import place_groups
 from rackscale.planner import step as planner
 from rackscale.planner.lifecycle import Clock
-from rackscale.render import (
-    COMPUTE_DOMAIN_GROUP,
-    COMPUTE_DOMAIN_VERSION,
-    DEPLOYMENT_LABEL,
-    MODE_ANNOTATION,
-    RACKS_ANNOTATION,
-    REPLICA_LABEL,
-)
+from rackscale.render import COMPUTE_DOMAIN_GROUP, COMPUTE_DOMAIN_VERSION
 from rackscale.render.network import cross_rack_warning
 from rackscale.topology import PodInfo, Snapshot, build_snapshot, pinned_node
 

@@ -10,9 +10,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from rackscale.api import GROUP, VERSION, RackPool, format_errors
+from rackscale.api.labels import DEPLOYMENT_LABEL, GROUP_LABEL, ROLE_LABEL
 from rackscale.api.rackpool import RackPoolStatus
 from rackscale.cli import kubectl
-from rackscale.render.names import DEPLOYMENT_LABEL, GROUP_LABEL, ROLE_LABEL
 from rackscale.topology import Snapshot, build_snapshot, pinned_node
 
 # pool -> rack -> deployment (`namespace/name`) -> `group 0: decode, prefill; group 1: ...`

@@ -23,13 +23,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from rackscale.api import RackPool, format_errors
-from rackscale.render import (
-    COMPUTE_DOMAIN_VERSION,
-    DEPLOYMENT_LABEL,
-    GROUP_LABEL,
-    INFERENCE_POOL_VERSION,
-    REPLICA_LABEL,
-)
+from rackscale.api.labels import DEPLOYMENT_LABEL, GROUP_LABEL, REPLICA_LABEL
+from rackscale.render import COMPUTE_DOMAIN_VERSION, INFERENCE_POOL_VERSION
 from rackscale.topology import NodeInfo, PodInfo, Snapshot, Usage, build_racks
 from rackscale.topology.objects import DomainInfo
 

@@ -17,6 +17,7 @@ from typing import Any
 import kopf
 
 from rackscale.api import GROUP, VERSION
+from rackscale.api.labels import DEPLOYMENT_LABEL
 from rackscale.controller import leader, liveness
 from rackscale.controller.cluster import (
     ClusterCache,
@@ -32,7 +33,6 @@ from rackscale.render import (
     COMPUTE_DOMAIN_GROUP,
     COMPUTE_DOMAIN_PLURAL,
     COMPUTE_DOMAIN_VERSION,
-    DEPLOYMENT_LABEL,
     INFERENCE_POOL_CRD,
 )
 from rackscale.topology import NodeInfo, PodInfo

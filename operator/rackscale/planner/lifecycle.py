@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, get_args
 
-from rackscale.render import (
+from rackscale.api.labels import (
     COMPUTE_DOMAIN_LABEL,
     FIRST_RANK_ANNOTATION,
     MODE_ANNOTATION,

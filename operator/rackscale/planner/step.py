@@ -19,16 +19,13 @@ from pydantic import ValidationError
 
 from rackscale.api import InferenceDeployment, format_errors
 from rackscale.api.inferencedeployment import GROUP_NUMBERS, ROLE_NUMBERS
+from rackscale.api.labels import GROUP_LABEL, GROUP_ROLES_ANNOTATION, LEADERS_ANNOTATION, ROLE_LABEL
 from rackscale.api.pricing import Price
 from rackscale.api.rackpool import DEFAULT_GPU_RESOURCE
 from rackscale.placement import Decision, ReasonCode, ReplicaPlan, Reservation, Waiting
 from rackscale.placement.groups import GroupDecision, WaitingGroup
 from rackscale.planner import lifecycle, status
 from rackscale.render import (
-    GROUP_LABEL,
-    GROUP_ROLES_ANNOTATION,
-    LEADERS_ANNOTATION,
-    ROLE_LABEL,
     PoolFacts,
     compute_domain_of,
     group_compute_domain_name,

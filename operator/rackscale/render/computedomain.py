@@ -11,15 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from rackscale.api.inferencedeployment import InferenceDeployment
-from rackscale.render.names import (
-    COMPUTE_DOMAIN_LABEL,
-    DEPLOYMENT_LABEL,
-    GROUP_LABEL,
-    REPLICA_LABEL,
-    compute_domain_name,
-    group_compute_domain_name,
-    owner_reference,
-)
+from rackscale.api.labels import COMPUTE_DOMAIN_LABEL, DEPLOYMENT_LABEL, GROUP_LABEL, REPLICA_LABEL
+from rackscale.render.names import compute_domain_name, group_compute_domain_name, owner_reference
 
 COMPUTE_DOMAIN_GROUP = "resource.nvidia.com"
 COMPUTE_DOMAIN_VERSION = "v1beta1"

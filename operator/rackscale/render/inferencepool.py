@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from rackscale.api.inferencedeployment import InferenceDeployment
-from rackscale.render.names import DEPLOYMENT_LABEL, owner_reference
+from rackscale.api.labels import DEPLOYMENT_LABEL
+from rackscale.render.names import owner_reference
 from rackscale.render.services import serving_port, serving_selector
 
 INFERENCE_POOL_GROUP = "inference.networking.k8s.io"

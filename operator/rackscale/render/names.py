@@ -1,4 +1,5 @@
-"""Names, labels and annotations of what the operator creates, shared by render and controller."""
+"""Names of what the operator creates, shared by render and controller (their label and
+annotation keys are in `rackscale.api.labels`)."""
 
 from __future__ import annotations
 
@@ -7,52 +8,9 @@ from typing import Any
 
 from rackscale.api.common import API_VERSION
 from rackscale.api.inferencedeployment import InferenceDeployment, RoleReplica
-from rackscale.topology.snapshot import (
-    COMPUTE_DOMAIN_LABEL,
-    DEPLOYMENT_LABEL,
-    EXCLUSIVE_LABEL,
-    REPLICA_LABEL,
-    compute_domain_name,
-    group_compute_domain_name,
-)
-
-SHARD_LABEL = "rackscale.dev/shard"
-RACK_LABEL = "rackscale.dev/rack"
-LEADER_LABEL = "rackscale.dev/leader"
-ROLE_LABEL = "rackscale.dev/role"  # with spec.roles: the pod's role
-GROUP_LABEL = "rackscale.dev/group"  # with spec.roles: the pod's serving group
-
-TEMPLATE_HASH_ANNOTATION = "rackscale.dev/template-hash"
-SHARDS_ANNOTATION = "rackscale.dev/shards"
-FIRST_RANK_ANNOTATION = "rackscale.dev/first-rank"
-MODE_ANNOTATION = "rackscale.dev/mode"
-RACK_ANNOTATION = "rackscale.dev/rack"  # the exact rack name; the label is sanitised
-RACKS_ANNOTATION = "rackscale.dev/racks"
-# With spec.roles: each role's replicas in the group when the pod was created,
-# `prefill=1,decode=1`; tells a role replica added by scaling from one that was lost.
-GROUP_ROLES_ANNOTATION = "rackscale.dev/group-roles"
-# With spec.roles: where the leaders of every role of the pod's group listen, a line
-# `<role>=host:port,...` each; kept current as roles scale (a downward API volume shows it live).
-LEADERS_ANNOTATION = "rackscale.dev/leaders"
+from rackscale.topology.snapshot import compute_domain_name, group_compute_domain_name
 
 __all__ = [
-    "COMPUTE_DOMAIN_LABEL",
-    "DEPLOYMENT_LABEL",
-    "EXCLUSIVE_LABEL",
-    "FIRST_RANK_ANNOTATION",
-    "GROUP_LABEL",
-    "GROUP_ROLES_ANNOTATION",
-    "LEADERS_ANNOTATION",
-    "LEADER_LABEL",
-    "MODE_ANNOTATION",
-    "RACKS_ANNOTATION",
-    "RACK_ANNOTATION",
-    "RACK_LABEL",
-    "REPLICA_LABEL",
-    "ROLE_LABEL",
-    "SHARDS_ANNOTATION",
-    "SHARD_LABEL",
-    "TEMPLATE_HASH_ANNOTATION",
     "compute_domain_name",
     "group_compute_domain_name",
     "headless_service_name",

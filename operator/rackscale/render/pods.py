@@ -11,10 +11,8 @@ from typing import Any
 
 from rackscale.api.environment import COORDINATION_PORT, ENVIRONMENT, MULTI_NODE_NVLINK_ENV
 from rackscale.api.inferencedeployment import InferenceDeployment, Parallelism, RoleReplica
-from rackscale.api.rackpool import DEFAULT_GPU_RESOURCE, DEFAULT_RACK_LABEL, POOL_TAINT_KEY
-from rackscale.placement.engine import PodPlan, ReplicaPlan
-from rackscale.render.computedomain import claim_channel
-from rackscale.render.names import (
+from rackscale.api.labels import (
+    DEFAULT_RACK_LABEL,
     DEPLOYMENT_LABEL,
     EXCLUSIVE_LABEL,
     FIRST_RANK_ANNOTATION,
@@ -23,6 +21,7 @@ from rackscale.render.names import (
     LEADER_LABEL,
     LEADERS_ANNOTATION,
     MODE_ANNOTATION,
+    POOL_TAINT_KEY,
     RACK_ANNOTATION,
     RACK_LABEL,
     RACKS_ANNOTATION,
@@ -31,6 +30,11 @@ from rackscale.render.names import (
     SHARD_LABEL,
     SHARDS_ANNOTATION,
     TEMPLATE_HASH_ANNOTATION,
+)
+from rackscale.api.rackpool import DEFAULT_GPU_RESOURCE
+from rackscale.placement.engine import PodPlan, ReplicaPlan
+from rackscale.render.computedomain import claim_channel
+from rackscale.render.names import (
     headless_service_name,
     label_value,
     leader_address,

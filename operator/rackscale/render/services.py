@@ -6,14 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from rackscale.api.inferencedeployment import InferenceDeployment
-from rackscale.render.names import (
-    DEPLOYMENT_LABEL,
-    LEADER_LABEL,
-    ROLE_LABEL,
-    headless_service_name,
-    owner_reference,
-    role_service_name,
-)
+from rackscale.api.labels import DEPLOYMENT_LABEL, LEADER_LABEL, ROLE_LABEL
+from rackscale.render.names import headless_service_name, owner_reference, role_service_name
 
 
 def serving_selector(deployment: InferenceDeployment) -> dict[str, str]:

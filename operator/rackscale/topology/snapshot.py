@@ -14,20 +14,16 @@ from typing import Any, NamedTuple
 
 from sortedcontainers import SortedList
 
-from rackscale.api.rackpool import (
-    DEFAULT_GPU_RESOURCE,
+from rackscale.api.labels import (
+    COMPUTE_DOMAIN_LABEL,
+    DEPLOYMENT_LABEL,
+    EXCLUSIVE_LABEL,
     GPU_MEMORY_LABEL,
     POOL_TAINT_KEY,
-    RackPool,
-    RackPoolSpec,
+    REPLICA_LABEL,
 )
+from rackscale.api.rackpool import DEFAULT_GPU_RESOURCE, RackPool, RackPoolSpec
 from rackscale.topology.objects import NodeInfo, PodInfo
-
-DEPLOYMENT_LABEL = "rackscale.dev/deployment"
-REPLICA_LABEL = "rackscale.dev/replica"
-EXCLUSIVE_LABEL = "rackscale.dev/exclusive"
-# A pod of a replica with a ComputeDomain names it: a node holds pods of at most one.
-COMPUTE_DOMAIN_LABEL = "rackscale.dev/compute-domain"
 
 
 def compute_domain_name(deployment: str, replica: int) -> str:

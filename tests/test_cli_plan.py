@@ -61,9 +61,18 @@ def test_json_output_is_the_documented_shape(
     )
     assert [r["replica"] for r in placement["replicas"]] == [0, 1]
     first = placement["replicas"][0]
-    assert set(first) == {"replica", "mode", "racks", "computeDomain", "pods", "gpuMemoryMiB"}
+    assert set(first) == {
+        "replica",
+        "mode",
+        "racks",
+        "computeDomain",
+        "nvlinkCrossesNodes",
+        "pods",
+        "gpuMemoryMiB",
+    }
     assert first["mode"] == "Rack"
     assert first["computeDomain"] == "deepseek-r1-0"  # 8 trays of one NVLink domain
+    assert first["nvlinkCrossesNodes"] is True
     assert len(first["pods"]) == 8
     assert first["pods"][0] == {"shard": 0, "node": "gb200-0000-00", "gpus": 4, "firstRank": 0}
     assert [p["firstRank"] for p in first["pods"]] == list(range(0, 32, 4))

@@ -9,10 +9,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rackscale.api import InferenceDeployment
-from rackscale.api.labels import COMPUTE_DOMAIN_LABEL
-from rackscale.placement import place, place_replica
+from rackscale.api.labels import COMPUTE_DOMAIN_LABEL, GROUP_LABEL, REPLICA_LABEL
+from rackscale.placement import (
+    Decision,
+    DeploymentPlan,
+    PodPlan,
+    ReplicaPlan,
+    place,
+    place_replica,
+)
 from rackscale.placement.reasons import NoRackWithRoom, Problem, Reason
-from rackscale.render import CHANNEL_CLAIM, PoolFacts, render_compute_domain, render_replica
+from rackscale.render import (
+    CHANNEL_CLAIM,
+    PoolFacts,
+    compute_domain_of,
+    plan_objects,
+    render_compute_domain,
+    render_replica,
+)
 from rackscale.topology import build_snapshot
 from tests.factory import deployment, nvl72, pool
 from tests.strategies import GPU, Cluster, workloads
@@ -81,6 +95,7 @@ def test_no_node_ever_holds_two_compute_domains(
         if name:
             domains.setdefault(target, set()).add(f"{raw['metadata']['namespace']}/{name}")
     wants = {p.name: p.spec.wants_compute_domains for p in cluster.pools}
+    rack_nvlink = {p.name: p.spec.nvlink_domain == "Rack" for p in cluster.pools}
     for dep, plan in zip(deployments, place(snapshot, deployments), strict=True):
         for decision in plan.decisions:
             replica = decision.plan
@@ -92,8 +107,13 @@ def test_no_node_ever_holds_two_compute_domains(
             spans = len(replica.pods) > 1 and dep.spec.placement.replica_scope != "Node"
             expected = replica.mode == "Rack" and spans and wants.get(pool_name or "", False)
             assert (replica.compute_domain is not None) == expected, (replica, expected)
+            # The plan says whether NVLink crosses nodes, judged here from where its pods went.
+            crosses = replica.mode == "Rack" and rack_nvlink.get(pool_name or "", False)
+            assert replica.nvlink_crosses_nodes == (crosses and len(set(nodes)) > 1), replica
             if replica.compute_domain:
                 assert replica.compute_domain == f"{dep.name}-{decision.replica}"
+                assert replica.domain_group is None
+                assert replica.nvlink_crosses_nodes  # a domain's pods are on a node each
                 assert len(set(nodes)) == len(nodes), f"two pods of one domain on a node: {nodes}"
                 key = f"{dep.namespace}/{replica.compute_domain}"
             for p in replica.pods:
@@ -146,11 +166,13 @@ def test_without_the_crd_or_with_off_pods_share_nodes_and_get_no_domain() -> Non
         assert plan is not None
         assert plan.compute_domain is None
         assert len({p.node for p in plan.pods}) == 1  # best fit: both pods on one tray
+        assert not plan.nvlink_crosses_nodes
     snapshot = build_snapshot(nodes, [], [pool(gpusPerRack=8)], compute_domains=True)
     plan = place_replica(snapshot, dep, 0).plan
     assert plan is not None
     assert plan.compute_domain == "d-0"
     assert len({p.node for p in plan.pods}) == 2
+    assert plan.nvlink_crosses_nodes
 
 
 def test_hgx_pools_and_other_vendors_never_get_domains() -> None:
@@ -198,3 +220,23 @@ def test_pods_claim_the_channel_of_their_replicas_domain() -> None:
         "numNodes": 0,
         "channel": {"resourceClaimTemplate": {"name": "kimi-3-channel"}},
     }
+
+
+def test_the_compute_domain_rendered_is_the_one_the_plan_names() -> None:
+    # Render reads the plan, not the spec: a contrived plan naming a group's domain for a
+    # deployment without roles gets that domain, labelled with that group.
+    dep = deployment("d", tensor=8, gpusPerPod=4)
+    pods = (PodPlan(0, "n0", 4, 0, "r0"), PodPlan(1, "n1", 4, 4, "r0"))
+    own = ReplicaPlan(2, "Rack", ("r0",), pods, "d-2", None, True)
+    shared = ReplicaPlan(2, "Rack", ("r0",), pods, "elsewhere-g7", 7, True)
+    assert compute_domain_of(dep, own)["metadata"]["labels"][REPLICA_LABEL] == "2"
+    rendered = compute_domain_of(dep, shared)
+    assert rendered["metadata"]["name"] == "elsewhere-g7"
+    assert rendered["metadata"]["labels"][GROUP_LABEL] == "7"
+    assert REPLICA_LABEL not in rendered["metadata"]["labels"]
+    # and a plan naming none gets no ComputeDomain and no channel, whatever its pool wants
+    snapshot = build_snapshot(nvl72(1, trays=2), [], [pool(gpusPerRack=8)], compute_domains=True)
+    bare = ReplicaPlan(2, "Rack", ("r0",), pods)
+    objects = plan_objects(snapshot, [DeploymentPlan("d", [Decision(2, bare)])], [dep])
+    assert [o["kind"] for o in objects if o["kind"] != "Service"] == ["Pod", "Pod"]
+    assert all("resourceClaims" not in o["spec"] for o in objects if o["kind"] == "Pod")

@@ -151,6 +151,7 @@ def check_group(  # noqa: PLR0917
         assert together
         assert decision.compute_domain == f"{dep.name}-g{decision.group}"
         assert all(plan.compute_domain == decision.compute_domain for plan in rack_mode)
+        assert all(plan.domain_group == decision.group for plan in rack_mode)
         assert len({p.node for p in pods}) == len(pods), "two pods of one group's domain on a node"
     for plan in rack_mode:
         if plan.compute_domain:

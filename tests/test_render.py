@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from rackscale.api import InferenceDeployment
+from rackscale.api.labels import NVLINK_CROSSES_NODES_ANNOTATION
 from rackscale.placement import PodPlan, ReplicaPlan
 from rackscale.render import PoolFacts, render_replica, render_services, template_hash
 from rackscale.topology import pinned_node
@@ -286,26 +288,34 @@ def test_the_worker_template_is_part_of_the_template_hash() -> None:
     assert template_hash(idep(workerTemplate=other)) != with_workers
 
 
-def test_nccl_uses_nvlink_across_nodes_only_where_the_rack_is_the_nvlink_domain() -> None:
-    rack_facts = PoolFacts(
-        pool="gb200",
-        rack_labels=("nvidia.com/gpu.clique",),
-        node_racks=FACTS.node_racks,
-        nvlink_domain="Rack",
-    )
-    for pod in render_replica(idep(), RACK_PLAN, rack_facts):
+def test_nccl_uses_nvlink_across_nodes_where_the_plan_says_it_crosses_them() -> None:
+    # Render follows the engine's word, not the pool or the pods' nodes: a plan saying NVLink
+    # crosses nodes gets multi-node NVLink (and the annotation status reads), one saying it
+    # does not gets neither, whatever its nodes.
+    crossing = replace(RACK_PLAN, nvlink_crosses_nodes=True)
+    for pod in render_replica(idep(), crossing, FACTS):
         for index in (0, 1):
             assert env(pod, index)["NCCL_MNNVL_ENABLE"] == "1"
             assert env(pod, index)["NCCL_CUMEM_ENABLE"] == "1"
-    # NVLink ends at the node (HGX), or the replica sits on one node: nothing to enable.
-    for facts, plan in (
-        (FACTS, RACK_PLAN),
-        (rack_facts, ReplicaPlan(0, "Rack", ("b0/clique-a",), (PodPlan(0, "gb-a-01", 4, 0),))),
-        (rack_facts, DP_PLAN),
-    ):
+        assert pod["metadata"]["annotations"][NVLINK_CROSSES_NODES_ANNOTATION] == "true"
+    one_node = ReplicaPlan(0, "Rack", ("b0/clique-a",), (PodPlan(0, "gb-a-01", 4, 0),))
+    contrived = replace(one_node, nvlink_crosses_nodes=True)  # no engine would say so
+    for pod in render_replica(idep(parallelism={"tensor": 4}), contrived, FACTS):
+        assert env(pod)["NCCL_MNNVL_ENABLE"] == "1"
+    for plan in (RACK_PLAN, one_node, DP_PLAN):
         dep = idep(parallelism={"tensor": 4}) if len(plan.pods) == 1 else idep()
-        for pod in render_replica(dep, plan, facts):
+        for pod in render_replica(dep, plan, FACTS):
             assert "NCCL_MNNVL_ENABLE" not in env(pod)
+            assert NVLINK_CROSSES_NODES_ANNOTATION not in pod["metadata"]["annotations"]
+
+
+def test_a_template_cannot_claim_nvlink_crosses_nodes_for_the_engine() -> None:
+    template = {
+        "metadata": {"annotations": {NVLINK_CROSSES_NODES_ANNOTATION: "true"}},
+        "spec": {"containers": [{"name": "server", "image": "x"}]},
+    }
+    pod = render_replica(idep(template=template), RACK_PLAN, FACTS)[0]
+    assert NVLINK_CROSSES_NODES_ANNOTATION not in pod["metadata"]["annotations"]
 
 
 def test_the_templates_own_nccl_settings_are_kept() -> None:
@@ -320,8 +330,8 @@ def test_the_templates_own_nccl_settings_are_kept() -> None:
             ]
         }
     }
-    facts = PoolFacts(pool="gb200", node_racks=FACTS.node_racks, nvlink_domain="Rack")
-    pod = render_replica(idep(template=template), RACK_PLAN, facts)[0]
+    crossing = replace(RACK_PLAN, nvlink_crosses_nodes=True)
+    pod = render_replica(idep(template=template), crossing, FACTS)[0]
     names = [e["name"] for e in pod["spec"]["containers"][0]["env"]]
     assert names.count("NCCL_MNNVL_ENABLE") == 1
     assert env(pod)["NCCL_MNNVL_ENABLE"] == "0"

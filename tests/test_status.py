@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from rackscale.api.labels import NVLINK_CROSSES_NODES_ANNOTATION
 from rackscale.placement import place_deployment
 from rackscale.planner import lifecycle
 from rackscale.planner.status import Progress, deployment_status, dump, pool_status
@@ -293,3 +294,30 @@ def test_pool_status_reports_nodes_selected_by_two_pools() -> None:
     assert "RackPool b" in overlap["message"]
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "NoRacks")
+
+
+def test_the_compute_domains_condition_follows_the_engines_word_on_the_pods() -> None:
+    # A pool wanting ComputeDomains the API server does not serve: replicas whose pods the
+    # engine said NVLink crosses nodes for (their annotation) make the condition NotInstalled;
+    # the same pods without the engine's word do not, wherever they run.
+    dep, pods, nodes = placed()
+    assert all(
+        p["metadata"]["annotations"][NVLINK_CROSSES_NODES_ANNOTATION] == "true" for p in pods
+    )
+
+    def domains(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        states = classify(dep, pods, nodes)
+        built = deployment_status(
+            dep, states, Progress(), "nvidia.com/gpu", STAMP, domains_missing=True
+        )
+        return [c for c in dump(built)["conditions"] if c["type"] == "ComputeDomains"]
+
+    assert [c["reason"] for c in domains(pods)] == ["NotInstalled"]
+    unsaid = [
+        {**p, "metadata": {**p["metadata"], "annotations": {
+            k: v for k, v in p["metadata"]["annotations"].items()
+            if k != NVLINK_CROSSES_NODES_ANNOTATION
+        }}}
+        for p in pods
+    ]  # fmt: skip
+    assert domains(unsaid) == []

@@ -285,6 +285,7 @@ def replica_json(
         "mode": replica.mode,
         "racks": list(replica.racks),
         "computeDomain": replica.compute_domain,
+        "nvlinkCrossesNodes": replica.nvlink_crosses_nodes,
         "pods": [
             {"shard": p.shard, "node": p.node, "gpus": p.gpus, "firstRank": p.first_rank}
             for p in replica.pods

@@ -39,7 +39,14 @@ from rackscale.placement.reasons import (
     Reason,
 )
 from rackscale.placement.shape import Shape, shape_of
-from rackscale.topology.snapshot import Node, Pool, Rack, Snapshot, compute_domain_name
+from rackscale.topology.snapshot import (
+    Node,
+    Pool,
+    Rack,
+    Snapshot,
+    compute_domain_name,
+    group_compute_domain_name,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +64,13 @@ class ReplicaPlan:
     mode: Literal["Rack", "DevicePlugin"]
     racks: tuple[str, ...]
     pods: tuple[PodPlan, ...]
-    compute_domain: str | None = None  # its ComputeDomain, when its pods span trays (13)
+    # The engine's word on NVLink, decided once here and read by render, status and the CLI:
+    # its ComputeDomain (guarantee 13), by `needs_compute_domain`; the serving group sharing it
+    # (None: the replica's own); and whether its GPUs reach each other over NVLink across nodes
+    # (a rack-mode replica on several nodes of a pool whose NVLink domain is the rack).
+    compute_domain: str | None = None
+    domain_group: int | None = None
+    nvlink_crosses_nodes: bool = False
 
 
 @dataclass(slots=True)
@@ -129,6 +142,7 @@ class _Request:
     only: frozenset[str] | None = None  # consider just these racks (keeping a replica in place)
     explain: bool = True  # say why, rack by rack, when the replica does not fit
     domain: str | None = None  # its ComputeDomain: one pod per node, on nodes holding no other
+    domain_group: int | None = None  # the serving group sharing that ComputeDomain
     memory: MemoryNeed | None = None  # what the replica needs in GPU memory (spec.model)
     memory_split: bool = False  # some of the pool's nodes have GPUs too small for it, some not
 
@@ -152,6 +166,16 @@ class _Request:
         """Tolerations may open tainted nodes that the free-GPU index does not count, or some
         nodes the index counts have GPUs too small for the replica."""
         return (bool(self.tolerations) and self.pool.tainted_nodes > 0) or self.memory_split
+
+
+def needs_compute_domain(pool: Pool, deployment: InferenceDeployment, pods: int) -> bool:
+    """Whether `pods` pods placed together (one replica's, or one serving group's) need a
+    ComputeDomain: their pool uses them (NVLink crosses its nodes and the API server serves
+    them), their scope lets them span nodes, and there is more than one pod. The one rule
+    (guarantees 13 and 15); decided before placement, since a ComputeDomain's pods take one
+    node each."""
+    scope = deployment.spec.placement.replica_scope
+    return pool.compute_domains and scope != "Node" and pods > 1
 
 
 def place(snapshot: Snapshot, deployments: Iterable[InferenceDeployment]) -> list[DeploymentPlan]:
@@ -365,15 +389,15 @@ def place_replica(
     *,
     explain: bool = True,
     only: Iterable[str] | None = None,
-    domain: str | None = None,
+    group: int | None = None,
 ) -> Decision:
     """One replica, whole or not at all; falls back to device-plugin mode when asked to.
 
     `prefer` names racks to try first (where the replica ran before a template change): the
     replica stays there when they still hold it, and is placed as usual when they do not.
     Without `explain`, a refusal's reason is left out: building it looks at every rack.
-    `only` keeps it strictly to those racks, and `domain` (`namespace/name`) puts it under
-    that ComputeDomain instead of its own: how a serving group is placed (placement.groups).
+    `only` keeps it strictly to those racks, and `group` puts it under the ComputeDomain that
+    serving group shares instead of its own: how a serving group is placed (placement.groups).
     """
     placement = deployment.spec.placement
     if deployment.spec.roles:  # each role replica is placed through its role's view
@@ -383,7 +407,9 @@ def place_replica(
     try:
         request = _request(snapshot, deployment, replica, placement.rack_pool)
         request.explain = explain
-        request.domain = domain or request.domain
+        if group is not None:
+            name = group_compute_domain_name(deployment.name, group)
+            request.domain, request.domain_group = f"{deployment.namespace}/{name}", group
         if only is not None:
             request.only = frozenset(only)
             prefer = ()
@@ -427,8 +453,7 @@ def _request(
     request = _Request(
         deployment, replica, pool, shape, tuple(template_spec.get("tolerations") or ())
     )
-    if pool.compute_domains and scope != "Node" and shape.pods > 1:
-        # Its pods span trays: NVLink between them needs a ComputeDomain (guarantee 13).
+    if needs_compute_domain(pool, deployment, shape.pods):
         name = compute_domain_name(deployment.name, replica)
         request.domain = f"{deployment.namespace}/{name}"
     largest = pool.largest_node_gpus
@@ -865,5 +890,8 @@ def _reserve(
         assert not left, f"rack {rack.name} lost room while placing"
     racks = tuple(r.name for r, _ in shares)
     domain = request.domain.split("/", 1)[1] if request.domain else None
-    plan = ReplicaPlan(request.replica, "Rack", racks, tuple(pods), domain)
+    crosses = request.pool.spec.nvlink_domain == "Rack" and len({p.node for p in pods}) > 1
+    plan = ReplicaPlan(
+        request.replica, "Rack", racks, tuple(pods), domain, request.domain_group, crosses
+    )
     return plan, reservation

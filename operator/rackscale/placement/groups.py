@@ -21,6 +21,7 @@ from rackscale.placement.engine import (
     ORDER_TRIES,
     Decision,
     DeploymentPlan,
+    needs_compute_domain,
     place_replica,
     search_orders,
 )
@@ -194,7 +195,9 @@ def place_group(
             result.roles.append((member, decision))
         return result
     domain = _group_domain(deployment, pool, views, group)
-    result.compute_domain = domain.split("/", 1)[1] if domain else None
+    result.compute_domain = (
+        group_compute_domain_name(deployment.name, group) if domain is not None else None
+    )
     misses: Counter[str] = Counter()
     strict = {name: _never(view) for name, view in views.items()}
     for racks in _units(deployment, pool, frozenset(prefer)):
@@ -239,7 +242,7 @@ def restart_role_replica(
     if spec.colocation == "Block":
         blocks = {pool.racks[r].block for r in held if r in pool.racks}
         held = {r.name for r in pool.racks.values() if r.block is not None and r.block in blocks}
-    decision = place_replica(snapshot, _never(view), replica, only=held, domain=domain)
+    decision = place_replica(snapshot, _never(view), replica, only=held, group=domain)
     if decision.plan is None and decision.why is not None:
         unit = "block" if spec.colocation == "Block" else "rack"
         decision.why = (
@@ -298,16 +301,12 @@ def _group_domain(
     pool: Pool,
     views: dict[str, InferenceDeployment],
     group: int,
-) -> str | None:
-    """The group's ComputeDomain (`namespace/name`) when its pool uses them, its scope is not
-    Node and the group has more than one pod: its pods may then span trays (guarantee 15)."""
-    if not pool.compute_domains or deployment.spec.placement.replica_scope == "Node":
-        return None
+) -> int | None:
+    """`group` when its role replicas share a ComputeDomain (`needs_compute_domain`, the pods
+    of the whole group counted: guarantee 15), else None."""
     roles = deployment.spec.roles or []
     pods = sum(r.replicas * shape_of(views[r.name].spec, pool.node_gpus).pods for r in roles)
-    if pods < 2:
-        return None
-    return f"{deployment.namespace}/{group_compute_domain_name(deployment.name, group)}"
+    return group if needs_compute_domain(pool, deployment, pods) else None
 
 
 def _units(deployment: InferenceDeployment, pool: Pool, prefer: frozenset[str]) -> list[list[Rack]]:
@@ -347,7 +346,7 @@ def _try_unit(
     members: list[RoleReplica],
     racks: list[Rack],
     *,
-    domain: str | None,
+    domain: int | None,
     misses: Counter[str],
 ) -> list[tuple[RoleReplica, Decision]] | None:
     """Place every role replica on `racks` only, the largest first (`views` without a
@@ -358,7 +357,7 @@ def _try_unit(
     for member in sorted(members, key=lambda m: -views[m.role].spec.gpus_per_replica):
         view = views[member.role]
         decision = place_replica(
-            snapshot, view, member.replica, explain=False, only=only, domain=domain
+            snapshot, view, member.replica, explain=False, only=only, group=domain
         )
         if decision.plan is None:
             for _, placed in reversed(done):

@@ -14,6 +14,7 @@ from rackscale.api.labels import (
     COMPUTE_DOMAIN_LABEL,
     FIRST_RANK_ANNOTATION,
     MODE_ANNOTATION,
+    NVLINK_CROSSES_NODES_ANNOTATION,
     RACKS_ANNOTATION,
     REPLICA_LABEL,
     SHARD_LABEL,
@@ -61,6 +62,12 @@ class ReplicaState:
         if not self.pods:
             return "Rack"
         return self.pods[0].annotations.get(MODE_ANNOTATION) or "Rack"
+
+    @property
+    def nvlink_crosses_nodes(self) -> bool:
+        """Whether its pods reach each other over NVLink across nodes, as the engine decided
+        when it placed them (their annotation says so)."""
+        return any(p.annotations.get(NVLINK_CROSSES_NODES_ANNOTATION) == "true" for p in self.pods)
 
     @property
     def racks(self) -> list[str]:

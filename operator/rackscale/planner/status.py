@@ -285,7 +285,7 @@ def deployment_status(
     degraded = _degraded(seen, placed_cond)
     phase = _phase(seen)
     summary = _summary(phase, placed_cond, progressing, degraded, seen.counts)
-    domains = _domains_condition(seen.wanted, seen.placements, domains_missing)
+    domains = _domains_condition(seen.wanted, domains_missing)
     gateway = _inference_pool_condition(deployment, inference_pools_missing)
     previous = (deployment.status.conditions if deployment.status else []) or []
     model = deployment.spec.model
@@ -334,11 +334,10 @@ def deployment_status(
     )
 
 
-def _domains_condition(
-    wanted: list[ReplicaState], placements: list[ReplicaPlacement], missing: bool
-) -> list[Condition]:
+def _domains_condition(wanted: list[ReplicaState], missing: bool) -> list[Condition]:
     """`ComputeDomains`: whether the replicas spanning trays have their IMEX channels. Shown only
-    where a replica has a ComputeDomain, or should have one and cannot."""
+    where a replica has a ComputeDomain, or should have one and cannot: its NVLink crosses
+    nodes (the engine's word, on its pods) and the API server serves no ComputeDomains."""
     with_domain = [s for s in wanted if s.domain]
     if with_domain:
         waiting = [s for s in with_domain if not s.domain_ready]
@@ -360,8 +359,7 @@ def _domains_condition(
                 message=f"{_plural(len(with_domain), 'ComputeDomain')} Ready",
             )
         ]
-    spanning = [p for p in placements if p.mode == "Rack" and len({q.node for q in p.pods}) > 1]
-    if missing and spanning:
+    if missing and any(s.nvlink_crosses_nodes for s in wanted):
         return [
             Condition(
                 type="ComputeDomains",

@@ -8,8 +8,8 @@ from rackscale.render.computedomain import (
     COMPUTE_DOMAIN_PLURAL,
     COMPUTE_DOMAIN_VERSION,
     channel_template_name,
+    compute_domain_of,
     render_compute_domain,
-    render_group_compute_domain,
 )
 from rackscale.render.inferencepool import (
     INFERENCE_POOL_API_VERSION,
@@ -30,7 +30,7 @@ from rackscale.render.names import (
     role_pod_name,
     role_service_name,
 )
-from rackscale.render.plan import compute_domain_of, plan_objects
+from rackscale.render.plan import plan_objects
 from rackscale.render.pods import (
     PoolFacts,
     leaders_annotation,
@@ -65,7 +65,6 @@ __all__ = [
     "pod_name",
     "pool_facts",
     "render_compute_domain",
-    "render_group_compute_domain",
     "render_inference_pool",
     "render_replica",
     "render_services",

@@ -12,7 +12,8 @@ from typing import Any
 
 from rackscale.api.inferencedeployment import InferenceDeployment
 from rackscale.api.labels import COMPUTE_DOMAIN_LABEL, DEPLOYMENT_LABEL, GROUP_LABEL, REPLICA_LABEL
-from rackscale.render.names import compute_domain_name, group_compute_domain_name, owner_reference
+from rackscale.placement.engine import ReplicaPlan
+from rackscale.render.names import compute_domain_name, owner_reference
 
 COMPUTE_DOMAIN_GROUP = "resource.nvidia.com"
 COMPUTE_DOMAIN_VERSION = "v1beta1"
@@ -34,10 +35,16 @@ def render_compute_domain(deployment: InferenceDeployment, replica: int) -> dict
     return _compute_domain(deployment, name, {REPLICA_LABEL: str(replica)})
 
 
-def render_group_compute_domain(deployment: InferenceDeployment, group: int) -> dict[str, Any]:
-    """`<name>-g<group>`: the ComputeDomain every role replica of a serving group shares."""
-    name = group_compute_domain_name(deployment.name, group)
-    return _compute_domain(deployment, name, {GROUP_LABEL: str(group)})
+def compute_domain_of(deployment: InferenceDeployment, plan: ReplicaPlan) -> dict[str, Any]:
+    """The ComputeDomain the engine put a placed replica under, as its plan names it: its own
+    (labelled with its replica), or the one its serving group shares (`plan.domain_group`,
+    labelled with the group)."""
+    assert plan.compute_domain, f"replica {plan.replica} has no ComputeDomain"
+    if plan.domain_group is not None:
+        return _compute_domain(
+            deployment, plan.compute_domain, {GROUP_LABEL: str(plan.domain_group)}
+        )
+    return _compute_domain(deployment, plan.compute_domain, {REPLICA_LABEL: str(plan.replica)})
 
 
 def _compute_domain(

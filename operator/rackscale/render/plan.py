@@ -13,8 +13,7 @@ from typing import Any
 
 from rackscale.api.inferencedeployment import InferenceDeployment
 from rackscale.placement import DeploymentPlan
-from rackscale.placement.engine import ReplicaPlan
-from rackscale.render.computedomain import render_compute_domain, render_group_compute_domain
+from rackscale.render.computedomain import compute_domain_of
 from rackscale.render.inferencepool import render_inference_pool
 from rackscale.render.pods import pool_facts, render_replica
 from rackscale.render.services import render_services
@@ -42,12 +41,3 @@ def plan_objects(
             if pool is not None:
                 out.append(pool)
     return out
-
-
-def compute_domain_of(deployment: InferenceDeployment, replica: ReplicaPlan) -> dict[str, Any]:
-    """The ComputeDomain a placed replica names: its own, or its serving group's (spec.roles,
-    colocate Rack or Block), which the group's role replicas share."""
-    if deployment.spec.roles and deployment.spec.colocation != "None":
-        group = deployment.spec.role_replica(replica.replica).group
-        return render_group_compute_domain(deployment, group)
-    return render_compute_domain(deployment, replica.replica)

@@ -21,6 +21,7 @@ from rackscale.api.labels import (
     LEADER_LABEL,
     LEADERS_ANNOTATION,
     MODE_ANNOTATION,
+    NVLINK_CROSSES_NODES_ANNOTATION,
     POOL_TAINT_KEY,
     RACK_ANNOTATION,
     RACK_LABEL,
@@ -56,27 +57,18 @@ class PoolFacts:
     gpu_resource: str = DEFAULT_GPU_RESOURCE  # the pool's; device-plugin pods use the default
     rack_labels: tuple[str, ...] = (DEFAULT_RACK_LABEL,)  # device-plugin pods avoid these nodes
     node_racks: Mapping[str, str] | None = None  # node -> rack, for plans naming no pod's rack
-    nvlink_domain: str = "Node"  # the pool's nvlinkDomain: Rack when NVLink joins a rack's nodes
-
-    def nvlink_crosses_nodes(self, plan: ReplicaPlan) -> bool:
-        """Whether the replica's GPUs reach each other over NVLink across nodes: a rack-mode
-        replica of a pool with `nvlinkDomain: Rack` whose pods are on more than one node."""
-        if plan.mode != "Rack" or self.nvlink_domain != "Rack":
-            return False
-        return len({pod.node for pod in plan.pods}) > 1
 
 
 def pool_facts(deployment: InferenceDeployment, plan: ReplicaPlan, snapshot: Snapshot) -> PoolFacts:
     """What rendering `plan` needs from the snapshot it was placed in: the deployment's pool,
-    its GPU resource and NVLink domain, and every pool's rack label (each pod's rack is in the
-    plan)."""
+    its GPU resource, and every pool's rack label (each pod's rack, its ComputeDomain and
+    whether NVLink crosses its nodes are in the plan)."""
     pool = snapshot.pools.get(deployment.spec.placement.rack_pool or "")
     labels = {p.spec.rack_label for p in snapshot.pools.values()} or {DEFAULT_RACK_LABEL}
     return PoolFacts(
         pool=pool.name if pool else None,
         gpu_resource=pool.spec.gpu_resource if pool else DEFAULT_GPU_RESOURCE,
         rack_labels=tuple(sorted(labels)),
-        nvlink_domain=pool.spec.nvlink_domain if pool else "Node",
     )
 
 
@@ -199,6 +191,9 @@ def _annotations(  # noqa: PLR0917
     if plan.mode == "Rack":
         annotations[RACK_ANNOTATION] = rack
         annotations[RACKS_ANNOTATION] = ",".join(plan.racks)
+    annotations.pop(NVLINK_CROSSES_NODES_ANNOTATION, None)
+    if plan.nvlink_crosses_nodes:  # read back by status, as the engine decided it
+        annotations[NVLINK_CROSSES_NODES_ANNOTATION] = "true"
     if deployment.spec.roles:
         counts = (f"{r.name}={r.replicas}" for r in deployment.spec.roles)
         annotations[GROUP_ROLES_ANNOTATION] = ",".join(counts)
@@ -224,7 +219,7 @@ def _spec(  # noqa: PLR0917
     containers = _containers(spec.get("containers") or [], env, resource, pod.gpus)
     if pod.shard > 0 and view.spec.worker_template is None:
         containers = [_without_probes(c) for c in containers]
-    if facts.nvlink_crosses_nodes(plan):
+    if plan.nvlink_crosses_nodes:
         containers = [_with_defaults(c, MULTI_NODE_NVLINK_ENV) for c in containers]
     spec["containers"] = containers
     if spec.get("initContainers"):

@@ -514,8 +514,8 @@ def book_beside(step: Step, decision: Decision, snapshot: Snapshot) -> Booking:
     nothing: the group keeps serving as it was. Either joins the group's ComputeDomain."""
     booking = book(step, decision, snapshot)
     code = decision.why.code if decision.why is not None else None
-    shared = step.deployment.spec.colocation != "None"
-    if booking.plan is not None and shared and _grows(step, decision):
+    shared = booking.plan is not None and booking.plan.domain_group is not None
+    if shared and _grows(step, decision):
         booking.domain = None  # the group's ComputeDomain exists: its new member joins it
     if decision.plan is None and code in ("beside-group", "group-shares-domain"):
         group = step.deployment.spec.group_of(decision.replica)

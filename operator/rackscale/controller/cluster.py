@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from rackscale.api import RackPool, format_errors
+from rackscale.planner.step import owns
 from rackscale.render import (
     COMPUTE_DOMAIN_VERSION,
     DEPLOYMENT_LABEL,
@@ -351,7 +352,7 @@ class ClusterCache:
         for name in self._domains_by_deployment.get(key, ()):
             domain = self._domains[name]
             index = domain.labels.get(REPLICA_LABEL, "")
-            if index.isdigit() and not (uid and domain.owners and uid not in domain.owners):
+            if index.isdigit() and owns(uid, domain):
                 out[int(index)] = domain
         return out
 
@@ -363,7 +364,7 @@ class ClusterCache:
             index = domain.labels.get(GROUP_LABEL, "")
             if REPLICA_LABEL in domain.labels or not index.isdigit():
                 continue
-            if not (uid and domain.owners and uid not in domain.owners):
+            if owns(uid, domain):
                 out[int(index)] = domain
         return out
 

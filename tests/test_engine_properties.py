@@ -16,9 +16,9 @@ from rackscale.api import InferenceDeployment, RackPool, RackPoolSpec
 from rackscale.placement import (
     Decision,
     DeploymentPlan,
+    Placeable,
     PodPlan,
     ReplicaPlan,
-    Placeable,
     place,
     place_pass,
     place_replica,

@@ -10,8 +10,8 @@ import pytest
 from rackscale.api import InferenceDeployment, RackPool
 from rackscale.placement import (
     DeploymentPlan,
-    ReplicaPlan,
     Placeable,
+    ReplicaPlan,
     place,
     place_pass,
     place_replica,

@@ -15,7 +15,7 @@ from rackscale.planner.lifecycle import Clock
 from rackscale.planner.plan import PassPlan, Seen, View, after, finish_pass, plan_pass
 from rackscale.planner.step import Record
 from rackscale.topology import PodInfo, build_snapshot
-from tests.factory import nvl72, pool
+from tests.factory import gpu_pod, nvl72, pool
 
 CLOCK = Clock(datetime(2026, 11, 28, 12, 0, tzinfo=UTC), unschedulable_after=60.0)
 TEMPLATE = {"spec": {"containers": [{"name": "server", "image": "vllm"}]}}
@@ -205,3 +205,42 @@ def test_an_invalid_spec_is_refused_with_no_writes_but_its_status() -> None:
     assert deployment.refusal.status["phase"] == "Failed"
     assert deployment.bookings == []
     assert deployment.record is None
+
+
+def disagg() -> dict[str, Any]:
+    """One serving group: a prefill of 8 GPUs and a decode of 32, in one rack."""
+    spec = body("ds", 1)
+    role = {"parallelism": {"data": 8}, "gpusPerPod": 4, "template": TEMPLATE}
+    spec["spec"] = {
+        "replicas": 1,
+        "placement": {"rackPool": "gb200", "colocate": "Rack", "fallback": "Never"},
+        "roles": [
+            {"name": "prefill", "replicas": 1, **role},
+            {"name": "decode", "replicas": 1, **role, "parallelism": {"data": 32}},
+        ],
+    }
+    return spec
+
+
+def test_a_lost_role_replica_that_no_longer_fits_beside_restarts_its_group() -> None:
+    first = plan_pass(view(1, [disagg()]), {}, CLOCK)
+    (group,) = first.deployments
+    assert [len(b.pods) for b in group.bookings] == [10]  # one booking: the whole group
+    pods = running(first)
+    decode = [p for p in pods if p.labels["rackscale.dev/role"] == "decode"]
+    kept = [p for p in pods if p not in decode]
+    used = {p.pinned for p in kept}
+    free = [n["metadata"]["name"] for n in nvl72(1) if n["metadata"]["name"] not in used]
+    filler = [  # someone takes 40 of the 64 free GPUs: 24 stay, the decode needs 32
+        PodInfo.from_body(gpu_pod(f"f{i}", node, 4)) for i, node in enumerate(free[:10])
+    ]
+    the_view = view(1, [disagg()], kept + filler)
+    assert group.record is not None
+    plan = plan_pass(the_view, {"uid-ds": group.record}, CLOCK)
+    (again,) = plan.deployments
+    assert [b.decisions[0].why.code for b in again.bookings if b.decisions[0].why] == [
+        "beside-group"
+    ]
+    assert [(d.replica, d.cause) for d in again.deletes] == [(0, "restart")]  # the prefill
+    assert [e.reason for e in again.events] == ["ReplicaRestarting"]
+    assert "serving group 0 is placed again whole" in again.events[0].message

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from bench.stats import percentile
-from rackscale.placement import Waiting, place_pass, place_replica
+from rackscale.placement import Placeable, place_pass, place_replica
 from rackscale.topology import build_snapshot
 from tests.factory import deployment, gpu_pod, nvl72, pool
 
@@ -69,7 +69,7 @@ def engine(inst: dict[str, Any], *, one_pass: bool) -> int:
         _, per_pod, par = SHAPES[shape]
         deployments.append(deployment(f"r-{j}", gpusPerPod=per_pod, fallback="Never", **par))
     if one_pass:
-        decisions = [d for _, d in place_pass(snapshot, [Waiting(dep, 0) for dep in deployments])]
+        decisions = [d for _, d in place_pass(snapshot, [Placeable(dep, 0) for dep in deployments])]
     else:
         decisions = [place_replica(snapshot, dep, 0) for dep in deployments]
     return sum(sum(p.gpus for p in d.plan.pods) for d in decisions if d.plan is not None)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rackscale.cli.racks import as_json, as_table, bar, role_notes, statuses
-from rackscale.placement.groups import place_deployment_groups
+from rackscale.placement import place_deployment
 from rackscale.render import plan_objects
 from rackscale.topology import Snapshot, build_snapshot
 from tests.factory import gpu_pod, nvl72, pool
@@ -61,7 +61,7 @@ def test_no_pools_says_what_to_do() -> None:
 def test_a_rack_shows_the_serving_groups_and_roles_it_holds() -> None:
     dep = disagg()  # two groups of two prefill and one decode replica
     empty = build_snapshot(nvl72(2), [], [pool()])
-    plan = place_deployment_groups(empty, dep)
+    plan = place_deployment(empty, dep)
     pods = [o for o in plan_objects(empty, [plan], [dep]) if o["kind"] == "Pod"]
     snapshot = build_snapshot(nvl72(2), pods, [pool()])
     text = as_table(statuses(snapshot), roles=role_notes(snapshot, pods))

@@ -16,9 +16,9 @@ from rackscale.api import InferenceDeployment, RackPool, RackPoolSpec
 from rackscale.placement import (
     Decision,
     DeploymentPlan,
+    Placeable,
     PodPlan,
     ReplicaPlan,
-    Waiting,
     place,
     place_pass,
     place_replica,
@@ -801,23 +801,23 @@ def test_a_pass_keeps_the_guarantees_and_places_at_least_what_largest_first_does
     refused at its end (the pass left no room it could use); it places at least the GPUs that
     largest first does, and when that places everything, it is the order taken."""
     cluster, deployments = workload
-    waiting = [Waiting(d, i) for d in deployments for i in range(d.spec.replicas)]
+    waiting = [Placeable(d, i) for d in deployments for i in range(d.spec.replicas)]
     rng.shuffle(waiting)
     snapshot = build_snapshot(cluster.nodes, cluster.pods, cluster.pools)
     world = World(cluster)
     done = place_pass(snapshot, waiting)
     assert sorted(waiting, key=id) == sorted((w for w, _ in done), key=id)
     for want, decision in done:
-        assert decision.replica == want.replica
+        assert decision.replica == want.number
         check_decision(world, want.deployment, decision)
     for want, decision in done:
         if decision.plan is None:
-            again = place_replica(snapshot, want.deployment, want.replica)
-            assert again.plan is None, f"{want.deployment.key}/{want.replica} fits after the pass"
+            again = place_replica(snapshot, want.deployment, want.number)
+            assert again.plan is None, f"{want.deployment.key}/{want.number} fits after the pass"
 
     fresh = build_snapshot(cluster.nodes, cluster.pods, cluster.pools)
     largest_first = [
-        (w, place_replica(fresh, w.deployment, w.replica))
+        (w, place_replica(fresh, w.deployment, w.number))
         for w in sorted(waiting, key=lambda w: -w.deployment.spec.gpus_per_replica)
     ]
     assert in_pools(done) >= in_pools(largest_first)
@@ -833,11 +833,11 @@ def test_a_pass_decides_alike_on_the_same_inputs(
     """Guarantee 8 for a pass, other orders tried included: fresh snapshots of the same objects,
     in any list order, give the same decisions."""
     cluster, deployments = workload
-    waiting = [Waiting(d, i) for d in deployments for i in range(d.spec.replicas)]
+    waiting = [Placeable(d, i) for d in deployments for i in range(d.spec.replicas)]
 
     def decided(snapshot: Snapshot) -> list[Any]:
         done = place_pass(snapshot, waiting)
-        return [(w.deployment.key, w.replica, d.plan, d.reason, d.kept) for w, d in done]
+        return [(w.deployment.key, w.number, d.plan, d.reason, d.kept) for w, d in done]
 
     first = decided(build_snapshot(cluster.nodes, cluster.pods, cluster.pools))
     assert decided(build_snapshot(cluster.nodes, cluster.pods, cluster.pools)) == first
@@ -845,7 +845,7 @@ def test_a_pass_decides_alike_on_the_same_inputs(
     assert decided(shuffled) == first
 
 
-def in_pools(decisions: list[tuple[Waiting, Decision]]) -> int:
+def in_pools(decisions: list[tuple[Placeable, Decision]]) -> int:
     return sum(
         sum(p.gpus for p in d.plan.pods)
         for _, d in decisions
@@ -888,7 +888,7 @@ def check_release_pass(
     later = World(Cluster(cluster.nodes, remaining, cluster.pools))
     later.held.update(now.held)  # an exclusive replica holds its rack until its pods are gone
     snapshot = build_snapshot(cluster.nodes, marked, cluster.pools)
-    waiting = [Waiting(d, i) for d in deployments for i in range(d.spec.replicas)]
+    waiting = [Placeable(d, i) for d in deployments for i in range(d.spec.replicas)]
     for want, decision in place_pass(snapshot, waiting):
         dep = want.deployment
         pool = dep.spec.placement.rack_pool

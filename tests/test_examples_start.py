@@ -31,7 +31,6 @@ import router as pd_router
 from rackscale.api import InferenceDeployment, RackPool
 from rackscale.api.environment import COORDINATION_PORT
 from rackscale.placement import place_deployment
-from rackscale.placement.groups import place_deployment_groups
 from rackscale.render import pool_facts, render_replica
 from rackscale.topology import build_snapshot
 
@@ -347,12 +346,8 @@ def rendered(
     the deployment and what shapes the replica: the deployment, or with spec.roles its role."""
     dep = InferenceDeployment.model_validate(doc)
     snapshot = build_snapshot(NODES, [], POOLS)
-    if dep.spec.roles:
-        plan = place_deployment_groups(snapshot, dep)
-        assert len(plan.replicas) == dep.spec.replicas * dep.spec.group_size, plan.reason
-    else:
-        plan = place_deployment(snapshot, dep)
-        assert len(plan.replicas) == dep.spec.replicas, plan.reason
+    plan = place_deployment(snapshot, dep)
+    assert len(plan.replicas) == dep.spec.replica_count, plan.reason
     return [
         (dep, shaped_by(dep, r.replica), render_replica(dep, r, pool_facts(dep, r, snapshot)))
         for r in plan.replicas

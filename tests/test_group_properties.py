@@ -6,15 +6,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 
 from rackscale.api import InferenceDeployment
-from rackscale.placement import ReplicaPlan
-from rackscale.placement.groups import (
-    GroupDecision,
-    WaitingGroup,
-    fits_in,
-    place_group,
-    place_groups,
-    place_groups_together,
-)
+from rackscale.placement import Decision, Placeable, ReplicaPlan, place_together
+from rackscale.placement.groups import fits_in, place_group, place_groups
 from rackscale.topology import Snapshot, build_snapshot
 from tests.strategies import Cluster, group_workloads
 from tests.test_engine_properties import SETTINGS, World, memory_need, usage
@@ -89,7 +82,7 @@ def check_role_replica(world: World, view: InferenceDeployment, plan: ReplicaPla
 def check_together(
     world: World,
     dep: InferenceDeployment,
-    decision: GroupDecision,
+    decision: Decision,
     fitting: list[tuple[list[str], int]],
 ) -> bool:
     """Whole or not at all, in one unit, the best fit; False: the group was not placed."""
@@ -126,7 +119,7 @@ def check_group(  # noqa: PLR0917
     world: World,
     snapshot: Snapshot,
     dep: InferenceDeployment,
-    decision: GroupDecision,
+    decision: Decision,
     fitting: list[tuple[list[str], int]],
     domains: dict[str, str],
 ) -> None:
@@ -202,7 +195,7 @@ def test_same_inputs_give_the_same_groups_and_undo_restores(workload: Workload) 
     for _ in range(2):
         snapshot = snapshot_of(cluster, compute_domains)
         before = usage(snapshot)
-        plans = place_groups_together(snapshot, deployments)
+        plans = place_together(snapshot, deployments)
         results.append([[(d.replica, d.plan, d.reason) for d in p.decisions] for p in plans])
         for plan in plans:
             plan.undo()
@@ -210,7 +203,7 @@ def test_same_inputs_give_the_same_groups_and_undo_restores(workload: Workload) 
     assert results[0] == results[1]
 
 
-def in_pools(decisions: list[tuple[WaitingGroup, GroupDecision]]) -> int:
+def in_pools(decisions: list[tuple[Placeable, Decision]]) -> int:
     return sum(
         p.gpus
         for _, group in decisions
@@ -226,12 +219,12 @@ def test_a_pass_keeps_groups_whole_and_places_at_least_what_largest_first_does(
     workload: Workload,
 ) -> None:
     cluster, deployments, compute_domains = workload
-    waiting = [WaitingGroup(d, g) for d in deployments for g in range(d.spec.replicas)]
+    waiting = [Placeable(d, g) for d in deployments for g in range(d.spec.replicas)]
     largest_first = in_pools(place_groups(snapshot_of(cluster, compute_domains), waiting, tries=0))
     decided = place_groups(snapshot_of(cluster, compute_domains), waiting)
     assert in_pools(decided) >= largest_first
-    assert sorted((w.deployment.key, w.group) for w, _ in decided) == sorted(
-        (w.deployment.key, w.group) for w in waiting
+    assert sorted((w.deployment.key, w.number) for w, _ in decided) == sorted(
+        (w.deployment.key, w.number) for w in waiting
     )
     for want, group in decided:
         rack_mode = [d.plan for d in group.decisions if d.plan and d.plan.mode == "Rack"]

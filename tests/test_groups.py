@@ -5,17 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from rackscale.api import InferenceDeployment
-from rackscale.placement import place_replica
-from rackscale.placement.groups import (
-    WaitingGroup,
-    place_deployment_groups,
-    place_group,
-    place_groups,
-    restart_role_replica,
-)
+from rackscale.placement import Placeable, place_deployment, place_replica
+from rackscale.placement.groups import place_group, place_groups, restart_role_replica
 from rackscale.placement.reasons import (
     BesideGroup,
-    Group,
     GroupBlockLabelMissing,
     GroupNoRoom,
     NoRackWithRoom,
@@ -120,7 +113,7 @@ def test_colocate_block_keeps_a_group_larger_than_a_rack_in_one_block() -> None:
 def test_one_compute_domain_per_group_and_one_pod_of_it_per_tray() -> None:
     snapshot = racks(count=2, compute_domains=True)
     dep = disagg(replicas=2, prefill=(2, 4), decode=(1, 16))  # 24 GPUs, 6 pods per group
-    plan = place_deployment_groups(snapshot, dep)
+    plan = place_deployment(snapshot, dep)
     by_group: dict[str, list[str]] = {}
     for decision in plan.decisions:
         assert decision.plan is not None
@@ -150,7 +143,7 @@ def test_a_tray_holding_another_compute_domain_is_not_used() -> None:
 def test_scaling_adds_whole_groups_so_the_ratio_stays() -> None:
     snapshot = racks(count=3)
     dep = disagg(replicas=3, prefill=(1, 8), decode=(2, 16))
-    plan = place_deployment_groups(snapshot, dep)
+    plan = place_deployment(snapshot, dep)
     roles = [dep.spec.role_replica(d.replica).role for d in plan.decisions if d.plan]
     assert roles.count("decode") == 2 * roles.count("prefill") == 6
 
@@ -167,7 +160,7 @@ def test_a_pass_places_the_largest_group_first() -> None:
     snapshot = racks({1: 8}, count=2)  # 72 and 40 free
     small = disagg("small", prefill=(1, 8), decode=(1, 24))  # 32
     large = disagg("large", prefill=(1, 8), decode=(1, 64))  # 72: only the empty rack
-    placed = place_groups(snapshot, [WaitingGroup(small, 0), WaitingGroup(large, 0)])
+    placed = place_groups(snapshot, [Placeable(small, 0), Placeable(large, 0)])
     assert [w.deployment.name for w, _ in placed] == ["large", "small"]
     assert all(d.placed for _, d in placed)
     assert placed[0][1].racks == ("clique-0000",)
@@ -207,16 +200,19 @@ def test_a_lost_role_replica_restarts_beside_its_group_or_not_at_all() -> None:
     assert isinstance(refused.why.details.why.details, NoRackWithRoom)
 
 
-def test_a_group_sharing_a_compute_domain_restarts_whole() -> None:
+def test_a_returning_role_replica_joins_no_compute_domain_of_its_own() -> None:
+    # Lifecycle restarts a group whose pods share a ComputeDomain whole; a member comes back
+    # alone only to a group running without one, so it is placed without one too.
     snapshot = racks(count=1, compute_domains=True)
     dep = disagg()
     decision = place_group(snapshot, dep, 0)
     assert decision.compute_domain == "ds-g0"
     assert decision.decisions[1].reservation is not None
     decision.decisions[1].reservation.undo()
-    refused = restart_role_replica(snapshot, dep, 100, decision.racks)
-    assert refused.plan is None
-    assert refused.why == Reason("group-shares-domain", Group(0))
+    again = restart_role_replica(snapshot, dep, 100, decision.racks)
+    assert again.plan is not None
+    assert again.plan.racks == decision.racks
+    assert again.plan.compute_domain is None
 
 
 def test_the_engine_does_not_place_a_deployment_with_roles_as_one_replica() -> None:
@@ -228,12 +224,12 @@ def test_the_engine_does_not_place_a_deployment_with_roles_as_one_replica() -> N
 
 
 def test_a_pass_tries_other_orders_when_largest_first_leaves_a_group_out() -> None:
-    def waiting() -> list[WaitingGroup]:
+    def waiting() -> list[Placeable]:
         big = disagg("big", prefill=(1, 4), decode=(1, 24), fallback="Never")  # 28
         small = [
             disagg(f"s{i}", prefill=(1, 4), decode=(1, 16), fallback="Never") for i in range(3)
         ]  # 20 each
-        return [WaitingGroup(big, 0), *(WaitingGroup(d, 0) for d in small)]
+        return [Placeable(big, 0), *(Placeable(d, 0) for d in small)]
 
     # 48 and 40 free: largest first puts 28 on the 40 (best fit) and then fits only two of 20.
     first = place_groups(racks({0: 6, 1: 8}, count=2), waiting(), tries=0)

@@ -12,7 +12,6 @@ from rackscale.placement.reasons import (
     BlockRoom,
     Details,
     GpuMemory,
-    Group,
     GroupBlockLabelMissing,
     GroupCannotGrow,
     GroupNoRoom,
@@ -158,11 +157,6 @@ RENDERED: list[tuple[ReasonCode, Details | None, str]] = [
         ),
         "no block holds serving group 1 whole (1 prefill of 8, 2 decode of 16 = 40 GPUs): "
         "colocate Block needs spec.blockLabel on RackPool gb200",
-    ),
-    (
-        "group-shares-domain",
-        Group(0),
-        "serving group 0 shares a ComputeDomain: it restarts whole",
     ),
     (
         "beside-group",

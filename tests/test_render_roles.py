@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rackscale.api import InferenceDeployment
-from rackscale.placement.groups import place_deployment_groups
+from rackscale.placement import place_deployment
 from rackscale.render import plan_objects, render_services, template_hash
 from rackscale.topology import build_snapshot
 from tests.factory import nvl72, pool
@@ -31,7 +31,7 @@ def disagg(**spec: Any) -> InferenceDeployment:
 
 def objects(dep: InferenceDeployment, compute_domains: bool = True) -> list[dict[str, Any]]:
     snapshot = build_snapshot(nvl72(2), [], [pool()], compute_domains=compute_domains)
-    plan = place_deployment_groups(snapshot, dep)
+    plan = place_deployment(snapshot, dep)
     return plan_objects(snapshot, [plan], [dep])
 
 

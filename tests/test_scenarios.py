@@ -10,8 +10,8 @@ import pytest
 from rackscale.api import InferenceDeployment, RackPool
 from rackscale.placement import (
     DeploymentPlan,
+    Placeable,
     ReplicaPlan,
-    Waiting,
     place,
     place_pass,
     place_replica,
@@ -762,7 +762,7 @@ def test_one_pass_places_the_largest_waiting_replica_before_an_older_small_one()
     snapshot = build_snapshot(nvl72(1), [], [pool()])
     decided = [
         (w.deployment.name, d)
-        for w, d in place_pass(snapshot, [Waiting(small, 0), Waiting(large, 0)])
+        for w, d in place_pass(snapshot, [Placeable(small, 0), Placeable(large, 0)])
     ]
     assert [name for name, _ in decided] == ["large", "small"]
     assert decided[0][1].plan is not None
@@ -779,8 +779,8 @@ def test_a_pass_places_replicas_keeping_their_racks_first_then_largest_then_as_g
     small = [deployment(f"s{i}", tensor=8, gpusPerPod=4) for i in range(2)]
     large = deployment("large", tensor=8, data=4, gpusPerPod=4)
     kept = deployment("kept", tensor=4, gpusPerPod=4)
-    waiting = [Waiting(small[0], 0), Waiting(large, 0), Waiting(small[1], 0)]
-    waiting.append(Waiting(kept, 0, prefer=("clique-0001",)))
+    waiting = [Placeable(small[0], 0), Placeable(large, 0), Placeable(small[1], 0)]
+    waiting.append(Placeable(kept, 0, prefer=("clique-0001",)))
     order = [
         (w.deployment.name, d.plan.racks if d.plan else None)
         for w, d in place_pass(snapshot, waiting)
@@ -801,7 +801,7 @@ def test_a_rack_being_released_is_kept_for_the_largest_waiting_replica() -> None
     small = deployment("small", tensor=8, gpusPerPod=4, fallback="Never")
     large = deployment("large", tensor=8, pipeline=9, gpusPerPod=4, fallback="Never")
     snapshot = build_snapshot(nvl72(1), going, [pool()])
-    (_, first), (_, second) = place_pass(snapshot, [Waiting(small, 0), Waiting(large, 0)])
+    (_, first), (_, second) = place_pass(snapshot, [Placeable(small, 0), Placeable(large, 0)])
     assert first.plan is None
     assert first.kept == ("clique-0000",)
     assert first.why is not None
@@ -819,7 +819,7 @@ def test_a_rack_being_released_is_kept_for_the_largest_waiting_replica() -> None
     snapshot = build_snapshot(nvl72(1), going, [pool()])
     decided = {
         w.deployment.name: d
-        for w, d in place_pass(snapshot, [Waiting(small, 0), Waiting(large, 0)])
+        for w, d in place_pass(snapshot, [Placeable(small, 0), Placeable(large, 0)])
     }
     assert decided["large"].kept == ()
     assert decided["small"].plan is not None
@@ -838,7 +838,7 @@ def test_a_pass_tries_other_orders_when_largest_first_leaves_a_replica_out() -> 
     assert [p.mode for p in plan(nvl72(2), deps, pods=busy)] == ["Rack", "Rack", "Rack", "Unplaced"]
 
     snapshot = build_snapshot(nvl72(2), busy, [pool()])
-    done = place_pass(snapshot, [Waiting(d, 0) for d in deps])
+    done = place_pass(snapshot, [Placeable(d, 0) for d in deps])
     assert all(d.plan is not None for _, d in done)
     racks = {w.deployment.name: d.plan.racks for w, d in done if d.plan}
     assert racks["a"] != racks["d"]
@@ -858,13 +858,13 @@ def test_a_replica_whose_old_pods_are_going_has_their_rack_kept_for_it() -> None
     big = deployment("big", tensor=8, pipeline=9, gpusPerPod=4, fallback="Never")
     small = deployment("small", tensor=8, gpusPerPod=4, fallback="Never")
     snapshot = build_snapshot(nvl72(1), going, [pool()])
-    waiting = [Waiting(small, 0), Waiting(big, 0, prefer=("clique-0000",), terminating=True)]
+    waiting = [Placeable(small, 0), Placeable(big, 0, prefer=("clique-0000",), terminating=True)]
     (_, replaced), (_, other) = place_pass(snapshot, waiting)
     assert (replaced.plan, replaced.kept) == (None, ("clique-0000",))
     assert other.plan is None
     assert other.why == room(8, Problem("kept", 0, "llm/big"))
     # Without it, the small replica takes the free trays.
-    assert place_pass(build_snapshot(nvl72(1), going, [pool()]), [Waiting(small, 0)])[0][1].plan
+    assert place_pass(build_snapshot(nvl72(1), going, [pool()]), [Placeable(small, 0)])[0][1].plan
 
 
 def test_a_trial_without_explain_carries_the_code_and_no_words() -> None:

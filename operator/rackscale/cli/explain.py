@@ -19,10 +19,10 @@ from pydantic import ValidationError
 from rackscale.api import GROUP, VERSION, InferenceDeployment, RackPool, format_errors
 from rackscale.api.labels import DEPLOYMENT_LABEL, MODE_ANNOTATION, RACKS_ANNOTATION, REPLICA_LABEL
 from rackscale.cli import kubectl
-from rackscale.placement import Decision, place_pass
-from rackscale.placement.groups import place_groups
+from rackscale.placement import Decision
 from rackscale.planner import step as planner
 from rackscale.planner.lifecycle import Clock
+from rackscale.planner.plan import Seen, View, plan_pass
 from rackscale.render import COMPUTE_DOMAIN_GROUP, COMPUTE_DOMAIN_VERSION
 from rackscale.render.network import cross_rack_warning
 from rackscale.topology import PodInfo, Snapshot, build_snapshot, pinned_node
@@ -70,22 +70,18 @@ def _annotations(obj: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _pods_of(cluster: Cluster, deployment: InferenceDeployment) -> dict[int, list[dict[str, Any]]]:
-    uid = deployment.metadata.get("uid")
+    """The deployment's pods by replica number (with roles, known by group, role and index, as
+    the operator knows them)."""
+    infos = [PodInfo.from_body(p) for p in cluster.pods]
+    mine = {id(p) for p in planner.owned_pods(deployment, infos)}
     replicas: dict[int, list[dict[str, Any]]] = {}
-    for pod in cluster.pods:
-        meta = pod.get("metadata") or {}
-        labels = _labels(pod)
-        if meta.get("namespace") != deployment.namespace:
+    for info, pod in zip(infos, cluster.pods, strict=True):
+        if id(info) not in mine:
             continue
-        if labels.get(DEPLOYMENT_LABEL) != deployment.name:
-            continue
-        owners = meta.get("ownerReferences") or []
-        if uid and owners and not any(o.get("uid") == uid for o in owners):
-            continue
-        index = labels.get(REPLICA_LABEL, "")
+        index = info.labels.get(REPLICA_LABEL, "")
         number = int(index) if index.isdigit() else None
-        if deployment.spec.roles:  # known by group, role and index, as the operator knows it
-            number = planner.role_number_of(deployment, PodInfo.of(pod))
+        if deployment.spec.roles:
+            number = planner.role_number_of(deployment, info)
         if number is not None:
             replicas.setdefault(number, []).append(pod)
     return replicas
@@ -276,53 +272,32 @@ def _snapshot(cluster: Cluster) -> Snapshot:
 
 def _next_pass(cluster: Cluster, snapshot: Snapshot) -> dict[tuple[str, int], Decision]:
     """What the operator's next pass decides for every waiting replica of the cluster: the
-    planner's step for each deployment, and one placement batch, as the operator runs them
-    (racks kept for larger replicas included)."""
+    planner's pass (`plan_pass`) on the cluster as it is now, with nothing remembered (racks
+    kept for larger replicas, role replicas beside their groups and ComputeDomains included)."""
     bodies = {_key(b): b for b in [*cluster.deployments, cluster.deployment]}
     pods = [PodInfo.from_body(p) for p in cluster.pods]
+    seen = []
+    for body in bodies.values():
+        try:
+            model = InferenceDeployment.model_validate(body)
+        except ValidationError:
+            seen.append(Seen(body))  # refused by the planner: nothing of it is placed
+            continue
+        seen.append(Seen(body, planner.owned_pods(model, pods)))
     readiness = {n.name: n.ready for n in snapshot.nodes.values()}
     clock = Clock(datetime.now(UTC), unschedulable_after=float("inf"), domain_after=float("inf"))
-    steps = []
-    for body in bodies.values():
-        deployment = planner.refusal(body, "")
-        if isinstance(deployment, planner.Refusal):
-            continue
-        mine = [p for p in pods if _owned(p, deployment)]
-        steps.append(
-            planner.heal(
-                body,
-                deployment,
-                planner.Record(),
-                pods=mine,
-                domains={},
-                nodes=readiness,
-                clock=clock,
-            )
-        )
-    # As the executor orders them: whole serving groups, then every other waiting replica.
-    grouped = place_groups(
-        snapshot, [g for s in sorted(steps, key=lambda s: s.age) for g in s.groups]
-    )
-    decisions = place_pass(snapshot, planner.batch(steps))
-    out = {(w.deployment.key, w.replica): d for w, d in decisions if not w.terminating}
-    for _, decision in reversed(decisions):
-        if decision.reservation is not None:
-            decision.reservation.undo()
-    for want, group in reversed(grouped):
-        out.update({(want.deployment.key, d.replica): d for d in group.decisions})
-        group.undo()
-    return out
+    plan = plan_pass(View(snapshot, seen, readiness), {}, clock)
+    return {
+        (f"{p.key[0]}/{p.key[1]}", d.replica): d
+        for p in plan.deployments
+        for booking in p.bookings
+        for d in booking.decisions
+    }
 
 
 def _key(body: Mapping[str, Any]) -> str:
     meta = body.get("metadata") or {}
     return f"{meta.get('namespace')}/{meta.get('name')}"
-
-
-def _owned(pod: PodInfo, deployment: InferenceDeployment) -> bool:
-    return pod.namespace == deployment.namespace and (
-        pod.labels.get(DEPLOYMENT_LABEL) == deployment.name
-    )
 
 
 def _member(deployment: InferenceDeployment, index: int) -> str:

@@ -16,7 +16,6 @@ from rackscale.api.pricing import Price, parse_price
 from rackscale.cli import fit, kubectl
 from rackscale.cli.manifests import FAST_ABOVE_BYTES, InputError, describe, objects, parse
 from rackscale.placement import DeploymentPlan, ReplicaPlan, place, place_together
-from rackscale.placement.groups import place_deployment_groups, place_groups_together
 from rackscale.render import plan_objects
 from rackscale.render.network import cross_rack_warning
 from rackscale.topology import NodeInfo, Snapshot, build_snapshot
@@ -207,29 +206,16 @@ def load(
 def place_all(
     snapshot: Snapshot, deployments: list[InferenceDeployment], *, together: bool
 ) -> list[DeploymentPlan]:
-    """In order, each seeing those before it; or `together`, as one pass: the serving groups
-    of deployments with spec.roles first (largest first), then the replicas of the others."""
-    if not together:
-        return [
-            place_deployment_groups(snapshot, d) if d.spec.roles else place(snapshot, [d])[0]
-            for d in deployments
-        ]
-    grouped = [d for d in deployments if d.spec.roles]
-    plans = dict(zip(map(id, grouped), place_groups_together(snapshot, grouped), strict=True))
-    rest = [d for d in deployments if not d.spec.roles]
-    plans |= dict(zip(map(id, rest), place_together(snapshot, rest), strict=True))
-    return [plans[id(d)] for d in deployments]
-
-
-def expected(deployment: InferenceDeployment) -> int:
-    """Replicas a deployment asks for: with spec.roles, the role replicas of all its groups."""
-    return deployment.spec.replicas * (deployment.spec.group_size or 1)
+    """In order, each seeing those before it; or `together`, as one operator pass places them
+    (`place_together`: the batch the operator places, serving groups first, then replicas)."""
+    return place_together(snapshot, deployments) if together else place(snapshot, deployments)
 
 
 def unplaced(plans: list[DeploymentPlan], deployments: list[InferenceDeployment]) -> int:
     """Replicas (role replicas, with spec.roles) the plan leaves out."""
     return sum(
-        max(expected(d) - len(p.replicas), 0) for p, d in zip(plans, deployments, strict=True)
+        max(d.spec.replica_count - len(p.replicas), 0)
+        for p, d in zip(plans, deployments, strict=True)
     )
 
 

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from rackscale.api import RackPool, format_errors
 from rackscale.api.labels import DEPLOYMENT_LABEL, GROUP_LABEL, REPLICA_LABEL
+from rackscale.planner.step import owns
 from rackscale.render import COMPUTE_DOMAIN_VERSION, INFERENCE_POOL_VERSION
 from rackscale.topology import NodeInfo, PodInfo, Snapshot, Usage, build_racks
 from rackscale.topology.objects import DomainInfo
@@ -346,7 +347,7 @@ class ClusterCache:
         for name in self._domains_by_deployment.get(key, ()):
             domain = self._domains[name]
             index = domain.labels.get(REPLICA_LABEL, "")
-            if index.isdigit() and not (uid and domain.owners and uid not in domain.owners):
+            if index.isdigit() and owns(uid, domain):
                 out[int(index)] = domain
         return out
 
@@ -358,7 +359,7 @@ class ClusterCache:
             index = domain.labels.get(GROUP_LABEL, "")
             if REPLICA_LABEL in domain.labels or not index.isdigit():
                 continue
-            if not (uid and domain.owners and uid not in domain.owners):
+            if owns(uid, domain):
                 out[int(index)] = domain
         return out
 

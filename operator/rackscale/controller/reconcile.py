@@ -1,10 +1,11 @@
 """The executor: one pass applies what the planner decides, against the one cluster cache.
 
 A pass takes the deployments the cache marks dirty (plus those with a timer due, and those
-waiting for room once the room changed), asks the planner for each one's step, deletes what it
-says, places every waiting replica of the pass as one batch in the cache's snapshot, creates
-what each decision books, then writes Services and statuses, and last the RackPool statuses from
-that same snapshot. It decides nothing itself: a failed write is undone and retried next pass.
+waiting for room once the room changed), hands the cache's view of them to the planner in one
+call (`plan_pass`), and applies the `PassPlan` it returns, deployment by deployment and in its
+order: Events, deletes, each booking's ComputeDomain and pods, then Services, status and their
+Events; last the RackPool statuses from that same snapshot. It decides nothing itself: a failed
+write is undone and retried next pass.
 """
 
 from __future__ import annotations
@@ -17,23 +18,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from rackscale.api import InferenceDeployment
 from rackscale.api.pricing import Price, parse_price
 from rackscale.controller import metrics
 from rackscale.controller.cluster import ClusterCache, Key
 from rackscale.controller.kube import Writer, now
-from rackscale.placement import Decision, Waiting, place_pass
-from rackscale.placement.groups import (
-    GroupDecision,
-    WaitingGroup,
-    grow_group,
-    place_groups,
-    restart_role_replica,
-)
 from rackscale.planner import lifecycle, status
-from rackscale.planner import step as planner
-from rackscale.planner.step import Booking, Event, Record, Step
-from rackscale.topology import Snapshot
+from rackscale.planner.plan import DeploymentPass, Seen, View, finish_pass, plan_pass
+from rackscale.planner.step import Booking, Delete, Event, Record, Refusal
 
 log = logging.getLogger("rackscale.reconcile")
 
@@ -113,25 +104,19 @@ class Reconciler:
     # ---- one pass -----------------------------------------------------------------------------
 
     async def reconcile_all(self) -> None:
-        """One pass: heal what changed, place what waits in one batch, write statuses."""
+        """One pass: the planner's plan for what changed, applied."""
         self.cache.expire()
         keys = self._keys()
         for key in keys:
             self.timers.pop(key, None)
             self._waiting.pop(key, None)
-        steps: dict[Key, Step] = {}
-        errors: dict[Key, BaseException] = {}
-        healed = await _each(keys, self._heal)
-        for key, result in healed.items():
-            if isinstance(result, BaseException):
-                errors[key] = result
-            elif result is not None:
-                steps[key] = result
         seen = self.cache.version  # what placement sees: later changes wake the waiting ones
-        errors |= await self._place(steps)
-        live = {k: s for k, s in steps.items() if k not in errors}
-        finished = await _each(live, lambda k: self._finish(live[k], seen))
-        errors |= {k: r for k, r in finished.items() if isinstance(r, BaseException)}
+        plan = plan_pass(self._view(keys), self.records, self._clock())
+        if plan.placement_seconds is not None:
+            metrics.PLACEMENT_SECONDS.observe(plan.placement_seconds)
+        passes = {p.key: p for p in plan.deployments}
+        applied = await _each(passes, lambda k: self._apply(passes[k], seen))
+        errors = {k: r for k, r in applied.items() if isinstance(r, BaseException)}
         if any(k not in self.cache.deployments for k in keys):
             self._forget_gone()
         await self.refresh_pools()
@@ -142,6 +127,18 @@ class Reconciler:
             self.timers[key] = time.monotonic() + 1.0  # tried again soon
             log.error("reconciling %s/%s failed: %s", *key, error, exc_info=error)
 
+    def _view(self, keys: Iterable[Key]) -> View:
+        """What the planner reads of the cache this pass."""
+        cache = self.cache
+        seen = [self._seen(k, b) for k in keys if (b := cache.deployments.get(k)) is not None]
+        return View(
+            cache.snapshot(),
+            seen,
+            cache.readiness,
+            inference_pools=cache.inference_pools_served,
+            ordinary_price=self.options.ordinary_price,
+        )
+
     def _forget_gone(self) -> None:
         live = {str((b.get("metadata") or {}).get("uid")) for b in self.cache.deployments.values()}
         for uid in [u for u in self.records if u not in live]:
@@ -149,40 +146,44 @@ class Reconciler:
         for key in [k for k in self.costs if k not in self.cache.deployments]:
             del self.costs[key]
 
-    async def _heal(self, key: Key) -> Step | None:
-        """The planner's step for one deployment, its deletes applied."""
-        body = self.cache.deployments.get(key)
-        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-            return None  # the garbage collector removes what it owned
-        deployment = planner.refusal(body, now())
-        if isinstance(deployment, planner.Refusal):
-            await self._refuse(body, deployment)
-            return None
-        uid = str((body.get("metadata") or {}).get("uid") or "")
-        step = planner.heal(
-            body,
-            deployment,
-            self.records.setdefault(uid, Record()),
-            pods=self.cache.pods_of(key),
-            domains=self.cache.domains_of(key, uid),
-            nodes=self.cache.readiness,
-            clock=self._clock(),
-            group_domains=self.cache.group_domains_of(key, uid),
-        )
-        if step.due is not None:
-            self.timers[key] = time.monotonic() + step.due
-        for cause in step.restarts:
+    async def _apply(self, plan: DeploymentPass, seen: int) -> None:
+        """One deployment's part of the pass, in the plan's order."""
+        if plan.refusal is not None:
+            await self._refuse(plan.body, plan.refusal)
+            return
+        assert plan.record is not None
+        self.records[plan.uid] = plan.record
+        if plan.due is not None:
+            self.timers[plan.key] = time.monotonic() + plan.due
+        for cause in plan.restarts:
             metrics.REPLICA_RESTARTS.labels(cause=cause).inc()
-        await self._post(step.body, step.events)
-        step.events = []
-        for delete in step.deletes:
-            await self._delete(deployment, delete)
-        for name in step.delete_domains:
-            log.info("%s: deleting ComputeDomain %s, which no pod uses", deployment.key, name)
-            await self.writer.delete_compute_domain(deployment.namespace, name)
-        return step
+        await self._post(plan.body, plan.events)
+        namespace = plan.key[0]
+        for delete in plan.deletes:
+            await self._delete(plan, delete)
+        for name in plan.delete_domains:
+            log.info("%s/%s: deleting ComputeDomain %s, which no pod uses", *plan.key, name)
+            await self.writer.delete_compute_domain(namespace, name)
+        failed: BaseException | None = None
+        for booking in plan.bookings:
+            metrics.PLACEMENT_DECISIONS.labels(result=booking.result).inc()
+            try:
+                await self._create(plan, booking)
+            except Exception as error:  # one failure spares the rest
+                failed = failed or error
+        if failed is not None:
+            raise failed
+        await self._finish(plan, seen)
 
-    async def _refuse(self, body: Mapping[str, Any], refusal: planner.Refusal) -> None:
+    def _seen(self, key: Key, body: Mapping[str, Any]) -> Seen:
+        """One deployment as the cache shows it now."""
+        uid = str((body.get("metadata") or {}).get("uid") or "")
+        cache = self.cache
+        return Seen(
+            body, cache.pods_of(key), cache.domains_of(key, uid), cache.group_domains_of(key, uid)
+        )
+
+    async def _refuse(self, body: Mapping[str, Any], refusal: Refusal) -> None:
         meta = body.get("metadata") or {}
         if refusal.event is not None:
             await self._post(body, [refusal.event])
@@ -191,119 +192,39 @@ class Reconciler:
                 meta["namespace"], meta["name"], refusal.status
             )
 
-    async def _delete(self, deployment: InferenceDeployment, delete: planner.Delete) -> None:
-        log.info("%s: deleting replica %d (%s)", deployment.key, delete.replica, delete.cause)
+    async def _delete(self, plan: DeploymentPass, delete: Delete) -> None:
+        namespace = plan.key[0]
+        log.info("%s/%s: deleting replica %d (%s)", *plan.key, delete.replica, delete.cause)
         await asyncio.gather(
-            *(
-                self.writer.delete_pod(deployment.namespace, p.name, force=delete.force)
-                for p in delete.pods
-            )
+            *(self.writer.delete_pod(namespace, p.name, force=delete.force) for p in delete.pods)
         )
         for pod in delete.pods:
             self.cache.assume_deleted(pod)
         if delete.domain:  # IMEX state does not outlive a member: the replica gets a fresh one
-            await self.writer.delete_compute_domain(deployment.namespace, delete.domain)
+            await self.writer.delete_compute_domain(namespace, delete.domain)
 
-    async def _place(self, steps: Mapping[Key, Step]) -> dict[Key, BaseException]:
-        """Place everything waiting in the pass on one snapshot: first role replicas going back
-        beside their serving groups (only their group's racks will do), then whole serving
-        groups (`place_groups`), then every waiting replica in one batch (`place_pass`: largest
-        first, the oldest deployment first among equals), as `plan --together` orders them;
-        then create what each decision books."""
-        ordered = sorted(steps.values(), key=lambda s: s.age)
-        waiting = planner.batch(ordered)
-        groups = [g for s in ordered for g in s.groups]
-        beside = [(s, b) for s in ordered for b in s.beside]
-        if not groups and not beside and all(w.terminating for w in waiting):
-            return {}  # nothing to place: keeping room matters only against placements
-        snapshot = self.cache.snapshot()
-        with metrics.PLACEMENT_SECONDS.time():
-            returning = [
-                (s, restart_role_replica(snapshot, s.deployment, b.replica, b.racks))
-                for s, b in beside
-                if not b.added
-            ]
-            returning += [
-                (s, decision)
-                for s, group, racks in planner.growing(ordered)
-                for decision in grow_group(snapshot, s.deployment, group, racks)
-            ]
-            grouped = place_groups(snapshot, groups)
-            decisions = place_pass(snapshot, waiting) if waiting else []
-        bookings = [
-            ((s.deployment.namespace, s.deployment.name), planner.book_beside(s, d, snapshot))
-            for s, d in returning
-        ]
-        bookings += self._book_groups(steps, grouped, snapshot)
-        bookings += self._book(steps, decisions, snapshot)
-        for _, booking in reversed(bookings):
-            metrics.PLACEMENT_DECISIONS.labels(result=booking.result).inc()
-            booking.undo()  # the reservations give way to the pods they become
-        errors: dict[Key, BaseException] = {}
-        for key, booking in bookings:
-            try:
-                await self._create(steps[key], booking)
-            except Exception as error:  # one failure spares the rest
-                errors[key] = error
-        return errors
-
-    def _book(
-        self,
-        steps: Mapping[Key, Step],
-        decisions: Iterable[tuple[Waiting, Decision]],
-        snapshot: Snapshot,
-    ) -> list[tuple[Key, Booking]]:
-        """The planner's bookings of the batch's decisions (its reservations are given back in
-        `_place`: each pod is counted in the cache as created when it is written, so the
-        snapshot holds only what the cache holds)."""
-        out = []
-        for want, decision in decisions:
-            key = (want.deployment.namespace, want.deployment.name)
-            if want.terminating:
-                continue
-            out.append((key, planner.book(steps[key], decision, snapshot)))
-        return out
-
-    def _book_groups(
-        self,
-        steps: Mapping[Key, Step],
-        decisions: Iterable[tuple[WaitingGroup, GroupDecision]],
-        snapshot: Snapshot,
-    ) -> list[tuple[Key, Booking]]:
-        out = []
-        for want, decision in decisions:
-            key = (want.deployment.namespace, want.deployment.name)
-            out += [(key, b) for b in planner.book_group(steps[key], decision, snapshot)]
-        return out
-
-    async def _create(self, step: Step, booking: Booking) -> None:
-        """A booking's deletes (a serving group to place again whole), its ComputeDomain, then
-        its pods; on any failure nothing is left half."""
-        deployment = step.deployment
-        for cause in booking.restarts:
-            metrics.REPLICA_RESTARTS.labels(cause=cause).inc()
-        for delete in booking.deletes:
-            await self._delete(deployment, delete)
-        pods = booking.pods()
-        if not pods:
-            await self._post(step.body, booking.events)
+    async def _create(self, plan: DeploymentPass, booking: Booking) -> None:
+        """A booking's ComputeDomain, then its pods; on any failure nothing is left half."""
+        if not booking.pods:
+            await self._post(plan.body, booking.events)
             return
-        if booking.domain is not None and not await self._create_domain(step, booking):
+        if booking.domain is not None and not await self._create_domain(plan, booking):
             return
-        if not await self._create_pods(deployment, pods):
+        namespace = plan.key[0]
+        if not await self._create_pods(plan, booking.pods):
             if booking.domain is not None:
                 await self.writer.delete_compute_domain(
-                    deployment.namespace, booking.domain["metadata"]["name"]
+                    namespace, booking.domain["metadata"]["name"]
                 )
             message = (
                 f"replica {booking.replica}: creating its pods failed; it will be placed again"
             )
-            await self._post(step.body, [Event("Warning", "FailedCreate", message)])
+            await self._post(plan.body, [Event("Warning", "FailedCreate", message)])
             return
-        await self._post(step.body, booking.events)
-        log.info("%s: placed replica %d", deployment.key, booking.replica)
+        await self._post(plan.body, booking.events)
+        log.info("%s/%s: placed replica %d", *plan.key, booking.replica)
 
-    async def _create_domain(self, step: Step, booking: Booking) -> bool:
+    async def _create_domain(self, plan: DeploymentPass, booking: Booking) -> bool:
         """The replica's fresh ComputeDomain, before its pods; False: the last one of that name
         is still being deleted, so the replica is placed again on a later pass."""
         body = booking.domain
@@ -312,19 +233,19 @@ class Reconciler:
             if await self.writer.create_compute_domain(body):
                 return True
         except Exception as error:
-            log.warning("%s: creating ComputeDomain failed: %s", step.key, error)
+            log.warning("%s/%s: creating ComputeDomain failed: %s", *plan.key, error)
             message = (
                 f"replica {booking.replica}: creating its ComputeDomain failed ({error}); "
                 "it will be placed again"
             )
-            await self._post(body, [Event("Warning", "FailedCreate", message)])
+            await self._post(plan.body, [Event("Warning", "FailedCreate", message)])
             return False
-        log.info("%s: replica %d waits for its old ComputeDomain to go", step.key, booking.replica)
+        log.info(
+            "%s/%s: replica %d waits for its old ComputeDomain to go", *plan.key, booking.replica
+        )
         return False
 
-    async def _create_pods(
-        self, deployment: InferenceDeployment, pods: list[dict[str, Any]]
-    ) -> bool:
+    async def _create_pods(self, plan: DeploymentPass, pods: list[dict[str, Any]]) -> bool:
         """Create a replica's pods, counted as created from now on; on any failure remove
         those created."""
         for pod in pods:
@@ -341,30 +262,24 @@ class Reconciler:
                 self.cache.assume_created(pod, str(result))
         if not failed:
             return True
-        log.warning("%s: creating pods failed: %s", deployment.key, failed[0])
+        log.warning("%s/%s: creating pods failed: %s", *plan.key, failed[0])
         for pod, result in zip(pods, results, strict=True):
             if not isinstance(result, BaseException):
-                await self.writer.delete_pod(deployment.namespace, pod["metadata"]["name"])
+                await self.writer.delete_pod(plan.key[0], pod["metadata"]["name"])
         return False
 
-    async def _finish(self, step: Step, seen: int) -> None:
+    async def _finish(self, plan: DeploymentPass, seen: int) -> None:
         """Services, status and its Events, from the pods as they are after this pass."""
-        key = (step.deployment.namespace, step.deployment.name)
-        states = planner.classify(
-            step,
-            self.cache.pods_of(key),
-            self.cache.domains_of(key, step.uid),
-            self.cache.readiness,
-            self._clock(),
-            self.cache.group_domains_of(key, step.uid),
-        )
-        context = planner.Context(
+        key, record = plan.key, plan.record
+        assert record is not None
+        view = View(
             self.cache.snapshot(),
-            now(),
-            self.options.ordinary_price,
+            [],
+            self.cache.readiness,
             inference_pools=self.cache.inference_pools_served,
+            ordinary_price=self.options.ordinary_price,
         )
-        done = planner.finish(step, states, context)
+        done = finish_pass(plan, self._seen(key, plan.body), view, self._clock())
         for service in done.services:
             await self.writer.apply_service(service)
         for pod, values in done.annotate:
@@ -375,16 +290,16 @@ class Reconciler:
             if done.delete_inference_pool is not None:
                 await self.writer.delete_inference_pool(key[0], done.delete_inference_pool)
         except Exception:
-            step.record.inference_pool = None  # not known: applied (or deleted) again next pass
+            record.inference_pool = None  # not known: applied (or deleted) again next pass
             raise
         if done.status is not None:
             await self.writer.patch_deployment_status(*key, done.status)
-        await self._post(step.body, done.events)
+        await self._post(plan.body, done.events)
         if done.cost is None:
             self.costs.pop(key, None)
         else:
             self.costs[key] = done.cost
-        if step.record.progress.unplaced:
+        if plan.waiting:
             self._waiting[key] = seen
 
     async def _post(self, obj: Mapping[str, Any], events: Iterable[Event]) -> None:

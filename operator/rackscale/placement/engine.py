@@ -21,6 +21,7 @@ from rackscale.api.inferencedeployment import (
     RUNTIME_OVERHEAD_MIB_PER_GPU,
     InferenceDeployment,
     MemoryNeed,
+    RoleReplica,
 )
 from rackscale.placement.ledger import Reservation
 from rackscale.placement.reasons import (
@@ -75,13 +76,18 @@ class ReplicaPlan:
 
 @dataclass(slots=True)
 class Decision:
-    """One replica: its plan (None: pending), why it is not in the pool, its reservation."""
+    """What placing one `Placeable` decided. A replica: its plan (None: pending), why it is not
+    in its pool, its reservation. A serving group: `replica` is the group's number, `roles`
+    hold a decision per role replica, `why` says why no unit holds it whole, and
+    `compute_domain` names the ComputeDomain its pods share."""
 
     replica: int
     plan: ReplicaPlan | None
     why: Reason | None = None
     reservation: Reservation | None = None
     kept: tuple[str, ...] = ()  # pending: racks a pass keeps for it while their GPUs are released
+    roles: list[tuple[RoleReplica, Decision]] = field(default_factory=list)
+    compute_domain: str | None = None  # a serving group's shared ComputeDomain (`<name>-g<n>`)
 
     @property
     def reason(self) -> str | None:
@@ -92,6 +98,32 @@ class Decision:
     def fallback(self) -> bool:
         """In device-plugin mode because its pool could not hold it (not by choice)."""
         return self.plan is not None and self.plan.mode == "DevicePlugin" and self.why is not None
+
+    @property
+    def group(self) -> int:
+        """A serving group's number."""
+        return self.replica
+
+    @property
+    def decisions(self) -> list[Decision]:
+        """The replicas it decided: itself, or a serving group's role replicas."""
+        return [d for _, d in self.roles] if self.roles else [self]
+
+    @property
+    def placed(self) -> bool:
+        return all(d.plan is not None for d in self.decisions)
+
+    @property
+    def racks(self) -> tuple[str, ...]:
+        """The racks its rack-mode replicas use, sorted."""
+        plans = [d.plan for d in self.decisions if d.plan and d.plan.mode == "Rack"]
+        return tuple(sorted({r for plan in plans for r in plan.racks}))
+
+    def undo(self) -> None:
+        """Give back what it reserved (once)."""
+        for decision in reversed(self.decisions):
+            if decision.reservation:
+                decision.reservation.undo()
 
 
 @dataclass(slots=True)
@@ -106,12 +138,9 @@ class DeploymentPlan:
 
     @property
     def mode(self) -> str:
-        modes = {r.mode for r in self.replicas}
-        if not self.decisions:
-            return self.intended
-        if not modes:
-            return "Unplaced"
-        return modes.pop() if len(modes) == 1 else "Mixed"
+        return mode_of(
+            [r.mode for r in self.replicas], self.intended if not self.decisions else "Unplaced"
+        )
 
     @property
     def reason(self) -> str | None:
@@ -120,8 +149,21 @@ class DeploymentPlan:
 
     def undo(self) -> None:
         for d in reversed(self.decisions):
-            if d.reservation:
-                d.reservation.undo()
+            d.undo()
+
+
+def mode_of(modes: Iterable[str], none: str) -> str:
+    """A deployment's mode from its placed replicas' modes: the one they share, `Mixed`, or
+    `none` when nothing is placed."""
+    found = set(modes)
+    if not found:
+        return none
+    return found.pop() if len(found) == 1 else "Mixed"
+
+
+def intended_mode(deployment: InferenceDeployment) -> Literal["Rack", "DevicePlugin"]:
+    """The mode its spec asks for: in its RackPool, or device-plugin mode without one."""
+    return "Rack" if deployment.spec.placement.rack_pool else "DevicePlugin"
 
 
 class NoRoom(Exception):
@@ -178,26 +220,27 @@ def needs_compute_domain(pool: Pool, deployment: InferenceDeployment, pods: int)
     return pool.compute_domains and scope != "Node" and pods > 1
 
 
-def place(snapshot: Snapshot, deployments: Iterable[InferenceDeployment]) -> list[DeploymentPlan]:
-    """Plan deployments in order, each seeing the reservations of those before it."""
-    return [place_deployment(snapshot, d) for d in deployments]
-
-
 @dataclass(frozen=True, slots=True)
-class Waiting:
-    """A replica waiting for placement; `prefer` names the racks it held before a template
-    change. `terminating`: its old pods are still going away, so it cannot be placed yet (its
+class Placeable:
+    """What one pass places whole, or not at all: a replica, or with spec.roles a serving group
+    (`number` is then the group's). `prefer` names the racks it held before (a template
+    change). `terminating`: its old pods are still going away, so it cannot be placed yet (its
     pods would take their names); a pass only keeps for it the racks it will fit on."""
 
     deployment: InferenceDeployment
-    replica: int
+    number: int
     prefer: tuple[str, ...] = ()
     terminating: bool = False
 
+    @property
+    def is_group(self) -> bool:
+        return bool(self.deployment.spec.roles)
 
-def pass_order(waiting: Iterable[Waiting]) -> list[Waiting]:
-    """The order one pass places waiting replicas in: those keeping their racks first, then the
-    largest, then as given (the operator gives the oldest deployment first).
+
+def pass_order(waiting: Iterable[Placeable]) -> list[Placeable]:
+    """The order one pass places what waits in: those keeping their racks first, then the
+    largest (a serving group's GPUs are the whole group's), then as given (the operator gives
+    the oldest deployment first).
 
     Largest first lets small replicas fill what the large ones leave; in arrival order a small
     replica could open the one rack a large replica needed whole.
@@ -208,9 +251,9 @@ def pass_order(waiting: Iterable[Waiting]) -> list[Waiting]:
 ORDER_TRIES = 16  # other orders a pass tries when the first one leaves replicas out of the pool
 
 
-def place_pass(
-    snapshot: Snapshot, waiting: Iterable[Waiting], tries: int = ORDER_TRIES
-) -> list[tuple[Waiting, Decision]]:
+def place_replicas(
+    snapshot: Snapshot, waiting: Iterable[Placeable], tries: int = ORDER_TRIES
+) -> list[tuple[Placeable, Decision]]:
     """Place waiting replicas together, each decided by the usual rules, reserving as it goes.
 
     The first order is `pass_order`. When it leaves some replica out of the pool, `tries` more
@@ -231,8 +274,8 @@ def place_pass(
         done=lambda first: all(
             d.plan is not None and not d.fallback for w, d in first if not w.terminating
         ),  # everything in its pool (or in device-plugin mode by choice)
-        score=_score,
-        undo=_undo,
+        score=in_pools,
+        undo=undo_all,
         tries=tries,
     )
 
@@ -281,8 +324,8 @@ def search_orders(  # noqa: PLR0917
 
 
 def _try_order(
-    snapshot: Snapshot, order: list[Waiting], *, explain: bool
-) -> list[tuple[Waiting, Decision]]:
+    snapshot: Snapshot, order: list[Placeable], *, explain: bool
+) -> list[tuple[Placeable, Decision]]:
     """Place in `order`, keeping racks being released for replicas left pending until the end;
     without `explain`, refusals carry no reason (it costs a look at every rack)."""
     kept: list[Rack] = []
@@ -290,10 +333,10 @@ def _try_order(
     try:
         for want in order:
             if want.terminating:
-                decision = Decision(want.replica, None, Reason("terminating"))
+                decision = Decision(want.number, None, Reason("terminating"))
             else:
                 decision = place_replica(
-                    snapshot, want.deployment, want.replica, want.prefer, explain=explain
+                    snapshot, want.deployment, want.number, want.prefer, explain=explain
                 )
             if decision.plan is None and (racks := _keep_releasing(snapshot, want)):
                 kept.extend(racks)
@@ -308,29 +351,30 @@ def _try_order(
     return out
 
 
-def _score(decisions: list[tuple[Waiting, Decision]]) -> int:
+def in_pools(decisions: Iterable[tuple[Placeable, Decision]]) -> int:
     """GPUs placed in pools."""
     return sum(
-        len(d.plan.pods) * d.plan.pods[0].gpus
-        for _, d in decisions
+        p.gpus
+        for _, decision in decisions
+        for d in decision.decisions
         if d.plan is not None and d.plan.mode == "Rack"
+        for p in d.plan.pods
     )
 
 
-def _undo(decisions: list[tuple[Waiting, Decision]]) -> None:
+def undo_all(decisions: list[tuple[Placeable, Decision]]) -> None:
     for _, decision in reversed(decisions):
-        if decision.reservation:
-            decision.reservation.undo()
+        decision.undo()
 
 
-def _keep_releasing(snapshot: Snapshot, want: Waiting) -> list[Rack]:
+def _keep_releasing(snapshot: Snapshot, want: Placeable) -> list[Rack]:
     """Keep for `want` the racks it would take were the GPUs being released free (none: [])."""
     pool = snapshot.pools.get(want.deployment.spec.placement.rack_pool or "")
     if pool is None or not (pool.releasing or want.terminating):
         return []  # refused with the room there is, and no more is coming
     _release(pool, -1)
     try:
-        future = place_replica(snapshot, want.deployment, want.replica, want.prefer, explain=False)
+        future = place_replica(snapshot, want.deployment, want.number, want.prefer, explain=False)
         if future.reservation:
             future.reservation.undo()
     finally:
@@ -351,36 +395,6 @@ def _release(pool: Pool, sign: int) -> None:
         node.rack.use(node, sign * gpus, namespace, deployment, domain)
 
 
-def place_together(
-    snapshot: Snapshot, deployments: list[InferenceDeployment]
-) -> list[DeploymentPlan]:
-    """Plan deployments as one operator pass places them when all wait at once (`place_pass`)."""
-    plans = {id(d): _empty_plan(d) for d in deployments}
-    waiting = [Waiting(d, i) for d in deployments for i in range(d.spec.replicas)]
-    for want, decision in place_pass(snapshot, waiting):
-        plans[id(want.deployment)].decisions.append(decision)
-    for plan in plans.values():
-        plan.decisions.sort(key=lambda d: d.replica)
-    return [plans[id(d)] for d in deployments]
-
-
-def _empty_plan(deployment: InferenceDeployment) -> DeploymentPlan:
-    intended: Literal["Rack", "DevicePlugin"] = (
-        "Rack" if deployment.spec.placement.rack_pool else "DevicePlugin"
-    )
-    return DeploymentPlan(deployment.key, intended=intended)
-
-
-def place_deployment(
-    snapshot: Snapshot, deployment: InferenceDeployment, replicas: Iterable[int] | None = None
-) -> DeploymentPlan:
-    """Place the given replica indexes (default: all of them), reserving as it goes."""
-    result = _empty_plan(deployment)
-    for index in range(deployment.spec.replicas) if replicas is None else replicas:
-        result.decisions.append(place_replica(snapshot, deployment, index))
-    return result
-
-
 def place_replica(
     snapshot: Snapshot,
     deployment: InferenceDeployment,
@@ -390,6 +404,7 @@ def place_replica(
     explain: bool = True,
     only: Iterable[str] | None = None,
     group: int | None = None,
+    alone: bool = False,
 ) -> Decision:
     """One replica, whole or not at all; falls back to device-plugin mode when asked to.
 
@@ -398,6 +413,7 @@ def place_replica(
     Without `explain`, a refusal's reason is left out: building it looks at every rack.
     `only` keeps it strictly to those racks, and `group` puts it under the ComputeDomain that
     serving group shares instead of its own: how a serving group is placed (placement.groups).
+    `alone`: under no ComputeDomain at all (a member returning to a group that runs without).
     """
     placement = deployment.spec.placement
     if deployment.spec.roles:  # each role replica is placed through its role's view
@@ -407,7 +423,9 @@ def place_replica(
     try:
         request = _request(snapshot, deployment, replica, placement.rack_pool)
         request.explain = explain
-        if group is not None:
+        if alone:
+            request.domain = None
+        elif group is not None:
             name = group_compute_domain_name(deployment.name, group)
             request.domain, request.domain_group = f"{deployment.namespace}/{name}", group
         if only is not None:

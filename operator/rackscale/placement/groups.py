@@ -13,21 +13,22 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Literal
 
 from rackscale.api.inferencedeployment import InferenceDeployment, RoleReplica
 from rackscale.placement.engine import (
     ORDER_TRIES,
     Decision,
-    DeploymentPlan,
+    Placeable,
+    in_pools,
     needs_compute_domain,
+    pass_order,
     place_replica,
     search_orders,
+    undo_all,
 )
 from rackscale.placement.reasons import (
     BesideGroup,
-    Group,
     GroupBlockLabelMissing,
     GroupCannotGrow,
     GroupNoRoom,
@@ -39,137 +40,39 @@ from rackscale.placement.shape import shape_of
 from rackscale.topology.snapshot import Pool, Rack, Snapshot, group_compute_domain_name
 
 
-@dataclass(slots=True)
-class GroupDecision:
-    """One serving group: a decision per role replica (`Decision.replica` numbers it in the
-    deployment, as `rackscale.dev/replica`), the group's reason and its ComputeDomain."""
-
-    deployment: InferenceDeployment
-    group: int
-    roles: list[tuple[RoleReplica, Decision]] = field(default_factory=list)
-    why: Reason | None = None  # why no unit holds it whole (details only when explained)
-    compute_domain: str | None = None  # `<name>-g<group>`, when its pods share one
-
-    @property
-    def reason(self) -> str | None:
-        """`why` in words (None when placed, or not explained)."""
-        return (self.why.text or None) if self.why else None
-
-    @property
-    def placed(self) -> bool:
-        return bool(self.roles) and all(d.plan is not None for _, d in self.roles)
-
-    @property
-    def racks(self) -> tuple[str, ...]:
-        """The racks its rack-mode role replicas use, sorted."""
-        names = {r for _, d in self.roles if d.plan and d.plan.mode == "Rack" for r in d.plan.racks}
-        return tuple(sorted(names))
-
-    @property
-    def decisions(self) -> list[Decision]:
-        return [d for _, d in self.roles]
-
-    def undo(self) -> None:
-        for _, decision in reversed(self.roles):
-            if decision.reservation:
-                decision.reservation.undo()
-
-
-@dataclass(frozen=True, slots=True)
-class WaitingGroup:
-    """A serving group waiting for placement; `prefer` names the racks it held before."""
-
-    deployment: InferenceDeployment
-    group: int
-    prefer: tuple[str, ...] = ()
-
-
-def group_order(waiting: Iterable[WaitingGroup]) -> list[WaitingGroup]:
-    """Groups keeping their racks first, then the largest (GPUs of the whole group), then as
-    given: small groups fill what large ones leave, as `pass_order` does for replicas."""
-    return sorted(waiting, key=lambda w: (not w.prefer, -w.deployment.spec.gpus_per_replica))
-
-
 def place_groups(
-    snapshot: Snapshot, waiting: Iterable[WaitingGroup], tries: int = ORDER_TRIES
-) -> list[tuple[WaitingGroup, GroupDecision]]:
-    """Place waiting serving groups together, reserving as it goes, as `place_pass` places
-    replicas: first in `group_order`; when that leaves a group out of its pool, `tries` more
+    snapshot: Snapshot, waiting: Iterable[Placeable], tries: int = ORDER_TRIES
+) -> list[tuple[Placeable, Decision]]:
+    """Place waiting serving groups together, reserving as it goes, as `place_replicas` places
+    replicas: first in `pass_order`; when that leaves a group out of its pool, `tries` more
     orders (deterministic shuffles of the largest-first order by up to 40% of a group's size,
     groups keeping their racks first), keeping the one placing the most GPUs in pools, the
     first on a tie."""
     return search_orders(
-        group_order(waiting),
+        pass_order(waiting),
         lambda o, explain: _try_groups(snapshot, o, explain=explain),
         done=lambda first: all(
-            _in_pool(d) or d.deployment.spec.placement.rack_pool is None for _, d in first
+            _in_pool(d) or w.deployment.spec.placement.rack_pool is None for w, d in first
         ),
-        score=_placed_gpus,
-        undo=_undo_groups,
+        score=in_pools,
+        undo=undo_all,
         tries=tries,
     )
 
 
 def _try_groups(
-    snapshot: Snapshot, order: list[WaitingGroup], *, explain: bool
-) -> list[tuple[WaitingGroup, GroupDecision]]:
+    snapshot: Snapshot, order: list[Placeable], *, explain: bool
+) -> list[tuple[Placeable, Decision]]:
     return [
-        (want, place_group(snapshot, want.deployment, want.group, want.prefer, explain=explain))
+        (want, place_group(snapshot, want.deployment, want.number, want.prefer, explain=explain))
         for want in order
     ]
 
 
-def _in_pool(decision: GroupDecision) -> bool:
+def _in_pool(decision: Decision) -> bool:
     return decision.placed and all(
         d.plan is not None and d.plan.mode == "Rack" for d in decision.decisions
     )
-
-
-def _placed_gpus(decisions: list[tuple[WaitingGroup, GroupDecision]]) -> int:
-    """GPUs placed in pools."""
-    return sum(
-        p.gpus
-        for _, group in decisions
-        for d in group.decisions
-        if d.plan is not None and d.plan.mode == "Rack"
-        for p in d.plan.pods
-    )
-
-
-def _undo_groups(decisions: list[tuple[WaitingGroup, GroupDecision]]) -> None:
-    for _, decision in reversed(decisions):
-        decision.undo()
-
-
-def place_deployment_groups(
-    snapshot: Snapshot, deployment: InferenceDeployment, groups: Iterable[int] | None = None
-) -> DeploymentPlan:
-    """Place the given serving groups (default: all of them), as `place_deployment` places
-    replicas: the plan's decisions are the role replicas', in replica order."""
-    plan = _empty_plan(deployment)
-    for group in range(deployment.spec.replicas) if groups is None else groups:
-        plan.decisions += place_group(snapshot, deployment, group).decisions
-    return plan
-
-
-def place_groups_together(
-    snapshot: Snapshot, deployments: list[InferenceDeployment]
-) -> list[DeploymentPlan]:
-    """Plan deployments with roles as one pass places their groups when all wait at once."""
-    plans = {id(d): _empty_plan(d) for d in deployments}
-    waiting = [WaitingGroup(d, g) for d in deployments for g in range(d.spec.replicas)]
-    for want, decision in place_groups(snapshot, waiting):
-        plans[id(want.deployment)].decisions += decision.decisions
-    for plan in plans.values():
-        plan.decisions.sort(key=lambda d: d.replica)
-    return [plans[id(d)] for d in deployments]
-
-
-def _empty_plan(deployment: InferenceDeployment) -> DeploymentPlan:
-    intended: Literal["Rack", "DevicePlugin"] = (
-        "Rack" if deployment.spec.placement.rack_pool else "DevicePlugin"
-    )
-    return DeploymentPlan(deployment.key, intended=intended)
 
 
 def place_group(
@@ -179,14 +82,14 @@ def place_group(
     prefer: Iterable[str] = (),
     *,
     explain: bool = True,
-) -> GroupDecision:
+) -> Decision:
     """One serving group, whole or not at all (colocate Rack or Block), or role replica by role
     replica (colocate None). `prefer` names racks to try first, as for `place_replica`."""
     spec = deployment.spec
     assert spec.roles, f"{deployment.key} has no spec.roles"
     members = spec.role_replicas(group)
     views = {r.name: deployment.role_view(r.name) for r in spec.roles}
-    result = GroupDecision(deployment, group)
+    result = Decision(group, None)
     pool = snapshot.pools.get(spec.placement.rack_pool or "")
     if spec.colocation == "None" or pool is None or not pool.racks:
         # Independent gangs; a missing pool or device-plugin mode is the engine's to explain.
@@ -221,12 +124,13 @@ def restart_role_replica(
 ) -> Decision:
     """A lost role replica (`replica` as numbered in the deployment) placed again beside the
     rest of its group: on the group's rack (colocate Rack) or the racks of its block (Block),
-    never elsewhere. No plan when it does not fit there, or when the group shares a
-    ComputeDomain (IMEX state does not survive a member's loss): the group is then placed
-    again whole (`place_group`). `added`: a role replica the group grows by (its role scaled
-    up), placed the same way but joining the group's ComputeDomain (guarantee 13 holds with
-    the group's pods), and refused (`group-cannot-grow`) when it does not fit. colocate None:
-    the replica is placed as any replica."""
+    never elsewhere; no plan (`beside-group`) when it does not fit there. Only a group that
+    shares no ComputeDomain gets a lost member back this way (lifecycle restarts one that
+    does whole: IMEX state does not survive a member's loss), so the member joins none.
+    `added`: a role replica the group grows by (its role scaled up), placed the same way but
+    joining the group's ComputeDomain (guarantee 13 holds with the group's pods), and refused
+    (`group-cannot-grow`) when it does not fit. colocate None: the replica is placed as any
+    replica."""
     spec = deployment.spec
     member = spec.role_replica(replica)
     view = deployment.role_view(member.role)
@@ -235,14 +139,14 @@ def restart_role_replica(
         return place_replica(snapshot, view, replica)
     views = {r.name: view if r.name == member.role else deployment.role_view(r.name)
              for r in spec.roles or []}  # fmt: skip
-    domain = _group_domain(deployment, pool, views, member.group)
-    if domain is not None and not added:
-        return Decision(replica, None, Reason("group-shares-domain", Group(member.group)))
+    domain = _group_domain(deployment, pool, views, member.group) if added else None
     held = set(group_racks)
     if spec.colocation == "Block":
         blocks = {pool.racks[r].block for r in held if r in pool.racks}
         held = {r.name for r in pool.racks.values() if r.block is not None and r.block in blocks}
-    decision = place_replica(snapshot, _never(view), replica, only=held, group=domain)
+    decision = place_replica(
+        snapshot, _never(view), replica, only=held, group=domain, alone=not added
+    )
     if decision.plan is None and decision.why is not None:
         unit = "block" if spec.colocation == "Block" else "rack"
         decision.why = (

@@ -243,13 +243,6 @@ class GroupBlockLabelMissing:
 
 
 @dataclass(frozen=True, slots=True)
-class Group:
-    """A serving group by its index (group-shares-domain)."""
-
-    group: int
-
-
-@dataclass(frozen=True, slots=True)
 class BesideGroup:
     """A role replica that no longer fits beside its group, and the engine's reason there."""
 
@@ -278,7 +271,6 @@ Details = (
     | NoRacksWithRoom
     | GroupNoRoom
     | GroupBlockLabelMissing
-    | Group
     | BesideGroup
     | GroupCannotGrow
 )
@@ -299,7 +291,6 @@ ReasonCode = Literal[
     "roles-need-groups",
     "group-no-room",
     "group-block-label-missing",
-    "group-shares-domain",
     "beside-group",
     "group-cannot-grow",
 ]
@@ -320,7 +311,6 @@ DETAILS: dict[ReasonCode, type[Details] | None] = {
     "roles-need-groups": None,
     "group-no-room": GroupNoRoom,
     "group-block-label-missing": GroupBlockLabelMissing,
-    "group-shares-domain": Group,
     "beside-group": BesideGroup,
     "group-cannot-grow": GroupCannotGrow,
 }
@@ -337,7 +327,7 @@ def _sentence(code: ReasonCode, d: Details) -> str:
     match d:
         case NoRackWithRoom() | NoNodeWithRoom() | NoRacksWithRoom():
             return _no_room(code, d)
-        case GroupNoRoom() | GroupBlockLabelMissing() | Group() | BesideGroup() | GroupCannotGrow():
+        case GroupNoRoom() | GroupBlockLabelMissing() | BesideGroup() | GroupCannotGrow():
             return _group_refused(d)
         case GpuMemory():
             return _gpu_memory(d)
@@ -401,7 +391,7 @@ def _no_room(code: ReasonCode, d: NoRackWithRoom | NoNodeWithRoom | NoRacksWithR
 
 
 def _group_refused(
-    d: GroupNoRoom | GroupBlockLabelMissing | Group | BesideGroup | GroupCannotGrow,
+    d: GroupNoRoom | GroupBlockLabelMissing | BesideGroup | GroupCannotGrow,
 ) -> str:
     """A serving group not placed whole, or a role replica not placed beside its group."""
     match d:
@@ -419,8 +409,6 @@ def _group_refused(
         case GroupBlockLabelMissing(group, pool, first):
             why = f"colocate Block needs spec.blockLabel on RackPool {pool}"
             return _with(first, f"{_group(group)}: {why}")
-        case Group(group):
-            return f"serving group {group} shares a ComputeDomain: it restarts whole"
         case BesideGroup(group, why):
             return f"it no longer fits beside serving group {group}: {why.text}"
         case GroupCannotGrow(group, role, unit, why):

@@ -115,6 +115,11 @@ class Clock:
     unschedulable_after: float
     domain_after: float = 300.0
 
+    @property
+    def stamp(self) -> str:
+        """`now` as status conditions write it."""
+        return self.now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
 
 def _waited(since: str | None, clock: Clock) -> float | None:
     start = parse_time(since)
@@ -409,8 +414,28 @@ def _restart_whole(
 ) -> None:
     """A group sharing a ComputeDomain lost a member: all of it restarts, with a fresh one."""
     why = lost.why or f"replica {lost.replica} is gone"
+    text = f"serving group {group} restarts whole with its ComputeDomain ({why})"
+    actions.delete += _restart(members, text, keep=lost)
+
+
+def restart_group(
+    group: int, members: list[ReplicaState], why: str
+) -> list[tuple[ReplicaState, Cause]]:
+    """The one other reason a serving group restarts whole: a lost member no longer fits
+    beside the rest (placement's `beside-group`), so the whole group is placed again. Its
+    members with pods not already going are deleted, each saying why."""
+    text = f"serving group {group} is placed again whole: {why}"
+    return _restart([m for m in members if m.condition != "Terminating"], text)
+
+
+def _restart(
+    members: list[ReplicaState], why: str, keep: ReplicaState | None = None
+) -> list[tuple[ReplicaState, Cause]]:
+    """Delete every member with pods, each saying `why` (but `keep`, which says its own)."""
+    out: list[tuple[ReplicaState, Cause]] = []
     for member in members:
-        if member is not lost:
-            member.why = f"serving group {group} restarts whole with its ComputeDomain ({why})"
+        if member is not keep:
+            member.why = why
         if member.pods:
-            actions.delete.append((member, "restart"))
+            out.append((member, "restart"))
+    return out

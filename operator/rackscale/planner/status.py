@@ -17,6 +17,7 @@ from rackscale.api.inferencedeployment import (
 )
 from rackscale.api.pricing import Price, cost_per_hour, money
 from rackscale.api.rackpool import PoolCost, RackPoolStatus, RackStatus
+from rackscale.placement import intended_mode, mode_of
 from rackscale.planner.lifecycle import ReplicaState, first_rank
 from rackscale.render import serving_port, serving_selector
 from rackscale.topology.snapshot import Pool
@@ -142,8 +143,6 @@ def _seen(
         for placement in placements:
             member = spec.role_replica(placement.replica)
             placement.group, placement.role = member.group, member.role
-    modes = {p.mode for p in placements}
-    intended = "Rack" if spec.placement.rack_pool else "DevicePlugin"
     restarting = {s.replica: s.why or "" for s in wanted if s.condition == "Broken"}
     restarting.update({r: w for r, w in progress.restarting.items() if spec.wants(r)})
     return _Seen(
@@ -155,7 +154,7 @@ def _seen(
         ready=[s for s in running if s.ready],
         shown=shown,
         placements=placements,
-        mode=(modes.pop() if len(modes) == 1 else "Mixed") if modes else intended,
+        mode=mode_of((p.mode for p in placements), intended_mode(deployment)),
         unplaced={r: why for r, why in progress.unplaced.items() if spec.wants(r)},
         restarting=restarting,
         terminating=[s.replica for s in wanted if s.condition == "Terminating"],

@@ -8,10 +8,11 @@ What the operator remembers of a deployment between passes is one `Record`.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Literal
 
@@ -19,14 +20,18 @@ from pydantic import ValidationError
 
 from rackscale.api import InferenceDeployment, format_errors
 from rackscale.api.inferencedeployment import GROUP_NUMBERS, ROLE_NUMBERS
-from rackscale.api.labels import GROUP_LABEL, GROUP_ROLES_ANNOTATION, LEADERS_ANNOTATION, ROLE_LABEL
+from rackscale.api.labels import (
+    DEPLOYMENT_LABEL,
+    GROUP_LABEL,
+    GROUP_ROLES_ANNOTATION,
+    LEADERS_ANNOTATION,
+    ROLE_LABEL,
+)
 from rackscale.api.pricing import Price
 from rackscale.api.rackpool import DEFAULT_GPU_RESOURCE
-from rackscale.placement import Decision, ReasonCode, ReplicaPlan, Reservation, Waiting
-from rackscale.placement.groups import GroupDecision, WaitingGroup
+from rackscale.placement import Batch, Beside, Decision, Placeable, ReasonCode
 from rackscale.planner import lifecycle, status
 from rackscale.render import (
-    PoolFacts,
     compute_domain_of,
     group_compute_domain_name,
     leaders_annotation,
@@ -68,6 +73,10 @@ class Record:
     pools_missing: bool = False  # the Event saying no InferencePool can be created was posted
     group_prefer: dict[int, tuple[str, ...]] = field(default_factory=dict)  # group -> racks held
 
+    def copy(self) -> Record:
+        """A copy a pass changes, returned as the next record: the one given is left as is."""
+        return copy.deepcopy(self)
+
 
 @dataclass(frozen=True, slots=True)
 class Delete:
@@ -78,16 +87,6 @@ class Delete:
     pods: tuple[PodInfo, ...]
     force: bool
     domain: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Beside:
-    """A lost role replica (spec.roles) to place again beside the rest of its serving group,
-    on the racks the group holds (`restart_role_replica`)."""
-
-    replica: int
-    racks: tuple[str, ...]
-    added: bool = False  # its role scaled up: it joins the group, which restarts for nothing
 
 
 @dataclass(slots=True)
@@ -103,9 +102,8 @@ class Step:
     states: list[lifecycle.ReplicaState] = field(default_factory=list)
     deletes: list[Delete] = field(default_factory=list)
     delete_domains: list[str] = field(default_factory=list)  # ComputeDomains of no pod
-    waiting: list[Waiting] = field(default_factory=list)  # for the pass's placement batch
-    groups: list[WaitingGroup] = field(default_factory=list)  # spec.roles: groups to place whole
-    beside: list[Beside] = field(default_factory=list)  # spec.roles: role replicas to restart
+    waiting: list[Placeable] = field(default_factory=list)  # replicas, or serving groups
+    beside: list[Beside] = field(default_factory=list)  # spec.roles: beside their groups
     events: list[Event] = field(default_factory=list)
     restarts: list[str] = field(default_factory=list)  # causes, as metrics count them
     placing: bool = False  # it has replicas to place this pass
@@ -127,34 +125,17 @@ class Refusal:
 
 @dataclass(slots=True)
 class Booking:
-    """What one placement decision creates: its ComputeDomain first, then its pods (rendered
-    when they are written, so a large batch holds one replica's bodies at a time)."""
+    """What one placement decision creates, as plain values: its ComputeDomain first, then its
+    pods (a serving group's: every role replica's, under the group's one ComputeDomain), and
+    the Events posted once they are created. `decisions` are the engine's, their reservations
+    given back (the pods are counted as they are written)."""
 
-    replica: int
-    deployment: InferenceDeployment
-    plan: ReplicaPlan | None = None  # None: not placed
-    facts: PoolFacts | None = None
-    domain: dict[str, Any] | None = None
-    events: list[Event] = field(default_factory=list)  # posted once the pods are created
-    reservation: Reservation | None = None
+    replica: int  # the replica (a serving group: its first role replica)
+    decisions: list[Decision]
     result: Literal["placed", "fallback", "unplaced"] = "unplaced"
-    parts: list[Booking] = field(default_factory=list)  # a serving group: its role replicas
-    deletes: list[Delete] = field(default_factory=list)  # a group to place again whole
-    restarts: list[str] = field(default_factory=list)  # the deletes' causes, as metrics count them
-
-    def pods(self) -> list[dict[str, Any]]:
-        if self.parts:
-            return [pod for part in self.parts for pod in part.pods()]
-        if self.plan is None or self.facts is None:
-            return []
-        return render_replica(self.deployment, self.plan, self.facts)
-
-    def undo(self) -> None:
-        """Give the booking's reservations back (its pods are counted as they are written)."""
-        for part in reversed(self.parts):
-            part.undo()
-        if self.reservation is not None:
-            self.reservation.undo()
+    domain: dict[str, Any] | None = None
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,14 +195,15 @@ def heal(
     group_domains: Mapping[int, DomainInfo] | None = None,
 ) -> Step:
     """What the deployment needs before placement: deletes, and the replicas (or, with
-    spec.roles, the serving groups and role replicas) that wait."""
+    spec.roles, the serving groups and role replicas) that wait. The step holds a copy of
+    `record`, which it changes: the next record."""
     meta = body.get("metadata") or {}
     step = Step(
         body=body,
         deployment=deployment,
         uid=str(meta.get("uid") or ""),
         digest=template_hash(deployment),
-        record=record,
+        record=record.copy(),
         age=(str(meta.get("creationTimestamp") or ""), deployment.key),
     )
     progress = record.progress
@@ -235,14 +217,19 @@ def heal(
         if size
         else lifecycle.decide(step.states)
     )
+    _apply(step, actions)
+    return step
+
+
+def _apply(step: Step, actions: lifecycle.Actions) -> None:
+    """Lifecycle's actions as the step's deletes and what it places."""
     for state, cause in actions.delete:
         step.deletes.append(_delete(step, state, cause))
-    step.delete_domains = list(actions.delete_domains)
-    if size:
+    step.delete_domains += actions.delete_domains
+    if step.deployment.spec.roles:
         _wait_groups(step, actions)
     else:
         _wait(step, actions)
-    return step
 
 
 def classify(  # noqa: PLR0917
@@ -259,8 +246,7 @@ def classify(  # noqa: PLR0917
     group's shared ComputeDomain stands for its role replicas that have pods, so one without
     pods is Missing (lost, or added) beside them; when none has pods, for every one, so the
     domain left behind goes before the group is placed again."""
-    uid = step.uid
-    owned = [p for p in pods if not (uid and p.owners and uid not in p.owners)]
+    owned = [p for p in pods if owns(step.uid, p)]
     spec = step.deployment.spec
     number = None
     if spec.roles:
@@ -286,6 +272,26 @@ def classify(  # noqa: PLR0917
     if spec.roles:
         _mark_added(step.deployment, states)
     return states
+
+
+def owns(uid: str, obj: PodInfo | DomainInfo) -> bool:
+    """Whether a pod or ComputeDomain labelled as a deployment's is that very object's: its
+    owner is the deployment's uid (one left by an object deleted and made again under the same
+    name is not). Unknown uids (no owner set, or none known) count as owned."""
+    return not (uid and obj.owners and uid not in obj.owners)
+
+
+def owned_pods(deployment: InferenceDeployment, pods: Iterable[PodInfo]) -> list[PodInfo]:
+    """Of `pods`, those of this deployment: in its namespace, labelled with its name, owned by
+    it (`owns`)."""
+    uid = str(deployment.metadata.get("uid") or "")
+    return [
+        p
+        for p in pods
+        if p.namespace == deployment.namespace
+        and p.labels.get(DEPLOYMENT_LABEL) == deployment.name
+        and owns(uid, p)
+    ]
 
 
 def role_number_of(deployment: InferenceDeployment, pod: PodInfo) -> int | None:
@@ -381,21 +387,27 @@ def _wait(step: Step, actions: lifecycle.Actions) -> None:
     whose old pods are going (restart, update), for which room is kept."""
     wanted = range(step.deployment.spec.replicas)
     prefer, deployment = step.record.prefer, step.deployment
-    step.waiting = [Waiting(deployment, i, prefer.get(i, ())) for i in actions.place]
+    step.waiting = [Placeable(deployment, i, prefer.get(i, ())) for i in actions.place]
     returning = [i for i in actions.waiting if i in wanted] + [
         d.replica for d in step.deletes if d.cause in ("restart", "update")
     ]
-    step.waiting += [Waiting(deployment, i, prefer.get(i, ()), terminating=True) for i in returning]
+    step.waiting += [
+        Placeable(deployment, i, prefer.get(i, ()), terminating=True) for i in returning
+    ]
     step.placing = bool(actions.place)
     for index in list(step.record.progress.unplaced):
         if index not in actions.place:
             forget_unplaced(step.record, index)
 
 
-def batch(steps: Iterable[Step]) -> list[Waiting]:
-    """The replicas one pass places together, in the order given to the engine: the oldest
-    deployment first (`place_pass` then puts the largest first)."""
-    return [w for step in sorted(steps, key=lambda s: s.age) for w in step.waiting]
+def batch(steps: Iterable[Step]) -> Batch:
+    """What one pass places together, the oldest deployment first (`place_batch` then orders
+    each kind, the largest first)."""
+    ordered = sorted(steps, key=lambda s: s.age)
+    return Batch(
+        beside=[b for step in ordered for b in step.beside],
+        waiting=[w for step in ordered for w in step.waiting],
+    )
 
 
 def _keep_racks(step: Step, index: int, racks: tuple[str, ...]) -> None:
@@ -410,32 +422,28 @@ def _keep_racks(step: Step, index: int, racks: tuple[str, ...]) -> None:
 
 
 def _wait_groups(step: Step, actions: lifecycle.Actions) -> None:
-    """spec.roles: the serving groups to place whole, and the role replicas to place again
-    beside their groups (room is not kept for groups whose old pods are still going)."""
+    """spec.roles: the serving groups to place whole, and the role replicas to place beside
+    their groups: each lost one alone, those a group grows by together (room is not kept for
+    groups whose old pods are still going)."""
     deployment, record = step.deployment, step.record
-    step.groups = [
-        WaitingGroup(deployment, g, record.group_prefer.get(g, ())) for g in actions.groups
+    spec = deployment.spec
+    step.waiting = [
+        Placeable(deployment, g, record.group_prefer.get(g, ())) for g in actions.groups
     ]
-    step.beside = [Beside(replica, racks) for replica, racks in actions.beside]
-    step.beside += [Beside(replica, racks, added=True) for replica, racks in actions.grow]
-    step.placing = bool(step.groups or step.beside)
-    placing = {m.replica for g in actions.groups for m in deployment.spec.role_replicas(g)}
-    placing |= {b.replica for b in step.beside}
+    step.beside = [Beside(deployment, (replica,), racks) for replica, racks in actions.beside]
+    growing: dict[int, tuple[list[int], tuple[str, ...]]] = {}
+    for replica, racks in actions.grow:
+        growing.setdefault(spec.group_of(replica), ([], racks))[0].append(replica)
+    step.beside += [
+        Beside(deployment, tuple(replicas), racks, added=True)
+        for replicas, racks in growing.values()
+    ]
+    step.placing = bool(step.waiting or step.beside)
+    placing = {m.replica for g in actions.groups for m in spec.role_replicas(g)}
+    placing |= {r for b in step.beside for r in b.replicas}
     for index in list(record.progress.unplaced):
         if index not in placing:
             forget_unplaced(record, index)
-
-
-def growing(steps: Iterable[Step]) -> list[tuple[Step, list[int], tuple[str, ...]]]:
-    """The role replicas each serving group grows by this pass (placed all or none, by
-    `grow_group`), with the racks the group holds."""
-    out: dict[tuple[int, int], tuple[Step, list[int], tuple[str, ...]]] = {}
-    for step in steps:
-        for b in step.beside:
-            if b.added:
-                group = step.deployment.spec.group_of(b.replica)
-                out.setdefault((id(step), group), (step, [], b.racks))[1].append(b.replica)
-    return list(out.values())
 
 
 def forget_unplaced(record: Record, index: int) -> None:
@@ -450,7 +458,7 @@ def forget_unplaced(record: Record, index: int) -> None:
 def book(step: Step, decision: Decision, snapshot: Snapshot) -> Booking:
     """What one placement decision creates, and what the deployment's record keeps of it."""
     record, index, plan = step.record, decision.replica, decision.plan
-    booking = Booking(index, step.deployment, reservation=decision.reservation)
+    booking = Booking(index, [replace(decision, reservation=None)])
     if plan is None:
         reason = decision.reason or "no room"
         record.progress.unplaced[index] = reason
@@ -463,7 +471,7 @@ def book(step: Step, decision: Decision, snapshot: Snapshot) -> Booking:
     forget_unplaced(record, index)
     record.prefer.pop(index, None)
     deployment = step.deployment
-    booking.plan, booking.facts = plan, pool_facts(deployment, plan, snapshot)
+    booking.pods = render_replica(deployment, plan, pool_facts(deployment, plan, snapshot))
     if plan.compute_domain:
         booking.domain = compute_domain_of(deployment, plan)
     where = ", ".join(plan.racks) or "ordinary GPU nodes"
@@ -483,57 +491,52 @@ def book(step: Step, decision: Decision, snapshot: Snapshot) -> Booking:
     return booking
 
 
-def book_group(step: Step, decision: GroupDecision, snapshot: Snapshot) -> list[Booking]:
+def book_group(step: Step, decision: Decision, snapshot: Snapshot) -> list[Booking]:
     """What one serving group's decision creates, as one booking: the group's ComputeDomain
     (once, before any of its pods), then every placed role replica's pods. A group not placed
     posts one Event, its first role replica's. colocate None: a booking per role replica, each
     with its own ComputeDomain."""
-    record = step.record
     parts = [book(step, d, snapshot) for d in decision.decisions]
     if step.deployment.spec.colocation == "None":
         return parts
     first = decision.decisions[0].replica if decision.decisions else 0
-    booking = Booking(first, step.deployment, parts=parts)
+    booking = Booking(first, [d for part in parts for d in part.decisions])
     domains = [p.domain for p in parts if p.domain is not None]
     booking.domain = domains[0] if domains else None
     for part in parts:
-        part.domain = None
-        booking.events += part.events if part.plan is not None or part is parts[0] else []
-        part.events = []
+        booking.pods += part.pods
+        booking.events += part.events if part.pods or part is parts[0] else []
     if decision.placed:
-        record.group_prefer.pop(decision.group, None)
+        step.record.group_prefer.pop(decision.group, None)
     results = {p.result for p in parts}
     booking.result = "unplaced" if "unplaced" in results else max(results, default="unplaced")
     return [booking]
 
 
-def book_beside(step: Step, decision: Decision, snapshot: Snapshot) -> Booking:
-    """A role replica placed again beside its group; when it no longer fits there (or the
-    group shares a ComputeDomain), the rest of the group is deleted, to be placed again whole.
-    A role replica added to its group (`group-cannot-grow` when it does not fit) deletes
-    nothing: the group keeps serving as it was. Either joins the group's ComputeDomain."""
-    booking = book(step, decision, snapshot)
-    code = decision.why.code if decision.why is not None else None
-    shared = booking.plan is not None and booking.plan.domain_group is not None
-    if shared and _grows(step, decision):
-        booking.domain = None  # the group's ComputeDomain exists: its new member joins it
-    if decision.plan is None and code in ("beside-group", "group-shares-domain"):
-        group = step.deployment.spec.group_of(decision.replica)
-        why = decision.reason or "it no longer fits beside its group"
-        events, restarts = len(step.events), len(step.restarts)  # heal's are posted already
-        for state in step.states:
-            same = step.deployment.spec.group_of(state.replica) == group
-            if same and state.pods and state.condition != "Terminating":
-                state.why = f"serving group {group} is placed again whole: {why}"
-                booking.deletes.append(_delete(step, state, "restart"))
-        booking.events[:0] = step.events[events:]
-        booking.restarts = step.restarts[restarts:]
-        del step.events[events:], step.restarts[restarts:]
-    return booking
-
-
-def _grows(step: Step, decision: Decision) -> bool:
-    return any(b.added and b.replica == decision.replica for b in step.beside)
+def book_beside(
+    step: Step, beside: Beside, decisions: list[Decision], snapshot: Snapshot
+) -> list[Booking]:
+    """Role replicas placed beside their group, each joining the group's ComputeDomain when
+    it grows (the domain exists: it is not created again). A lost member that no longer fits
+    there (`beside-group`) has lifecycle restart its group whole (`restart_group`); a group
+    refused the members it grows by (`group-cannot-grow`) restarts nothing: it keeps serving
+    as it was."""
+    bookings = [book(step, d, snapshot) for d in decisions]
+    for booking, decision in zip(bookings, decisions, strict=True):
+        joins = decision.plan is not None and decision.plan.domain_group is not None
+        if joins and beside.added:
+            booking.domain = None  # the group's ComputeDomain exists: its new member joins it
+    refused = [d for d in decisions if d.why is not None and d.why.code == "beside-group"]
+    if refused and not beside.added:
+        spec = step.deployment.spec
+        group = spec.group_of(refused[0].replica)
+        why = refused[0].reason or "it no longer fits beside its group"
+        members = [s for s in step.states if spec.group_of(s.replica) == group]
+        if any(d.cause == "restart" and spec.group_of(d.replica) == group for d in step.deletes):
+            return bookings  # restarting already (another member was refused first)
+        for state, cause in lifecycle.restart_group(group, members, why):
+            step.deletes.append(_delete(step, state, cause))
+    return bookings
 
 
 # ---- status ----------------------------------------------------------------------------------

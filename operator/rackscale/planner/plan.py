@@ -1,0 +1,177 @@
+"""One pass, planned in one call: `plan_pass(view, records, clock) -> PassPlan`.
+
+Pure, as LeaderWorkerSet's `ComputeNextStep`: the cache's view (a snapshot, and for each
+deployment its object, pods, ComputeDomains), the records kept between passes and the clock
+in; every write of the pass, in the order the executor applies them, and the next records
+out. The records given are not changed, and the snapshot is left as it was found: the trial
+reservations of the pass are given back before it returns, so what it books is plain values
+(rendered pods) the executor creates and the cache counts as it writes them.
+
+What a deployment's status says depends on which of those writes the API server took, so it
+is the one thing left for after them: `finish_pass(plan, seen, ...)`, from the deployment's
+pods as the cache then shows them (`after` gives them as they are when every write is taken).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from rackscale.api.pricing import Price
+from rackscale.placement import place_batch
+from rackscale.planner import lifecycle
+from rackscale.planner import step as planner
+from rackscale.planner.step import Booking, Delete, Event, Finish, Record, Refusal, Step
+from rackscale.topology import PodInfo, Snapshot
+from rackscale.topology.objects import DomainInfo
+
+Body = Mapping[str, Any]
+Key = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """One deployment as the cache shows it: its object, the pods labelled as its (whose owner
+    the planner checks), and the ComputeDomains labelled as its, by replica and by serving
+    group."""
+
+    body: Body
+    pods: Sequence[PodInfo] = ()
+    domains: Mapping[int, DomainInfo] = field(default_factory=dict)
+    group_domains: Mapping[int, DomainInfo] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """What one pass reads: the snapshot, the deployments to reconcile, node readiness, and
+    what the API server serves."""
+
+    snapshot: Snapshot
+    deployments: Sequence[Seen]
+    readiness: Mapping[str, bool]
+    inference_pools: bool = False  # the API server serves InferencePools (v1)
+    ordinary_price: Price | None = None  # per GPU-hour on ordinary nodes
+
+
+@dataclass(slots=True)
+class DeploymentPass:
+    """Everything one deployment's pass writes, in order: its Events, the deletes (pods and
+    their ComputeDomains, then ComputeDomains of no pod), each booking (its ComputeDomain,
+    then its pods, then its Events), then `finish` (Services, InferencePool, annotations,
+    status, Events: `finish_pass`). A refused spec writes only `refusal`'s status and Event."""
+
+    key: Key
+    body: Body
+    uid: str
+    record: Record | None = None  # the next record (None: refused, the last one stays)
+    refusal: Refusal | None = None
+    events: list[Event] = field(default_factory=list)
+    deletes: list[Delete] = field(default_factory=list)
+    delete_domains: list[str] = field(default_factory=list)  # ComputeDomains of no pod
+    bookings: list[Booking] = field(default_factory=list)  # in creation order
+    step: Step | None = None  # what `finish_pass` completes (None: refused)
+    restarts: list[str] = field(default_factory=list)  # causes, as metrics count them
+    due: float | None = None  # seconds until the clock alone may change what it needs
+
+    @property
+    def waiting(self) -> bool:
+        """Replicas are left waiting for room: tried again when room changes."""
+        return self.record is not None and bool(self.record.progress.unplaced)
+
+
+@dataclass(slots=True)
+class PassPlan:
+    """One pass: each deployment's writes, the oldest deployment first."""
+
+    deployments: list[DeploymentPass] = field(default_factory=list)
+    placement_seconds: float | None = None  # the engine's time (None: nothing was placed)
+
+
+def plan_pass(view: View, records: Mapping[str, Record], clock: lifecycle.Clock) -> PassPlan:
+    """The whole pass: heal each deployment (lifecycle's deletes), place what waits as one
+    batch (`place_batch`: beside, growing, groups, replicas), book what each decision creates
+    (a group whose lost member no longer fits beside it is restarted by lifecycle).
+    `records` are by deployment uid."""
+    now = clock.stamp
+    steps: list[Step] = []
+    out = PassPlan()
+    passes: dict[int, DeploymentPass] = {}
+    for seen in view.deployments:
+        meta = seen.body.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            continue  # the garbage collector removes what it owned
+        deployment = planner.refusal(seen.body, now)
+        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        uid = str(meta.get("uid") or "")
+        if isinstance(deployment, Refusal):
+            out.deployments.append(DeploymentPass(key, seen.body, uid, refusal=deployment))
+            continue
+        step = planner.heal(
+            seen.body,
+            deployment,
+            records.get(uid) or Record(),
+            pods=seen.pods,
+            domains=seen.domains,
+            nodes=view.readiness,
+            clock=clock,
+            group_domains=seen.group_domains,
+        )
+        steps.append(step)
+        passes[id(step)] = DeploymentPass(key, seen.body, uid, record=step.record)
+    by_key = {step.deployment.key: step for step in steps}
+    batch = planner.batch(steps)
+    if batch:
+        started = time.perf_counter()
+        placed = place_batch(view.snapshot, batch)
+        out.placement_seconds = time.perf_counter() - started
+        try:
+            for want, decisions in placed.beside:
+                step = by_key[want.deployment.key]
+                bookings = planner.book_beside(step, want, decisions, view.snapshot)
+                passes[id(step)].bookings += bookings
+            for placeable, decision in placed.waiting:
+                step = by_key[placeable.deployment.key]
+                if placeable.terminating:
+                    continue
+                if placeable.is_group:
+                    bookings = planner.book_group(step, decision, view.snapshot)
+                else:
+                    bookings = [planner.book(step, decision, view.snapshot)]
+                passes[id(step)].bookings += bookings
+        finally:
+            placed.undo()  # the snapshot as found: the pods are counted as they are written
+    for step in sorted(steps, key=lambda s: s.age):
+        plan = passes[id(step)]
+        plan.events, plan.deletes, plan.step = step.events, step.deletes, step
+        plan.delete_domains, plan.restarts, plan.due = step.delete_domains, step.restarts, step.due
+        out.deployments.append(plan)
+    return out
+
+
+def after(seen: Seen, plan: DeploymentPass) -> list[PodInfo]:
+    """The deployment's pods once the pass's writes are made, as the cache counts them: the
+    deleted ones going (gone, when the API never named them), the booked ones created."""
+    going = {p.key for d in plan.deletes for p in d.pods}
+    pods = [
+        replace(p, deleting=True) if p.key in going else p
+        for p in seen.pods
+        if not (p.key in going and p.uid is None)
+    ]
+    return pods + [PodInfo.from_body(pod) for b in plan.bookings for pod in b.pods]
+
+
+def finish_pass(plan: DeploymentPass, seen: Seen, view: View, clock: lifecycle.Clock) -> Finish:
+    """What ends a deployment's pass, once its writes are made: Services, InferencePool,
+    leaders' annotations, the status and its Events, from `seen`, the deployment as the cache
+    then shows it (the next record is completed with what they write)."""
+    step = plan.step
+    assert step is not None, f"{plan.key}: a refused spec has nothing to finish"
+    states = planner.classify(
+        step, seen.pods, seen.domains, view.readiness, clock, seen.group_domains
+    )
+    context = planner.Context(
+        view.snapshot, clock.stamp, view.ordinary_price, inference_pools=view.inference_pools
+    )
+    return planner.finish(step, states, context)

@@ -59,7 +59,7 @@ FULL: Sizes = {
     "operator": {"deployments": 150, "trials": 20, "idle_seconds": 60.0},  # live, 20 racks
     # live: that many deployments applied at once on that many racks; each side stops at the
     # deadline (seconds from the first create) if its deployments are not all Ready by then
-    "fleet": {"racks": 100, "deployments": 1000, "deadline_s": 600.0, "sides": ["old", "new"]},
+    "fleet": {"racks": 100, "deployments": 1000, "deadline_s": 300.0, "sides": ["old", "new"]},
 }
 QUICK: Sizes = {
     "placement_racks": [10],

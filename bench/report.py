@@ -789,7 +789,9 @@ def _fleet_row(side: str, f: dict[str, Any]) -> str:
 
 
 def _section_fleet(part: dict[str, Any]) -> list[str]:
-    md = ["## 7. The fleet: 1,000 deployments applied at once, old and new (kwok cluster)", ""]
+    many = _get(part, "parameters", "deployments")
+    many = f"{many:,}" if isinstance(many, int) else "many"
+    md = [f"## 7. The fleet: {many} deployments applied at once, old and new (kwok cluster)", ""]
     md += _failed(part)
     if "skipped" in part:
         return [*md, f"Not run: {part['skipped']}.", ""]

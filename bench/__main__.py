@@ -39,6 +39,7 @@ class Sizes(TypedDict):
     overhead: list[tuple[int, int, int]]
     plan_speed: tuple[int, int]
     operator: dict[str, Any]
+    fleet: dict[str, Any]
 
 
 # Every size the run uses, full and quick.
@@ -56,6 +57,9 @@ FULL: Sizes = {
     "overhead": [(100, 50, 20), (1000, 500, 10)],  # (racks, deployments filling them, passes)
     "plan_speed": (1000, 2000),  # (racks, replicas): `rackscale plan` as a CI gate
     "operator": {"deployments": 150, "trials": 20, "idle_seconds": 60.0},  # live, 20 racks
+    # live: that many deployments applied at once on that many racks; each side stops at the
+    # deadline (seconds from the first create) if its deployments are not all Ready by then
+    "fleet": {"racks": 100, "deployments": 1000, "deadline_s": 300.0, "sides": ["old", "new"]},
 }
 QUICK: Sizes = {
     "placement_racks": [10],
@@ -71,6 +75,7 @@ QUICK: Sizes = {
     "overhead": [(20, 10, 5)],
     "plan_speed": (20, 40),
     "operator": {"deployments": 20, "trials": 3, "idle_seconds": 10.0},  # only with --operator
+    "fleet": {"racks": 4, "deployments": 20, "deadline_s": 120.0, "sides": ["old", "new"]},
 }
 
 
@@ -127,6 +132,15 @@ def _operator(params: Sizes, stop_cluster: bool) -> dict[str, Any]:
     return live.run(params["operator"], logs, stop_cluster=stop_cluster)
 
 
+def _fleet(params: Sizes, stop_cluster: bool) -> dict[str, Any]:
+    from bench import fleet
+
+    logs = Path(__file__).parent / ".logs" / "fleet"  # the operators' logs; git-ignored
+    result = fleet.run(params["fleet"], logs, stop_cluster=stop_cluster)
+    fleet.show(result)
+    return result
+
+
 def _disagg(params: Sizes, seed: int) -> dict[str, Any]:
     racks, events = params["disagg"]
     result = disagg.run(racks, events, seed)
@@ -175,12 +189,20 @@ def main(argv: list[str] | None = None) -> int:
         help="run part 6, the old and the new operator live on the local control plane "
         "(default: yes, but not with --quick)",
     )
+    parser.add_argument(
+        "--fleet",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run part 7, 1,000 deployments at once on a 100-rack local cluster, old and new "
+        "(default: yes, but not with --quick)",
+    )
     parser.add_argument("--keep-cluster", action="store_true", help="leave the bench cluster up")
     args = parser.parse_args(argv)
     params = QUICK if args.quick else FULL
     args.out = args.out or (QUICK_OUT if args.quick else RESULTS)
     with_apply = (not args.quick) if args.apply is None else args.apply
     with_operator = (not args.quick) if args.operator is None else args.operator
+    with_fleet = (not args.quick) if args.fleet is None else args.fleet
     os.environ.setdefault("RACKSCALE_CLUSTER_DIR", str(Path(__file__).parent / ".cluster"))
     started = datetime.now(UTC)
     figures: dict[str, Any] = {
@@ -192,11 +214,12 @@ def main(argv: list[str] | None = None) -> int:
             **params,
             "apply": with_apply,
             "operator_live": with_operator,
+            "fleet_live": with_fleet,
             "churn_target_load": churn.TARGET_LOAD,
         },
         "machine": machine.describe(),
     }
-    parts = _run_parts(params, args, with_apply, with_operator)
+    parts = _run_parts(params, args, with_apply, with_operator, with_fleet)
     figures["parts"] = parts
     figures["load_average_end"] = machine.load_average()
     figures["seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)
@@ -218,7 +241,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_parts(
-    params: Sizes, args: argparse.Namespace, with_apply: bool, with_operator: bool
+    params: Sizes,
+    args: argparse.Namespace,
+    with_apply: bool,
+    with_operator: bool,
+    with_fleet: bool,
 ) -> dict[str, Any]:
     """Every part in turn; a part that fails records its error and the run goes on."""
     parts: dict[str, Any] = {}
@@ -239,6 +266,12 @@ def _run_parts(
         _part("operator", parts, lambda: _operator(params, stop))
     else:
         parts["operator"] = {"skipped": no_cluster}
+    # Its own 100-rack cluster: started here unless one was running before this run.
+    if with_fleet:
+        stop = not (args.keep_cluster or preexisting)
+        _part("fleet", parts, lambda: _fleet(params, stop))
+    else:
+        parts["fleet"] = {"skipped": no_cluster}
     _part("churn", parts, lambda: churn.run(params["churn_racks"], params["churn_events"], seed))
     _part("disagg", parts, lambda: _disagg(params, seed))
     _part(

@@ -288,6 +288,53 @@ def old_and_new(fig: dict[str, Any]) -> list[dict[str, str]]:
                 )
             )
         )
+    rows += _fleet_rows(parts.get("fleet") or {})
+    return rows
+
+
+def _ready_after(f: dict[str, Any], deadline: float) -> str:
+    if f["ready_s"] is not None:
+        return _s(f["ready_s"])
+    return f"not by {deadline:.0f} s ({f['at_the_end']['ready']} Ready)"
+
+
+def _fleet_rows(fleet: dict[str, Any]) -> list[dict[str, str]]:
+    """Part 7's figures, old and new; the verdicts are the new side's."""
+    if "old" not in fleet and "new" not in fleet:
+        reason = fleet.get("skipped") or fleet.get("error") or "not run"
+        return [
+            dict(zip(OLD_AND_NEW_COLUMNS, ("7. the fleet", NA, reason, reason, NA), strict=True))
+        ]
+    rows: list[dict[str, str]] = []
+
+    def row(figure: str, target: str, show: Any, ok: bool | None) -> None:
+        old, new = _side(fleet, "old", show), _side(fleet, "new", show)
+        rows.append(
+            dict(zip(OLD_AND_NEW_COLUMNS, (figure, target, old, new, _verdict(ok)), strict=True))
+        )
+
+    p = fleet["parameters"]
+    new = fleet.get("new") or {}
+    end = new.get("at_the_end") or {}
+    where = f"{p['deployments']:,} deployments applied at once, {fleet['racks']} racks"
+    row(f"7. {where}: all with a status for their generation", NA,
+        lambda f: _s(f["observed_s"]) if f["observed_s"] is not None else "not reached",
+        None)  # fmt: skip
+    row(f"7. {where}: all pods created", NA,
+        lambda f: _s(f["pods_created_s"]) if f["pods_created_s"] is not None else "not reached",
+        None)  # fmt: skip
+    row(f"7. {where}: all Ready", f"<= {p['deadline_s']:.0f} s",
+        lambda f: _ready_after(f, p["deadline_s"]), new.get("finished"))  # fmt: skip
+    row("7. deployments left without a status / saying they failed", "0 / 0",
+        lambda f: f"{f['at_the_end']['no_status']} / {f['at_the_end']['failed']}",
+        None if not end else end["no_status"] == 0 and end["failed"] == 0)  # fmt: skip
+    row("7. Services created (2 per deployment)", "all",
+        lambda f: f"{f['at_the_end']['services']:,} of {f['services_wanted']:,}",
+        None if not end else end["services"] == new["services_wanted"])  # fmt: skip
+    row("7. writes the API server refused (all clients)", NA,
+        lambda f: f"{f['refused_writes']:,}", None)  # fmt: skip
+    row("7. operator CPU from apply to the end / peak RSS", NA,
+        lambda f: f"{f['cpu_s']:.0f} s / {f['peak_rss_mib']:.0f} MiB", None)  # fmt: skip
     return rows
 
 
@@ -358,6 +405,7 @@ def markdown(fig: dict[str, Any], out: Path, stem: str) -> str:
     md += _section_optimal(parts.get("optimal") or {}, images)
     md += _section_overhead(parts.get("overhead") or {})
     md += _section_live(parts.get("operator") or {})
+    md += _section_fleet(parts.get("fleet") or {})
     md += [
         "## Parameters",
         "",
@@ -721,3 +769,62 @@ def _section_live(part: dict[str, Any]) -> list[str]:
     ]
     md += [_live_row(side, part[side]) for side in ("old", "new") if side in part]
     return [*md, ""]
+
+
+def _fleet_row(side: str, f: dict[str, Any]) -> str:
+    if "error" in f:
+        return f"| {side} | failed: `{f['error']}` | | | | | | | | |"
+    end = f["at_the_end"]
+
+    def at(key: str) -> str:
+        return _s(f[key]) if f[key] is not None else "not reached"
+
+    return (
+        f"| {side} | {f['applied_s']} s | {at('observed_s')} | {at('pods_created_s')} "
+        f"| {at('ready_s')} | {end['ready']} / {end['no_status']} / {end['failed']} "
+        f"| {end['pods']} of {f['pods_wanted']} | {end['services']} of {f['services_wanted']} "
+        f"| {f['refused_writes']} | {f['cpu_s']} s ({f['cpu_percent_of_core']}%), "
+        f"{f['rss_mib']} / {f['peak_rss_mib']} MiB |"
+    )
+
+
+def _section_fleet(part: dict[str, Any]) -> list[str]:
+    many = _get(part, "parameters", "deployments")
+    many = f"{many:,}" if isinstance(many, int) else "many"
+    md = [f"## 7. The fleet: {many} deployments applied at once, old and new (kwok cluster)", ""]
+    md += _failed(part)
+    if "skipped" in part:
+        return [*md, f"Not run: {part['skipped']}.", ""]
+    if "old" not in part and "new" not in part:
+        return md
+    p, m = part["parameters"], part["measurement"]
+    sizes = ", ".join(f"{n} x {gpus}" for gpus, n in part["sizes"].items())
+    md += [
+        *_code(part),
+        f"On the local control plane with the `{part['profile']}` profile ({part['nodes']} kwok "
+        f"nodes: {part['racks']} GB200 NVL72 racks, {part['gpus_in_racks']:,} GPUs), each side "
+        "in turn: its CRDs are applied, its operator runs as a subprocess, and "
+        f"{p['deployments']:,} InferenceDeployments of one replica (GPUs: {sizes}) are created "
+        "at once in a namespace of their own. The side ends when every one is Ready, or at "
+        f"{p['deadline_s']:.0f} s; the namespace is then deleted and waited out.",
+        "",
+        f"- clock: {m['clock']}.",
+        f"- with a status: {m['observed_s']}; pods created: {m['pods_created_s']}; "
+        f"Ready: {m['ready_s']}.",
+        f"- failed: {m['failed']}.",
+        f"- refused writes: {m['refused_writes']}.",
+        f"- CPU: {m['cpu']}; RSS: {m['rss']}.",
+        "",
+        "| code | created in | all with a status | all pods created | all Ready "
+        "| Ready / no status / failed at the end | pods | Services | refused writes "
+        "| operator CPU, RSS / peak |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    md += [_fleet_row(side, part[side]) for side in ("old", "new") if side in part]
+    md.append("")
+    for side in ("old", "new"):
+        kinds = (part.get(side) or {}).get("write_errors_by_kind")
+        if kinds:
+            shown = ", ".join(f"{k}: {n}" for k, n in kinds.items())
+            md += [f"Writes answered with an error, {side}: {shown}.", ""]
+    return md

@@ -52,7 +52,9 @@ COMPONENTS = (
     "kwok",
     "dra-standin",
 )
-SERVICE_CIDR = "10.0.0.0/24"
+# As large as a real cluster's. Only the API server allocates from it (no traffic goes there); a
+# /24 held 254 Service IPs, one per InferenceDeployment, and refused Services past that.
+SERVICE_CIDR = "10.0.0.0/16"
 POD_CIDR = "10.64.0.0/10"
 CLUSTER_NAME = "rackscale-local"
 # Set, it names another cluster's kubeconfig for the e2e suite: nothing local is started.

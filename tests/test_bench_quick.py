@@ -41,6 +41,7 @@ def test_every_part_is_measured_or_says_why_not(run: Run) -> None:
         "apply",
         "failover",
         "operator",
+        "fleet",
         "churn",
         "disagg",
         "optimal",
@@ -51,6 +52,7 @@ def test_every_part_is_measured_or_says_why_not(run: Run) -> None:
     assert "skipped" in parts["apply"]
     assert "skipped" in parts["failover"]
     assert "skipped" in parts["operator"]
+    assert "skipped" in parts["fleet"]
     assert {r["racks"] for r in parts["placement"]["runs"]} == {10}
     assert set(parts["churn"]["systems"]) == {
         "rackscale",
@@ -92,6 +94,7 @@ def test_old_and_new_code_side_by_side(run: Run) -> None:
     assert idle["new"].endswith(" ms")
     assert idle["new meets target"] == "n/a"  # the target is at 1,000 racks
     assert rows["6. the live operator"]["old"].startswith("quick mode")
+    assert rows["7. the fleet"]["new"].startswith("quick mode")
     report = next(out.glob("*.md")).read_text()
     assert "### The operator before and after the rebuild" in report
     assert f"Old: the operator at commit {code['old_commit'][:10]}" in report
@@ -143,3 +146,87 @@ def test_the_live_part_reports_old_and_new_and_a_failed_side(run: Run, tmp_path:
     text = report.markdown(figures, tmp_path, "live")
     assert "| old | 40.0 s | 0.63 s / 0.73 s / 0.83 s | 1.00% (0.6 s CPU in 60.0 s) |" in text
     assert "| new | failed: `RuntimeError: the new operator exited` |" in text
+
+
+def _fleet_side(ready_s: float | None, no_status: int, services: int) -> dict[str, Any]:
+    ready = 1000 if ready_s is not None else 310
+    return {
+        "deployments": 1000,
+        "created": 1000,
+        "pods_wanted": 1690,
+        "applied_s": 9.0,
+        "observed_s": 30.0 if no_status == 0 else None,
+        "pods_created_s": 40.0 if ready_s is not None else None,
+        "ready_s": ready_s,
+        "finished": ready_s is not None,
+        "at_the_end": {"observed": 1000 - no_status, "ready": ready, "no_status": no_status,
+                       "failed": 0, "pods": 1690, "services": services},
+        "services_wanted": 2000,
+        "refused_writes": 0 if services == 2000 else 11890,
+        "write_errors_by_kind": {} if services == 2000 else {"POST services 500": 11890},
+        "cpu_s": 50.0,
+        "cpu_percent_of_core": 40.0,
+        "rss_mib": 150.0,
+        "peak_rss_mib": 170.0,
+    }  # fmt: skip
+
+
+def test_the_fleet_part_reports_old_and_new(run: Run, tmp_path: Path) -> None:
+    """The fleet part's figures (as bench.fleet returns them): a side that missed its deadline
+    says so and how far it got; the new side's verdicts follow its own figures."""
+    from bench import report
+
+    figures = json.loads(json.dumps(run[1]))
+    figures["parts"]["fleet"] = {
+        "profile": "bench-100",
+        "nodes": 1800,
+        "racks": 100,
+        "gpus_in_racks": 7200,
+        "sizes": {"1": 300, "64": 10},
+        "code": figures["parts"]["overhead"]["code"],
+        "parameters": {"racks": 100, "deployments": 1000, "deadline_s": 600.0},
+        "measurement": dict.fromkeys(
+            (
+                "clock",
+                "observed_s",
+                "pods_created_s",
+                "ready_s",
+                "failed",
+                "refused_writes",
+                "cpu",
+                "rss",
+            ),
+            "m",
+        ),
+        "old": _fleet_side(None, 690, 620),
+        "new": _fleet_side(95.0, 0, 2000),
+    }
+    rows = {r["figure"]: r for r in report.old_and_new(figures)}
+    ready = rows["7. 1,000 deployments applied at once, 100 racks: all Ready"]
+    assert (ready["old"], ready["new"], ready["new meets target"]) == (
+        "not by 600 s (310 Ready)",
+        "95.00 s",
+        "met",
+    )
+    left = rows["7. deployments left without a status / saying they failed"]
+    assert (left["old"], left["new"], left["new meets target"]) == ("690 / 0", "0 / 0", "met")
+    services = rows["7. Services created (2 per deployment)"]
+    assert (services["old"], services["new"]) == ("620 of 2,000", "2,000 of 2,000")
+    refused = rows["7. writes the API server refused (all clients)"]
+    assert (refused["old"], refused["new"]) == ("11,890", "0")
+
+    figures["parts"]["fleet"]["new"] = _fleet_side(None, 5, 2000)
+    rows = {r["figure"]: r for r in report.old_and_new(figures)}
+    assert (
+        rows["7. 1,000 deployments applied at once, 100 racks: all Ready"]["new meets target"]
+        == "missed"
+    )
+    assert (
+        rows["7. deployments left without a status / saying they failed"]["new meets target"]
+        == "missed"
+    )
+    figures["old_and_new"] = list(rows.values())
+    text = report.markdown(figures, tmp_path, "fleet")
+    assert "## 7. The fleet: 1,000 deployments applied at once" in text
+    assert "| old | 9.0 s | not reached | not reached | not reached | 310 / 690 / 0 |" in text
+    assert "Writes answered with an error, old: POST services 500: 11890." in text

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from kubernetes import client
 
+from e2e import objects
 from e2e.support import apply, condition, eventually, get, inference_deployment, pods
 
 QUOTA = "no-services"
@@ -23,7 +24,7 @@ def _quota(kube: client.ApiClient, namespace: str, services: int) -> None:
     except client.exceptions.ApiException as err:
         if err.status != 404:
             raise
-        core.create_namespaced_resource_quota(namespace, body)
+        core.create_namespaced_resource_quota(namespace, body)  # type: ignore[arg-type]  # a plain manifest
     used = len(core.list_namespaced_service(namespace).items)
     status = {"status": {"hard": hard, "used": {"services": str(used)}}}
     core.patch_namespaced_resource_quota_status(QUOTA, namespace, status)
@@ -65,7 +66,7 @@ def test_a_service_refused_by_a_quota_is_said_and_goes_through_once_raised(
 
     eventually(applied, "the Service to go through once the quota is raised", timeout=240)
     core = client.CoreV1Api(kube)
-    assert {s.metadata.name for s in core.list_namespaced_service(llm).items} >= {
+    assert {objects.name(s) for s in core.list_namespaced_service(llm).items} >= {
         "quota",
         "quota-shards",
     }

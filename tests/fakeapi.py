@@ -2,8 +2,10 @@
 
 Objects are kept as API bodies, each in a one-element list (as a kopf index store holds it).
 Every write the reconciler makes, and every `touch` a test makes after changing an object in
-place, is shown to each cache made by `view()` as the watch would show it. kube-scheduler binds a
-pinned pod at once; ComputeDomains turn Ready at once unless `ready` is False.
+place, is shown to each cache made by `view()` as the watch would show it: at once (before the
+write returns), or, with `lagging`, only when the test calls `deliver()` (a watch behind its
+writes). kube-scheduler binds a pinned pod at once; ComputeDomains turn Ready at once unless
+`ready` is False. `refuse_service` makes the server refuse some Services with a message.
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ class FakeAPI:
         self.ready = True  # ComputeDomains turn Ready once created
         self.created_domains: list[str] = []
         self.deleted_domains: list[str] = []
+        self.refuse_service: Callable[[dict[str, Any]], str | None] | None = None  # -> message
+        self.service_writes: list[str] = []  # every Service write tried, refused or not
+        self.lagging = False  # the watch shows writes only on `deliver()`
+        self._behind: list[tuple[str, Any]] = []  # what the lagging watch has yet to show
         self._caches: list[ClusterCache] = []
 
     # ---- the watch -------------------------------------------------------------------------------
@@ -79,7 +85,23 @@ class FakeAPI:
         return cache
 
     def touch(self, kind: str, key: Any) -> None:
-        """Show every cache the object `key` of `kind` as it is now (gone when absent)."""
+        """Show every cache the object `key` of `kind` as it is now (gone when absent); with
+        `lagging`, once `deliver` is called."""
+        if self.lagging:
+            self._behind.append((kind, key))
+            return
+        self._show(kind, key)
+
+    def deliver(self, *kinds: str) -> int:
+        """The lagging watch catches up: every change not yet shown (of `kinds`, default all)
+        is shown, in order; returns how many."""
+        shown = [(k, key) for k, key in self._behind if not kinds or k in kinds]
+        self._behind = [(k, key) for k, key in self._behind if kinds and k not in kinds]
+        for kind, key in shown:
+            self._show(kind, key)
+        return len(shown)
+
+    def _show(self, kind: str, key: Any) -> None:
         store: Store = getattr(self, kind)
         body = store[key][0] if key in store else None
         put: dict[str, Callable[[ClusterCache], None]] = {
@@ -188,6 +210,9 @@ class FakeAPI:
         self.touch("pods", key)
 
     async def apply_service(self, body: dict[str, Any]) -> None:
+        self.service_writes.append(body["metadata"]["name"])
+        if self.refuse_service is not None and (message := self.refuse_service(body)):
+            raise RuntimeError(message)
         self.services[(body["metadata"]["namespace"], body["metadata"]["name"])] = body
 
     async def apply_inference_pool(self, body: dict[str, Any]) -> None:

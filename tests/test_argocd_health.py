@@ -10,7 +10,13 @@ from lupa import lua51
 
 from rackscale.placement import place_deployment
 from rackscale.planner import lifecycle
-from rackscale.planner.status import Progress, deployment_status, dump, failed_status
+from rackscale.planner.status import (
+    Progress,
+    WriteFailure,
+    deployment_status,
+    dump,
+    failed_status,
+)
 from rackscale.render import PoolFacts, render_replica, template_hash
 from rackscale.topology import build_snapshot
 from tests.factory import deployment, nvl72, pool
@@ -39,7 +45,9 @@ def as_object(status: dict[str, Any] | None, generation: int = 1) -> dict[str, A
     return obj
 
 
-def written(pods_ready: bool = True, drop: str | None = None) -> dict[str, Any]:
+def written(
+    pods_ready: bool = True, drop: str | None = None, refused: tuple[WriteFailure, ...] = ()
+) -> dict[str, Any]:
     """The status the operator writes for two placed 32-GPU replicas."""
     snapshot = build_snapshot(nvl72(4), [], [pool()])
     dep = deployment("ds", replicas=2, tensor=8, data=4, gpusPerPod=4)
@@ -69,7 +77,9 @@ def written(pods_ready: bool = True, drop: str | None = None) -> dict[str, Any]:
         now=NOW,
         unschedulable_after=60,
     )
-    return dump(deployment_status(dep, states, Progress(), "nvidia.com/gpu", STAMP))
+    return dump(
+        deployment_status(dep, states, Progress(), "nvidia.com/gpu", STAMP, refused=refused)
+    )
 
 
 def test_ready_is_healthy() -> None:
@@ -92,6 +102,14 @@ def test_pods_starting_or_a_replica_restarting_is_progressing() -> None:
     status, message = health(as_object(written(drop="ds-1-3")))
     assert status == "Progressing"
     assert message == "replica 1: shard 3 of 8 is gone"
+
+
+def test_a_refused_write_is_degraded_naming_it_and_the_servers_message() -> None:
+    full = "Internal error occurred: failed to allocate a serviceIP: range is full"
+    refused = (WriteFailure("apply", "Service", "llm/ds", full),)
+    status, message = health(as_object(written(refused=refused)))
+    assert status == "Degraded"
+    assert message == f"the API server refused to apply Service llm/ds: {full}"
 
 
 def test_unplaceable_is_degraded_with_the_engines_reason() -> None:

@@ -12,7 +12,15 @@ from typing import Any
 import pytest
 
 from rackscale.planner.lifecycle import Clock
-from rackscale.planner.plan import PassPlan, Seen, View, after, finish_pass, plan_pass
+from rackscale.planner.plan import (
+    PassPlan,
+    Seen,
+    View,
+    after,
+    finish_pass,
+    plan_pass,
+    report_pass,
+)
 from rackscale.planner.step import Record
 from rackscale.topology import PodInfo, build_snapshot
 from tests.factory import gpu_pod, nvl72, pool
@@ -167,9 +175,11 @@ def test_plan_pass(name: str) -> None:
     for deployment in plan.deployments:
         name_ = deployment.key[1]
         seen = next(s for s in the_view.deployments if s.body["metadata"]["name"] == name_)
-        done = finish_pass(deployment, Seen(seen.body, after(seen, deployment)), the_view, CLOCK)
-        assert done.status is not None
-        assert done.status["phase"] == case.phases[name_]
+        shown = Seen(seen.body, after(seen, deployment))
+        done = finish_pass(deployment, shown, the_view, CLOCK)
+        said = report_pass(deployment, shown, the_view, CLOCK, done=done)
+        assert said.status is not None
+        assert said.status["phase"] == case.phases[name_]
         assert deployment.record is not None
         assert sorted(deployment.record.progress.unplaced) == case.unplaced.get(name_, [])
 

@@ -91,17 +91,19 @@ def test_a_replaced_replica_gets_its_rack_back_though_a_smaller_one_waits(api: F
     assert api.status("small")["phase"] == "Pending"
 
 
-def test_one_deployment_failing_spares_the_rest_of_the_pass(api: FakeAPI) -> None:
+def test_a_refused_event_spares_the_rest_of_the_pass_and_its_status(api: FakeAPI) -> None:
     api.apply("a", replicas=1)
     api.apply("b", replicas=1)
     api.events_fail_for = {"a"}
     reconciler = Reconciler(api.view(), api)
     asyncio.run(reconciler.reconcile_all())
     assert api.status("b")["phase"] == "Ready"
-    assert api.status("a") == {}, "its pass failed before the status was written"
+    assert api.status("a")["phase"] == "Ready", "its pods are created, its status written"
+    synced = next(c for c in api.status("a")["conditions"] if c["type"] == "Synced")
+    assert (synced["status"], synced["reason"]) == ("False", "WriteRefused")
+    assert "post Event llm/a (Placed)" in synced["message"]
+    assert "the API server refused the Event" in synced["message"]
     assert max(gpus_per_node(api).values()) <= 4
-    asyncio.run(reconciler.reconcile_all())
-    assert api.status("a")["phase"] == "Ready", "the next pass adopts its pods"
     assert len(api.pods) == 16
 
 
@@ -111,7 +113,11 @@ def test_a_failed_write_leaves_no_pod_and_no_booking(api: FakeAPI) -> None:
     reconciler = Reconciler(api.view(), api)
     asyncio.run(reconciler.reconcile_all())
     assert api.pods == {}
-    assert any(reason == "FailedCreate" for _, reason, _ in api.events)
+    refused = [m for _, reason, m in api.events if reason == "WriteRefused"]
+    assert refused == [
+        "the API server refused to create Pod llm/a-0-3: the API server refused the pod"
+    ]
+    assert api.status("a")["observedGeneration"] == 1, "the status is written all the same"
     assert reconciler.cache.snapshot().pools["gb200"].racks["clique-0000"].used == 0
     api.fail_after = None
     asyncio.run(reconciler.reconcile_all())

@@ -88,6 +88,7 @@ def test_healthy_replicas_need_nothing_and_report_ready() -> None:
         "Ready": ("True", "AllReplicasReady"),
         "Reconciling": ("False", "Complete"),
         "Stalled": ("False", "AsExpected"),
+        "Synced": ("True", "Applied"),
     }
 
 

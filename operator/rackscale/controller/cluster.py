@@ -1,11 +1,15 @@
 """The operator's one state: a typed cache of nodes, GPU pods, RackPools, InferenceDeployments
 and ComputeDomains, kept from watch events, with the placement snapshot kept in step with it.
 
-Every watch event goes through one `put_*` call. The pods the operator has just created or
-deleted, which the watch has not shown yet, are assumed here, and only here (Kueue's
-assume/forget): an assumed pod counts in the snapshot like any other until the watch shows it,
-or until `PENDING_GRACE_SECONDS` pass. The snapshot is updated a pod at a time; a change of
-nodes, pools or the ComputeDomain CRD rebuilds it once, on the next pass that reads it.
+Every watch event goes through one `put_*` call. The pods a pass books, and those it deletes,
+which the watch has not shown yet, are assumed here, and only here (kube-scheduler's and
+Kueue's assume/forget): what a pass books is assumed in one step before any write
+(`assume`), forgotten if its create fails (`forget`), confirmed when the watch shows the pod
+the API server named (`created`, then `put_pod`), and dropped `PENDING_GRACE_SECONDS` after its
+write returned (or after it was assumed, when the write never returned) if the watch never
+shows it (`expire`). An assumed pod counts in the snapshot like any other. The snapshot is
+updated a pod at a time; a change of nodes, pools or the ComputeDomain CRD rebuilds it once, on
+the next pass that reads it.
 
 Each put marks what it touches dirty, so a pass reconciles only the deployments whose object,
 pods or ComputeDomains changed (all of them when nodes or pools change).
@@ -16,7 +20,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -119,6 +123,7 @@ class ClusterCache:
     _dirty: set[Key] = field(default_factory=set)
     _all_dirty: bool = True
     version: int = 0  # counts changes to the snapshot: pool statuses are rebuilt when it moves
+    clock: Callable[[], float] = time.monotonic  # seconds; tests move it by hand
 
     # ---- the watch -----------------------------------------------------------------------------
 
@@ -224,11 +229,25 @@ class ClusterCache:
 
     # ---- the operator's own writes -----------------------------------------------------------
 
-    def assume_created(self, body: Body, uid: str | None = None) -> None:
-        """Count a pod being created before the watch shows it (`uid` once the API gave it)."""
-        pod = replace(PodInfo.from_body(body), uid=uid)
-        self._assumed[pod.key] = _Assumed(time.monotonic(), pod=pod)
-        self._refresh(pod.key)
+    def assume(self, pods: Iterable[Body]) -> None:
+        """Count every pod a pass books, in one step, before any is written: each holds its
+        GPUs from now until the watch shows it, its create fails (`forget`), or its grace
+        passes (`expire`)."""
+        since = self.clock()
+        for body in pods:
+            pod = PodInfo.from_body(body)
+            self._assumed[pod.key] = _Assumed(since, pod=pod)
+            self._refresh(pod.key)
+
+    def created(self, key: Key, uid: str) -> None:
+        """The API server took the pod's create and named it `uid`: it stays assumed until the
+        watch shows that pod, for at most `PENDING_GRACE_SECONDS` from now (kube-scheduler's
+        FinishBinding)."""
+        assumed = self._assumed.get(key)
+        if assumed is None or assumed.pod is None:
+            return
+        self._assumed[key] = _Assumed(self.clock(), pod=replace(assumed.pod, uid=uid))
+        self._refresh(key)
 
     def forget(self, key: Key) -> None:
         """A write that did not happen: count the pod as the watch shows it."""
@@ -241,7 +260,7 @@ class ClusterCache:
         if pod.uid is None:
             self.forget(pod.key)  # created by this operator and not shown: gone with the write
             return
-        self._assumed[pod.key] = _Assumed(time.monotonic(), deleted=pod.uid)
+        self._assumed[pod.key] = _Assumed(self.clock(), deleted=pod.uid)
         self._refresh(pod.key)
 
     def _effective(self, key: Key) -> PodInfo | None:
@@ -249,7 +268,7 @@ class ClusterCache:
         shown, assumed = self._shown.get(key), self._assumed.get(key)
         if assumed is None:
             return shown
-        expired = time.monotonic() - assumed.since > PENDING_GRACE_SECONDS
+        expired = self.clock() - assumed.since > PENDING_GRACE_SECONDS
         if assumed.pod is not None:
             arrived = shown is not None and assumed.pod.uid is not None
             arrived = arrived and shown is not None and shown.uid == assumed.pod.uid
@@ -286,7 +305,7 @@ class ClusterCache:
 
     def expire(self) -> None:
         """Drop the assumptions past their grace: the watch has not shown them in time."""
-        now = time.monotonic()
+        now = self.clock()
         for key in [k for k, a in self._assumed.items() if now - a.since > PENDING_GRACE_SECONDS]:
             self._refresh(key)
 
@@ -298,11 +317,12 @@ class ClusterCache:
 
     # ---- reading -------------------------------------------------------------------------------
 
-    def take_dirty(self) -> set[Key] | None:
-        """The deployments to reconcile since the last call; None: every one."""
-        dirty = None if self._all_dirty else self._dirty
+    def take_dirty(self) -> tuple[bool, set[Key]]:
+        """What to reconcile since the last call: whether every deployment is (nodes, pools or
+        a resync changed), and those whose own object, pods or ComputeDomains changed."""
+        everything, own = self._all_dirty, self._dirty
         self._dirty, self._all_dirty = set(), False
-        return dirty
+        return everything, own
 
     def mark(self, keys: Iterable[Key] | None) -> None:
         """Reconcile these deployments (None: all) on the next pass."""

@@ -4,6 +4,7 @@ statuses and Events."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from datetime import UTC, datetime
@@ -43,6 +44,20 @@ class Writer(Protocol):
     ) -> None: ...
     async def patch_pool_status(self, name: str, status: dict[str, Any]) -> None: ...
     async def event(self, obj: dict[str, Any], kind: str, reason: str, message: str) -> None: ...
+
+
+def refusal_message(error: BaseException) -> str:
+    """The API server's own words for a refused write: the `message` of the Status it answered
+    with (e.g. `exceeded quota: ...`), else the error as it reads."""
+    if isinstance(error, ApiException):
+        try:
+            body = json.loads(error.body) if error.body else None
+        except (TypeError, ValueError):
+            body = None
+        if isinstance(body, dict) and body.get("message"):
+            return str(body["message"])
+        return f"{error.status} {error.reason}"
+    return str(error) or type(error).__name__
 
 
 def now() -> str:
@@ -235,7 +250,4 @@ class Kube:
             "lastTimestamp": stamp,
             "count": 1,
         }
-        try:
-            await asyncio.to_thread(self.core.create_namespaced_event, namespace, body)
-        except ApiException as error:  # an Event is worth a log line, never a failed reconcile
-            log.warning("event %s on %s not posted: %s", reason, meta.get("name"), error.reason)
+        await asyncio.to_thread(self.core.create_namespaced_event, namespace, body)

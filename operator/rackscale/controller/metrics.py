@@ -50,6 +50,17 @@ RECONCILE_ERRORS = Counter(
     "Reconcile failures: a whole pass (scope=pass) or one InferenceDeployment (scope=deployment)",
     ["scope"],
 )
+WRITE_FAILURES = Counter(
+    "rackscale_write_failures",
+    "Writes of a deployment's pass the API server refused (or that failed on the way), by the "
+    "kind of object written: Pod, Service, ComputeDomain, InferencePool, Event, status",
+    ["kind"],
+)
+BACKING_OFF = Gauge(
+    "rackscale_deployments_backing_off",
+    "InferenceDeployments whose last pass had a write refused: each is tried again after an "
+    "exponential back-off (5 ms doubling to 1,000 s), or at once when its own objects change",
+)
 RECONCILE_PASSES = Counter("rackscale_reconcile_passes", "Reconcile passes completed")
 LEADER = Gauge(
     "rackscale_leader",

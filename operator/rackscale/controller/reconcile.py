@@ -2,17 +2,20 @@
 
 A pass takes the deployments the cache marks dirty (plus those with a timer due, and those
 waiting for room once the room changed), hands the cache's view of them to the planner in one
-call (`plan_pass`), and applies the `PassPlan` it returns, deployment by deployment and in its
-order: Events, deletes, each booking's ComputeDomain and pods, then Services, status and their
-Events; last the RackPool statuses from that same snapshot. It decides nothing itself: a failed
-write is undone and retried next pass.
+call (`plan_pass`), has the cache assume every pod the pass books in one step, and applies the
+`PassPlan`, deployment by deployment and in its order: Events, deletes, each booking's
+ComputeDomain and pods, then Services, InferencePool and annotations, status and its Events;
+last the RackPool statuses from that same snapshot. It decides nothing itself: every write is
+tried, those the API server refuses are collected as `WriteFailure`s and handed to the planner,
+whose status says so; a deployment with a refused write backs off (`backoff.Backoff`): passes
+made for other deployments' or the cluster's changes skip it until it is due, its own changes
+reconcile it at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,13 +23,24 @@ from typing import Any
 
 from rackscale.api.pricing import Price, parse_price
 from rackscale.controller import metrics
+from rackscale.controller.backoff import Backoff
 from rackscale.controller.cluster import ClusterCache, Key
-from rackscale.controller.kube import Writer, now
+from rackscale.controller.kube import Writer, now, refusal_message
 from rackscale.planner import lifecycle, status
-from rackscale.planner.plan import DeploymentPass, Seen, View, finish_pass, plan_pass
+from rackscale.planner.plan import (
+    DeploymentPass,
+    Seen,
+    View,
+    finish_pass,
+    plan_pass,
+    report_pass,
+)
+from rackscale.planner.status import WriteFailure
 from rackscale.planner.step import Booking, Delete, Event, Record, Refusal
 
 log = logging.getLogger("rackscale.reconcile")
+
+Failures = list[WriteFailure]
 
 
 @dataclass(slots=True)
@@ -72,6 +86,7 @@ class Reconciler:
         self.records: dict[str, Record] = {}  # by deployment uid
         self.costs: dict[tuple[str, str], tuple[str, str]] = {}  # deployment -> cost, currency
         self.timers: dict[Key, float] = {}  # deployment -> when the clock may change its step
+        self.backoff = Backoff(cache.clock)  # deployments whose last pass had a write refused
         self._waiting: dict[Key, int] = {}  # deployment left waiting -> the version it saw
         self._pools_version = -1  # the snapshot version pool statuses were last built from
         self._pools_due: float | None = None
@@ -82,7 +97,7 @@ class Reconciler:
     def next_due(self) -> float | None:
         """Seconds until a timer is due (None: none is set)."""
         dues = [*self.timers.values(), *([self._pools_due] if self._pools_due else [])]
-        return max(min(dues) - time.monotonic(), 0.0) if dues else None
+        return max(min(dues) - self.cache.clock(), 0.0) if dues else None
 
     @property
     def pending(self) -> bool:
@@ -91,15 +106,19 @@ class Reconciler:
         return self.cache.pending or (due is not None and due <= 0)
 
     def _keys(self) -> list[Key]:
-        """The deployments this pass reconciles."""
+        """The deployments this pass reconciles: those whose own objects changed, and, unless
+        they are backing off, every one when nodes or pools changed, those whose timer is due
+        and those waiting for room once room changed."""
         cache = self.cache
-        dirty = cache.take_dirty()
-        keys = set(cache.deployments) if dirty is None else set(dirty)
-        clock = time.monotonic()
+        everything, own = cache.take_dirty()
+        keys = set(cache.deployments) if everything else set()
+        clock = cache.clock()
         keys |= {k for k, due in self.timers.items() if due <= clock}
-        # Room may have changed: replicas waiting for it are tried again.
         keys |= {k for k, v in self._waiting.items() if v != cache.version}
-        return sorted(keys)
+        held = {k for k in keys - own if self.backoff.holds(k)}
+        for key in held:  # tried when due: its timer says when
+            self.timers[key] = max(self.timers.get(key, 0.0), self.backoff.due(key) or 0.0)
+        return sorted((keys - held) | own)
 
     # ---- one pass -----------------------------------------------------------------------------
 
@@ -112,20 +131,32 @@ class Reconciler:
             self._waiting.pop(key, None)
         seen = self.cache.version  # what placement sees: later changes wake the waiting ones
         plan = plan_pass(self._view(keys), self.records, self._clock())
+        self.cache.assume(plan.pods())  # what the pass books counts from now, in one step
         if plan.placement_seconds is not None:
             metrics.PLACEMENT_SECONDS.observe(plan.placement_seconds)
         passes = {p.key: p for p in plan.deployments}
         applied = await _each(passes, lambda k: self._apply(passes[k], seen))
-        errors = {k: r for k, r in applied.items() if isinstance(r, BaseException)}
         if any(k not in self.cache.deployments for k in keys):
             self._forget_gone()
         await self.refresh_pools()
         metrics.COSTS.update(self.costs)
         metrics.count_unplaced(c for r in self.records.values() for c in r.codes.values())
-        for key, error in sorted(errors.items()):
-            metrics.RECONCILE_ERRORS.labels(scope="deployment").inc()
-            self.timers[key] = time.monotonic() + 1.0  # tried again soon
-            log.error("reconciling %s/%s failed: %s", *key, error, exc_info=error)
+        for key, result in sorted(applied.items()):
+            if isinstance(result, BaseException):  # a fault of the operator's, not a refusal
+                metrics.RECONCILE_ERRORS.labels(scope="deployment").inc()
+                log.error("reconciling %s/%s failed: %s", *key, result, exc_info=result)
+            if isinstance(result, BaseException) or result:
+                due = self.backoff.failed(key)
+                self.timers[key] = min(self.timers.get(key, due), due)
+                log.info(
+                    "%s/%s: %d failed passes in a row; tried again in %.3fs",
+                    *key,
+                    self.backoff.failures(key),
+                    due - self.cache.clock(),
+                )
+            else:
+                self.backoff.succeeded(key)
+        metrics.BACKING_OFF.set(len(self.backoff))
 
     def _view(self, keys: Iterable[Key]) -> View:
         """What the planner reads of the cache this pass."""
@@ -145,35 +176,31 @@ class Reconciler:
             del self.records[uid]
         for key in [k for k in self.costs if k not in self.cache.deployments]:
             del self.costs[key]
+        self.backoff.keep(self.cache.deployments)
 
-    async def _apply(self, plan: DeploymentPass, seen: int) -> None:
-        """One deployment's part of the pass, in the plan's order."""
+    async def _apply(self, plan: DeploymentPass, seen: int) -> Failures:
+        """One deployment's part of the pass, in the plan's order; every write is tried, and
+        those refused are returned."""
         if plan.refusal is not None:
-            await self._refuse(plan.body, plan.refusal)
-            return
+            return await self._refuse(plan.body, plan.refusal)
         assert plan.record is not None
         self.records[plan.uid] = plan.record
         if plan.due is not None:
-            self.timers[plan.key] = time.monotonic() + plan.due
+            self.timers[plan.key] = self.cache.clock() + plan.due
         for cause in plan.restarts:
             metrics.REPLICA_RESTARTS.labels(cause=cause).inc()
-        await self._post(plan.body, plan.events)
+        failures = await self._post(plan.body, plan.events)
         namespace = plan.key[0]
         for delete in plan.deletes:
-            await self._delete(plan, delete)
+            failures += await self._delete(plan, delete)
         for name in plan.delete_domains:
             log.info("%s/%s: deleting ComputeDomain %s, which no pod uses", *plan.key, name)
-            await self.writer.delete_compute_domain(namespace, name)
-        failed: BaseException | None = None
+            write = self.writer.delete_compute_domain(namespace, name)
+            failures += await _tried(write, "delete", "ComputeDomain", (namespace, name))
         for booking in plan.bookings:
             metrics.PLACEMENT_DECISIONS.labels(result=booking.result).inc()
-            try:
-                await self._create(plan, booking)
-            except Exception as error:  # one failure spares the rest
-                failed = failed or error
-        if failed is not None:
-            raise failed
-        await self._finish(plan, seen)
+            failures += await self._create(plan, booking)
+        return failures + await self._finish(plan, seen, failures)
 
     def _seen(self, key: Key, body: Mapping[str, Any]) -> Seen:
         """One deployment as the cache shows it now."""
@@ -183,95 +210,102 @@ class Reconciler:
             body, cache.pods_of(key), cache.domains_of(key, uid), cache.group_domains_of(key, uid)
         )
 
-    async def _refuse(self, body: Mapping[str, Any], refusal: Refusal) -> None:
+    async def _refuse(self, body: Mapping[str, Any], refusal: Refusal) -> Failures:
         meta = body.get("metadata") or {}
-        if refusal.event is not None:
-            await self._post(body, [refusal.event])
+        failures = await self._post(body, [refusal.event] if refusal.event else [])
         if refusal.status is not None:
-            await self.writer.patch_deployment_status(
-                meta["namespace"], meta["name"], refusal.status
-            )
+            key = (str(meta.get("namespace")), str(meta.get("name")))
+            failures += await self._write_status(body, key, refusal.status)
+        return failures
 
-    async def _delete(self, plan: DeploymentPass, delete: Delete) -> None:
+    async def _delete(self, plan: DeploymentPass, delete: Delete) -> Failures:
         namespace = plan.key[0]
         log.info("%s/%s: deleting replica %d (%s)", *plan.key, delete.replica, delete.cause)
-        await asyncio.gather(
-            *(self.writer.delete_pod(namespace, p.name, force=delete.force) for p in delete.pods)
-        )
-        for pod in delete.pods:
-            self.cache.assume_deleted(pod)
-        if delete.domain:  # IMEX state does not outlive a member: the replica gets a fresh one
-            await self.writer.delete_compute_domain(namespace, delete.domain)
+        writes = [
+            self.writer.delete_pod(namespace, p.name, force=delete.force) for p in delete.pods
+        ]
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        failures = []
+        for pod, result in zip(delete.pods, results, strict=True):
+            if isinstance(result, Exception):
+                failures.append(_failure("delete", "Pod", pod.key, result))
+            else:
+                self.cache.assume_deleted(pod)
+        if delete.domain and not failures:  # IMEX state does not outlive a member
+            write = self.writer.delete_compute_domain(namespace, delete.domain)
+            failures += await _tried(write, "delete", "ComputeDomain", (namespace, delete.domain))
+        return failures
 
-    async def _create(self, plan: DeploymentPass, booking: Booking) -> None:
-        """A booking's ComputeDomain, then its pods; on any failure nothing is left half."""
+    async def _create(self, plan: DeploymentPass, booking: Booking) -> Failures:
+        """A booking's ComputeDomain, then its pods (assumed by the cache since the pass was
+        planned); on any failure nothing is left half, and the replica is placed again on a
+        later pass."""
         if not booking.pods:
-            await self._post(plan.body, booking.events)
-            return
-        if booking.domain is not None and not await self._create_domain(plan, booking):
-            return
+            return await self._post(plan.body, booking.events)
         namespace = plan.key[0]
-        if not await self._create_pods(plan, booking.pods):
-            if booking.domain is not None:
-                await self.writer.delete_compute_domain(
-                    namespace, booking.domain["metadata"]["name"]
+        failures: Failures = []
+        if booking.domain is not None:
+            name = booking.domain["metadata"]["name"]
+            try:
+                created = await self.writer.create_compute_domain(booking.domain)
+            except Exception as error:
+                created, failures = (
+                    False,
+                    [_failure("create", "ComputeDomain", (namespace, name), error)],
                 )
-            message = (
-                f"replica {booking.replica}: creating its pods failed; it will be placed again"
-            )
-            await self._post(plan.body, [Event("Warning", "FailedCreate", message)])
-            return
-        await self._post(plan.body, booking.events)
+            if not created:
+                if not failures:
+                    log.info(
+                        "%s/%s: replica %d waits for its old ComputeDomain to go",
+                        *plan.key,
+                        booking.replica,
+                    )
+                self._forget(booking.pods)
+                return failures
+        failures += await self._create_pods(plan, booking.pods)
+        if failures:
+            if booking.domain is not None:
+                name = booking.domain["metadata"]["name"]
+                write = self.writer.delete_compute_domain(namespace, name)
+                failures += await _tried(write, "delete", "ComputeDomain", (namespace, name))
+            return failures
         log.info("%s/%s: placed replica %d", *plan.key, booking.replica)
+        return await self._post(plan.body, booking.events)
 
-    async def _create_domain(self, plan: DeploymentPass, booking: Booking) -> bool:
-        """The replica's fresh ComputeDomain, before its pods; False: the last one of that name
-        is still being deleted, so the replica is placed again on a later pass."""
-        body = booking.domain
-        assert body is not None
-        try:
-            if await self.writer.create_compute_domain(body):
-                return True
-        except Exception as error:
-            log.warning("%s/%s: creating ComputeDomain failed: %s", *plan.key, error)
-            message = (
-                f"replica {booking.replica}: creating its ComputeDomain failed ({error}); "
-                "it will be placed again"
-            )
-            await self._post(plan.body, [Event("Warning", "FailedCreate", message)])
-            return False
-        log.info(
-            "%s/%s: replica %d waits for its old ComputeDomain to go", *plan.key, booking.replica
-        )
-        return False
-
-    async def _create_pods(self, plan: DeploymentPass, pods: list[dict[str, Any]]) -> bool:
-        """Create a replica's pods, counted as created from now on; on any failure remove
-        those created."""
+    def _forget(self, pods: Iterable[Mapping[str, Any]]) -> None:
         for pod in pods:
-            self.cache.assume_created(pod)
+            meta = pod["metadata"]
+            self.cache.forget((meta["namespace"], meta["name"]))
+
+    async def _create_pods(self, plan: DeploymentPass, pods: list[dict[str, Any]]) -> Failures:
+        """Create a replica's pods; on any failure remove those created, none counted."""
         results = await asyncio.gather(
             *(self.writer.create_pod(p) for p in pods), return_exceptions=True
         )
-        failed = [r for r in results if isinstance(r, BaseException)]
+        failures = []
         for pod, result in zip(pods, results, strict=True):
             meta = pod["metadata"]
-            if failed or isinstance(result, BaseException):
-                self.cache.forget((meta["namespace"], meta["name"]))
+            key = (meta["namespace"], meta["name"])
+            if isinstance(result, Exception):
+                failures.append(_failure("create", "Pod", key, result))
             else:
-                self.cache.assume_created(pod, str(result))
-        if not failed:
-            return True
-        log.warning("%s/%s: creating pods failed: %s", *plan.key, failed[0])
+                self.cache.created(key, str(result))
+        if not failures:
+            return []
+        self._forget(pods)
         for pod, result in zip(pods, results, strict=True):
             if not isinstance(result, BaseException):
-                await self.writer.delete_pod(plan.key[0], pod["metadata"]["name"])
-        return False
+                name = pod["metadata"]["name"]
+                write = self.writer.delete_pod(plan.key[0], name)
+                failures += await _tried(write, "delete", "Pod", (plan.key[0], name))
+        return failures
 
-    async def _finish(self, plan: DeploymentPass, seen: int) -> None:
-        """Services, status and its Events, from the pods as they are after this pass."""
+    async def _finish(self, plan: DeploymentPass, seen: int, failures: Failures) -> Failures:
+        """Services, InferencePool and annotations, then the status naming what was refused,
+        and its Events, from the pods as they are after this pass."""
         key, record = plan.key, plan.record
         assert record is not None
+        namespace = key[0]
         view = View(
             self.cache.snapshot(),
             [],
@@ -279,32 +313,58 @@ class Reconciler:
             inference_pools=self.cache.inference_pools_served,
             ordinary_price=self.options.ordinary_price,
         )
-        done = finish_pass(plan, self._seen(key, plan.body), view, self._clock())
+        clock = self._clock()
+        deployment = self._seen(key, plan.body)
+        done = finish_pass(plan, deployment, view, clock)
+        refused = list(failures)
         for service in done.services:
-            await self.writer.apply_service(service)
+            name = (namespace, service["metadata"]["name"])
+            refused += await _tried(self.writer.apply_service(service), "apply", "Service", name)
         for pod, values in done.annotate:
-            await self.writer.annotate_pod(key[0], pod, values)
-        try:
-            if done.inference_pool is not None:
-                await self.writer.apply_inference_pool(done.inference_pool)
-            if done.delete_inference_pool is not None:
-                await self.writer.delete_inference_pool(key[0], done.delete_inference_pool)
-        except Exception:
-            record.inference_pool = None  # not known: applied (or deleted) again next pass
-            raise
-        if done.status is not None:
-            await self.writer.patch_deployment_status(*key, done.status)
-        await self._post(plan.body, done.events)
-        if done.cost is None:
+            write = self.writer.annotate_pod(namespace, pod, values)
+            refused += await _tried(write, "annotate", "Pod", (namespace, pod))
+        if done.inference_pool is not None:
+            name = (namespace, done.inference_pool["metadata"]["name"])
+            write = self.writer.apply_inference_pool(done.inference_pool)
+            refused += await _tried(write, "apply", "InferencePool", name)
+        if done.delete_inference_pool is not None:
+            name = (namespace, done.delete_inference_pool)
+            write = self.writer.delete_inference_pool(*name)
+            refused += await _tried(write, "delete", "InferencePool", name)
+        said = report_pass(plan, deployment, view, clock, done=done, refused=refused)
+        more = refused[len(failures) :]
+        if said.status is not None:
+            more += await self._write_status(plan.body, key, said.status)
+        more += await self._post(plan.body, said.events)
+        if said.cost is None:
             self.costs.pop(key, None)
         else:
-            self.costs[key] = done.cost
+            self.costs[key] = said.cost
         if plan.waiting:
             self._waiting[key] = seen
+        return more
 
-    async def _post(self, obj: Mapping[str, Any], events: Iterable[Event]) -> None:
+    async def _write_status(
+        self, body: Mapping[str, Any], key: Key, new: dict[str, Any]
+    ) -> Failures:
+        """The status; refused, it is logged, counted, said in an Event if the server takes
+        one, and the deployment backs off."""
+        failures = await _tried(
+            self.writer.patch_deployment_status(*key, new), "patch", "status", key
+        )
+        if failures:
+            events = [Event("Warning", "WriteRefused", status.refused_message(failures))]
+            await self._post(body, events)  # counted, not returned: the status already failed
+        return failures
+
+    async def _post(self, obj: Mapping[str, Any], events: Iterable[Event]) -> Failures:
+        meta = obj.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        failures = []
         for event in events:
-            await self.writer.event(dict(obj), event.kind, event.reason, event.message)
+            write = self.writer.event(dict(obj), event.kind, event.reason, event.message)
+            failures += await _tried(write, "post", "Event", key, event.reason)
+        return failures
 
     def _clock(self) -> lifecycle.Clock:
         return lifecycle.Clock(
@@ -319,7 +379,7 @@ class Reconciler:
         """Each RackPool's status from the pass's snapshot, written when it differs from what
         the API server holds; rebuilt only when the snapshot moved (or a pool waits for racks),
         or when `force`d."""
-        clock = time.monotonic()
+        clock = self.cache.clock()
         due = force or (self._pools_due is not None and self._pools_due <= clock)
         if self.cache.version == self._pools_version and not due:
             return
@@ -348,6 +408,26 @@ class Reconciler:
             if status.changed(new, current):
                 await self.writer.patch_pool_status(name, new)
         metrics.POOLS.update(built)
+
+
+def _failure(verb: str, kind: str, key: Key, error: BaseException, what: str = "") -> WriteFailure:
+    """A refused write, counted and logged."""
+    metrics.WRITE_FAILURES.labels(kind=kind).inc()
+    name = "/".join(key) + (f" ({what})" if what else "")
+    failure = WriteFailure(verb, kind, name, refusal_message(error))
+    log.warning("%s refused: %s", failure.what, failure.message)
+    return failure
+
+
+async def _tried(
+    write: Awaitable[Any], verb: str, kind: str, key: Key, what: str = ""
+) -> list[WriteFailure]:
+    """Make one write; refused, it is returned as a failure instead of raised."""
+    try:
+        await write
+    except Exception as error:
+        return [_failure(verb, kind, key, error, what)]
+    return []
 
 
 async def _each(keys: Iterable[Key], work: Callable[[Key], Awaitable[Any]]) -> dict[Key, Any]:

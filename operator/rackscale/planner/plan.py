@@ -3,19 +3,22 @@
 Pure, as LeaderWorkerSet's `ComputeNextStep`: the cache's view (a snapshot, and for each
 deployment its object, pods, ComputeDomains), the records kept between passes and the clock
 in; every write of the pass, in the order the executor applies them, and the next records
-out. The records given are not changed, and the snapshot is left as it was found: the trial
-reservations of the pass are given back before it returns, so what it books is plain values
-(rendered pods) the executor creates and the cache counts as it writes them.
+out. The records given are not changed, and the snapshot is left as it was found: the pass
+places inside its overlay (`Snapshot.trial`), dropped when it returns, so what it books is
+plain values (rendered pods), which the cache then counts as assumed pods in one step
+(`ClusterCache.assume`) before the executor writes them.
 
 What a deployment's status says depends on which of those writes the API server took, so it
-is the one thing left for after them: `finish_pass(plan, seen, ...)`, from the deployment's
-pods as the cache then shows them (`after` gives them as they are when every write is taken).
+is left for after them: `finish_pass(plan, seen, ...)` gives the writes that end the pass
+(Services, InferencePool, annotations), from the deployment's pods as the cache then shows
+them (`after` gives them as they are when every write is taken), and `report_pass(...,
+refused)` the status and Events, naming the writes the API server refused.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -23,7 +26,17 @@ from rackscale.api.pricing import Price
 from rackscale.placement import place_batch
 from rackscale.planner import lifecycle
 from rackscale.planner import step as planner
-from rackscale.planner.step import Booking, Delete, Event, Finish, Record, Refusal, Step
+from rackscale.planner.status import WriteFailure
+from rackscale.planner.step import (
+    Booking,
+    Delete,
+    Event,
+    Finish,
+    Record,
+    Refusal,
+    Report,
+    Step,
+)
 from rackscale.topology import PodInfo, Snapshot
 from rackscale.topology.objects import DomainInfo
 
@@ -88,6 +101,12 @@ class PassPlan:
     deployments: list[DeploymentPass] = field(default_factory=list)
     placement_seconds: float | None = None  # the engine's time (None: nothing was placed)
 
+    def pods(self) -> Iterator[Body]:
+        """Every pod the pass books, in creation order: what the cache assumes in one step."""
+        for deployment in self.deployments:
+            for booking in deployment.bookings:
+                yield from booking.pods
+
 
 def plan_pass(view: View, records: Mapping[str, Record], clock: lifecycle.Clock) -> PassPlan:
     """The whole pass: heal each deployment (lifecycle's deletes), place what waits as one
@@ -123,10 +142,10 @@ def plan_pass(view: View, records: Mapping[str, Record], clock: lifecycle.Clock)
     by_key = {step.deployment.key: step for step in steps}
     batch = planner.batch(steps)
     if batch:
-        started = time.perf_counter()
-        placed = place_batch(view.snapshot, batch)
-        out.placement_seconds = time.perf_counter() - started
-        try:
+        with view.snapshot.trial():  # the pass's overlay: its reservations end with it
+            started = time.perf_counter()
+            placed = place_batch(view.snapshot, batch)
+            out.placement_seconds = time.perf_counter() - started
             for want, decisions in placed.beside:
                 step = by_key[want.deployment.key]
                 bookings = planner.book_beside(step, want, decisions, view.snapshot)
@@ -140,8 +159,6 @@ def plan_pass(view: View, records: Mapping[str, Record], clock: lifecycle.Clock)
                 else:
                     bookings = [planner.book(step, decision, view.snapshot)]
                 passes[id(step)].bookings += bookings
-        finally:
-            placed.undo()  # the snapshot as found: the pods are counted as they are written
     for step in sorted(steps, key=lambda s: s.age):
         plan = passes[id(step)]
         plan.events, plan.deletes, plan.step = step.events, step.deletes, step
@@ -163,15 +180,41 @@ def after(seen: Seen, plan: DeploymentPass) -> list[PodInfo]:
 
 
 def finish_pass(plan: DeploymentPass, seen: Seen, view: View, clock: lifecycle.Clock) -> Finish:
-    """What ends a deployment's pass, once its writes are made: Services, InferencePool,
-    leaders' annotations, the status and its Events, from `seen`, the deployment as the cache
-    then shows it (the next record is completed with what they write)."""
+    """The writes that end a deployment's pass, once its pods are written: Services,
+    InferencePool, leaders' annotations, from `seen`, the deployment as the cache then shows
+    it."""
     step = plan.step
     assert step is not None, f"{plan.key}: a refused spec has nothing to finish"
-    states = planner.classify(
+    return planner.finish(step, _states(step, seen, view, clock), _context(view, clock))
+
+
+def report_pass(
+    plan: DeploymentPass,
+    seen: Seen,
+    view: View,
+    clock: lifecycle.Clock,
+    *,
+    done: Finish,
+    refused: Sequence[WriteFailure] = (),
+) -> Report:
+    """What the pass says once every write is made: the status (naming the writes the API
+    server `refused`, in the order they were tried) and its Events; the next record is
+    completed with what was written."""
+    step = plan.step
+    assert step is not None, f"{plan.key}: a refused spec has nothing to report"
+    states = _states(step, seen, view, clock)
+    return planner.report(step, states, _context(view, clock), done, list(refused))
+
+
+def _states(
+    step: Step, seen: Seen, view: View, clock: lifecycle.Clock
+) -> list[lifecycle.ReplicaState]:
+    return planner.classify(
         step, seen.pods, seen.domains, view.readiness, clock, seen.group_domains
     )
-    context = planner.Context(
+
+
+def _context(view: View, clock: lifecycle.Clock) -> planner.Context:
+    return planner.Context(
         view.snapshot, clock.stamp, view.ordinary_price, inference_pools=view.inference_pools
     )
-    return planner.finish(step, states, context)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -45,6 +45,47 @@ class Progress:
     restarting: dict[int, str] = field(default_factory=dict)  # replica -> what was lost
     updating: list[int] = field(default_factory=list)
     scaling_down: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteFailure:
+    """A write of a deployment's pass the API server refused (or that failed on the way): what
+    was written (`verb` `kind` `name`, e.g. apply Service llm/a-serving) and the server's
+    message."""
+
+    verb: str  # create, delete, apply, annotate, post, patch
+    kind: str  # Pod, Service, ComputeDomain, InferencePool, Event, InferenceDeployment status
+    name: str  # namespace/name
+    message: str
+
+    @property
+    def what(self) -> str:
+        return f"{self.verb} {self.kind} {self.name}"
+
+
+def refused_message(failures: Sequence[WriteFailure]) -> str:
+    """What the status says of a pass's refused writes: the first one, with the API server's
+    message, and how many more there were."""
+    first = failures[0]
+    more = len(failures) - 1
+    tail = f" ({_plural(more, 'other write')} refused too)" if more else ""
+    return f"the API server refused to {first.what}: {first.message}{tail}"
+
+
+def refused_events(
+    failures: Sequence[WriteFailure], posted: Iterable[str]
+) -> list[tuple[str, str]]:
+    """One Warning `WriteRefused` per distinct message of the API server not yet posted (not
+    one per retry): (message, Event text)."""
+    seen = set(posted)
+    out = []
+    for failure in failures:
+        if failure.message not in seen:
+            seen.add(failure.message)
+            out.append(
+                (failure.message, f"the API server refused to {failure.what}: {failure.message}")
+            )
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +303,7 @@ def deployment_status(
     domains_missing: bool = False,
     inference_pools_missing: bool = False,
     sizes: Sizes | None = None,
+    refused: Sequence[WriteFailure] = (),
 ) -> InferenceDeploymentStatus:
     """The status a person reads: phase, mode, counts, placements and four conditions (five
     where ComputeDomains apply); memory needed against what each placement's GPUs have, and cost
@@ -269,7 +311,9 @@ def deployment_status(
     them; `inference_pools_missing`: nor InferencePools (spec.inferencePool then gets a
     condition saying so). With spec.roles the conditions count role replicas, and `replicas`,
     `placedReplicas`, `readyReplicas` and `ready` count serving groups (those with a pod; those
-    whose role replicas are all placed; all ready), as `spec.replicas` does."""
+    whose role replicas are all placed; all ready), as `spec.replicas` does. `refused`: the
+    writes of the pass the API server refused: `Synced` False and `Stalled` True name the
+    first, with its message."""
     sizes = sizes or Sizes()
     seen = _seen(deployment, states, progress, gpu_resource, sizes)
     placed_cond = _placed_condition(seen)
@@ -283,7 +327,7 @@ def deployment_status(
     progressing = _progressing(seen, progress, placed_cond)
     degraded = _degraded(seen, placed_cond)
     phase = _phase(seen)
-    summary = _summary(phase, placed_cond, progressing, degraded, seen.counts)
+    summary = _summary(phase, placed_cond, progressing, degraded, seen.counts, refused=refused)
     domains = _domains_condition(seen.wanted, domains_missing)
     gateway = _inference_pool_condition(deployment, inference_pools_missing)
     previous = (deployment.status.conditions if deployment.status else []) or []
@@ -409,11 +453,20 @@ def leader_selector(deployment: InferenceDeployment) -> str:
 
 
 def _summary(
-    phase: str, placed: Condition, progressing: Condition, degraded: Condition, counts: str
+    phase: str,
+    placed: Condition,
+    progressing: Condition,
+    degraded: Condition,
+    counts: str,
+    *,
+    refused: Sequence[WriteFailure] = (),
 ) -> list[Condition]:
-    """`Ready`, `Reconciling` and `Stalled`: the conditions kstatus (Flux, `kubectl wait`) and
-    generic health checks read. Ready means every wanted replica serves; Reconciling that the
-    operator is still moving towards the spec; Stalled that it cannot without capacity or a fix."""
+    """`Ready`, `Reconciling`, `Stalled` and `Synced`: the conditions kstatus (Flux, `kubectl
+    wait`) and generic health checks read. Ready means every wanted replica serves; Reconciling
+    that the operator is still moving towards the spec; Stalled that it cannot without capacity
+    or a fix, or that the API server refused one of its writes (`WriteRefused`, as `Synced`
+    False says, with the server's message: a quota, a full service range, an admission
+    webhook)."""
     stalled = progressing.reason == "Stalled"
     if phase == "Ready":
         ready = Condition(type="Ready", status="True", reason="AllReplicasReady", message=counts)
@@ -437,7 +490,14 @@ def _summary(
         reason="WaitingForCapacity" if stalled else "AsExpected",
         message=progressing.message if stalled else counts,
     )
-    return [ready, reconciling, stall]
+    synced = Condition(
+        type="Synced", status="True", reason="Applied", message="every write was accepted"
+    )
+    if refused:
+        message = refused_message(refused)
+        stall = Condition(type="Stalled", status="True", reason="WriteRefused", message=message)
+        synced = Condition(type="Synced", status="False", reason="WriteRefused", message=message)
+    return [ready, reconciling, stall, synced]
 
 
 def failed_status(

@@ -72,6 +72,7 @@ class Record:
     inference_pool: str | None = None
     pools_missing: bool = False  # the Event saying no InferencePool can be created was posted
     group_prefer: dict[int, tuple[str, ...]] = field(default_factory=dict)  # group -> racks held
+    refused: set[str] = field(default_factory=set)  # API messages of refused writes, posted
 
     def copy(self) -> Record:
         """A copy a pass changes, returned as the next record: the one given is left as is."""
@@ -128,7 +129,7 @@ class Booking:
     """What one placement decision creates, as plain values: its ComputeDomain first, then its
     pods (a serving group's: every role replica's, under the group's one ComputeDomain), and
     the Events posted once they are created. `decisions` are the engine's, their reservations
-    given back (the pods are counted as they are written)."""
+    dropped with the pass's overlay (the cache counts the pods as assumed once booked)."""
 
     replica: int  # the replica (a serving group: its first role replica)
     decisions: list[Decision]
@@ -140,16 +141,26 @@ class Booking:
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    """What ends a deployment's pass: Services (and its InferencePool) to apply, or its
-    InferencePool to delete, the status to write, Events."""
+    """The writes that end a deployment's pass, before its status: Services (and its
+    InferencePool) to apply, or its InferencePool to delete, and leaders' annotations; with
+    what the record keeps of them once the API server has taken them."""
 
     services: list[dict[str, Any]]
-    status: dict[str, Any] | None  # None: unchanged
-    events: list[Event]
-    cost: tuple[str, str] | None  # (per hour, currency)
     inference_pool: dict[str, Any] | None = None  # to apply
     delete_inference_pool: str | None = None  # the name of one to delete
     annotate: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # pod, annotations
+    services_digest: str | None = None  # what record.services becomes once they are applied
+    pool_digest: str | None = None  # what record.inference_pool becomes once written
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What a deployment's pass says once its writes are made: the status to write (None:
+    unchanged), Events, and its cost."""
+
+    status: dict[str, Any] | None
+    events: list[Event]
+    cost: tuple[str, str] | None  # (per hour, currency)
 
 
 # ---- healing -----------------------------------------------------------------------------------
@@ -558,16 +569,31 @@ class Context:
 
 
 def finish(step: Step, states: list[lifecycle.ReplicaState], context: Context) -> Finish:
-    """Services (applied when they change, and whenever the deployment places: one may have
-    been deleted), the InferencePool alike (or its deletion), the status to write when it
-    changed, and the Events that multi-node NVLink is not set up, or that no InferencePool can
-    be created, once."""
-    deployment, record = step.deployment, step.record
-    services = render_services(deployment)
+    """The writes before the status: Services (applied when they change, and whenever the
+    deployment places: one may have been deleted), the InferencePool alike (or its deletion),
+    leaders' annotations. The record learns what they wrote in `report`, once they are taken."""
+    services = render_services(step.deployment)
     digest = _digest(services)
-    apply = services if (record.services != digest or step.placing) else []
-    record.services = digest
-    gateway, gone = _inference_pool(step, context.inference_pools)
+    apply = services if (step.record.services != digest or step.placing) else []
+    gateway, gone, pool_digest = _inference_pool(step, context.inference_pools)
+    return Finish(apply, gateway, gone, _leaders(step, states), digest, pool_digest)
+
+
+def report(
+    step: Step,
+    states: list[lifecycle.ReplicaState],
+    context: Context,
+    done: Finish,
+    refused: list[status.WriteFailure],
+) -> Report:
+    """The status to write when it changed, with the writes the API server refused (`Synced`,
+    `Stalled`), and the Events: multi-node NVLink not set up, or no InferencePool possible,
+    once; each distinct refusal once while they last. A refused Service or InferencePool is
+    not recorded as written, so the next pass writes it again."""
+    deployment, record = step.deployment, step.record
+    kinds = {f.kind for f in refused}
+    record.services = None if "Service" in kinds else done.services_digest
+    record.inference_pool = None if "InferencePool" in kinds else done.pool_digest
     pool = context.snapshot.pools.get(deployment.spec.placement.rack_pool or "")
     missing = pool is not None and pool.spec.wants_compute_domains and not pool.compute_domains
     built = status.deployment_status(
@@ -579,6 +605,7 @@ def finish(step: Step, states: list[lifecycle.ReplicaState], context: Context) -
         domains_missing=missing,
         inference_pools_missing=not context.inference_pools,
         sizes=_sizes(deployment, states, context),
+        refused=refused,
     )
     new = status.dump(built)
     current = dict(step.body.get("status") or {})
@@ -591,11 +618,14 @@ def finish(step: Step, states: list[lifecycle.ReplicaState], context: Context) -
     elif not record.pools_missing:
         events.append(Event("Warning", "InferencePoolMissing", status.INFERENCE_POOLS_MISSING))
         record.pools_missing = True
+    said = status.refused_events(refused, record.refused)
+    events += [Event("Warning", "WriteRefused", text) for _, text in said]
+    record.refused = {*record.refused, *(m for m, _ in said)} if refused else set()
     cost = None
     if built.cost_per_hour is not None and built.currency is not None:
         cost = (built.cost_per_hour, built.currency)
     changed = new if status.changed(new, current) else None
-    return Finish(apply, changed, events, cost, gateway, gone, _leaders(step, states))
+    return Report(changed, events, cost)
 
 
 def _leaders(step: Step, states: list[lifecycle.ReplicaState]) -> list[tuple[str, dict[str, str]]]:
@@ -621,24 +651,25 @@ def _leaders(step: Step, states: list[lifecycle.ReplicaState]) -> list[tuple[str
     return out
 
 
-def _inference_pool(step: Step, served: bool) -> tuple[dict[str, Any] | None, str | None]:
+def _inference_pool(
+    step: Step, served: bool
+) -> tuple[dict[str, Any] | None, str | None, str | None]:
     """The InferencePool to apply (when it changed, or the deployment places: it may have been
     deleted), or the name of one to delete (spec.inferencePool removed; once after a restart,
-    when nothing says none stands). Nothing while the API server does not serve them."""
+    when nothing says none stands), and what the record keeps once that is written. Nothing
+    while the API server does not serve them (any pool went with its CRD: applied again once
+    served)."""
     record, deployment = step.record, step.deployment
     if not served:
-        record.inference_pool = None  # any pool went with its CRD: applied again once served
-        return None, None
+        return None, None, None
     wanted = render_inference_pool(deployment)
     if wanted is None:
         if record.inference_pool == "":
-            return None, None
-        record.inference_pool = ""
-        return None, deployment.name
+            return None, None, ""
+        return None, deployment.name, ""
     digest = _digest([wanted])
     again = record.inference_pool != digest or step.placing
-    record.inference_pool = digest
-    return (wanted if again else None), None
+    return (wanted if again else None), None, digest
 
 
 def _sizes(

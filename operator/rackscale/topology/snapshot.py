@@ -2,13 +2,16 @@
 
 Built from typed Nodes, Pods and RackPools. Usage is mutable: pods are added and taken out as the
 watch shows them (`add_pod`, `remove_pod`), and the placement engine reserves and undoes; every
-change goes through `Rack.use`, which keeps the indexes true.
+change goes through `Rack.use`, which keeps the indexes true. A pass places inside
+`Snapshot.trial()`: an overlay of the snapshot, dropped whole when the pass ends (Kueue's
+per-cycle snapshot over its shared tree), so no reservation of a pass outlives it.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -148,6 +151,8 @@ class Rack:
     ) -> None:
         """Add `gpus` (negative to release) held on `node` by a pod, keeping the indexes true;
         `domain`: the pod's ComputeDomain (`namespace/name`), if it has one."""
+        if self.pool.trial is not None:
+            self.pool.trial.append(_Used(self, node, gpus, namespace, deployment, domain))
         self._index(add=False)
         if node.healthy:
             self.free_histogram[node.free] -= 1
@@ -173,6 +178,8 @@ class Rack:
         self._index(add=True)
 
     def hold(self, holder: tuple[str, int] | None) -> None:
+        if self.pool.trial is not None:
+            self.pool.trial.append(_Held(self, self.held_by))
         self._index(add=False)
         self.held_by = holder
         self._index(add=True)
@@ -180,9 +187,42 @@ class Rack:
     def keep(self, deployment: str | None) -> None:
         """Keep the rack for a waiting replica that fits once its GPUs being released are free
         (None: no longer); the placement engine keeps racks for the length of one pass."""
+        if self.pool.trial is not None:
+            self.pool.trial.append(_Kept(self, self.kept_for))
         self._index(add=False)
         self.kept_for = deployment
         self._index(add=True)
+
+
+class _Used(NamedTuple):
+    rack: Rack
+    node: Node
+    gpus: int
+    namespace: str | None
+    deployment: str | None
+    domain: str | None
+
+    def revert(self) -> None:
+        self.rack.use(self.node, -self.gpus, self.namespace, self.deployment, self.domain)
+
+
+class _Held(NamedTuple):
+    rack: Rack
+    before: tuple[str, int] | None
+
+    def revert(self) -> None:
+        self.rack.hold(self.before)
+
+
+class _Kept(NamedTuple):
+    rack: Rack
+    before: str | None
+
+    def revert(self) -> None:
+        self.rack.keep(self.before)
+
+
+Change = _Used | _Held | _Kept  # what a trial changed, in order, to be dropped on its end
 
 
 class Releasing(NamedTuple):
@@ -212,6 +252,7 @@ class Pool:
     largest_node_gpus: int = 0
     compute_domains: bool = False  # replicas spanning nodes get ComputeDomains (guarantee 13)
     gpu_memory: Counter[int | None] = field(default_factory=Counter)  # nodes by MiB per GPU
+    trial: list[Change] | None = None  # while a trial is open: its changes (`Snapshot.trial`)
 
     def blocks(self) -> dict[str | None, list[Rack]]:
         grouped: dict[str | None, list[Rack]] = {}
@@ -236,6 +277,24 @@ class Snapshot:
     nodes: dict[str, Node]
     conflicts: dict[str, list[str]]  # node name -> the pools that all select it
     ordinary_node_gpus: int = 0  # the usual GPUs of a GPU node outside every pool
+
+    @contextmanager
+    def trial(self) -> Iterator[Snapshot]:
+        """An overlay for one pass: what is reserved, held or kept on racks inside it counts
+        while it is open and is dropped on leaving it, however it is left (an exception
+        included), so nothing a pass tried needs undoing and none of it outlives the pass.
+        Pods the watch adds or removes must wait for it to close (a pass does not yield)."""
+        changes: list[Change] = []
+        before = {name: pool.trial for name, pool in self.pools.items()}
+        for pool in self.pools.values():
+            pool.trial = changes
+        try:
+            yield self
+        finally:
+            for name, pool in self.pools.items():
+                pool.trial = before.get(name)
+            for change in reversed(changes):
+                change.revert()
 
     def rack_of(self, node_name: str) -> Rack | None:
         node = self.nodes.get(node_name)

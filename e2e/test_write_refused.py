@@ -13,8 +13,9 @@ QUOTA = "no-services"
 
 
 def _quota(kube: client.ApiClient, namespace: str, services: int) -> None:
-    """The ResourceQuota, with the status kube-controller-manager would give it (this control
-    plane runs none: the API server's quota admission reads `status.hard` and `status.used`)."""
+    """The ResourceQuota, with the status kube-controller-manager's quota controller gives it
+    in its own time, written here at once: the API server's quota admission enforces
+    `status.hard` against `status.used`, so the test does not wait on that controller."""
     core = client.CoreV1Api(kube)
     hard = {"services": str(services)}
     body = {"metadata": {"name": QUOTA}, "spec": {"hard": hard}}

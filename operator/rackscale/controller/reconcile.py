@@ -189,7 +189,8 @@ class Reconciler:
             self.timers[plan.key] = self.cache.clock() + plan.due
         for cause in plan.restarts:
             metrics.REPLICA_RESTARTS.labels(cause=cause).inc()
-        failures = await self._post(plan.body, plan.events)
+        await self._post(plan.body, plan.events)
+        failures: Failures = []
         namespace = plan.key[0]
         for delete in plan.deletes:
             failures += await self._delete(plan, delete)
@@ -212,7 +213,8 @@ class Reconciler:
 
     async def _refuse(self, body: Mapping[str, Any], refusal: Refusal) -> Failures:
         meta = body.get("metadata") or {}
-        failures = await self._post(body, [refusal.event] if refusal.event else [])
+        await self._post(body, [refusal.event] if refusal.event else [])
+        failures: Failures = []
         if refusal.status is not None:
             key = (str(meta.get("namespace")), str(meta.get("name")))
             failures += await self._write_status(body, key, refusal.status)
@@ -241,7 +243,8 @@ class Reconciler:
         planned); on any failure nothing is left half, and the replica is placed again on a
         later pass."""
         if not booking.pods:
-            return await self._post(plan.body, booking.events)
+            await self._post(plan.body, booking.events)
+            return []
         namespace = plan.key[0]
         failures: Failures = []
         if booking.domain is not None:
@@ -270,7 +273,8 @@ class Reconciler:
                 failures += await _tried(write, "delete", "ComputeDomain", (namespace, name))
             return failures
         log.info("%s/%s: placed replica %d", *plan.key, booking.replica)
-        return await self._post(plan.body, booking.events)
+        await self._post(plan.body, booking.events)
+        return []
 
     def _forget(self, pods: Iterable[Mapping[str, Any]]) -> None:
         for pod in pods:
@@ -335,7 +339,7 @@ class Reconciler:
         more = refused[len(failures) :]
         if said.status is not None:
             more += await self._write_status(plan.body, key, said.status)
-        more += await self._post(plan.body, said.events)
+        await self._post(plan.body, said.events)
         if said.cost is None:
             self.costs.pop(key, None)
         else:
@@ -354,17 +358,18 @@ class Reconciler:
         )
         if failures:
             events = [Event("Warning", "WriteRefused", status.refused_message(failures))]
-            await self._post(body, events)  # counted, not returned: the status already failed
+            await self._post(body, events)
         return failures
 
-    async def _post(self, obj: Mapping[str, Any], events: Iterable[Event]) -> Failures:
+    async def _post(self, obj: Mapping[str, Any], events: Iterable[Event]) -> None:
+        """Events are best effort, as kube's own recorders treat them: a refused one (the
+        server's event rate limit, a quota) is counted and logged, never the deployment's
+        failure: the status says what matters, and it is not stalled for want of an Event."""
         meta = obj.get("metadata") or {}
         key = (str(meta.get("namespace")), str(meta.get("name")))
-        failures = []
         for event in events:
             write = self.writer.event(dict(obj), event.kind, event.reason, event.message)
-            failures += await _tried(write, "post", "Event", key, event.reason)
-        return failures
+            await _tried(write, "post", "Event", key, event.reason)
 
     def _clock(self) -> lifecycle.Clock:
         return lifecycle.Clock(

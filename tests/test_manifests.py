@@ -108,3 +108,44 @@ def test_large_files_keep_only_the_labels_the_pools_read(tmp_path: Path) -> None
     }
     assert len(loaded.nodes) == 400
     assert loaded.nodes[3].unschedulable is True
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # A quoted value goes on at any indentation: `name` is inside the annotation.
+        'kind: Node\nmetadata:\n  annotations:\n    a: "x\nname: y"\n  name: n\n',
+        "kind: Node\nmetadata:\n  annotations:\n    a: 'x\nname: y'\n  name: n\n",
+        # So does a flow collection.
+        "kind: Node\nmetadata:\n  annotations:\n    a: [x,\nname]\n  name: n\n",
+        # And a quoted key.
+        "kind: Node\nmetadata:\n  annotations:\n    'a\nname: y': z\n  name: n\n",
+        # YAML 1.1 reads CR, NEL and the Unicode separators as line breaks.
+        "kind: Node\r\nmetadata:\r\n  name: n\r\n",
+        "kind: Node\nmetadata:\n  name: n\x85  x\n",
+        "kind: Node\nmetadata:\n  name: n\u2028  x\n",
+    ],
+)
+def test_values_that_reach_past_their_line_are_left_to_libyaml(text: str) -> None:
+    """Each of these, read line by line while skipping annotations, would give other objects
+    than libyaml gives."""
+    with pytest.raises(Unsupported):
+        _Reader(text, prune=True).documents()
+    with pytest.raises(Unsupported):
+        _Reader(text, prune=False).documents()
+
+
+def test_a_large_file_with_a_quoted_value_over_two_lines_reads_as_libyaml_reads_it(
+    tmp_path: Path,
+) -> None:
+    text = kubectl_yaml(400)
+    # An annotation whose double-quoted value spans two lines, the second less indented.
+    text = text.replace(
+        "      kwok.x-k8s.io/node: fake\n", '      kwok.x-k8s.io/node: "fake\n  name: n-999"\n', 1
+    )
+    assert len(text) > 1 << 20
+    nodes = tmp_path / "nodes.yaml"
+    nodes.write_text(text)
+    [full] = yaml.load_all(text, Loader=SafeLoader)
+    loaded = read([nodes], [])
+    assert [n.name for n in loaded.nodes] == [n["metadata"]["name"] for n in full["items"]]

@@ -10,6 +10,7 @@ nodes through libyaml is what takes the time. Anything else that reader leaves t
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -143,12 +144,39 @@ def _key(content: str) -> tuple[Any, str]:
     ].strip()
 
 
+# Characters YAML 1.1 reads as line breaks besides "\n" (a CRLF file, say): the reader splits on
+# "\n" alone, so a file holding one is left to libyaml.
+_LINE_BREAKS = ("\r", "\x85", "\u2028", "\u2029")
+# A value that may go on past its line, and so past a field skipped by indentation (a quoted or
+# flow scalar continues at any indentation): a quoted scalar left open, or followed by more, or
+# with an escape JSON lacks; a flow collection other than {} and [].
+_SPANNING = re.compile(
+    r"[:-] (?:'(?:[^'\n]++|'')*+(?:\n|'[^'\n])"
+    r'|"(?:[^"\\\n]++|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*+(?:\n|\\|"[^\n])'
+    r"|[\[{](?![\]}]\n))"
+)
+# A quoted key left open at the end of its line.
+_OPEN_KEY = re.compile(r"\n *+(?:- )*+(?:'(?:[^'\n]++|'')*+\n|\"(?:[^\"\\\n]++|\\.)*+\n)")
+
+
+def _check(text: str) -> None:
+    """Raise `Unsupported` for what the reader cannot see line by line in a field it skips."""
+    for character in _LINE_BREAKS:
+        if character in text:
+            raise Unsupported(repr(character))
+    lines = "\n" + text + "\n"
+    for pattern in (_SPANNING, _OPEN_KEY):
+        if (found := pattern.search(lines)) is not None:
+            raise Unsupported(found.group())
+
+
 class _Reader:
     """Block-style YAML as kubectl prints it, one pass over the lines, skipping what `KEEP` leaves
     out. Anything else (flow collections, anchors, block or multi-line scalars, comments after
     values, tabs) raises `Unsupported`, and libyaml reads the file instead."""
 
     def __init__(self, text: str, prune: bool, labels: frozenset[str] | None = None) -> None:
+        _check(text)
         self.lines = text.split("\n")
         self.i = 0
         self.prune = prune

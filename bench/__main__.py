@@ -18,9 +18,9 @@ from bench import baseline_code, churn, disagg, machine, optimal, placement, pla
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
 QUICK_OUT = Path(__file__).parent / "out"  # git-ignored: quick runs are not results
-# The module timing the reconciler in memory, per side: each imports its controller's internals
-# (the old one's ClusterView, the new one's cache fed by a watch).
-OVERHEAD_DRIVER: dict[baseline_code.Side, str] = {"old": "bench.overhead", "new": "bench.passes"}
+# The module timing the reconciler in memory: each side runs its own commit's copy, written
+# against that commit's controller and test helpers.
+OVERHEAD_DRIVER = "bench.passes"
 
 
 class Sizes(TypedDict):
@@ -80,15 +80,27 @@ QUICK: Sizes = {
 
 
 def _placement(params: Sizes, seed: int) -> dict[str, Any]:
-    runs = [
-        placement.run(n, seed, params["placement_max_replicas"]) for n in params["placement_racks"]
-    ]
-    for r in runs:
-        placement.show(r)
-    return {
+    """Each size in a process of its own, the new code's and the old commit's own driver, same
+    seed and mix; `runs` are the new code's (the headline's), `old` the old commit's."""
+    runs: list[dict[str, Any]] = []
+    old: list[dict[str, Any]] = []
+    for n in params["placement_racks"]:
+        args = [n, seed, params["placement_max_replicas"]]
+        new = baseline_code.call_json("new", "bench.placement", "run", args)
+        if "error" in new:
+            raise RuntimeError(new["error"])
+        placement.show(new)
+        runs.append(new)
+        old.append({"racks": n} | baseline_code.call_json("old", "bench.placement", "run", args))
+    part: dict[str, Any] = {
         "mix": [{"label": m[0], "weight": m[1], "spec": m[2]} for m in placement.MIX],
         "runs": runs,
+        "old": {"code": baseline_code.describe(), "runs": old},
     }
+    failed = [f"{r['racks']} racks" for r in old if "error" in r]
+    if failed:
+        part["error"] = f"the old placement driver failed at {', '.join(failed)}"
+    return part
 
 
 def _apply(params: Sizes, seed: int, keep: bool) -> dict[str, Any]:
@@ -112,7 +124,7 @@ def _overhead(params: Sizes) -> dict[str, Any]:
     for racks, deployments, passes in params["overhead"]:
         args = [str(racks), str(deployments), str(passes)]
         sides = {
-            side: baseline_code.run_json(side, OVERHEAD_DRIVER[side], args)
+            side: baseline_code.run_json(side, OVERHEAD_DRIVER, args)
             for side in baseline_code.SIDES
         }
         run: dict[str, Any] = {"racks": racks, "deployments": deployments, "passes": passes}
@@ -152,7 +164,26 @@ def _plan_speed(params: Sizes, out: Path) -> dict[str, Any]:
     racks, replicas = params["plan_speed"]
     result = plan_speed.run(racks, replicas, out / "plan-speed")
     plan_speed.show(result)
+    # The old commit's own `rackscale plan` on the same files, from its export.
+    try:
+        env = baseline_code.environ("old")
+    except baseline_code.BaselineError as error:
+        result["old"] = {"error": f"{type(error).__name__}: {error}"}
+    else:
+        result["old"] = plan_speed.commands(
+            racks, replicas, out / "plan-speed", env, baseline_code.workdir("old")
+        )
+        result["old"]["code"] = baseline_code.describe()
+        plan_speed.show_old(result["old"])
+    failed = [k for k in ("yaml", "json") if _get_exit(result["old"], k) != 0]
+    if failed:
+        result["error"] = f"the old commit's `rackscale plan` failed with {', '.join(failed)}"
     return result
+
+
+def _get_exit(side: dict[str, Any], source: str) -> int | None:
+    value = (side.get(source) or {}).get("exit_code")
+    return value if isinstance(value, int) else None
 
 
 def _part(name: str, parts: dict[str, Any], work: Callable[[], dict[str, Any]]) -> None:

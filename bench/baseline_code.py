@@ -1,13 +1,14 @@
 """The old operator beside the new: its code exported once from git, and a way to run either.
 
-"old" is the operator at `OLD_COMMIT`, the last commit before the one-state-per-pass rebuild;
-"new" is whatever this checkout holds. The old code is `git archive`d (its `operator/` and
-`crds/`) into `bench/.baseline/<sha>/` (git-ignored) the first time it is needed; a clone carries
-the full history, so this works on a fresh clone. A module is then run with
-`PYTHONPATH=<that export>/operator:<repo root>`: `rackscale` comes from the export, everything
-else (bench, tests, e2e) from this checkout.
+"old" is the operator at `OLD_COMMIT`, the last commit before "one plan per pass"; "new" is
+whatever this checkout holds. The old commit's `operator/`, `crds/`, `bench/` and `tests/` are
+`git archive`d into `bench/.baseline/<sha>/` (git-ignored) the first time they are needed; a
+clone carries the full history, so this works on a fresh clone. The old side runs entirely from
+that export: `PYTHONPATH=<export>/operator:<export>`, from the directory `<export>`, so its
+`rackscale`, its bench drivers and its test helpers are all the old commit's own, as they were
+written against each other.
 
-    python -m bench.baseline_code MODULE [ARGS...]   # run MODULE against the old code
+    python -m bench.baseline_code MODULE [ARGS...]   # run the old commit's MODULE, old code
 """
 
 from __future__ import annotations
@@ -25,13 +26,11 @@ from typing import Any, Literal
 
 Side = Literal["old", "new"]
 SIDES: tuple[Side, ...] = ("old", "new")
-OLD_COMMIT = "78a2a8be3e7b2e9b7992e168ddb24106a0ff0f03"
-OLD_LABEL = (
-    f"the operator at commit {OLD_COMMIT[:10]}, the last before the one-state-per-pass rebuild"
-)
+OLD_COMMIT = "1f15410d037faa84013ab0e5f613957e745927f6"
+OLD_LABEL = f'the operator at commit {OLD_COMMIT[:10]}, the last before "one plan per pass"'
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(__file__).resolve().parent / ".baseline"
-EXPORTED = ("operator", "crds")
+EXPORTED = ("operator", "crds", "bench", "tests")
 
 
 class BaselineError(RuntimeError):
@@ -51,7 +50,8 @@ def _git(*args: str) -> bytes:
 
 
 def export(commit: str = OLD_COMMIT) -> Path:
-    """The directory holding `operator/` and `crds/` as they were at `commit`, made once."""
+    """The directory holding `operator/`, `crds/`, `bench/` and `tests/` as they were at
+    `commit`, made once."""
     target = CACHE / commit
     if (target / ".complete").exists():
         return target
@@ -74,6 +74,12 @@ def source_root(side: Side) -> Path:
     return export() / "operator" if side == "old" else ROOT / "operator"
 
 
+def workdir(side: Side) -> Path:
+    """The directory that side's processes run from, first on their path: the old side's
+    `bench` and `tests` are its export's, the new side's this checkout's."""
+    return export() if side == "old" else ROOT
+
+
 def crd_dir(side: Side) -> Path:
     """That side's CustomResourceDefinitions, as YAML files."""
     return export() / "crds" if side == "old" else ROOT / "crds"
@@ -82,7 +88,7 @@ def crd_dir(side: Side) -> Path:
 def environ(side: Side, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment that makes `python -m ...` import that side's `rackscale`."""
     env = dict(os.environ if base is None else base)
-    env["PYTHONPATH"] = os.pathsep.join([str(source_root(side)), str(ROOT)])
+    env["PYTHONPATH"] = os.pathsep.join([str(source_root(side)), str(workdir(side))])
     if side == "old":
         _check_imports_old()
     return env
@@ -91,20 +97,30 @@ def environ(side: Side, base: dict[str, str] | None = None) -> dict[str, str]:
 @functools.cache
 def _check_imports_old() -> None:
     # PYTHONPATH comes before the editable install's path entry; prove it rather than trust it.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(source_root("old")), str(ROOT)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(source_root("old")), str(export())])}
     done = subprocess.run(
-        [sys.executable, "-c", "import rackscale; print(rackscale.__file__)"],
+        [sys.executable, "-c", _WHERE_FROM],
+        cwd=export(),
         env=env,
         capture_output=True,
         text=True,
         check=False,
     )
-    where = Path(done.stdout.strip() or "?").resolve()
-    if done.returncode or not where.is_relative_to(export()):
-        raise BaselineError(
-            f"with PYTHONPATH={env['PYTHONPATH']}, rackscale imports from {where}, "
-            f"not from the export in {export()}: {done.stderr.strip()}"
-        )
+    found = done.stdout.split()
+    names = ["rackscale", "bench", *["tests"] * max(1, len(found) - 2)]
+    for name, where in zip(names, found or ["?"], strict=False):
+        if done.returncode or not Path(where).resolve().is_relative_to(export()):
+            raise BaselineError(
+                f"with PYTHONPATH={env['PYTHONPATH']}, {name} imports from {where}, "
+                f"not from the export in {export()}: {done.stderr.strip()}"
+            )
+
+
+# Where each package comes from (`tests` has no __init__.py: its path, every entry of it).
+_WHERE_FROM = (
+    "import bench, rackscale, tests; "
+    "print(rackscale.__file__, bench.__file__, ' '.join(tests.__path__))"
+)
 
 
 def describe() -> dict[str, str]:
@@ -115,22 +131,40 @@ def describe() -> dict[str, str]:
         "old": OLD_LABEL,
         "new": f"this checkout, commit {head}" + (" with uncommitted changes" if dirty else ""),
         "old_commit": OLD_COMMIT,
-        "how": "the old operator/ and crds/ are `git archive`d into bench/.baseline/<sha>/ and "
-        "run with PYTHONPATH=<export>/operator:<repo root>, the new from this checkout; both "
-        "run in the same run of `python -m bench`, one after the other",
+        "how": "the old commit's operator/, crds/, bench/ and tests/ are `git archive`d into "
+        "bench/.baseline/<sha>/ and run from there with PYTHONPATH=<export>/operator:<export> "
+        "(its own drivers and test helpers), the new from this checkout; both run in the same "
+        "run of `python -m bench`, one after the other",
     }
 
 
 def run_json(side: Side, module: str, args: list[str], timeout: float = 1800) -> dict[str, Any]:
-    """`python -m module args` against that side's code; its last stdout line, a JSON object.
+    """`python -m module args` with that side's code; its last stdout line, a JSON object.
 
     A failure is returned as {"error": ...} with the tail of its stderr, never raised, so that
     the other side's figures are still reported."""
+    return _run(side, ["-m", module, *args], f"python -m {module} {' '.join(args)}", timeout)
+
+
+def call_json(
+    side: Side, module: str, function: str, args: list[Any], timeout: float = 1800
+) -> dict[str, Any]:
+    """`module.function(*args)` in a process of its own with that side's code (for a driver
+    with no command line that prints JSON); its result, which must be JSON, or {"error": ...}."""
+    code = (
+        f"import json, sys; from {module} import {function}; "
+        f"print(json.dumps({function}(*json.loads(sys.argv[1]))))"
+    )
+    what = f"{module}.{function}{tuple(args)}"
+    return _run(side, ["-c", code, json.dumps(args)], what, timeout)
+
+
+def _run(side: Side, command: list[str], what: str, timeout: float) -> dict[str, Any]:
     try:
         env = environ(side)
         done = subprocess.run(
-            [sys.executable, "-m", module, *args],
-            cwd=ROOT,
+            [sys.executable, *command],
+            cwd=workdir(side),
             env=env,
             capture_output=True,
             text=True,
@@ -142,7 +176,7 @@ def run_json(side: Side, module: str, args: list[str], timeout: float = 1800) ->
     lines = done.stdout.strip().splitlines()
     if done.returncode or not lines:
         tail = " | ".join(done.stderr.strip().splitlines()[-6:])
-        return {"error": f"python -m {module} {' '.join(args)} exited {done.returncode}: {tail}"}
+        return {"error": f"{what} exited {done.returncode}: {tail}"}
     return dict(json.loads(lines[-1]))
 
 
@@ -152,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0 if args else 2
     env = environ("old")
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, check=False).returncode
+    command = [sys.executable, "-m", *args]
+    return subprocess.run(command, cwd=workdir("old"), env=env, check=False).returncode
 
 
 if __name__ == "__main__":

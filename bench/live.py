@@ -171,7 +171,11 @@ class Operator:
         self.log_path = log
         self.log = log.open("w")
         self.process = subprocess.Popen(
-            command, cwd=baseline_code.ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
+            command,
+            cwd=baseline_code.workdir(side),
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         self.pid = self.process.pid
 

@@ -2,8 +2,8 @@
 memory on an in-memory API whose watch feeds its cache (tests/fakeapi.py).
 
 Run as `python -m bench.passes RACKS DEPLOYMENTS PASSES` in its own process, so that its RSS is
-the operator's state at that size alone; it prints one JSON object, in the same form as
-`bench.overhead` (which drives the controller as it was before, for the side-by-side figures).
+the operator's state at that size alone; it prints one JSON object. The old side of the
+side-by-side figures runs the old commit's own copy of this module (bench/baseline_code.py).
 """
 
 from __future__ import annotations

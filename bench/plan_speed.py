@@ -228,17 +228,24 @@ def parts(cluster: list[Path], deployments: Path) -> dict[str, float]:
     }
 
 
-def wall(cluster: list[Path], deployments: Path) -> tuple[float, float, int]:
+def wall(
+    cluster: list[Path],
+    deployments: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+) -> tuple[float, float, int]:
     """A fresh `rackscale plan` process, as a CI job runs it: wall and CPU seconds, exit code.
-    Other work on a loaded machine stretches the wall time; the CPU time less so."""
+    Other work on a loaded machine stretches the wall time; the CPU time less so. `env` and
+    `cwd` choose the code it runs (by default this process's environment, this checkout)."""
     command = [sys.executable, "-m", "rackscale", "plan"]
     for path in cluster:
         command += ["--cluster", str(path)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(
-        [*command, str(deployments)], cwd=ROOT, capture_output=True, text=True, check=False
-    )
+        [*command, str(deployments)], cwd=cwd, env=env, capture_output=True, text=True,
+        check=False,
+    )  # fmt: skip
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -261,6 +268,29 @@ def run(racks: int, replicas: int, directory: Path) -> dict[str, Any]:
     result["target_wall_s"] = TARGET_SECONDS
     result["met"] = all(result[k]["wall_s"] <= TARGET_SECONDS for k in ("yaml", "json"))
     return result
+
+
+def commands(
+    racks: int, replicas: int, directory: Path, env: dict[str, str], cwd: Path
+) -> dict[str, Any]:
+    """The whole command only (wall, CPU, exit code), with the code `env` and `cwd` choose, on
+    the same files `run` writes: how another commit's `rackscale plan` does on them."""
+    nodes_yaml, nodes_json, pool = cluster_files(directory, racks)
+    deployments = deployments_file(directory, replicas)
+    result: dict[str, Any] = {}
+    for label, nodes in (("yaml", nodes_yaml), ("json", nodes_json)):
+        seconds, cpu, code = wall([nodes, pool], deployments, env, cwd)
+        result[label] = {"wall_s": seconds, "cpu_s": cpu, "exit_code": code}
+    return result
+
+
+def show_old(result: dict[str, Any]) -> None:
+    for label in ("yaml", "json"):
+        r = result[label]
+        print(
+            f"  old {label:<6}{r['wall_s']:>9.2f} s wall{r['cpu_s']:>8.2f} s CPU, "
+            f"exit {r['exit_code']}"
+        )
 
 
 def show(result: dict[str, Any]) -> None:

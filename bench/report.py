@@ -188,10 +188,12 @@ def _operator_rows(apply: dict[str, Any], row: Row) -> None:
 
 
 OLD_AND_NEW_COLUMNS = ("figure", "target", "old", "new", "new meets target")
-# The rebuild's targets (issue 12), each at the size it names.
+# The targets, each at the size it names: the rebuild's (issue 12) and one plan per pass's
+# (issue 25: decisions/s, `plan` with YAML, the idle and placing passes).
 TARGET_RACKS = 1000
-IDLE_PASS_P99_MS, PLACING_PASS_P99_MS, RSS_MIB = 20.0, 100.0, 150.0
+IDLE_PASS_P99_MS, PLACING_PASS_P99_MS, RSS_MIB = 0.5, 17.0, 150.0
 APPLY_P50_S, IDLE_CPU_PERCENT = 0.3, 0.5
+DECISIONS_PER_S, PLAN_YAML_WALL_S = 10_000, 3.0
 
 
 def _side(run: dict[str, Any], side: str, show: Any) -> str:
@@ -224,6 +226,8 @@ def old_and_new(fig: dict[str, Any]) -> list[dict[str, str]]:
             dict(zip(OLD_AND_NEW_COLUMNS, (figure, target, old, new, _verdict(ok)), strict=True))
         )
 
+    _placement_old_and_new(parts, row)
+    _plan_speed_old_and_new(parts, row)
     for run in _get(parts, "overhead", "runs") or []:
         n = f"{run['racks']:,}"
         at = run["racks"] == TARGET_RACKS
@@ -233,16 +237,16 @@ def old_and_new(fig: dict[str, Any]) -> list[dict[str, str]]:
         )
         row(
             f"5. pass with nothing to do, {n} racks (in-memory view), p99",
-            f"<= {IDLE_PASS_P99_MS:.0f} ms" if at else NA,
+            f"<= {IDLE_PASS_P99_MS} ms" if at else NA,
             run,
-            lambda f: f"{f['steady_pass_ms']['p99']:.0f} ms",
+            lambda f: _ms(f["steady_pass_ms"]["p99"]),
             _at_most(idle, IDLE_PASS_P99_MS, at),
         )
         row(
             f"5. pass placing one replica, {n} racks, p99",
             f"<= {PLACING_PASS_P99_MS:.0f} ms" if at else NA,
             run,
-            lambda f: f"{f['placing_pass_ms']['p99']:.0f} ms",
+            lambda f: _ms(f["placing_pass_ms"]["p99"]),
             _at_most(placing, PLACING_PASS_P99_MS, at),
         )
         row(
@@ -290,6 +294,57 @@ def old_and_new(fig: dict[str, Any]) -> list[dict[str, str]]:
         )
     rows += _fleet_rows(parts.get("fleet") or {})
     return rows
+
+
+# Adds one old-and-new row: figure, target, the run holding "old" and "new", how to show a
+# side's figures, and whether the new side meets the target.
+OldNewRow = Callable[[str, str, dict[str, Any], Any, bool | None], None]
+
+
+def _placement_old_and_new(parts: dict[str, Any], row: OldNewRow) -> None:
+    """Part 1 at each size, the old commit's driver beside the new one's; same seed and mix."""
+    placement = parts.get("placement") or {}
+    old = {r["racks"]: r for r in _get(placement, "old", "runs") or []}
+    for new in placement.get("runs") or []:
+        n = new["racks"]
+        run = {"old": old.get(n) or {"error": "not run"}, "new": new}
+        at = n == TARGET_RACKS
+        dps = new.get("decisions_per_second")
+        row(
+            f"1. placement decisions/s, {n:,} racks",
+            f">= {DECISIONS_PER_S:,}" if at else NA,
+            run,
+            lambda f: f"{f['decisions_per_second']:,}",
+            None if dps is None or not at else dps >= DECISIONS_PER_S,
+        )
+        row(f"1. placement p99, {n:,} racks", NA, run, lambda f: _ms(f["all"]["p99_ms"]), None)
+
+
+def _plan_speed_old_and_new(parts: dict[str, Any], row: OldNewRow) -> None:
+    """`rackscale plan` on the same files: the old commit's command beside the new one's."""
+    speed = parts.get("plan_speed") or {}
+    if "yaml" not in speed:
+        return
+    n = speed["racks"]
+    at = n == TARGET_RACKS
+    run = {"old": speed.get("old") or {"error": "not run"}, "new": speed}
+    for source in ("yaml", "json"):
+        wall = _get(speed, source, "wall_s")
+        yaml_target = source == "yaml" and at
+        row(
+            f"plan, {n:,} racks, {speed['replicas']:,} replicas, {source.upper()} nodes: "
+            "wall / CPU",
+            f"<= {PLAN_YAML_WALL_S:.0f} s wall" if yaml_target else NA,
+            run,
+            lambda f, s=source: _plan_cell(f[s]),
+            _at_most(wall, PLAN_YAML_WALL_S, yaml_target),
+        )
+
+
+def _plan_cell(f: dict[str, Any]) -> str:
+    if f["exit_code"] != 0:
+        return f"exited {f['exit_code']}"
+    return f"{_s(f['wall_s'])} / {_s(f['cpu_s'])}"
 
 
 def _ready_after(f: dict[str, Any], deadline: float) -> str:
@@ -391,7 +446,8 @@ def markdown(fig: dict[str, Any], out: Path, stem: str) -> str:
         "",
         "### The operator before and after the rebuild",
         "",
-        "Old and new code in this same run (parts 5 and 6 say how each figure was measured); "
+        "Old and new code in this same run (parts 1, 5, 6 and 7 say how each figure was measured; "
+        "`plan` is the whole command, a fresh process on the same files); "
         "the verdict is the new code's.",
         "",
         *_code(parts.get("overhead") or parts.get("operator") or {}),
@@ -430,22 +486,22 @@ def _img(images: dict[str, str], key: str) -> list[str]:
 def _section_placement(part: dict[str, Any], images: dict[str, str]) -> list[str]:
     md = ["## 1. Placement speed (pure engine)", "", *_failed(part)]
     md += [
-        "The engine alone, in-process: a mixed stream of deployments (1-4 replicas of 4 to 144 "
-        "GPUs, some exclusive, some spread) is placed replica by replica on an empty pool until "
-        "it is 90% full; each `place_replica` call is timed (wall clock, and CPU time of the "
-        "thread). There is no baseline row: kube-scheduler has no pure placement engine to time "
-        "apart from its API round trips, and a figure invented for it would mean nothing.",
+        "The engine alone, each size in a process of its own: a mixed stream of deployments "
+        "(1-4 replicas of 4 to 144 GPUs, some exclusive, some spread) is placed replica by "
+        "replica on an empty pool until it is 90% full; each `place_replica` call is timed (wall "
+        "clock, and CPU time of the thread). The new code and the old commit's own driver run "
+        "the same seed and sizes. There is no kube-scheduler row: it has no pure placement engine "
+        "to time apart from its API round trips, and a figure invented for it would mean nothing.",
         "",
-        "| racks | decisions | decisions/s | CPU decisions/s | p50 | p99 | max | filled |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        *_code(part.get("old") or {}),
+        "| code | racks | decisions | decisions/s | CPU decisions/s | p50 | p99 | max | filled |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    old = {r["racks"]: r for r in _get(part, "old", "runs") or []}
     for r in part.get("runs", []):
-        a = r["all"]
-        md.append(
-            f"| {r['racks']} | {a['decisions']} | {r['decisions_per_second']:,} | "
-            f"{r['cpu_decisions_per_second']:,} | {_ms(a['p50_ms'])} | {_ms(a['p99_ms'])} | "
-            f"{_ms(a['max_ms'])} | {r['filled']:.0%} |"
-        )
+        md.append(_placement_row("new", r))
+        if r["racks"] in old:
+            md.append(_placement_row("old", old[r["racks"]]))
     md += ["", *_img(images, "placement")]
     md += [
         "Decisions/s is decisions over the summed time of the decisions; p50/p99 are per replica "
@@ -453,6 +509,17 @@ def _section_placement(part: dict[str, Any], images: dict[str, str]) -> list[str
         "",
     ]
     return md
+
+
+def _placement_row(side: str, r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"| {side} | {r['racks']} | failed: `{r['error']}` |"
+    a = r["all"]
+    return (
+        f"| {side} | {r['racks']} | {a['decisions']} | {r['decisions_per_second']:,} | "
+        f"{r['cpu_decisions_per_second']:,} | {_ms(a['p50_ms'])} | {_ms(a['p99_ms'])} | "
+        f"{_ms(a['max_ms'])} | {r['filled']:.0%} |"
+    )
 
 
 def _section_apply(part: dict[str, Any], p: dict[str, Any], images: dict[str, str]) -> list[str]:

@@ -54,6 +54,9 @@ def test_every_part_is_measured_or_says_why_not(run: Run) -> None:
     assert "skipped" in parts["operator"]
     assert "skipped" in parts["fleet"]
     assert {r["racks"] for r in parts["placement"]["runs"]} == {10}
+    (old_placement,) = parts["placement"]["old"]["runs"]  # the old commit's driver, same stream
+    assert old_placement["racks"] == 10
+    assert old_placement["all"]["decisions"] == parts["placement"]["runs"][0]["all"]["decisions"]
     assert set(parts["churn"]["systems"]) == {
         "rackscale",
         "kube-scheduler (first found)",
@@ -68,6 +71,8 @@ def test_every_part_is_measured_or_says_why_not(run: Run) -> None:
     for source in ("yaml", "json"):  # the CLI's own exit code: every replica placed
         assert speed[source]["exit_code"] == 0
         assert speed[source]["unplaced"] == 0
+        assert speed["old"][source]["exit_code"] == 0  # the old commit's CLI, same files
+        assert speed["old"][source]["cpu_s"] > 0
 
 
 def test_the_headline_compares_against_targets(run: Run) -> None:
@@ -88,16 +93,63 @@ def test_old_and_new_code_side_by_side(run: Run) -> None:
     out, figures = run
     code = figures["parts"]["overhead"]["code"]
     assert code["old_commit"][:10] in code["old"]
+    assert "one plan per pass" in code["old"]
+    assert figures["parts"]["overhead"]["runs"][0]["old"]["pods"] > 0
     rows = {r["figure"]: r for r in figures["old_and_new"]}
     idle = rows["5. pass with nothing to do, 20 racks (in-memory view), p99"]
     assert idle["old"].endswith(" ms")
     assert idle["new"].endswith(" ms")
     assert idle["new meets target"] == "n/a"  # the target is at 1,000 racks
+    decisions = rows["1. placement decisions/s, 10 racks"]
+    assert decisions["old"].replace(",", "").isdigit()
+    assert decisions["new"].replace(",", "").isdigit()
+    assert decisions["new meets target"] == "n/a"
+    plan = rows["plan, 20 racks, 40 replicas, YAML nodes: wall / CPU"]
+    assert plan["old"].endswith(" s")
+    assert plan["new"].endswith(" s")
+    assert plan["target"] == "n/a"
     assert rows["6. the live operator"]["old"].startswith("quick mode")
     assert rows["7. the fleet"]["new"].startswith("quick mode")
     report = next(out.glob("*.md")).read_text()
     assert "### The operator before and after the rebuild" in report
     assert f"Old: the operator at commit {code['old_commit'][:10]}" in report
+
+
+def test_the_targets_apply_at_1000_racks(run: Run) -> None:
+    """Decisions/s, `plan` with YAML and the two passes, judged on the new side at 1,000 racks."""
+    from bench import report
+
+    figures = json.loads(json.dumps(run[1]))
+    parts = figures["parts"]
+    new_run = {**parts["placement"]["runs"][0], "racks": 1000, "decisions_per_second": 12_000}
+    old_run = {**new_run, "decisions_per_second": 4_000}
+    parts["placement"]["runs"] = [new_run]
+    parts["placement"]["old"]["runs"] = [old_run]
+    parts["plan_speed"] |= {"racks": 1000, "replicas": 2000}
+    parts["plan_speed"]["yaml"] |= {"wall_s": 3.4, "cpu_s": 3.1}
+    parts["plan_speed"]["old"]["yaml"] |= {"wall_s": 5.7, "cpu_s": 5.2}
+    (overhead,) = parts["overhead"]["runs"]
+    overhead["racks"] = 1000
+    overhead["new"]["steady_pass_ms"]["p99"] = 0.4
+    overhead["new"]["placing_pass_ms"]["p99"] = 18.0
+    rows = {r["figure"]: r for r in report.old_and_new(figures)}
+    decisions = rows["1. placement decisions/s, 1,000 racks"]
+    assert (decisions["target"], decisions["old"], decisions["new"]) == (
+        ">= 10,000",
+        "4,000",
+        "12,000",
+    )
+    assert decisions["new meets target"] == "met"
+    plan = rows["plan, 1,000 racks, 2,000 replicas, YAML nodes: wall / CPU"]
+    assert (plan["target"], plan["old"], plan["new"]) == ("<= 3 s wall", "5.70 s / 5.20 s",
+                                                          "3.40 s / 3.10 s")  # fmt: skip
+    assert plan["new meets target"] == "missed"
+    assert rows["plan, 1,000 racks, 2,000 replicas, JSON nodes: wall / CPU"]["target"] == "n/a"
+    idle = rows["5. pass with nothing to do, 1,000 racks (in-memory view), p99"]
+    assert (idle["target"], idle["new"], idle["new meets target"]) == ("<= 0.5 ms", "0.40 ms",
+                                                                       "met")  # fmt: skip
+    placing = rows["5. pass placing one replica, 1,000 racks, p99"]
+    assert (placing["target"], placing["new meets target"]) == ("<= 17 ms", "missed")
 
 
 def _live_side(p50: float, cpu: float) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 kopf's indices hold the typed slim objects of nodes, GPU pods, RackPools, InferenceDeployments,
 ComputeDomains and InferencePools, and whether the ComputeDomain and InferencePool CRDs are
 served; every watch event puts its object into the operator's one cache and wakes the one worker,
-which reconciles what changed. Nothing here adds finalizers or writes kopf's bookkeeping into the objects:
-deletion is left to owner references.
+which reconciles what changed. Nothing here adds finalizers or writes kopf's bookkeeping into
+the objects: deletion is left to owner references.
 """
 
 from __future__ import annotations

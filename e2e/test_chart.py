@@ -52,7 +52,13 @@ EXPECTED_RBAC: dict[tuple[str, str], set[str]] = {
     (GROUP, "inferencedeployments/finalizers"): {"update"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     ("resource.nvidia.com", "computedomains"): {"list", "watch", "create", "delete"},
-    ("inference.networking.k8s.io", "inferencepools"): {"create", "patch", "delete"},
+    ("inference.networking.k8s.io", "inferencepools"): {
+        "list",
+        "watch",
+        "create",
+        "patch",
+        "delete",
+    },
 }
 # The Role in the release namespace: leader election's Lease, and nothing else there.
 LEASE_RBAC: dict[tuple[str, str], set[str]] = {

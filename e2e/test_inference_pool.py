@@ -203,3 +203,35 @@ def test_with_roles_the_pool_selects_the_decode_leaders_through_scaling_and_a_re
         "disagg-g0-decode-0-0",
         "disagg-g1-decode-0-0",
     }
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_pool_deleted_or_edited_by_hand_comes_back(
+    kube: client.ApiClient, pool: str, llm: str
+) -> None:
+    """The operator watches the pools it labels: one deleted by hand is made again, and one
+    edited by hand is put back, with no change to the deployment."""
+    body = inference_deployment("kept", pool, replicas=1, tensor=8)
+    body["spec"]["inferencePool"] = PICKER
+    apply(kube, llm, body)
+    check(kube, llm, "kept", 1, role=None, port=8000)
+    first = pool_of(kube, llm, "kept")
+    assert first is not None
+    api = client.CustomObjectsApi(kube)
+    api.delete_namespaced_custom_object(*POOL, llm, inferencepools.PLURAL, "kept")
+
+    def again() -> dict[str, Any] | None:
+        now = pool_of(kube, llm, "kept")
+        return now if now and now["metadata"]["uid"] != first["metadata"]["uid"] else None
+
+    made = eventually(again, "InferencePool kept to be made again after its deletion")
+    assert made["spec"] == first["spec"]
+
+    edit = {"spec": {"targetPorts": [{"number": 9999}]}}
+    api.patch_namespaced_custom_object(*POOL, llm, inferencepools.PLURAL, "kept", edit)
+
+    def put_back() -> dict[str, Any] | None:
+        now = pool_of(kube, llm, "kept")
+        return now if now and now["spec"]["targetPorts"] == [{"number": 8000}] else None
+
+    eventually(put_back, "InferencePool kept to be put back after an edit by hand")

@@ -16,9 +16,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from rackscale.api.labels import DEPLOYMENT_LABEL
 from rackscale.controller.cluster import ClusterCache, is_gpu_pod
 from rackscale.topology import NodeInfo, PodInfo
-from rackscale.topology.objects import DomainInfo
+from rackscale.topology.objects import DomainInfo, InferencePoolInfo
 
 POOL = {
     "apiVersion": "rackscale.dev/v1alpha1",
@@ -49,6 +50,7 @@ class FakeAPI:
         self.inference_pools_served = inference_pools_served
         self.inference_pools: dict[tuple[str, str], dict[str, Any]] = {}
         self.deleted_inference_pools: list[str] = []
+        self.pool_writes: list[str] = []  # every InferencePool apply tried, refused or not
         self.refused_pool_writes: list[tuple[str, str]] = []  # while their CRD is not served
         self.services: dict[tuple[str, str], dict[str, Any]] = {}
         self.annotated: list[str] = []  # pods whose annotations were patched, in order
@@ -79,6 +81,7 @@ class FakeAPI:
             deployments=[copy.deepcopy(d) for (d,) in self.deployments.values()],
             domains=[DomainInfo.from_body(d) for (d,) in self.domains.values()],
             domains_served=self.domains_served,
+            inference_pools=[p for k in self.inference_pools if (p := self._inference_pool(k))],
             inference_pools_served=self.inference_pools_served,
         )
         self._caches.append(cache)
@@ -101,7 +104,18 @@ class FakeAPI:
             self._show(kind, key)
         return len(shown)
 
+    def _inference_pool(self, key: Any) -> InferencePoolInfo | None:
+        """An InferencePool as the operator's label-selected watch shows it (None: not at all)."""
+        body = self.inference_pools.get(key)
+        labels = (body or {}).get("metadata", {}).get("labels") or {}
+        return InferencePoolInfo.from_body(body) if body and DEPLOYMENT_LABEL in labels else None
+
     def _show(self, kind: str, key: Any) -> None:
+        if kind == "inference_pools":
+            pool = self._inference_pool(key)
+            for cache in self._caches:
+                cache.put_inference_pool(key, pool)
+            return
         store: Store = getattr(self, kind)
         body = store[key][0] if key in store else None
         put: dict[str, Callable[[ClusterCache], None]] = {
@@ -216,13 +230,17 @@ class FakeAPI:
         self.services[(body["metadata"]["namespace"], body["metadata"]["name"])] = body
 
     async def apply_inference_pool(self, body: dict[str, Any]) -> None:
+        self.pool_writes.append(body["metadata"]["name"])
         self._pool_served("apply", body["metadata"]["name"])
-        self.inference_pools[(body["metadata"]["namespace"], body["metadata"]["name"])] = body
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        self.inference_pools[key] = copy.deepcopy(body)
+        self.touch("inference_pools", key)
 
     async def delete_inference_pool(self, namespace: str, name: str) -> None:
         self._pool_served("delete", name)
         self.deleted_inference_pools.append(name)
-        self.inference_pools.pop((namespace, name), None)
+        if self.inference_pools.pop((namespace, name), None) is not None:
+            self.touch("inference_pools", (namespace, name))
 
     def _pool_served(self, verb: str, name: str) -> None:
         """As the API server answers a write to a resource it does not serve: 404."""

@@ -5,6 +5,7 @@ does not serve them. No cluster."""
 from __future__ import annotations
 
 import asyncio
+import copy
 from typing import Any
 
 from rackscale.controller.reconcile import Reconciler
@@ -86,28 +87,86 @@ def test_with_roles_the_pool_selects_the_serving_roles_leaders_on_its_port() -> 
     assert pool["spec"]["targetPorts"] == [{"number": 8200}]
 
 
-def test_removing_the_field_deletes_the_pool_and_a_new_operator_deletes_a_leftover() -> None:
+def test_removing_the_field_deletes_the_pool_once_and_a_new_operator_deletes_a_leftover() -> None:
     api = FakeAPI(nvl72(2), inference_pools_served=True)
     api.apply("r1", replicas=1, tensor=4, fallback="Never")
     api.edit("r1", lambda spec: spec.update(inferencePool=PICKER))
     reconciler = Reconciler(api.view(), api)
     run(reconciler)
-    assert ("llm", "r1") in api.inference_pools
+    left = copy.deepcopy(api.inference_pools[("llm", "r1")])
     api.edit("r1", lambda spec: spec.pop("inferencePool"))
     run(reconciler)
     assert api.inference_pools == {}
     assert api.deleted_inference_pools == ["r1"]
     assert "InferencePool" not in conditions(api, "r1")
+    api.edit("r1", lambda spec: spec.update(replicas=2))  # another pass with work to do
     run(reconciler)
     assert api.deleted_inference_pools == ["r1"]  # once
 
-    # One the operator may have written before it restarted: the new one deletes it once.
-    api.inference_pools[("llm", "r1")] = {"metadata": {"name": "r1", "namespace": "llm"}}
+    # One written before the operator restarted, shown by the new one's watch: deleted once.
+    api.inference_pools[("llm", "r1")] = left
     fresh = Reconciler(api.view(), api)
     run(fresh)
+    api.edit("r1", lambda spec: spec.update(replicas=1))
     run(fresh)
     assert api.inference_pools == {}
     assert api.deleted_inference_pools == ["r1", "r1"]
+
+
+def test_a_started_operator_deletes_no_pool_that_does_not_exist() -> None:
+    api = FakeAPI(nvl72(2), inference_pools_served=True)
+    for i in range(10):
+        api.apply(f"d{i}", replicas=1, tensor=4, data=1, fallback="Never")
+    reconciler = Reconciler(api.view(), api)
+    run(reconciler)
+    api.edit("d3", lambda spec: spec.update(replicas=2))
+    run(reconciler)
+    assert len(api.pods) == 11
+    assert api.deleted_inference_pools == []
+    assert api.inference_pools == {}
+
+
+def test_a_pool_deleted_by_hand_comes_back_on_the_next_pass() -> None:
+    api = FakeAPI(nvl72(2), inference_pools_served=True)
+    api.apply("r1", replicas=1, tensor=4, fallback="Never")
+    api.edit("r1", lambda spec: spec.update(inferencePool=PICKER))
+    reconciler = Reconciler(api.view(), api)
+    run(reconciler)
+    wanted = copy.deepcopy(api.inference_pools[("llm", "r1")])
+    writes = len(api.pool_writes)
+    run(reconciler)
+    assert len(api.pool_writes) == writes  # what stands is not written again
+
+    del api.inference_pools[("llm", "r1")]  # by hand: the watch shows it gone
+    api.touch("inference_pools", ("llm", "r1"))
+    run(reconciler)
+    assert api.inference_pools[("llm", "r1")] == wanted
+    assert len(api.pool_writes) == writes + 1
+
+
+def test_a_pool_edited_by_hand_is_put_back_and_a_foreign_one_is_left_alone() -> None:
+    api = FakeAPI(nvl72(2), inference_pools_served=True)
+    api.apply("r1", replicas=1, tensor=4, fallback="Never")
+    api.edit("r1", lambda spec: spec.update(inferencePool=PICKER))
+    reconciler = Reconciler(api.view(), api)
+    run(reconciler)
+    wanted = copy.deepcopy(api.inference_pools[("llm", "r1")])
+    edited = api.inference_pools[("llm", "r1")]
+    edited["spec"]["targetPorts"] = [{"number": 9999}]
+    edited["metadata"]["labels"]["team"] = "search"  # a label of someone else's: kept
+    api.touch("inference_pools", ("llm", "r1"))
+    run(reconciler)
+    assert api.inference_pools[("llm", "r1")] == wanted
+
+    # Another object's pool under the same name and label (not owned by r1): never deleted.
+    api.edit("r1", lambda spec: spec.pop("inferencePool"))
+    foreign = copy.deepcopy(wanted)
+    foreign["metadata"]["ownerReferences"][0]["uid"] = "uid-someone-else"
+    api.inference_pools[("llm", "r1")] = foreign
+    api.touch("inference_pools", ("llm", "r1"))
+    run(reconciler)
+    assert api.deleted_inference_pools == []
+    assert ("llm", "r1") in api.inference_pools
 
 
 def test_without_the_crd_a_condition_and_one_event_then_the_pool_once_it_is_served() -> None:

@@ -1,5 +1,6 @@
-"""The operator's one state: a typed cache of nodes, GPU pods, RackPools, InferenceDeployments
-and ComputeDomains, kept from watch events, with the placement snapshot kept in step with it.
+"""The operator's one state: a typed cache of nodes, GPU pods, RackPools, InferenceDeployments,
+ComputeDomains and InferencePools, kept from watch events, with the placement snapshot kept in
+step with it.
 
 Every watch event goes through one `put_*` call. The pods a pass books, and those it deletes,
 which the watch has not shown yet, are assumed here, and only here (kube-scheduler's and
@@ -11,8 +12,11 @@ shows it (`expire`). An assumed pod counts in the snapshot like any other. The s
 updated a pod at a time; a change of nodes, pools or the ComputeDomain CRD rebuilds it once, on
 the next pass that reads it.
 
+An InferencePool the operator applied or deleted is likewise assumed so (`wrote_inference_pool`)
+until the watch shows it, so a pass does not write it twice.
+
 Each put marks what it touches dirty, so a pass reconciles only the deployments whose object,
-pods or ComputeDomains changed (all of them when nodes or pools change).
+pods, ComputeDomains or InferencePool changed (all of them when nodes or pools change).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from rackscale.api.labels import DEPLOYMENT_LABEL, GROUP_LABEL, REPLICA_LABEL
 from rackscale.planner.step import owns
 from rackscale.render import COMPUTE_DOMAIN_VERSION, INFERENCE_POOL_VERSION
 from rackscale.topology import NodeInfo, PodInfo, Snapshot, Usage, build_racks
-from rackscale.topology.objects import DomainInfo
+from rackscale.topology.objects import DomainInfo, InferencePoolInfo
 
 log = logging.getLogger("rackscale.cluster")
 
@@ -118,6 +122,7 @@ class ClusterCache:
     _by_deployment: dict[Key, set[Key]] = field(default_factory=dict)
     _domains: dict[Key, DomainInfo] = field(default_factory=dict)
     _domains_by_deployment: dict[Key, set[Key]] = field(default_factory=dict)
+    _inference_pools: dict[Key, InferencePoolInfo] = field(default_factory=dict)
     _snapshot: Snapshot | None = None
     _usage: dict[Key, Usage] = field(default_factory=dict)
     _dirty: set[Key] = field(default_factory=set)
@@ -136,6 +141,7 @@ class ClusterCache:
         deployments: Iterable[Body],
         domains: Iterable[DomainInfo] = (),
         domains_served: bool = False,
+        inference_pools: Iterable[InferencePoolInfo] = (),
         inference_pools_served: bool = False,
     ) -> None:
         """The first full listing (kopf's indices once filled); later changes come by put."""
@@ -150,6 +156,8 @@ class ClusterCache:
             self.put_deployment((str(meta.get("namespace")), str(meta["name"])), body)
         for domain in domains:
             self.put_domain((domain.namespace, domain.name), domain)
+        for pool in inference_pools:
+            self.put_inference_pool((pool.namespace, pool.name), pool)
         self.put_domains_served(domains_served)
         self.put_inference_pools_served(inference_pools_served)
         self.loaded = True
@@ -215,6 +223,17 @@ class ClusterCache:
         else:
             self._domains[key] = domain
 
+    def put_inference_pool(self, key: Key, pool: InferencePoolInfo | None) -> None:
+        """An InferencePool labelled as a deployment's, as the watch shows it: the deployment of
+        its name (the one whose pool it would be) is reconciled again."""
+        if self._inference_pools.get(key) == pool:
+            return
+        if pool is None:
+            self._inference_pools.pop(key, None)
+        else:
+            self._inference_pools[key] = pool
+        self._dirty.add(key)
+
     def put_domains_served(self, served: bool) -> None:
         if served != self.domains_served:
             self.domains_served = served
@@ -262,6 +281,15 @@ class ClusterCache:
             return
         self._assumed[pod.key] = _Assumed(self.clock(), deleted=pod.uid)
         self._refresh(pod.key)
+
+    def wrote_inference_pool(self, key: Key, body: Body | None) -> None:
+        """An InferencePool the API server took (applied: `body`; deleted: None), counted so
+        until the watch shows it: a pass between the write and its watch event writes nothing
+        again. Not a change to reconcile: nothing is marked dirty."""
+        if body is None:
+            self._inference_pools.pop(key, None)
+        else:
+            self._inference_pools[key] = InferencePoolInfo.from_body(body)
 
     def _effective(self, key: Key) -> PodInfo | None:
         """The pod as the operator counts it: shown, unless an assumption is still pending."""
@@ -382,6 +410,11 @@ class ClusterCache:
             if owns(uid, domain):
                 out[int(index)] = domain
         return out
+
+    def inference_pool_of(self, key: Key) -> InferencePoolInfo | None:
+        """The InferencePool named as the deployment `key`, labelled as a deployment's (whose,
+        and its owner, the planner checks); None when there is none."""
+        return self._inference_pools.get(key)
 
     def all_pods(self) -> list[PodInfo]:
         return list(self._pods.values())

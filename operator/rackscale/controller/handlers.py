@@ -1,10 +1,10 @@
 """Every kopf handler of the operator. Each only decodes its arguments and delegates.
 
-kopf's indices hold the typed slim objects of nodes, GPU pods, RackPools, InferenceDeployments and
-ComputeDomains, and whether the ComputeDomain and InferencePool CRDs are served; every watch
-event puts its object into the operator's one cache and wakes the one worker, which reconciles
-what changed. Nothing here adds finalizers or writes kopf's bookkeeping into the objects:
-deletion is left to owner references.
+kopf's indices hold the typed slim objects of nodes, GPU pods, RackPools, InferenceDeployments,
+ComputeDomains and InferencePools, and whether the ComputeDomain and InferencePool CRDs are
+served; every watch event puts its object into the operator's one cache and wakes the one worker,
+which reconciles what changed. Nothing here adds finalizers or writes kopf's bookkeeping into
+the objects: deletion is left to owner references.
 """
 
 from __future__ import annotations
@@ -34,9 +34,12 @@ from rackscale.render import (
     COMPUTE_DOMAIN_PLURAL,
     COMPUTE_DOMAIN_VERSION,
     INFERENCE_POOL_CRD,
+    INFERENCE_POOL_GROUP,
+    INFERENCE_POOL_PLURAL,
+    INFERENCE_POOL_VERSION,
 )
 from rackscale.topology import NodeInfo, PodInfo
-from rackscale.topology.objects import DomainInfo
+from rackscale.topology.objects import DomainInfo, InferencePoolInfo
 
 CRDS = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 
@@ -127,7 +130,19 @@ def computedomain_crd(name: str, body: kopf.Body, **_: Any) -> dict[str, bool]:
     return {name: serves_compute_domains(body)}
 
 
-# The InferencePool CRD: whether it is served decides whether spec.inferencePool gets its pool.
+# The InferencePools rackscale labels, watched once their CRD exists, as ComputeDomains are: the
+# planner applies a pool only when it is missing or not what it renders, and deletes one only
+# when it exists. Their CRD: whether it is served decides whether spec.inferencePool gets one.
+@kopf.index(
+    INFERENCE_POOL_GROUP,
+    INFERENCE_POOL_VERSION,
+    INFERENCE_POOL_PLURAL,
+    labels={DEPLOYMENT_LABEL: kopf.PRESENT},
+)
+def inferencepools(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, name): InferencePoolInfo.from_body(body)}
+
+
 @kopf.index(*CRDS, field="metadata.name", value=INFERENCE_POOL_CRD)
 def inferencepool_crd(name: str, body: kopf.Body, **_: Any) -> dict[str, bool]:
     return {name: serves_inference_pools(body)}
@@ -160,6 +175,7 @@ def _observe(memo: kopf.Memo, indices: dict[str, Any], put: Any) -> None:
             deployments=_values(indices["inferencedeployments"]),
             domains=_values(indices["computedomains"]),
             domains_served=any(_values(indices["computedomain_crd"])),
+            inference_pools=_values(indices["inferencepools"]),
             inference_pools_served=any(_values(indices["inferencepool_crd"])),
         )
         worker.loaded()
@@ -206,6 +222,20 @@ async def domain_changed(namespace: str | None, name: str, memo: kopf.Memo, **kw
     key = (namespace or "default", name)
     domain = _one(kwargs["computedomains"], (namespace, name), kwargs.get("type"))
     _observe(memo, kwargs, lambda cache: cache.put_domain(key, domain))
+
+
+@kopf.on.event(
+    INFERENCE_POOL_GROUP,
+    INFERENCE_POOL_VERSION,
+    INFERENCE_POOL_PLURAL,
+    labels={DEPLOYMENT_LABEL: kopf.PRESENT},
+)
+async def inference_pool_changed(
+    namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    key = (namespace or "default", name)
+    pool = _one(kwargs["inferencepools"], (namespace, name), kwargs.get("type"))
+    _observe(memo, kwargs, lambda cache: cache.put_inference_pool(key, pool))
 
 
 @kopf.on.event(*CRDS, field="metadata.name", value=COMPUTE_DOMAIN_CRD)

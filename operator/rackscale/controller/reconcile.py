@@ -208,7 +208,11 @@ class Reconciler:
         uid = str((body.get("metadata") or {}).get("uid") or "")
         cache = self.cache
         return Seen(
-            body, cache.pods_of(key), cache.domains_of(key, uid), cache.group_domains_of(key, uid)
+            body,
+            cache.pods_of(key),
+            cache.domains_of(key, uid),
+            cache.group_domains_of(key, uid),
+            cache.inference_pool_of(key),
         )
 
     async def _refuse(self, body: Mapping[str, Any], refusal: Refusal) -> Failures:
@@ -330,11 +334,17 @@ class Reconciler:
         if done.inference_pool is not None:
             name = (namespace, done.inference_pool["metadata"]["name"])
             write = self.writer.apply_inference_pool(done.inference_pool)
-            refused += await _tried(write, "apply", "InferencePool", name)
+            failed = await _tried(write, "apply", "InferencePool", name)
+            if not failed:
+                self.cache.wrote_inference_pool(name, done.inference_pool)
+            refused += failed
         if done.delete_inference_pool is not None:
             name = (namespace, done.delete_inference_pool)
             write = self.writer.delete_inference_pool(*name)
-            refused += await _tried(write, "delete", "InferencePool", name)
+            failed = await _tried(write, "delete", "InferencePool", name)
+            if not failed:
+                self.cache.wrote_inference_pool(name, None)
+            refused += failed
         said = report_pass(plan, deployment, view, clock, done=done, refused=refused)
         more = refused[len(failures) :]
         if said.status is not None:

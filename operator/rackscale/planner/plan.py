@@ -38,7 +38,7 @@ from rackscale.planner.step import (
     Step,
 )
 from rackscale.topology import PodInfo, Snapshot
-from rackscale.topology.objects import DomainInfo
+from rackscale.topology.objects import DomainInfo, InferencePoolInfo
 
 Body = Mapping[str, Any]
 Key = tuple[str, str]  # (namespace, name)
@@ -47,13 +47,14 @@ Key = tuple[str, str]  # (namespace, name)
 @dataclass(frozen=True, slots=True)
 class Seen:
     """One deployment as the cache shows it: its object, the pods labelled as its (whose owner
-    the planner checks), and the ComputeDomains labelled as its, by replica and by serving
-    group."""
+    the planner checks), the ComputeDomains labelled as its, by replica and by serving group,
+    and the InferencePool of its name."""
 
     body: Body
     pods: Sequence[PodInfo] = ()
     domains: Mapping[int, DomainInfo] = field(default_factory=dict)
     group_domains: Mapping[int, DomainInfo] = field(default_factory=dict)
+    inference_pool: InferencePoolInfo | None = None  # the InferencePool of its name, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +186,8 @@ def finish_pass(plan: DeploymentPass, seen: Seen, view: View, clock: lifecycle.C
     it."""
     step = plan.step
     assert step is not None, f"{plan.key}: a refused spec has nothing to finish"
-    return planner.finish(step, _states(step, seen, view, clock), _context(view, clock))
+    states = _states(step, seen, view, clock)
+    return planner.finish(step, states, _context(view, clock), seen.inference_pool)
 
 
 def report_pass(

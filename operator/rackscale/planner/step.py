@@ -42,7 +42,7 @@ from rackscale.render import (
     template_hash,
 )
 from rackscale.topology import PodInfo, Snapshot
-from rackscale.topology.objects import DomainInfo
+from rackscale.topology.objects import DomainInfo, InferencePoolInfo
 
 Body = Mapping[str, Any]
 
@@ -67,9 +67,6 @@ class Record:
     warned: dict[int, str] = field(default_factory=dict)  # replica -> last reason posted
     services: str | None = None  # digest of the Services last applied
     domains_missing: bool = False  # the Event saying multi-node NVLink is not set up was posted
-    # Digest of the InferencePool last applied; "": none stands; None: not known (a new record,
-    # or the API server does not serve InferencePools).
-    inference_pool: str | None = None
     pools_missing: bool = False  # the Event saying no InferencePool can be created was posted
     group_prefer: dict[int, tuple[str, ...]] = field(default_factory=dict)  # group -> racks held
     refused: set[str] = field(default_factory=set)  # API messages of refused writes, posted
@@ -150,7 +147,6 @@ class Finish:
     delete_inference_pool: str | None = None  # the name of one to delete
     annotate: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # pod, annotations
     services_digest: str | None = None  # what record.services becomes once they are applied
-    pool_digest: str | None = None  # what record.inference_pool becomes once written
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,10 +281,10 @@ def classify(  # noqa: PLR0917
     return states
 
 
-def owns(uid: str, obj: PodInfo | DomainInfo) -> bool:
-    """Whether a pod or ComputeDomain labelled as a deployment's is that very object's: its
-    owner is the deployment's uid (one left by an object deleted and made again under the same
-    name is not). Unknown uids (no owner set, or none known) count as owned."""
+def owns(uid: str, obj: PodInfo | DomainInfo | InferencePoolInfo) -> bool:
+    """Whether a pod, ComputeDomain or InferencePool labelled as a deployment's is that very
+    object's: its owner is the deployment's uid (one left by an object deleted and made again
+    under the same name is not). Unknown uids (no owner set, or none known) count as owned."""
     return not (uid and obj.owners and uid not in obj.owners)
 
 
@@ -568,15 +564,21 @@ class Context:
     inference_pools: bool = False  # the API server serves InferencePools (v1)
 
 
-def finish(step: Step, states: list[lifecycle.ReplicaState], context: Context) -> Finish:
+def finish(
+    step: Step,
+    states: list[lifecycle.ReplicaState],
+    context: Context,
+    shown: InferencePoolInfo | None = None,
+) -> Finish:
     """The writes before the status: Services (applied when they change, and whenever the
-    deployment places: one may have been deleted), the InferencePool alike (or its deletion),
-    leaders' annotations. The record learns what they wrote in `report`, once they are taken."""
+    deployment places: one may have been deleted), the InferencePool when the one `shown` (as
+    the cache shows it) is not what is wanted (or its deletion), leaders' annotations. The
+    record learns what they wrote in `report`, once they are taken."""
     services = render_services(step.deployment)
     digest = _digest(services)
     apply = services if (step.record.services != digest or step.placing) else []
-    gateway, gone, pool_digest = _inference_pool(step, context.inference_pools)
-    return Finish(apply, gateway, gone, _leaders(step, states), digest, pool_digest)
+    gateway, gone = _inference_pool(step, context.inference_pools, shown)
+    return Finish(apply, gateway, gone, _leaders(step, states), digest)
 
 
 def report(
@@ -593,7 +595,6 @@ def report(
     deployment, record = step.deployment, step.record
     kinds = {f.kind for f in refused}
     record.services = None if "Service" in kinds else done.services_digest
-    record.inference_pool = None if "InferencePool" in kinds else done.pool_digest
     pool = context.snapshot.pools.get(deployment.spec.placement.rack_pool or "")
     missing = pool is not None and pool.spec.wants_compute_domains and not pool.compute_domains
     built = status.deployment_status(
@@ -652,24 +653,58 @@ def _leaders(step: Step, states: list[lifecycle.ReplicaState]) -> list[tuple[str
 
 
 def _inference_pool(
-    step: Step, served: bool
-) -> tuple[dict[str, Any] | None, str | None, str | None]:
-    """The InferencePool to apply (when it changed, or the deployment places: it may have been
-    deleted), or the name of one to delete (spec.inferencePool removed; once after a restart,
-    when nothing says none stands), and what the record keeps once that is written. Nothing
-    while the API server does not serve them (any pool went with its CRD: applied again once
-    served)."""
-    record, deployment = step.record, step.deployment
+    step: Step, served: bool, shown: InferencePoolInfo | None
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The InferencePool to apply (wanted, and none is shown or the one shown is not what is
+    rendered), or the name of one to delete (shown, labelled as and owned by this deployment,
+    and not wanted):
+    nothing when neither, so no write for a pool that does not exist, and one deleted by hand
+    comes back on the next pass. Nothing while the API server does not serve them (any pool
+    went with its CRD: applied again once served). A refused write is tried again on a later
+    pass, as the cache still shows what stands."""
+    deployment = step.deployment
     if not served:
-        return None, None, None
+        return None, None
     wanted = render_inference_pool(deployment)
     if wanted is None:
-        if record.inference_pool == "":
-            return None, None, ""
-        return None, deployment.name, ""
-    digest = _digest([wanted])
-    again = record.inference_pool != digest or step.placing
-    return (wanted if again else None), None, digest
+        gone = (
+            shown is not None
+            and not shown.deleting
+            and shown.labels.get(DEPLOYMENT_LABEL) == deployment.name
+            and owns(step.uid, shown)
+        )
+        return None, (deployment.name if gone else None)
+    return (None if _stands(wanted, shown) else wanted), None
+
+
+def _stands(wanted: Mapping[str, Any], shown: InferencePoolInfo | None) -> bool:
+    """Whether the InferencePool shown is the one rendered: its spec holds every field
+    rackscale renders (the API server may add defaults; other managers' fields are theirs),
+    it carries rackscale's labels and the deployment as an owner."""
+    if shown is None:
+        return False
+    meta = wanted["metadata"]
+    owners = {str(o["uid"]) for o in meta.get("ownerReferences") or []}
+    return (
+        _holds(shown.spec, wanted["spec"])
+        and meta.get("labels", {}).items() <= shown.labels.items()
+        and owners <= set(shown.owners)
+    )
+
+
+def _holds(shown: Any, wanted: Any) -> bool:
+    """Whether `shown` has every field of `wanted`, with its value (lists item by item)."""
+    if isinstance(wanted, Mapping):
+        return isinstance(shown, Mapping) and all(
+            k in shown and _holds(shown[k], v) for k, v in wanted.items()
+        )
+    if isinstance(wanted, list):
+        return (
+            isinstance(shown, list)
+            and len(shown) == len(wanted)
+            and all(_holds(a, b) for a, b in zip(shown, wanted, strict=True))
+        )
+    return bool(shown == wanted)
 
 
 def _sizes(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -260,4 +261,29 @@ class DomainInfo:
             created=str(meta["creationTimestamp"]) if meta.get("creationTimestamp") else None,
             deleting=bool(meta.get("deletionTimestamp")),
             ready=_mapping(body.get("status")).get("status") == "Ready",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InferencePoolInfo:
+    """What the operator needs of an InferencePool (inference.networking.k8s.io): whose it is
+    (labels, owners) and its spec, to tell whether it is what rackscale renders."""
+
+    namespace: str
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    owners: tuple[str, ...] = ()
+    spec: Mapping[str, Any] = field(default_factory=dict)
+    deleting: bool = False
+
+    @classmethod
+    def from_body(cls, body: Body) -> InferencePoolInfo:
+        meta = _mapping(body.get("metadata"))
+        return cls(
+            namespace=str(meta.get("namespace") or "default"),
+            name=str(meta.get("name") or ""),
+            labels={str(k): str(v) for k, v in _mapping(meta.get("labels")).items()},
+            owners=tuple(str(o.get("uid")) for o in meta.get("ownerReferences") or []),
+            spec=copy.deepcopy(dict(_mapping(body.get("spec")))),
+            deleting=bool(meta.get("deletionTimestamp")),
         )

@@ -73,7 +73,7 @@ def running(plan: PassPlan) -> list[PodInfo]:
     out = []
     for deployment in plan.deployments:
         for booking in deployment.bookings:
-            for pod in booking.pods:
+            for pod in booking.pods():
                 pod = copy.deepcopy(pod)
                 pod["metadata"]["uid"] = f"uid-{pod['metadata']['name']}"
                 pod["metadata"]["creationTimestamp"] = "2026-11-28T11:00:00Z"
@@ -201,7 +201,7 @@ def test_the_snapshot_is_left_as_found() -> None:
     the_view = view(2, [body("a", 3, data=48)])
     before = {r.name: r.free for p in the_view.snapshot.pools.values() for r in p.racks.values()}
     plan = plan_pass(the_view, {}, CLOCK)
-    assert sum(len(b.pods) for p in plan.deployments for b in p.bookings) == 24
+    assert sum(len(b.pods()) for p in plan.deployments for b in p.bookings) == 24
     after_ = {r.name: r.free for p in the_view.snapshot.pools.values() for r in p.racks.values()}
     assert after_ == before
 
@@ -235,7 +235,7 @@ def disagg() -> dict[str, Any]:
 def test_a_lost_role_replica_that_no_longer_fits_beside_restarts_its_group() -> None:
     first = plan_pass(view(1, [disagg()]), {}, CLOCK)
     (group,) = first.deployments
-    assert [len(b.pods) for b in group.bookings] == [10]  # one booking: the whole group
+    assert [len(b.pods()) for b in group.bookings] == [10]  # one booking: the whole group
     pods = running(first)
     decode = [p for p in pods if p.labels["rackscale.dev/role"] == "decode"]
     kept = [p for p in pods if p not in decode]

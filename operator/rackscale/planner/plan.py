@@ -106,7 +106,7 @@ class PassPlan:
         """Every pod the pass books, in creation order: what the cache assumes in one step."""
         for deployment in self.deployments:
             for booking in deployment.bookings:
-                yield from booking.pods
+                yield from booking.pods()
 
 
 def plan_pass(view: View, records: Mapping[str, Record], clock: lifecycle.Clock) -> PassPlan:
@@ -177,7 +177,7 @@ def after(seen: Seen, plan: DeploymentPass) -> list[PodInfo]:
         for p in seen.pods
         if not (p.key in going and p.uid is None)
     ]
-    return pods + [PodInfo.from_body(pod) for b in plan.bookings for pod in b.pods]
+    return pods + [PodInfo.from_body(pod) for b in plan.bookings for pod in b.pods()]
 
 
 def finish_pass(plan: DeploymentPass, seen: Seen, view: View, clock: lifecycle.Clock) -> Finish:

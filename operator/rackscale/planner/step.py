@@ -29,9 +29,10 @@ from rackscale.api.labels import (
 )
 from rackscale.api.pricing import Price
 from rackscale.api.rackpool import DEFAULT_GPU_RESOURCE
-from rackscale.placement import Batch, Beside, Decision, Placeable, ReasonCode
+from rackscale.placement import Batch, Beside, Decision, Placeable, ReasonCode, ReplicaPlan
 from rackscale.planner import lifecycle, status
 from rackscale.render import (
+    PoolFacts,
     compute_domain_of,
     group_compute_domain_name,
     leaders_annotation,
@@ -132,8 +133,15 @@ class Booking:
     decisions: list[Decision]
     result: Literal["placed", "fallback", "unplaced"] = "unplaced"
     domain: dict[str, Any] | None = None
-    pods: list[dict[str, Any]] = field(default_factory=list)
+    replicas: list[tuple[InferenceDeployment, ReplicaPlan, PoolFacts]] = field(
+        default_factory=list
+    )  # what its pods are rendered from
     events: list[Event] = field(default_factory=list)
+
+    def pods(self) -> list[dict[str, Any]]:
+        """Its pods, rendered when asked (assumed, then written): a pass that books thousands
+        of pods holds the bodies of one booking at a time, not all of them."""
+        return [pod for d, plan, facts in self.replicas for pod in render_replica(d, plan, facts)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,7 +486,7 @@ def book(step: Step, decision: Decision, snapshot: Snapshot) -> Booking:
     forget_unplaced(record, index)
     record.prefer.pop(index, None)
     deployment = step.deployment
-    booking.pods = render_replica(deployment, plan, pool_facts(deployment, plan, snapshot))
+    booking.replicas = [(deployment, plan, pool_facts(deployment, plan, snapshot))]
     if plan.compute_domain:
         booking.domain = compute_domain_of(deployment, plan)
     where = ", ".join(plan.racks) or "ordinary GPU nodes"
@@ -511,8 +519,8 @@ def book_group(step: Step, decision: Decision, snapshot: Snapshot) -> list[Booki
     domains = [p.domain for p in parts if p.domain is not None]
     booking.domain = domains[0] if domains else None
     for part in parts:
-        booking.pods += part.pods
-        booking.events += part.events if part.pods or part is parts[0] else []
+        booking.replicas += part.replicas
+        booking.events += part.events if part.replicas or part is parts[0] else []
     if decision.placed:
         step.record.group_prefer.pop(decision.group, None)
     results = {p.result for p in parts}

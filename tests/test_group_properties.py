@@ -7,7 +7,7 @@ from hypothesis import given, settings
 
 from rackscale.api import InferenceDeployment
 from rackscale.placement import Decision, Placeable, ReplicaPlan, place_together
-from rackscale.placement.groups import fits_in, place_group, place_groups
+from rackscale.placement.groups import fits_in, grow_group, place_group, place_groups
 from rackscale.topology import Snapshot, build_snapshot
 from tests.strategies import Cluster, group_workloads
 from tests.test_engine_properties import SETTINGS, World, memory_need, usage
@@ -231,3 +231,73 @@ def test_a_pass_keeps_groups_whole_and_places_at_least_what_largest_first_does(
         if want.deployment.spec.colocation == "Rack":
             assert len(rack_mode) in (0, len(group.decisions))
             assert len(group.racks) <= 1
+
+
+def scaled(dep: InferenceDeployment, role: int) -> InferenceDeployment:
+    """The deployment with one more replica of its `role`-th role in each serving group."""
+    roles = [
+        r.model_copy(update={"replicas": r.replicas + 1}) if i == role else r
+        for i, r in enumerate(dep.spec.roles or [])
+    ]
+    return InferenceDeployment(
+        metadata=dep.metadata, spec=dep.spec.model_copy(update={"roles": roles})
+    )
+
+
+@settings(SETTINGS, max_examples=60)
+@given(group_workloads())
+def test_a_group_grows_by_a_scaled_role_whole_or_not_at_all_inside_its_unit(
+    workload: Workload,
+) -> None:
+    """Guarantee 15 through per-role scaling: the role replicas a placed group grows by are all
+    placed or none (a refusal leaves no GPU reserved), inside the group's rack (or block), each
+    keeping the per-replica guarantees; with a ComputeDomain they join the group's, each pod on
+    a node that held no pod of any ComputeDomain, the group's own included (guarantee 13)."""
+    cluster, deployments, compute_domains = workload
+    snapshot = snapshot_of(cluster, compute_domains)
+    world = World(cluster)
+    for dep in deployments:
+        pool = snapshot.pools.get(str(dep.spec.placement.rack_pool))
+        if dep.spec.colocation == "None" or pool is None:
+            continue
+        decision = place_group(snapshot, dep, 0)
+        if not decision.decisions or not all(
+            d.plan is not None and d.plan.mode == "Rack" for d in decision.decisions
+        ):
+            decision.undo()
+            continue
+        views = {r.name: dep.role_view(r.name) for r in dep.spec.roles or []}
+        for member, d in decision.roles:
+            world.apply(views[member.role], d.plan)  # type: ignore[arg-type]  # placed, above
+        grown = scaled(dep, 0)
+        had = {m.replica for m in dep.spec.role_replicas(0)}
+        added = [m.replica for m in grown.spec.role_replicas(0) if m.replica not in had]
+        before = usage(snapshot)
+        domains_before = {n: set(node.domains) for n, node in snapshot.nodes.items()}
+        grew = grow_group(snapshot, grown, added, decision.racks)
+        placed = [d.plan for d in grew if d.plan is not None and d.plan.mode == "Rack"]
+        assert len(placed) in (0, len(added)), "a group grew in part"
+        if not placed:
+            assert usage(snapshot) == before, "a refused growth left GPUs reserved"
+            assert {d.why.code for d in grew if d.why is not None} == {"group-cannot-grow"}
+            continue
+        held = set(decision.racks)
+        if dep.spec.colocation == "Block":
+            blocks = {pool.racks[r].block for r in held}
+            held = {
+                r.name for r in pool.racks.values() if r.block is not None and r.block in blocks
+            }
+        view = grown.role_view(grown.spec.role_replicas(0)[0].role)
+        for plan in placed:
+            assert set(plan.racks) <= held, f"grew onto {plan.racks}, outside {sorted(held)}"
+            check_role_replica(world, view, plan)
+            assert plan.compute_domain == decision.compute_domain
+            if plan.compute_domain is not None:
+                assert plan.domain_group == decision.group
+                nodes = [str(p.node) for p in plan.pods]
+                assert len(set(nodes)) == len(nodes), "two pods of the group's domain on a node"
+                for n in nodes:
+                    assert not domains_before[n], f"{n} held pods of {domains_before[n]}"
+            world.apply(view, plan)
+        for n in {str(p.node) for plan in placed for p in plan.pods}:
+            assert world.used[n] <= world.allocatable[n], f"{n}: {world.used[n]} GPUs"

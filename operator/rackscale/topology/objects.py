@@ -254,14 +254,21 @@ class DomainInfo:
     def from_body(cls, body: Body) -> DomainInfo:
         meta = _mapping(body.get("metadata"))
         return cls(
-            namespace=str(meta.get("namespace") or "default"),
-            name=str(meta.get("name") or ""),
-            labels={str(k): str(v) for k, v in _mapping(meta.get("labels")).items()},
-            owners=tuple(str(o.get("uid")) for o in meta.get("ownerReferences") or []),
+            **_owned(meta),
             created=str(meta["creationTimestamp"]) if meta.get("creationTimestamp") else None,
-            deleting=bool(meta.get("deletionTimestamp")),
             ready=_mapping(body.get("status")).get("status") == "Ready",
         )
+
+
+def _owned(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Whose an object is, from its metadata: what DomainInfo and InferencePoolInfo share."""
+    return {
+        "namespace": str(meta.get("namespace") or "default"),
+        "name": str(meta.get("name") or ""),
+        "labels": {str(k): str(v) for k, v in _mapping(meta.get("labels")).items()},
+        "owners": tuple(str(o.get("uid")) for o in meta.get("ownerReferences") or []),
+        "deleting": bool(meta.get("deletionTimestamp")),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,12 +285,7 @@ class InferencePoolInfo:
 
     @classmethod
     def from_body(cls, body: Body) -> InferencePoolInfo:
-        meta = _mapping(body.get("metadata"))
         return cls(
-            namespace=str(meta.get("namespace") or "default"),
-            name=str(meta.get("name") or ""),
-            labels={str(k): str(v) for k, v in _mapping(meta.get("labels")).items()},
-            owners=tuple(str(o.get("uid")) for o in meta.get("ownerReferences") or []),
+            **_owned(_mapping(body.get("metadata"))),
             spec=copy.deepcopy(dict(_mapping(body.get("spec")))),
-            deleting=bool(meta.get("deletionTimestamp")),
         )

@@ -112,6 +112,7 @@ The operator keeps running against the local cluster. Try:
   kubectl scale idep -n llm deepseek-r1 --replicas=3 # a third replica, on another rack
   kubectl delete pod -n llm deepseek-r1-0-3          # the whole replica 0 is placed again
   kubectl apply -f examples/llama-405b-block.yaml    # spans two racks of a block, or says why not
+  kubectl apply -k examples/pd-router               # the disaggregated example's router
   kubectl apply -f examples/deepseek-r1-disagg.yaml  # prefill and decode, one rack per group
   kubectl scale idep -n llm deepseek-r1-disagg --replicas=2  # a second group: the ratio kept
   .venv/bin/rackscale racks                          # the rack view again

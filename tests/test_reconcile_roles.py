@@ -362,6 +362,8 @@ def test_scaling_a_role_grows_a_group_into_its_compute_domain() -> None:
     assert (api.created_domains, api.deleted_domains) == (["ds-g0"], [])
     status = api.status("ds")
     assert (status["phase"], status["ready"]) == ("Ready", "1/1")
+    domains = next(c for c in status["conditions"] if c["type"] == "ComputeDomains")
+    assert domains["message"] == "1 ComputeDomain Ready"  # the group's one, not one per member
 
 
 def test_a_group_grows_only_onto_trays_holding_no_other_compute_domain() -> None:

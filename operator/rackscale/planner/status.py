@@ -399,7 +399,7 @@ def _domains_condition(wanted: list[ReplicaState], missing: bool) -> list[Condit
                 type="ComputeDomains",
                 status="True",
                 reason="Ready",
-                message=f"{_plural(len(with_domain), 'ComputeDomain')} Ready",
+                message=f"{_plural(len({s.domain for s in with_domain}), 'ComputeDomain')} Ready",
             )
         ]
     if missing and any(s.nvlink_crosses_nodes for s in wanted):
